@@ -1,0 +1,230 @@
+//! The per-request record of attempts.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::peer::Peer;
+use crate::retry::FailureKind;
+
+/// Per-request failover state: every attempt, its peer, its outcome, and why the proxy retried
+/// or stopped. Read it in `logging` for access logs and metrics.
+#[derive(Debug, Default)]
+pub struct FailoverCtx {
+    started: Option<Instant>,
+    attempts: Vec<AttemptRecord>,
+    /// The peer chosen for the next attempt by the hook that decided to retry.
+    pub(crate) next: Option<Peer>,
+}
+
+impl FailoverCtx {
+    /// An empty context, for a request that has not started.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every attempt so far, oldest first.
+    pub fn attempts(&self) -> &[AttemptRecord] {
+        &self.attempts
+    }
+
+    /// The number of retries made (attempts after the first).
+    pub fn retries(&self) -> usize {
+        self.attempts.len().saturating_sub(1)
+    }
+
+    /// The peer of the latest attempt.
+    pub fn last_peer(&self) -> Option<&Peer> {
+        self.attempts.last().map(AttemptRecord::peer)
+    }
+
+    /// Time since the first attempt started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+
+    /// Why the proxy stopped trying, if it did.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        match self.attempts.last()?.outcome {
+            Outcome::Failed {
+                verdict: Verdict::Stopped(r),
+                ..
+            } => Some(r),
+            _ => None,
+        }
+    }
+
+    /// A one-line account of every attempt, for logs and error messages.
+    pub fn summary(&self) -> Summary<'_> {
+        Summary(&self.attempts)
+    }
+
+    pub(crate) fn start_attempt(&mut self, peer: Peer) {
+        let now = Instant::now();
+        self.started.get_or_insert(now);
+        self.attempts.push(AttemptRecord {
+            peer,
+            started: now,
+            duration: None,
+            outcome: Outcome::Pending,
+        });
+    }
+
+    pub(crate) fn current_mut(&mut self) -> Option<&mut AttemptRecord> {
+        self.attempts.last_mut()
+    }
+}
+
+/// One attempt of a request.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    peer: Peer,
+    started: Instant,
+    duration: Option<Duration>,
+    outcome: Outcome,
+}
+
+impl AttemptRecord {
+    /// A record of an attempt to `peer` starting now, for driving selectors outside a proxy.
+    pub fn new(peer: Peer) -> Self {
+        Self {
+            peer,
+            started: Instant::now(),
+            duration: None,
+            outcome: Outcome::Pending,
+        }
+    }
+
+    /// The peer tried.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// When the attempt started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// How long the attempt took until its outcome was known (`None` while pending).
+    pub fn duration(&self) -> Option<Duration> {
+        self.duration
+    }
+
+    /// How the attempt ended.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        self.duration = Some(self.started.elapsed());
+        self.outcome = outcome;
+    }
+
+    /// Changes the verdict of a failed attempt, keeping its duration.
+    pub(crate) fn set_verdict(&mut self, verdict: Verdict) {
+        if let Outcome::Failed { verdict: v, .. } = &mut self.outcome {
+            *v = verdict;
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Still running, or ended without the proxy learning how (for example, the client left).
+    Pending,
+    /// The upstream sent a response header with this status, and it went to the client.
+    Responded {
+        /// The response status.
+        status: u16,
+    },
+    /// The attempt failed.
+    Failed {
+        /// What went wrong.
+        kind: FailureKind,
+        /// What the proxy did about it.
+        verdict: Verdict,
+    },
+}
+
+/// What the proxy did after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// It tried again.
+    Retried,
+    /// It stopped, for this reason.
+    Stopped(StopReason),
+}
+
+/// Why the proxy stopped trying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// The retry policy said stop for this failure.
+    Policy,
+    /// The policy's attempt cap was reached.
+    MaxAttempts,
+    /// The selector had no peer left to try.
+    NoPeerLeft,
+    /// Part of the response had already gone to the client.
+    ResponseStarted,
+    /// A non-idempotent request had already been sent upstream.
+    NotIdempotent,
+    /// The request body outgrew pingora's replay buffer, so it cannot be sent again in full.
+    BodyNotReplayable,
+    /// The overall deadline would be passed.
+    Deadline,
+    /// The retry budget was spent.
+    Budget,
+    /// Pingora's `ServerConf::max_retries` ended the loop before the policy did.
+    PingoraRetryCap,
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Policy => "the retry policy does not retry this failure",
+            Self::MaxAttempts => "attempt cap reached",
+            Self::NoPeerLeft => "no untried peer left",
+            Self::ResponseStarted => "the response had already started",
+            Self::NotIdempotent => "non-idempotent request already sent",
+            Self::BodyNotReplayable => "request body too large to replay",
+            Self::Deadline => "overall deadline reached",
+            Self::Budget => "retry budget spent",
+            Self::PingoraRetryCap => "pingora's max_retries reached",
+        })
+    }
+}
+
+/// Displays every attempt of a request on one line; see [`FailoverCtx::summary`].
+#[derive(Debug)]
+pub struct Summary<'a>(&'a [AttemptRecord]);
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "#{} {}: ", i + 1, a.peer)?;
+            match a.outcome {
+                Outcome::Pending => f.write_str("pending")?,
+                Outcome::Responded { status } => write!(f, "status {status}")?,
+                Outcome::Failed { kind, verdict } => {
+                    write!(f, "{kind}")?;
+                    match verdict {
+                        Verdict::Retried => f.write_str(", retried")?,
+                        Verdict::Stopped(r) => write!(f, ", stopped: {r}")?,
+                    }
+                }
+            }
+            if let Some(d) = a.duration {
+                write!(f, " after {}ms", d.as_millis())?;
+            }
+        }
+        Ok(())
+    }
+}

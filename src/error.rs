@@ -1,0 +1,136 @@
+//! Every way a configuration can be wrong.
+
+use std::time::Duration;
+
+/// A configuration the crate refuses to build.
+///
+/// Every constructor that takes user input returns this instead of panicking. The messages are
+/// lowercase and say what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A selector was given an empty list of peers.
+    #[error("no peers: give the selector at least one upstream peer")]
+    NoPeers,
+
+    /// A peer address is not an `IP:PORT` pair.
+    #[error(
+        "invalid peer address {address:?}: expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080 \
+         (host names are not resolved here; resolve them before building peers)"
+    )]
+    InvalidAddress {
+        /// The address as given.
+        address: String,
+    },
+
+    /// A peer address has port 0, which no upstream listens on.
+    #[error("invalid peer address {address:?}: port 0 cannot be connected to; give the upstream's port")]
+    ZeroPort {
+        /// The address as given.
+        address: String,
+    },
+
+    /// The same peer appears twice in one selector.
+    #[error("peer {peer} is listed twice: list each upstream once and use its weight to favour it")]
+    DuplicatePeer {
+        /// The repeated peer.
+        peer: String,
+    },
+
+    /// A peer weight of zero.
+    #[error("peer {peer}: weight must be at least 1; remove the peer instead of weighting it 0")]
+    ZeroWeight {
+        /// The peer.
+        peer: String,
+    },
+
+    /// A peer weight above [`MAX_WEIGHT`](crate::peer::MAX_WEIGHT).
+    #[error("peer {peer}: weight {weight} is above the maximum of {max}; scale the weights down")]
+    WeightTooLarge {
+        /// The peer.
+        peer: String,
+        /// The weight given.
+        weight: u32,
+        /// The largest weight accepted.
+        max: u32,
+    },
+
+    /// A timeout of zero, which would fail every request at once.
+    #[error("{what} must be greater than zero")]
+    ZeroTimeout {
+        /// Which timeout.
+        what: &'static str,
+    },
+
+    /// A timeout so long it cannot take effect or would hold requests for no purpose.
+    #[error("{what} of {value:?} is above the maximum of {max:?}; choose a shorter one")]
+    TimeoutTooLong {
+        /// Which timeout.
+        what: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The longest value accepted.
+        max: Duration,
+    },
+
+    /// A retry policy allowing zero attempts, which would never contact an upstream.
+    #[error("max attempts must be at least 1 (1 means a single try and no retry)")]
+    ZeroAttempts,
+
+    /// A retry policy allowing more attempts than any failover needs.
+    #[error("max attempts {value} is above the maximum of {max}; use a retry budget, not a huge count")]
+    TooManyAttempts {
+        /// The value given.
+        value: u32,
+        /// The largest value accepted.
+        max: u32,
+    },
+
+    /// A peer asks for TLS but the crate was built without a TLS back-end.
+    #[error(
+        "peer {peer} uses TLS but no TLS back-end is compiled in: enable the crate feature \
+         openssl, boringssl or rustls"
+    )]
+    TlsUnavailable {
+        /// The peer.
+        peer: String,
+    },
+
+    /// Pingora's own attempt cap would silently cut the retry policy short.
+    #[error(
+        "pingora's ServerConf::max_retries is {pingora}, below the {policy} attempts the retry \
+         policy allows: set max_retries to at least {policy}"
+    )]
+    PingoraRetryCapTooLow {
+        /// `ServerConf::max_retries` (pingora counts attempts, not retries).
+        pingora: usize,
+        /// The policy's maximum number of attempts.
+        policy: u32,
+    },
+
+    /// A number that must lie in a range does not.
+    #[error("{what} is {value}, outside {range}")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// The accepted range.
+        range: &'static str,
+    },
+}
+
+/// Checks that a timeout is non-zero and at most `max`.
+pub(crate) fn check_timeout(
+    what: &'static str,
+    value: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::ZeroTimeout { what })
+    } else if value > max {
+        Err(ConfigError::TimeoutTooLong { what, value, max })
+    } else {
+        Ok(value)
+    }
+}

@@ -1,0 +1,70 @@
+//! Production-grade failover for [Pingora](https://github.com/cloudflare/pingora) HTTP proxies.
+//!
+//! Pingora hands a proxy two raw hooks, `fail_to_connect` and `error_while_proxy`, and a retry
+//! flag. This crate builds the rest on them: which upstream each attempt goes to
+//! ([`PeerSelector`]), whether a failure is worth another attempt ([`RetryPolicy`]), and the
+//! rules that keep a retry safe (never after the response started, never a non-idempotent
+//! request that reached the upstream, never a body that cannot be replayed, never past the
+//! attempt cap, the deadline or the [`RetryBudget`]). It fails over on connect failures, on a
+//! slow upstream (response header timeout), on a closed reused connection and on chosen statuses.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use pingora_core::server::{configuration::ServerConf, Server};
+//! use pingora_failover::prelude::*;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let selector = OrderedList::new(vec![
+//!     Peer::new("127.0.0.1:8080")?, // primary
+//!     Peer::new("127.0.0.1:8081")?, // backup
+//! ])?;
+//! let proxy = FailoverProxy::new(selector, StandardPolicy::default())?;
+//!
+//! let mut server = Server::new(None)?;
+//! server.bootstrap();
+//! let mut service = proxy.into_service(&server.configuration)?;
+//! service.add_tcp("127.0.0.1:6188");
+//! server.add_service(service);
+//! server.run_forever();
+//! # }
+//! ```
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+
+pub mod ctx;
+pub mod error;
+pub mod peer;
+pub mod proxy;
+pub mod retry;
+pub mod select;
+
+pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
+pub use error::ConfigError;
+pub use peer::{Peer, PeerBuilder};
+pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
+pub use retry::{
+    Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
+};
+pub use select::{Attempt, OrderedList, PeerSelector, RoundRobin};
+
+/// The types most proxies need.
+pub mod prelude {
+    pub use crate::{
+        Attempt, ConfigError, Failover, FailoverCtx, FailoverProxy, OrderedList, Peer,
+        PeerSelector, RetryPolicy, RoundRobin, StandardPolicy,
+    };
+}
+
+/// Whether a TLS back-end is compiled in; without one, pingora would silently connect in clear.
+const TLS_AVAILABLE: bool = cfg!(any(
+    feature = "openssl",
+    feature = "boringssl",
+    feature = "rustls"
+));

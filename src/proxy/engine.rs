@@ -1,0 +1,429 @@
+//! The failover engine: pingora's hooks translated into the crate's decisions.
+
+use std::time::Duration;
+
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result, RetryType};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use crate::ctx::{FailoverCtx, Outcome, StopReason, Verdict};
+use crate::error::{check_timeout, ConfigError};
+use crate::peer::Peer;
+use crate::retry::{Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, MAX_ATTEMPTS};
+use crate::select::{Attempt, PeerSelector};
+
+/// Longest overall deadline accepted.
+const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The failover engine: a [`PeerSelector`], a [`RetryPolicy`] and the safety rules between them.
+///
+/// [`FailoverProxy`](crate::FailoverProxy) is a complete `ProxyHttp` built on it. A proxy that
+/// already has its own `ProxyHttp` embeds the engine instead: keep a [`FailoverCtx`] in its
+/// `CTX` and call the engine's method of the same name from each of these hooks:
+/// [`upstream_peer`](Self::upstream_peer), [`fail_to_connect`](Self::fail_to_connect),
+/// [`error_while_proxy`](Self::error_while_proxy),
+/// [`upstream_response_filter`](Self::upstream_response_filter) and
+/// [`logging`](Self::logging). The `embed` example shows it.
+///
+/// # Safety rules
+///
+/// Whatever the policy says, the engine does not retry:
+/// 1. once anything was written to the client;
+/// 2. a non-idempotent request that may have reached the upstream, unless the policy opts in
+///    with [`RetryPolicy::replay_non_idempotent`];
+/// 3. a request whose body outgrew pingora's 64 KiB replay buffer, once it was sent;
+/// 4. past the policy's attempt cap, the overall deadline, or the retry budget.
+///
+/// It resolves pingora's `RetryType::ReusedOnly` before anything reads the retry flag.
+#[derive(Debug)]
+pub struct Failover<S, R> {
+    selector: S,
+    policy: R,
+    deadline: Option<Duration>,
+    budget: Option<RetryBudget>,
+}
+
+impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
+    /// An engine with the default settings; see [`FailoverBuilder`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroAttempts`] or [`ConfigError::TooManyAttempts`] when the policy's
+    /// [`max_attempts`](RetryPolicy::max_attempts) is out of range.
+    pub fn new(selector: S, policy: R) -> Result<Self, ConfigError> {
+        Self::builder(selector, policy).build()
+    }
+
+    /// A builder for an engine.
+    pub fn builder(selector: S, policy: R) -> FailoverBuilder<S, R> {
+        FailoverBuilder {
+            selector,
+            policy,
+            deadline: None,
+            budget: Some(RetryBudget::default()),
+        }
+    }
+
+    /// The selector.
+    pub fn selector(&self) -> &S {
+        &self.selector
+    }
+
+    /// The retry policy.
+    pub fn policy(&self) -> &R {
+        &self.policy
+    }
+
+    /// The retry budget, if one is set.
+    pub fn budget(&self) -> Option<&RetryBudget> {
+        self.budget.as_ref()
+    }
+
+    /// Checks that pingora's own attempt cap, `ServerConf::max_retries`, does not cut the
+    /// policy short. Pingora counts attempts there, not retries.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::PingoraRetryCapTooLow`] when `conf.max_retries` is below the policy's
+    /// maximum attempts.
+    pub fn check_server_conf(&self, conf: &ServerConf) -> Result<(), ConfigError> {
+        let policy = self.policy.max_attempts();
+        if conf.max_retries < policy as usize {
+            return Err(ConfigError::PingoraRetryCapTooLow {
+                pingora: conf.max_retries,
+                policy,
+            });
+        }
+        Ok(())
+    }
+
+    /// For `ProxyHttp::upstream_peer`: the peer for this attempt, after the backoff when it is a
+    /// retry.
+    ///
+    /// # Errors
+    ///
+    /// A 503 error when the selector has no peer to offer.
+    pub async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut FailoverCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let retry = ctx.attempts().len() as u32;
+        let peer = match ctx.next.take() {
+            Some(peer) => peer,
+            None => {
+                let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()));
+                self.selector.select(&attempt).ok_or_else(|| {
+                    Error::explain(
+                        ErrorType::HTTPStatus(503),
+                        format!("no upstream peer available ({})", ctx.summary()),
+                    )
+                })?
+            }
+        };
+        if retry == 0 {
+            if let Some(budget) = &self.budget {
+                budget.deposit();
+            }
+        } else {
+            let mut wait = self.policy.backoff(retry);
+            if let Some(left) = self.time_left(ctx) {
+                wait = wait.min(left / 2);
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let mut http_peer = Box::new(peer.http_peer().clone());
+        ctx.start_attempt(peer);
+        if let Some(left) = self.time_left(ctx) {
+            clamp_timeouts(&mut http_peer, left.max(Duration::from_millis(1)));
+        }
+        Ok(http_peer)
+    }
+
+    /// For `ProxyHttp::fail_to_connect`: classifies the failure and marks the error for retry
+    /// or not. Nothing was sent upstream, so any request may go elsewhere.
+    pub fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut FailoverCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        e.retry.decide_reuse(false);
+        let kind = FailureKind::from_connect_error(e.etype());
+        self.after_failure(session, ctx, e, kind, false)
+    }
+
+    /// For `ProxyHttp::error_while_proxy`: resolves `ReusedOnly`, classifies the failure and
+    /// marks the error for retry or not.
+    pub fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut FailoverCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // Rule: ReusedOnly is resolved before anything can read the retry flag.
+        let reused_only = matches!(e.retry, RetryType::ReusedOnly);
+        e.retry.decide_reuse(client_reused);
+
+        // A retriable status whose retry upstream_response_filter already decided.
+        if let (ErrorType::HTTPStatus(_), Some(rec)) = (e.etype(), ctx.attempts().last()) {
+            if matches!(
+                rec.outcome(),
+                Outcome::Failed {
+                    kind: FailureKind::Status(_),
+                    verdict: Verdict::Retried
+                }
+            ) {
+                e.set_retry(true);
+                return e;
+            }
+        }
+        let kind = match e.etype() {
+            ErrorType::ReadTimedout if session.response_written().is_none() => {
+                FailureKind::HeaderTimeout
+            }
+            ErrorType::ReadTimedout => FailureKind::BodyTimeout,
+            ErrorType::WriteTimedout => FailureKind::WriteTimeout,
+            _ if reused_only && client_reused => FailureKind::ReusedConnectionClosed,
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
+                FailureKind::Io
+            }
+            _ => FailureKind::Other,
+        };
+        self.after_failure(session, ctx, e, kind, true)
+    }
+
+    /// For `ProxyHttp::upstream_response_filter`: records the response, and turns a retriable
+    /// status into a retry when the rules allow one. Otherwise, the last attempt included, the
+    /// upstream's own response goes to the client unchanged.
+    ///
+    /// # Errors
+    ///
+    /// An `HTTPStatus` error marked for retry, which pingora hands to `error_while_proxy` and
+    /// then to another attempt.
+    pub fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        response: &ResponseHeader,
+        ctx: &mut FailoverCtx,
+    ) -> Result<()> {
+        let status = response.status.as_u16();
+        if status < 200 || ctx.attempts().is_empty() {
+            return Ok(());
+        }
+        if self.policy.is_retriable_status(status) {
+            let kind = FailureKind::Status(status);
+            match self.judge(session, ctx, kind, true) {
+                Ok(next) => {
+                    finish(ctx, kind, Verdict::Retried);
+                    ctx.next = Some(next);
+                    let mut e = Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "retriable status from upstream",
+                    );
+                    e.set_retry(true);
+                    return Err(e.into_up());
+                }
+                Err(reason) => {
+                    finish(ctx, kind, Verdict::Stopped(reason));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(rec) = ctx.current_mut() {
+            rec.finish(Outcome::Responded { status });
+        }
+        Ok(())
+    }
+
+    /// For `ProxyHttp::logging`: completes the record. When pingora's `max_retries` ended the
+    /// loop although a retry was decided, the last attempt says so
+    /// ([`StopReason::PingoraRetryCap`]) rather than claiming a retry that never happened.
+    pub fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut FailoverCtx) {
+        if ctx.next.take().is_some() {
+            if let Some(rec) = ctx.current_mut() {
+                rec.set_verdict(Verdict::Stopped(StopReason::PingoraRetryCap));
+            }
+        }
+    }
+
+    fn after_failure(
+        &self,
+        session: &Session,
+        ctx: &mut FailoverCtx,
+        mut e: Box<Error>,
+        kind: FailureKind,
+        sent_upstream: bool,
+    ) -> Box<Error> {
+        if ctx.attempts().is_empty() {
+            // Not an attempt this engine started: leave pingora's decision alone.
+            return e;
+        }
+        match self.judge(session, ctx, kind, sent_upstream) {
+            Ok(next) => {
+                finish(ctx, kind, Verdict::Retried);
+                ctx.next = Some(next);
+                e.set_retry(true);
+                e
+            }
+            Err(reason) => {
+                finish(ctx, kind, Verdict::Stopped(reason));
+                e.set_retry(false);
+                e.more_context(format!(
+                    "failover stopped ({reason}) after {} attempt(s): {}",
+                    ctx.attempts().len(),
+                    ctx.summary()
+                ))
+            }
+        }
+    }
+
+    /// The next peer when a retry is allowed, or why not.
+    fn judge(
+        &self,
+        session: &Session,
+        ctx: &FailoverCtx,
+        kind: FailureKind,
+        sent_upstream: bool,
+    ) -> std::result::Result<Peer, StopReason> {
+        let attempts = ctx.attempts();
+        let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
+        let failure = Failure {
+            kind,
+            attempt: attempts.len() as u32,
+            elapsed: ctx.elapsed(),
+            request: session.req_header(),
+            peer: rec.peer(),
+            sent_upstream,
+            body_replayable: !session.retry_buffer_truncated(),
+            error: None,
+        };
+        if session.response_written().is_some() {
+            return Err(StopReason::ResponseStarted);
+        }
+        if sent_upstream {
+            if !failure.is_idempotent() && !self.policy.replay_non_idempotent(&failure) {
+                return Err(StopReason::NotIdempotent);
+            }
+            if !failure.body_replayable {
+                return Err(StopReason::BodyNotReplayable);
+            }
+        }
+        if self.policy.decide(&failure) != RetryDecision::Retry {
+            return Err(StopReason::Policy);
+        }
+        if failure.attempt >= self.policy.max_attempts() {
+            return Err(StopReason::MaxAttempts);
+        }
+        if self.time_left(ctx).is_some_and(|left| left.is_zero()) {
+            return Err(StopReason::Deadline);
+        }
+        if let Some(budget) = &self.budget {
+            if !budget.withdraw() {
+                return Err(StopReason::Budget);
+            }
+        }
+        let attempt = Attempt::new(attempts, Some(session.req_header()));
+        self.selector.select(&attempt).ok_or_else(|| {
+            if let Some(budget) = &self.budget {
+                budget.refund();
+            }
+            StopReason::NoPeerLeft
+        })
+    }
+
+    fn time_left(&self, ctx: &FailoverCtx) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_sub(ctx.elapsed()))
+    }
+}
+
+fn finish(ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
+    if let Some(rec) = ctx.current_mut() {
+        rec.finish(Outcome::Failed { kind, verdict });
+    }
+}
+
+/// Shortens each timeout of `peer` to at most `left`.
+fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
+    let o = &mut peer.options;
+    for t in [
+        &mut o.connection_timeout,
+        &mut o.total_connection_timeout,
+        &mut o.read_timeout,
+        &mut o.write_timeout,
+    ] {
+        *t = Some(t.map_or(left, |t| t.min(left)));
+    }
+}
+
+/// Builds a [`Failover`] engine.
+///
+/// # Default
+///
+/// - overall deadline: none (each attempt is bounded by its peer's timeouts, and the number of
+///   attempts by the policy)
+/// - retry budget: [`RetryBudget::default`] (20 % of requests plus 10 per second, over 10 s)
+#[derive(Debug)]
+#[must_use]
+pub struct FailoverBuilder<S, R> {
+    selector: S,
+    policy: R,
+    deadline: Option<Duration>,
+    budget: Option<RetryBudget>,
+}
+
+impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
+    /// An overall deadline across all attempts of a request, backoff included. No retry starts
+    /// after it, and each attempt's timeouts are shortened to what is left of it.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The retry budget shared by all requests through this engine.
+    pub fn with_budget(mut self, budget: RetryBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// No retry budget: only the attempt cap limits retries.
+    pub fn without_budget(mut self) -> Self {
+        self.budget = None;
+        self
+    }
+
+    /// Checks the settings and builds the engine.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroAttempts`] or [`ConfigError::TooManyAttempts`] for the policy's attempt
+    /// cap; [`ConfigError::ZeroTimeout`] or [`ConfigError::TimeoutTooLong`] for the deadline.
+    pub fn build(self) -> Result<Failover<S, R>, ConfigError> {
+        match self.policy.max_attempts() {
+            0 => return Err(ConfigError::ZeroAttempts),
+            n if n > MAX_ATTEMPTS => {
+                return Err(ConfigError::TooManyAttempts {
+                    value: n,
+                    max: MAX_ATTEMPTS,
+                })
+            }
+            _ => {}
+        }
+        if let Some(d) = self.deadline {
+            check_timeout("overall deadline", d, MAX_DEADLINE)?;
+        }
+        Ok(Failover {
+            selector: self.selector,
+            policy: self.policy,
+            deadline: self.deadline,
+            budget: self.budget,
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! `FailoverProxy`: a complete `ProxyHttp`, and the engine it is built on.
+
+mod engine;
+
+pub use engine::{Failover, FailoverBuilder};
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::services::listening::Service;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::{http_proxy, http_proxy_service, HttpProxy, ProxyHttp, Session};
+
+use crate::ctx::FailoverCtx;
+use crate::error::ConfigError;
+use crate::retry::RetryPolicy;
+use crate::select::PeerSelector;
+
+/// A complete pingora `ProxyHttp` that fails over between upstreams.
+///
+/// Build it with a selector and a policy, then turn it into a pingora service with
+/// [`into_service`](Self::into_service), which also checks pingora's retry cap against the
+/// policy. Its `CTX` is the [`FailoverCtx`] of each request.
+#[derive(Debug)]
+pub struct FailoverProxy<S, R> {
+    engine: Failover<S, R>,
+}
+
+impl<S: PeerSelector, R: RetryPolicy> FailoverProxy<S, R> {
+    /// A proxy with the engine's default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`Failover::new`].
+    pub fn new(selector: S, policy: R) -> Result<Self, ConfigError> {
+        Failover::new(selector, policy).map(Self::from_engine)
+    }
+
+    /// A proxy around an engine built with [`Failover::builder`].
+    pub fn from_engine(engine: Failover<S, R>) -> Self {
+        Self { engine }
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Failover<S, R> {
+        &self.engine
+    }
+
+    /// A pingora service for a `Server`, after [`Failover::check_server_conf`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::PingoraRetryCapTooLow`] when `conf.max_retries` would cut the policy
+    /// short.
+    pub fn into_service(
+        self,
+        conf: &Arc<ServerConf>,
+    ) -> Result<Service<HttpProxy<Self>>, ConfigError> {
+        self.engine.check_server_conf(conf)?;
+        Ok(http_proxy_service(conf, self))
+    }
+
+    /// A pingora `HttpProxy` app for running without a `Server` (embedded, or in tests), after
+    /// [`Failover::check_server_conf`].
+    ///
+    /// # Errors
+    ///
+    /// As [`into_service`](Self::into_service).
+    pub fn into_app(self, conf: &Arc<ServerConf>) -> Result<HttpProxy<Self>, ConfigError> {
+        self.engine.check_server_conf(conf)?;
+        Ok(http_proxy(conf, self))
+    }
+}
+
+#[async_trait]
+impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
+    type CTX = FailoverCtx;
+
+    fn new_ctx(&self) -> FailoverCtx {
+        FailoverCtx::new()
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut FailoverCtx,
+    ) -> Result<Box<HttpPeer>> {
+        self.engine.upstream_peer(session, ctx).await
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut FailoverCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.engine.fail_to_connect(session, peer, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut FailoverCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.engine
+            .error_while_proxy(peer, session, e, ctx, client_reused)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut FailoverCtx,
+    ) -> Result<()> {
+        self.engine
+            .upstream_response_filter(session, upstream_response, ctx)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut FailoverCtx) {
+        self.engine.logging(session, e, ctx);
+    }
+}
