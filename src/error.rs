@@ -24,14 +24,18 @@ pub enum ConfigError {
     },
 
     /// A peer address has port 0, which no upstream listens on.
-    #[error("invalid peer address {address:?}: port 0 cannot be connected to; give the upstream's port")]
+    #[error(
+        "invalid peer address {address:?}: port 0 cannot be connected to; give the upstream's port"
+    )]
     ZeroPort {
         /// The address as given.
         address: String,
     },
 
     /// The same peer appears twice in one selector.
-    #[error("peer {peer} is listed twice: list each upstream once and use its weight to favour it")]
+    #[error(
+        "peer {peer} is listed twice: list each upstream once and use its weight to favour it"
+    )]
     DuplicatePeer {
         /// The repeated peer.
         peer: String,
@@ -78,7 +82,9 @@ pub enum ConfigError {
     ZeroAttempts,
 
     /// A retry policy allowing more attempts than any failover needs.
-    #[error("max attempts {value} is above the maximum of {max}; use a retry budget, not a huge count")]
+    #[error(
+        "max attempts {value} is above the maximum of {max}; use a retry budget, not a huge count"
+    )]
     TooManyAttempts {
         /// The value given.
         value: u32,

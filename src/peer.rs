@@ -314,7 +314,9 @@ pub(crate) fn check_peers(peers: &[Peer]) -> Result<(), ConfigError> {
             .iter()
             .any(|q| q.same(p) || (q.addr() == p.addr() && q.sni() == p.sni()))
         {
-            return Err(ConfigError::DuplicatePeer { peer: p.to_string() });
+            return Err(ConfigError::DuplicatePeer {
+                peer: p.to_string(),
+            });
         }
     }
     Ok(())
@@ -332,7 +334,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_addresses() {
-        for bad in ["", "localhost:80", "127.0.0.1", "127.0.0.1:http", "1.2.3.4:99999"] {
+        for bad in [
+            "",
+            "localhost:80",
+            "127.0.0.1",
+            "127.0.0.1:http",
+            "1.2.3.4:99999",
+        ] {
             assert!(
                 matches!(Peer::new(bad), Err(ConfigError::InvalidAddress { .. })),
                 "{bad:?}"

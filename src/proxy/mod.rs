@@ -4,6 +4,7 @@ mod engine;
 
 pub use engine::{Failover, FailoverBuilder};
 
+use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -24,9 +25,21 @@ use crate::select::PeerSelector;
 /// Build it with a selector and a policy, then turn it into a pingora service with
 /// [`into_service`](Self::into_service), which also checks pingora's retry cap against the
 /// policy. Its `CTX` is the [`FailoverCtx`] of each request.
-#[derive(Debug)]
 pub struct FailoverProxy<S, R> {
     engine: Failover<S, R>,
+    on_done: Option<OnDone>,
+}
+
+/// The callback run once per request after it ended; see [`FailoverProxy::on_request_done`].
+type OnDone = Box<dyn Fn(&Session, Option<&Error>, &FailoverCtx) + Send + Sync>;
+
+impl<S: fmt::Debug, R: fmt::Debug> fmt::Debug for FailoverProxy<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailoverProxy")
+            .field("engine", &self.engine)
+            .field("on_request_done", &self.on_done.is_some())
+            .finish()
+    }
 }
 
 impl<S: PeerSelector, R: RetryPolicy> FailoverProxy<S, R> {
@@ -41,7 +54,21 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverProxy<S, R> {
 
     /// A proxy around an engine built with [`Failover::builder`].
     pub fn from_engine(engine: Failover<S, R>) -> Self {
-        Self { engine }
+        Self {
+            engine,
+            on_done: None,
+        }
+    }
+
+    /// Runs `f` once per request after it ended (in pingora's `logging` phase), with the final
+    /// error if any and the request's [`FailoverCtx`]: the place for access logs and metrics.
+    #[must_use]
+    pub fn on_request_done(
+        mut self,
+        f: impl Fn(&Session, Option<&Error>, &FailoverCtx) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_done = Some(Box::new(f));
+        self
     }
 
     /// The engine.
@@ -125,5 +152,8 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut FailoverCtx) {
         self.engine.logging(session, e, ctx);
+        if let Some(f) = &self.on_done {
+            f(session, e, ctx);
+        }
     }
 }

@@ -212,7 +212,12 @@ impl<'a> Failure<'a> {
     /// A failure of `kind` on attempt number `attempt` (from 1) of `request` to `peer`, for
     /// driving a policy outside a proxy (tests, simulations). Assumes nothing was sent upstream
     /// for connect failures and something was for the others, and a replayable body.
-    pub fn new(kind: FailureKind, attempt: u32, request: &'a RequestHeader, peer: &'a Peer) -> Self {
+    pub fn new(
+        kind: FailureKind,
+        attempt: u32,
+        request: &'a RequestHeader,
+        peer: &'a Peer,
+    ) -> Self {
         Self {
             kind,
             attempt,

@@ -13,13 +13,16 @@ use crate::select::{Attempt, PeerSelector};
 /// heavy peer's turns are interleaved with the others rather than bunched. A shared atomic cursor
 /// walks it, so selection takes no lock and does not allocate.
 ///
-/// A retry never returns to a peer the request already tried while an untried one remains: it
-/// takes the next untried peer after the scheduled one.
+/// A retry never returns to a peer the request already tried while an untried one remains.
+/// Retries draw their turns from a cursor of their own: if they took turns from the first
+/// attempts' cursor, every retry would shift the schedule, and a dead peer would receive more
+/// than its share of first attempts (half instead of a third, with one dead peer in three).
 #[derive(Debug)]
 pub struct RoundRobin {
     peers: Box<[Peer]>,
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
+    retry_cursor: AtomicUsize,
 }
 
 impl RoundRobin {
@@ -36,6 +39,7 @@ impl RoundRobin {
             peers: peers.into_boxed_slice(),
             schedule,
             cursor: AtomicUsize::new(0),
+            retry_cursor: AtomicUsize::new(0),
         })
     }
 
@@ -47,13 +51,20 @@ impl RoundRobin {
 
 impl PeerSelector for RoundRobin {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let start = self.schedule[turn % self.schedule.len()] as usize;
-        let n = self.peers.len();
-        (0..n)
-            .map(|k| &self.peers[(start + k) % n])
-            .find(|p| !attempt.has_tried(p))
-            .cloned()
+        let cursor = if attempt.is_retry() {
+            &self.retry_cursor
+        } else {
+            &self.cursor
+        };
+        // Draw turns until one falls on an untried peer; a first attempt takes the first turn.
+        for _ in 0..self.peers.len() {
+            let turn = cursor.fetch_add(1, Ordering::Relaxed);
+            let peer = &self.peers[self.schedule[turn % self.schedule.len()] as usize];
+            if !attempt.has_tried(peer) {
+                return Some(peer.clone());
+            }
+        }
+        self.peers.iter().find(|p| !attempt.has_tried(p)).cloned()
     }
 }
 

@@ -1,0 +1,197 @@
+//! Failover on connect failures: refused, blackholed, everything down; round-robin spreading.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pingora_failover::{
+    FailureKind, OrderedList, Outcome, Peer, RoundRobin, StandardPolicy, StopReason, Verdict,
+};
+use support::{client, refused_addr, start_failover, Blackhole, Mode, Upstream};
+
+fn failed(kind: FailureKind, verdict: Verdict) -> Outcome {
+    Outcome::Failed { kind, verdict }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_primary_every_request_goes_to_the_backup() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary = Peer::new(&refused_addr()).unwrap();
+    let list = OrderedList::new(vec![
+        primary.clone(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let (proxy, log) = start_failover(list.unwrap(), StandardPolicy::default()).await;
+
+    let http = client();
+    for _ in 0..10 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "backup");
+    }
+    assert_eq!(backup.hits(), 10);
+    for attempts in log.wait_for(10).await {
+        assert_eq!(attempts.len(), 2, "the primary was tried first");
+        assert_eq!(attempts[0].peer(), &primary);
+        assert_eq!(
+            attempts[0].outcome(),
+            failed(FailureKind::ConnectRefused, Verdict::Retried)
+        );
+        assert_eq!(attempts[1].outcome(), Outcome::Responded { status: 200 });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackholed_primary_fails_over_after_the_connect_timeout() {
+    let hole = Blackhole::start().await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let connect_timeout = Duration::from_millis(300);
+    let primary = Peer::builder(hole.peer_addr())
+        .with_connect_timeout(connect_timeout)
+        .build()
+        .unwrap();
+    let list = OrderedList::new(vec![
+        primary.clone(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let (proxy, log) = start_failover(list.unwrap(), StandardPolicy::default()).await;
+
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "backup");
+
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].peer(), &primary);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::ConnectTimeout, Verdict::Retried)
+    );
+    // The primary's attempt lasted the connect timeout: it hung, it was not refused.
+    assert!(attempts[0].duration().unwrap() >= connect_timeout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_peers_down_gives_502_with_every_attempt_recorded() {
+    let hole = Blackhole::start().await;
+    let timeout = Duration::from_millis(200);
+    let peers = vec![
+        Peer::new(&refused_addr()).unwrap(),
+        Peer::builder(hole.peer_addr())
+            .with_connect_timeout(timeout)
+            .build()
+            .unwrap(),
+        Peer::new(&refused_addr()).unwrap(),
+    ];
+    let list = OrderedList::new(peers.clone()).unwrap();
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 502);
+    // Bounded: one connect timeout plus backoff (at most 25 + 50 ms), never an open-ended wait.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    let attempts = log.wait_for(1).await.remove(0);
+    let tried: Vec<_> = attempts.iter().map(|a| a.peer().clone()).collect();
+    assert_eq!(tried, peers, "every peer tried once, in order");
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::ConnectRefused, Verdict::Retried)
+    );
+    assert_eq!(
+        attempts[1].outcome(),
+        failed(FailureKind::ConnectTimeout, Verdict::Retried)
+    );
+    assert_eq!(
+        attempts[2].outcome(),
+        failed(
+            FailureKind::ConnectRefused,
+            Verdict::Stopped(StopReason::MaxAttempts)
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fewer_peers_than_attempts_it_stops_when_none_is_left() {
+    let peers = vec![
+        Peer::new(&refused_addr()).unwrap(),
+        Peer::new(&refused_addr()).unwrap(),
+    ];
+    let list = OrderedList::new(peers).unwrap();
+    let policy = StandardPolicy::builder()
+        .with_max_attempts(5)
+        .build()
+        .unwrap();
+    let (proxy, log) = start_failover(list, policy).await;
+
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(attempts.len(), 2, "no peer tried twice");
+    assert_eq!(
+        attempts[1].outcome(),
+        failed(
+            FailureKind::ConnectRefused,
+            Verdict::Stopped(StopReason::NoPeerLeft)
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_over_healthy_peers() {
+    let ups = [
+        Upstream::start("a", Mode::Ok).await,
+        Upstream::start("b", Mode::Ok).await,
+        Upstream::start("c", Mode::Ok).await,
+    ];
+    let peers = ups.iter().map(|u| Peer::new(&u.peer_addr()).unwrap());
+    let rr = RoundRobin::new(peers.collect()).unwrap();
+    let (proxy, _log) = start_failover(rr, StandardPolicy::default()).await;
+
+    let http = client();
+    let mut answered: HashMap<String, usize> = HashMap::new();
+    for _ in 0..30 {
+        let body = http.get(proxy.url("/")).send().await.unwrap().text().await;
+        *answered.entry(body.unwrap()).or_default() += 1;
+    }
+    assert_eq!(
+        answered,
+        HashMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_retry_never_picks_the_peer_that_failed() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let dead = Peer::new(&refused_addr()).unwrap();
+    let peers = vec![
+        dead.clone(),
+        Peer::new(&a.peer_addr()).unwrap(),
+        Peer::new(&b.peer_addr()).unwrap(),
+    ];
+    let rr = RoundRobin::new(peers).unwrap();
+    let (proxy, log) = start_failover(rr, StandardPolicy::default()).await;
+
+    let http = client();
+    for _ in 0..30 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let all = log.wait_for(30).await;
+    let retried: Vec<_> = all.iter().filter(|a| a.len() > 1).collect();
+    assert_eq!(
+        retried.len(),
+        10,
+        "a third of the turns land on the dead peer"
+    );
+    for attempts in &all {
+        assert_eq!(attempts.len(), 1 + usize::from(attempts[0].peer() == &dead));
+        assert_ne!(attempts.last().unwrap().peer(), &dead);
+    }
+    // First attempts: 10 each; the 10 retries alternate between the two live peers.
+    assert_eq!((a.hits(), b.hits()), (15, 15));
+}

@@ -1,0 +1,367 @@
+//! Real servers for the end-to-end tests and examples: upstreams on `127.0.0.1:0` whose behaviour
+//! can be switched while they run, a port that refuses connections, a blackholed listener, and a
+//! pingora proxy served in-process.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::Response;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::l4::stream::Stream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How an upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 200 at once, body = the upstream's name.
+    Ok,
+    /// 200 after this delay.
+    Slow(Duration),
+    /// Accepts, reads the request, never answers.
+    Hang,
+    /// This status at once, body = "<name> <status>".
+    Status(u16),
+    /// 200 header and a first body chunk, then the body stalls forever.
+    StallBody,
+}
+
+#[derive(Default)]
+struct State {
+    hits: AtomicUsize,
+    /// Requests seen per `x-request-id`.
+    ids: Mutex<HashMap<String, usize>>,
+    /// Bodies received, in order.
+    bodies: Mutex<Vec<Bytes>>,
+}
+
+/// A real HTTP/1.1 upstream (axum) on `127.0.0.1:0`.
+pub struct Upstream {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    mode: Arc<Mutex<Mode>>,
+    state: Arc<State>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str, mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(name, listener, Arc::new(Mutex::new(mode)), Arc::default())
+    }
+
+    fn serve(
+        name: &'static str,
+        listener: TcpListener,
+        mode: Arc<Mutex<Mode>>,
+        state: Arc<State>,
+    ) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let task = spawn_server(name, listener, mode.clone(), state.clone());
+        Self {
+            name,
+            addr,
+            mode,
+            state,
+            task,
+        }
+    }
+
+    /// The address as `IP:PORT`, for `Peer::new`.
+    pub fn peer_addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Requests received (counted when the request head arrives).
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// How many times each `x-request-id` arrived.
+    pub fn ids(&self) -> HashMap<String, usize> {
+        self.state.ids.lock().unwrap().clone()
+    }
+
+    pub fn bodies(&self) -> Vec<Bytes> {
+        self.state.bodies.lock().unwrap().clone()
+    }
+
+    /// Stops listening: new connections are refused. Connections already open are closed too.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// Listens again on the same port, with the same counters.
+    pub async fn restart(&mut self) {
+        self.task.abort();
+        let listener = loop {
+            // The aborted task drops its listener asynchronously.
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        self.task = spawn_server(self.name, listener, self.mode.clone(), self.state.clone());
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn spawn_server(
+    name: &'static str,
+    listener: TcpListener,
+    mode: Arc<Mutex<Mode>>,
+    state: Arc<State>,
+) -> JoinHandle<()> {
+    let app = axum::Router::new().fallback(move |method, headers, body| {
+        handle(name, mode.clone(), state.clone(), method, headers, body)
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    })
+}
+
+async fn handle(
+    name: &'static str,
+    mode: Arc<Mutex<Mode>>,
+    state: Arc<State>,
+    _method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    state.hits.fetch_add(1, Ordering::SeqCst);
+    if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        *state.ids.lock().unwrap().entry(id.to_owned()).or_default() += 1;
+    }
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let len = body.len();
+    state.bodies.lock().unwrap().push(body);
+    let mode = *mode.lock().unwrap();
+    let reply = |status: StatusCode, text: String| {
+        Response::builder()
+            .status(status)
+            .header("x-upstream", name)
+            .header("x-body-len", len)
+            .body(Body::from(text))
+            .unwrap()
+    };
+    match mode {
+        Mode::Ok => reply(StatusCode::OK, name.to_owned()),
+        Mode::Slow(d) => {
+            tokio::time::sleep(d).await;
+            reply(StatusCode::OK, name.to_owned())
+        }
+        Mode::Hang => std::future::pending().await,
+        Mode::Status(s) => reply(StatusCode::from_u16(s).unwrap(), format!("{name} {s}")),
+        Mode::StallBody => {
+            let first = futures_util::stream::once(async move {
+                Ok::<_, Infallible>(Bytes::from(format!("{name} partial ")))
+            });
+            let stall =
+                futures_util::stream::once(std::future::pending::<Result<Bytes, Infallible>>());
+            Response::builder()
+                .header("x-upstream", name)
+                .header("content-length", "1000")
+                .body(Body::from_stream(futures_util::StreamExt::chain(
+                    first, stall,
+                )))
+                .unwrap()
+        }
+    }
+}
+
+/// An address on which nothing listens: connecting is refused at once.
+pub fn refused_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A loopback listener whose accept queue is full: SYNs to it are dropped, so a connect hangs
+/// until the connector's own timeout. Nothing is ever accepted.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    pub async fn start() -> Self {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        // Connect until one connect cannot complete: the queue is then full. The timeout is
+        // the test of that condition, not a wait for it.
+        for _ in 0..16 {
+            match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => fillers.push(s),
+                Ok(Err(e)) => panic!("blackhole filler failed: {e}"),
+                Err(_) => {
+                    return Self {
+                        addr,
+                        _listener: listener,
+                        _fillers: fillers,
+                    }
+                }
+            }
+        }
+        panic!("the accept queue of {addr} never filled");
+    }
+
+    pub fn peer_addr(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// A pingora proxy app served in-process on `127.0.0.1:0`, without a `Server`.
+pub struct ProxyServer {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+    _shutdown: watch::Sender<bool>,
+}
+
+impl ProxyServer {
+    pub async fn start<A>(app: A) -> Self
+    where
+        A: HttpServerApp + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        let app = Arc::new(app);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (app, rx) = (app.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let stream: pingora_core::protocols::Stream = Box::new(Stream::from(tcp));
+                    let mut stream = Some(stream);
+                    while let Some(s) = stream.take() {
+                        stream = app.process_new(s, &rx).await;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            task,
+            _shutdown: tx,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for ProxyServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A real HTTP client that talks to loopback only, with a bound on every request.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The default pingora server configuration, as an `Arc` for `into_app`.
+pub fn server_conf() -> Arc<pingora_core::server::configuration::ServerConf> {
+    Arc::new(pingora_core::server::configuration::ServerConf::default())
+}
+
+/// The attempt records of every finished request, filled by `FailoverProxy::on_request_done`.
+#[derive(Clone, Default)]
+pub struct RequestLog {
+    done: Arc<Mutex<Vec<Vec<pingora_failover::AttemptRecord>>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl RequestLog {
+    /// A callback for `FailoverProxy::on_request_done` that records into this log.
+    pub fn recorder(
+        &self,
+    ) -> impl Fn(
+        &pingora_proxy::Session,
+        Option<&pingora_error::Error>,
+        &pingora_failover::FailoverCtx,
+    ) + Send
+           + Sync
+           + 'static {
+        let log = self.clone();
+        move |_, _, ctx| {
+            log.done.lock().unwrap().push(ctx.attempts().to_vec());
+            log.changed.notify_waiters();
+        }
+    }
+
+    /// Waits until `n` requests have finished (pingora logs after the response is sent), then
+    /// returns all records so far.
+    pub async fn wait_for(&self, n: usize) -> Vec<Vec<pingora_failover::AttemptRecord>> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let notified = self.changed.notified();
+                {
+                    let done = self.done.lock().unwrap();
+                    if done.len() >= n {
+                        return done.clone();
+                    }
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("requests did not finish")
+    }
+}
+
+/// Starts a `FailoverProxy` over `selector` and `policy` in-process, recording every request.
+pub async fn start_failover<S, R>(selector: S, policy: R) -> (ProxyServer, RequestLog)
+where
+    S: pingora_failover::PeerSelector,
+    R: pingora_failover::RetryPolicy,
+{
+    let proxy = pingora_failover::FailoverProxy::new(selector, policy).unwrap();
+    start_proxy(proxy).await
+}
+
+/// Serves `proxy` in-process, recording every request.
+pub async fn start_proxy<S, R>(
+    proxy: pingora_failover::FailoverProxy<S, R>,
+) -> (ProxyServer, RequestLog)
+where
+    S: pingora_failover::PeerSelector,
+    R: pingora_failover::RetryPolicy,
+{
+    let log = RequestLog::default();
+    let app = proxy
+        .on_request_done(log.recorder())
+        .into_app(&server_conf())
+        .unwrap();
+    (ProxyServer::start(app).await, log)
+}
