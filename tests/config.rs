@@ -1,0 +1,188 @@
+//! Every bad configuration is a typed `ConfigError` at build time, never a panic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::server::configuration::ServerConf;
+use pingora_failover::{
+    Backoff, ConfigError, Failover, FailoverProxy, Failure, OrderedList, Peer, RetryBudget,
+    RetryDecision, RetryPolicy, RoundRobin, StandardPolicy,
+};
+
+fn peer(addr: &str) -> Peer {
+    Peer::new(addr).unwrap()
+}
+
+#[test]
+fn empty_peer_lists() {
+    assert_eq!(OrderedList::new(vec![]).unwrap_err(), ConfigError::NoPeers);
+    assert_eq!(RoundRobin::new(vec![]).unwrap_err(), ConfigError::NoPeers);
+}
+
+#[test]
+fn unparsable_addresses() {
+    for bad in [
+        "",
+        "not an address",
+        "example.com:80",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "[::1]",
+    ] {
+        let err = Peer::new(bad).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::InvalidAddress {
+                address: bad.into()
+            }
+        );
+        assert!(err.to_string().contains("expected IP:PORT"), "{err}");
+    }
+    assert!(matches!(
+        Peer::new("127.0.0.1:0"),
+        Err(ConfigError::ZeroPort { .. })
+    ));
+}
+
+#[test]
+fn weights() {
+    let zero = Peer::builder("127.0.0.1:80").with_weight(0).build();
+    assert_eq!(
+        zero.unwrap_err(),
+        ConfigError::ZeroWeight {
+            peer: "127.0.0.1:80".into()
+        }
+    );
+    let huge = Peer::builder("127.0.0.1:80").with_weight(1_000_000).build();
+    assert!(matches!(
+        huge,
+        Err(ConfigError::WeightTooLarge {
+            weight: 1_000_000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn zero_and_absurd_timeouts() {
+    let b = || Peer::builder("127.0.0.1:80");
+    assert_eq!(
+        b().with_connect_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err(),
+        ConfigError::ZeroTimeout {
+            what: "connect timeout"
+        }
+    );
+    assert_eq!(
+        b().with_read_timeout(Duration::ZERO).build().unwrap_err(),
+        ConfigError::ZeroTimeout {
+            what: "read timeout"
+        }
+    );
+    assert!(matches!(
+        b().with_connect_timeout(Duration::from_secs(3600)).build(),
+        Err(ConfigError::TimeoutTooLong {
+            what: "connect timeout",
+            ..
+        })
+    ));
+    assert!(matches!(
+        b().with_write_timeout(Duration::from_secs(86_400)).build(),
+        Err(ConfigError::TimeoutTooLong { .. })
+    ));
+    let list = || OrderedList::new(vec![peer("127.0.0.1:80")]).unwrap();
+    let deadline = |d| {
+        Failover::builder(list(), StandardPolicy::default())
+            .with_deadline(d)
+            .build()
+            .unwrap_err()
+    };
+    assert_eq!(
+        deadline(Duration::ZERO),
+        ConfigError::ZeroTimeout {
+            what: "overall deadline"
+        }
+    );
+    assert!(matches!(
+        deadline(Duration::from_secs(100_000)),
+        ConfigError::TimeoutTooLong { .. }
+    ));
+    assert!(Backoff::new(Duration::ZERO, Duration::from_millis(1)).is_err());
+    assert!(RetryBudget::new(0.2, 10, Duration::ZERO).is_err());
+}
+
+#[test]
+fn zero_and_absurd_attempts() {
+    let p = StandardPolicy::builder;
+    assert_eq!(
+        p().with_max_attempts(0).build().unwrap_err(),
+        ConfigError::ZeroAttempts
+    );
+    assert!(matches!(
+        p().with_max_attempts(10_000).build(),
+        Err(ConfigError::TooManyAttempts { .. })
+    ));
+
+    // A custom policy is checked as well.
+    #[derive(Debug)]
+    struct Never;
+    impl RetryPolicy for Never {
+        fn decide(&self, _: &Failure<'_>) -> RetryDecision {
+            RetryDecision::Stop
+        }
+        fn max_attempts(&self) -> u32 {
+            0
+        }
+    }
+    let list = OrderedList::new(vec![peer("127.0.0.1:80")]).unwrap();
+    assert_eq!(
+        FailoverProxy::new(list, Never).unwrap_err(),
+        ConfigError::ZeroAttempts
+    );
+}
+
+#[test]
+fn duplicate_peers() {
+    let a = peer("127.0.0.1:80");
+    let err = OrderedList::new(vec![a.clone(), a]).unwrap_err();
+    assert!(matches!(err, ConfigError::DuplicatePeer { .. }));
+    let err = RoundRobin::new(vec![peer("127.0.0.1:80"), peer("127.0.0.1:80")]).unwrap_err();
+    assert!(matches!(err, ConfigError::DuplicatePeer { .. }));
+}
+
+#[test]
+fn pingora_retry_cap_below_the_policy() {
+    let list = OrderedList::new(vec![peer("127.0.0.1:80")]).unwrap();
+    let policy = StandardPolicy::builder()
+        .with_max_attempts(5)
+        .build()
+        .unwrap();
+    let proxy = FailoverProxy::new(list, policy).unwrap();
+    let conf = Arc::new(ServerConf {
+        max_retries: 3,
+        ..ServerConf::default()
+    });
+    let Err(err) = proxy.into_app(&conf) else {
+        panic!("accepted a retry cap below the policy")
+    };
+    assert_eq!(
+        err,
+        ConfigError::PingoraRetryCapTooLow {
+            pingora: 3,
+            policy: 5
+        }
+    );
+    assert!(err.to_string().contains("set max_retries to at least 5"));
+}
+
+#[cfg(not(any(feature = "openssl", feature = "boringssl", feature = "rustls")))]
+#[test]
+fn tls_without_a_tls_backend() {
+    let err = Peer::builder("127.0.0.1:443")
+        .with_tls("example.com")
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::TlsUnavailable { .. }));
+    assert!(err.to_string().contains("enable the crate feature"));
+}

@@ -1,0 +1,60 @@
+//! A selector written outside the crate, through the public API alone: route by a request
+//! header, fall back to the other peers in order.
+
+mod support;
+
+use pingora_failover::{Attempt, Peer, PeerSelector, StandardPolicy};
+use support::{client, refused_addr, start_failover, Mode, Upstream};
+
+/// Sends a request to the peer named by its `x-route` header (an index), then to the others.
+struct ByHeader {
+    peers: Vec<Peer>,
+}
+
+impl PeerSelector for ByHeader {
+    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        let wanted = attempt
+            .request()
+            .and_then(|r| r.headers.get("x-route"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .and_then(|i| self.peers.get(i));
+        wanted
+            .into_iter()
+            .chain(&self.peers)
+            .find(|p| !attempt.has_tried(p))
+            .cloned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_header_and_falls_back_to_the_others() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let dead = refused_addr();
+    let peers = vec![
+        Peer::new(&a.peer_addr()).unwrap(),
+        Peer::new(&b.peer_addr()).unwrap(),
+        Peer::new(&dead).unwrap(),
+    ];
+    let (proxy, log) = start_failover(ByHeader { peers }, StandardPolicy::default()).await;
+    let http = client();
+    let get = |route: Option<&str>| {
+        let mut req = http.get(proxy.url("/"));
+        if let Some(r) = route {
+            req = req.header("x-route", r);
+        }
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+
+    assert_eq!(get(None).await, "a");
+    assert_eq!(get(Some("1")).await, "b");
+    // Routed to the dead peer: falls back to the first of the others.
+    assert_eq!(get(Some("2")).await, "a");
+    assert_eq!((a.hits(), b.hits()), (2, 1));
+
+    let records = log.wait_for(3).await;
+    let routed_to_dead = &records[2];
+    assert_eq!(routed_to_dead.len(), 2);
+    assert_eq!(routed_to_dead[0].peer().addr().to_string(), dead);
+}
