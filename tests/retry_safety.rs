@@ -1,0 +1,361 @@
+//! Failover beyond connect errors, and the safety rules that keep it from duplicating or
+//! corrupting a request: slow and hung upstreams, non-idempotent requests, retriable statuses,
+//! body stalls, the replay buffer, the budget, the deadline and closed reused connections.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pingora_failover::{
+    Failover, FailoverProxy, FailureKind, OrderedList, Outcome, Peer, RetryBudget, StandardPolicy,
+    StopReason, Verdict,
+};
+use support::{client, refused_addr, start_failover, start_proxy, Mode, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn failed(kind: FailureKind, verdict: Verdict) -> Outcome {
+    Outcome::Failed { kind, verdict }
+}
+
+fn stopped(kind: FailureKind, reason: StopReason) -> Outcome {
+    failed(kind, Verdict::Stopped(reason))
+}
+
+/// An ordered list over `addrs`, each with a 300 ms read timeout.
+fn ordered(addrs: &[String]) -> OrderedList {
+    let peers = addrs.iter().map(|a| {
+        Peer::builder(a.as_str())
+            .with_read_timeout(READ_TIMEOUT)
+            .build()
+            .unwrap()
+    });
+    OrderedList::new(peers.collect()).unwrap()
+}
+
+fn statuses(codes: &[u16]) -> StandardPolicy {
+    let codes = codes.iter().copied();
+    StandardPolicy::builder()
+        .with_retry_statuses(codes)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_primary_get_is_answered_by_the_backup() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    // Had the proxy waited for the primary, this would take its full second.
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(primary.hits(), 1);
+
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::HeaderTimeout, Verdict::Retried)
+    );
+    assert_eq!(attempts[1].outcome(), Outcome::Responded { status: 200 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_primary_get_is_answered_by_the_backup() {
+    let primary = Upstream::start("primary", Mode::Hang).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::HeaderTimeout, Verdict::Retried)
+    );
+    assert!(attempts[0].duration().unwrap() >= READ_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_to_a_slow_primary_is_not_retried() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+
+    let resp = client()
+        .post(proxy.url("/orders"))
+        .header("x-request-id", "order-1")
+        .body("one order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502, "an error, not a duplicate");
+    assert_eq!(primary.ids().get("order-1"), Some(&1));
+    assert_eq!(backup.hits(), 0, "never sent twice");
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        stopped(FailureKind::HeaderTimeout, StopReason::NotIdempotent)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_to_a_refusing_primary_fails_over_and_arrives_once() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[refused_addr(), backup.peer_addr()]);
+    let (proxy, _log) = start_failover(list, StandardPolicy::default()).await;
+
+    let resp = client()
+        .post(proxy.url("/orders"))
+        .header("x-request-id", "order-2")
+        .body("one order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    assert_eq!(backup.ids().get("order-2"), Some(&1));
+    assert_eq!(backup.bodies(), ["one order"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_status_fails_over_for_get() {
+    let primary = Upstream::start("primary", Mode::Status(503)).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, statuses(&[502, 503, 504])).await;
+
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::Status(503), Verdict::Retried)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_peer_answers_503_the_last_503_goes_through() {
+    let ups = [
+        Upstream::start("a", Mode::Status(503)).await,
+        Upstream::start("b", Mode::Status(503)).await,
+        Upstream::start("c", Mode::Status(503)).await,
+    ];
+    let list = ordered(&ups.each_ref().map(Upstream::peer_addr));
+    let (proxy, log) = start_failover(list, statuses(&[503])).await;
+
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().await.unwrap(), "c 503", "the upstream's own body");
+    assert_eq!(ups.each_ref().map(Upstream::hits), [1, 1, 1]);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[2].outcome(),
+        stopped(FailureKind::Status(503), StopReason::MaxAttempts)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_with_retriable_status_is_passed_through() {
+    let primary = Upstream::start("primary", Mode::Status(503)).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, statuses(&[503])).await;
+
+    let resp = client().post(proxy.url("/")).body("x").send().await;
+    assert_eq!(resp.unwrap().status(), 503);
+    assert_eq!(backup.hits(), 0);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        stopped(FailureKind::Status(503), StopReason::NotIdempotent)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_stall_after_the_header_is_not_retried() {
+    let primary = Upstream::start("primary", Mode::StallBody).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "the header went through before the stall");
+    assert_eq!(resp.headers()["x-upstream"], "primary");
+    // The body ends in an error: the client sees a truncated response, never the backup's
+    // bytes appended to the primary's.
+    assert!(resp.bytes().await.is_err());
+    assert_eq!(backup.hits(), 0);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        attempts[0].outcome(),
+        stopped(FailureKind::BodyTimeout, StopReason::ResponseStarted)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_within_the_replay_buffer_is_replayed_intact() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, _log) = start_failover(list, StandardPolicy::default()).await;
+
+    let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let resp = client()
+        .put(proxy.url("/blob"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    assert_eq!(primary.bodies(), [body.clone()]);
+    assert_eq!(backup.bodies(), [body], "replayed byte for byte");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_replay_buffer_is_not_retried() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+
+    let body = vec![7u8; 200 * 1024];
+    let resp = client()
+        .put(proxy.url("/blob"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(primary.bodies(), [body]);
+    assert_eq!(backup.hits(), 0, "a partial body is never sent");
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        stopped(FailureKind::HeaderTimeout, StopReason::BodyNotReplayable)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_fails_fast_with_a_clear_reason() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[refused_addr(), backup.peer_addr()]);
+    // Half a retry per request and no floor: the first request may not retry, the second may.
+    let budget = RetryBudget::new(0.5, 0, Duration::from_secs(60)).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_budget(budget)
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+
+    let http = client();
+    assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 502);
+    assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+    let records = log.wait_for(2).await;
+    assert_eq!(
+        records[0][0].outcome(),
+        stopped(FailureKind::ConnectRefused, StopReason::Budget)
+    );
+    assert_eq!(records[1].len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_bounds_the_total_time_when_every_peer_is_slow() {
+    let slow = Mode::Slow(Duration::from_secs(2));
+    let ups = [
+        Upstream::start("a", slow).await,
+        Upstream::start("b", slow).await,
+        Upstream::start("c", slow).await,
+    ];
+    let list = ordered(&ups.each_ref().map(Upstream::peer_addr));
+    let deadline = Duration::from_millis(500);
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_deadline(deadline)
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 502);
+    // Without the deadline: 3 attempts of 300 ms. With it, the second attempt gets what is
+    // left of the 500 ms, and no third one starts.
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(
+        attempts[1].outcome(),
+        stopped(FailureKind::HeaderTimeout, StopReason::Deadline)
+    );
+}
+
+/// An upstream that answers the first request on each connection and keeps it alive, then
+/// closes the connection when the next request arrives on it: a pooled connection going stale.
+async fn closes_reused_connections() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-upstream: stale\r\n\r\nfirst";
+                s.write_all(reply.as_bytes()).await.unwrap();
+                // Wait for the next request, then drop the connection unanswered.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_reused_connection_is_retried_for_get_and_not_for_post() {
+    let (stale, _task) = closes_reused_connections().await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[stale, backup.peer_addr()]);
+    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+    let http = client();
+
+    // Fresh connection: answered. The connection goes to pingora's pool.
+    let first = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(first.text().await.unwrap(), "first");
+    // Reused connection, closed under the request: retried on the backup.
+    let second = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(second.text().await.unwrap(), "backup");
+    let records = log.wait_for(2).await;
+    assert_eq!(
+        records[1][0].outcome(),
+        failed(FailureKind::ReusedConnectionClosed, Verdict::Retried)
+    );
+
+    // Pool a connection again, then a POST on it: it may have been read, so it is not retried.
+    let third = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(third.text().await.unwrap(), "first");
+    let post = http.post(proxy.url("/")).body("x").send().await.unwrap();
+    assert_eq!(post.status(), 502);
+    let records = log.wait_for(4).await;
+    assert_eq!(
+        records[3][0].outcome(),
+        stopped(FailureKind::ReusedConnectionClosed, StopReason::NotIdempotent)
+    );
+    assert_eq!(backup.hits(), 1);
+}
