@@ -132,8 +132,24 @@ fn spawn_server(
     let app = axum::Router::new().fallback(move |method, headers, body| {
         handle(name, mode.clone(), state.clone(), method, headers, body)
     });
+    // Each connection is served inside a JoinSet owned by this task, so that aborting the task
+    // closes open keep-alive connections too, as a killed server would.
     tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            conns.spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
     })
 }
 
@@ -204,8 +220,14 @@ pub struct Blackhole {
 
 impl Blackhole {
     pub async fn start() -> Self {
+        Self::on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// A blackhole on `addr`, for instance the port of an upstream that was just stopped.
+    pub async fn on(addr: SocketAddr) -> Self {
         let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).unwrap();
         let listener = socket.listen(0).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut fillers = Vec::new();
@@ -253,6 +275,7 @@ impl ProxyServer {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                let _ = tcp.set_nodelay(true);
                 let (app, rx) = (app.clone(), rx.clone());
                 tokio::spawn(async move {
                     let stream: pingora_core::protocols::Stream = Box::new(Stream::from(tcp));

@@ -1,0 +1,32 @@
+# Set-up and checks. `make demo` runs the demo; `make test` runs everything CI runs.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: demo test deps bench-select
+
+# Pingora builds zlib-ng through cmake: install it when missing (as root on Debian), otherwise
+# say what to install.
+deps:
+	@if ! command -v cmake >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing cmake (needed to build pingora)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake >/dev/null; \
+	  else \
+	    echo "pingora needs cmake and a C compiler: install cmake (Debian/Ubuntu: apt-get install cmake; macOS: brew install cmake)"; \
+	    exit 1; \
+	  fi; \
+	fi
+	@command -v cc >/dev/null 2>&1 || { echo "pingora needs a C compiler: install gcc or clang"; exit 1; }
+
+demo: deps
+	$(CARGO) run --example demo
+
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) build --examples --benches
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+bench-select: deps
+	$(CARGO) bench --bench select

@@ -1,0 +1,93 @@
+//! Failover, watched request by request: two upstreams in-process, a proxy in front, then the
+//! primary refuses connections, is blackholed (connect hangs), and comes back.
+//!
+//! Needs nothing else running and exits on its own:
+//! ```text
+//! cargo run --example demo
+//! ```
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use pingora_failover::{FailoverProxy, OrderedList, Outcome, Peer, StandardPolicy};
+use support::{client, start_proxy, Blackhole, Mode, ProxyServer, RequestLog, Upstream};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
+const READ_TIMEOUT: Duration = Duration::from_millis(300);
+
+#[tokio::main]
+async fn main() {
+    let mut primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peer = |addr: String| {
+        Peer::builder(addr)
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_read_timeout(READ_TIMEOUT)
+            .build()
+            .unwrap()
+    };
+    let selector = OrderedList::new(vec![peer(primary.peer_addr()), peer(backup.peer_addr())]);
+    let proxy = FailoverProxy::new(selector.unwrap(), StandardPolicy::default()).unwrap();
+    let (proxy, log) = start_proxy(proxy).await;
+
+    println!(
+        "proxy {} -> primary {}, backup {} (connect timeout {:?}, read timeout {:?})",
+        proxy.addr, primary.addr, backup.addr, CONNECT_TIMEOUT, READ_TIMEOUT
+    );
+    let mut done = 0;
+
+    phase("1. all healthy");
+    requests(&proxy, &log, &mut done, 3).await;
+
+    phase("2. the primary refuses connections (port closed)");
+    primary.stop();
+    requests(&proxy, &log, &mut done, 3).await;
+
+    phase("3. the primary is blackholed (connect hangs until the timeout)");
+    let hole = Blackhole::on(primary.addr).await;
+    requests(&proxy, &log, &mut done, 3).await;
+    drop(hole);
+
+    phase("4. the primary is slow (answers after 1 s)");
+    primary.set_mode(Mode::Slow(Duration::from_secs(1)));
+    primary.restart().await;
+    requests(&proxy, &log, &mut done, 3).await;
+
+    phase("5. the primary is back");
+    primary.set_mode(Mode::Ok);
+    requests(&proxy, &log, &mut done, 3).await;
+
+    println!("\nprimary served {}, backup served {}", primary.hits(), backup.hits());
+}
+
+fn phase(title: &str) {
+    println!("\n{title}");
+}
+
+async fn requests(proxy: &ProxyServer, log: &RequestLog, done: &mut usize, n: usize) {
+    let http = client();
+    for _ in 0..n {
+        let started = Instant::now();
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        let status = resp.status();
+        let body = resp.text().await.unwrap_or_default();
+        let took = started.elapsed();
+        *done += 1;
+        let attempts = log.wait_for(*done).await.pop().unwrap();
+        let path: Vec<String> = attempts
+            .iter()
+            .map(|a| match a.outcome() {
+                Outcome::Responded { status } => format!("{} -> {status}", a.peer()),
+                Outcome::Failed { kind, .. } => format!("{} -> {kind}", a.peer()),
+                _ => format!("{} -> ?", a.peer()),
+            })
+            .collect();
+        println!(
+            "  {status} from {body:<8} in {:>5} ms   [{}]",
+            took.as_millis(),
+            path.join(", then ")
+        );
+    }
+}

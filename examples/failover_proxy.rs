@@ -1,0 +1,129 @@
+//! A real failover proxy configured from flags. It runs until interrupted; SIGINT (Ctrl-C) stops
+//! it at once.
+//!
+//! ```text
+//! cargo run --release --example failover_proxy -- \
+//!     --listen 127.0.0.1:6188 --peer 127.0.0.1:8080 --peer 127.0.0.1:8081 \
+//!     --selector ordered --connect-timeout-ms 400 --read-timeout-ms 300 \
+//!     --max-attempts 3 --threads 2
+//! ```
+//! `--peer` repeats, in priority order. `--retry-status 503` (repeatable) fails over on that
+//! status too.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_failover::{
+    ConfigError, FailoverProxy, OrderedList, Peer, PeerSelector, RoundRobin, StandardPolicy,
+};
+
+struct Args {
+    listen: String,
+    peers: Vec<String>,
+    selector: String,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    max_attempts: u32,
+    threads: usize,
+    retry_statuses: Vec<u16>,
+}
+
+const USAGE: &str = "usage: failover_proxy --listen ADDR --peer ADDR [--peer ADDR ...] \
+[--selector ordered|round-robin] [--connect-timeout-ms N] [--read-timeout-ms N] \
+[--max-attempts N] [--threads N] [--retry-status CODE ...]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        listen: "127.0.0.1:6188".into(),
+        peers: Vec::new(),
+        selector: "ordered".into(),
+        connect_timeout: Duration::from_secs(2),
+        read_timeout: Duration::from_secs(60),
+        max_attempts: 3,
+        threads: 1,
+        retry_statuses: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        match flag.as_str() {
+            "--listen" => args.listen = value()?,
+            "--peer" => args.peers.push(value()?),
+            "--selector" => args.selector = value()?,
+            "--connect-timeout-ms" => {
+                args.connect_timeout = Duration::from_millis(number(value()?)?)
+            }
+            "--read-timeout-ms" => args.read_timeout = Duration::from_millis(number(value()?)?),
+            "--max-attempts" => args.max_attempts = number(value()?)? as u32,
+            "--threads" => args.threads = number(value()?)? as usize,
+            "--retry-status" => args.retry_statuses.push(number(value()?)? as u16),
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown flag {other}\n{USAGE}")),
+        }
+    }
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    Ok(args)
+}
+
+fn build(args: &Args) -> Result<(Vec<Peer>, StandardPolicy), ConfigError> {
+    let peers = args
+        .peers
+        .iter()
+        .map(|a| {
+            Peer::builder(a.as_str())
+                .with_connect_timeout(args.connect_timeout)
+                .with_read_timeout(args.read_timeout)
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let policy = StandardPolicy::builder()
+        .with_max_attempts(args.max_attempts)
+        .with_retry_statuses(args.retry_statuses.iter().copied())
+        .build()?;
+    Ok((peers, policy))
+}
+
+fn serve<S: PeerSelector>(args: &Args, selector: S, policy: StandardPolicy) -> Result<(), String> {
+    let conf = ServerConf {
+        threads: args.threads,
+        // Pingora counts attempts here; never below the policy's.
+        max_retries: args.max_attempts as usize,
+        // SIGTERM drains for up to a second instead of pingora's default minutes.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let proxy = FailoverProxy::new(selector, policy).map_err(|e| e.to_string())?;
+    let mut service = proxy
+        .into_service(&server.configuration)
+        .map_err(|e| e.to_string())?;
+    service.add_tcp(&args.listen);
+    server.add_service(service);
+    eprintln!("failover_proxy listening on {}, peers {:?}", args.listen, args.peers);
+    server.run_forever()
+}
+
+fn main() -> ExitCode {
+    let result = parse_args().and_then(|args| {
+        let (peers, policy) = build(&args).map_err(|e| e.to_string())?;
+        match args.selector.as_str() {
+            "ordered" => serve(&args, OrderedList::new(peers).map_err(|e| e.to_string())?, policy),
+            "round-robin" => serve(&args, RoundRobin::new(peers).map_err(|e| e.to_string())?, policy),
+            other => Err(format!("--selector must be ordered or round-robin, not {other}")),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("failover_proxy: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
