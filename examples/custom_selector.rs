@@ -61,6 +61,9 @@ async fn main() {
             req = req.header("x-tenant", t);
         }
         let body = req.send().await.unwrap().text().await.unwrap();
-        println!("tenant {:<6} ({note}): answered by {body}", tenant.unwrap_or("-"));
+        println!(
+            "tenant {:<6} ({note}): answered by {body}",
+            tenant.unwrap_or("-")
+        );
     }
 }

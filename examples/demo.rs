@@ -59,7 +59,11 @@ async fn main() {
     primary.set_mode(Mode::Ok);
     requests(&proxy, &log, &mut done, 3).await;
 
-    println!("\nprimary served {}, backup served {}", primary.hits(), backup.hits());
+    println!(
+        "\nprimary served {}, backup served {}",
+        primary.hits(),
+        backup.hits()
+    );
 }
 
 fn phase(title: &str) {

@@ -48,9 +48,7 @@ impl ProxyHttp for MyProxy {
             let mut resp = ResponseHeader::build(200, None)?;
             resp.insert_header("content-length", "2")?;
             session.write_response_header(Box::new(resp), false).await?;
-            session
-                .write_response_body(Some("ok".into()), true)
-                .await?;
+            session.write_response_body(Some("ok".into()), true).await?;
             return Ok(true);
         }
         Ok(false)
@@ -58,7 +56,9 @@ impl ProxyHttp for MyProxy {
 
     // The five hooks below hand over to the engine.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut MyCtx) -> Result<Box<HttpPeer>> {
-        self.failover.upstream_peer(session, &mut ctx.failover).await
+        self.failover
+            .upstream_peer(session, &mut ctx.failover)
+            .await
     }
 
     fn fail_to_connect(
@@ -122,7 +122,14 @@ async fn main() {
 
     let http = client();
     for path in ["/healthz", "/api", "/api"] {
-        let body = http.get(proxy.url(path)).send().await.unwrap().text().await.unwrap();
+        let body = http
+            .get(proxy.url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         println!("GET {path}: {body}");
     }
 }

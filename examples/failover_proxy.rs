@@ -48,7 +48,10 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
-        let number = |v: String| v.parse::<u64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag}: not a number: {v}"))
+        };
         match flag.as_str() {
             "--listen" => args.listen = value()?,
             "--peer" => args.peers.push(value()?),
@@ -106,7 +109,10 @@ fn serve<S: PeerSelector>(args: &Args, selector: S, policy: StandardPolicy) -> R
         .map_err(|e| e.to_string())?;
     service.add_tcp(&args.listen);
     server.add_service(service);
-    eprintln!("failover_proxy listening on {}, peers {:?}", args.listen, args.peers);
+    eprintln!(
+        "failover_proxy listening on {}, peers {:?}",
+        args.listen, args.peers
+    );
     server.run_forever()
 }
 
@@ -114,9 +120,19 @@ fn main() -> ExitCode {
     let result = parse_args().and_then(|args| {
         let (peers, policy) = build(&args).map_err(|e| e.to_string())?;
         match args.selector.as_str() {
-            "ordered" => serve(&args, OrderedList::new(peers).map_err(|e| e.to_string())?, policy),
-            "round-robin" => serve(&args, RoundRobin::new(peers).map_err(|e| e.to_string())?, policy),
-            other => Err(format!("--selector must be ordered or round-robin, not {other}")),
+            "ordered" => serve(
+                &args,
+                OrderedList::new(peers).map_err(|e| e.to_string())?,
+                policy,
+            ),
+            "round-robin" => serve(
+                &args,
+                RoundRobin::new(peers).map_err(|e| e.to_string())?,
+                policy,
+            ),
+            other => Err(format!(
+                "--selector must be ordered or round-robin, not {other}"
+            )),
         }
     });
     match result {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use pingora_failover::{Attempt, AttemptRecord, Backoff, OrderedList, Peer, PeerSelector, RoundRobin};
+use pingora_failover::{
+    Attempt, AttemptRecord, Backoff, OrderedList, Peer, PeerSelector, RoundRobin,
+};
 use proptest::prelude::*;
 
 proptest! {

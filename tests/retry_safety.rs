@@ -154,7 +154,11 @@ async fn when_every_peer_answers_503_the_last_503_goes_through() {
 
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
-    assert_eq!(resp.text().await.unwrap(), "c 503", "the upstream's own body");
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "c 503",
+        "the upstream's own body"
+    );
     assert_eq!(ups.each_ref().map(Upstream::hits), [1, 1, 1]);
     let attempts = log.wait_for(1).await.remove(0);
     assert_eq!(
@@ -188,7 +192,11 @@ async fn a_body_stall_after_the_header_is_not_retried() {
     let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
 
     let resp = client().get(proxy.url("/")).send().await.unwrap();
-    assert_eq!(resp.status(), 200, "the header went through before the stall");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the header went through before the stall"
+    );
     assert_eq!(resp.headers()["x-upstream"], "primary");
     // The body ends in an error: the client sees a truncated response, never the backup's
     // bytes appended to the primary's.
@@ -217,7 +225,7 @@ async fn a_body_within_the_replay_buffer_is_replayed_intact() {
         .await
         .unwrap();
     assert_eq!(resp.text().await.unwrap(), "backup");
-    assert_eq!(primary.bodies(), [body.clone()]);
+    assert_eq!(primary.bodies(), std::slice::from_ref(&body));
     assert_eq!(backup.bodies(), [body], "replayed byte for byte");
 }
 
@@ -317,7 +325,8 @@ async fn closes_reused_connections() -> (String, tokio::task::JoinHandle<()>) {
                     }
                     seen.extend_from_slice(&buf[..n]);
                 }
-                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-upstream: stale\r\n\r\nfirst";
+                let reply =
+                    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-upstream: stale\r\n\r\nfirst";
                 s.write_all(reply.as_bytes()).await.unwrap();
                 // Wait for the next request, then drop the connection unanswered.
                 let _ = s.read(&mut buf).await;
@@ -355,7 +364,10 @@ async fn a_closed_reused_connection_is_retried_for_get_and_not_for_post() {
     let records = log.wait_for(4).await;
     assert_eq!(
         records[3][0].outcome(),
-        stopped(FailureKind::ReusedConnectionClosed, StopReason::NotIdempotent)
+        stopped(
+            FailureKind::ReusedConnectionClosed,
+            StopReason::NotIdempotent
+        )
     );
     assert_eq!(backup.hits(), 1);
 }
