@@ -15,7 +15,7 @@ pub struct FailoverCtx {
     started: Option<Instant>,
     attempts: Vec<AttemptRecord>,
     /// The peer chosen for the next attempt by the hook that decided to retry.
-    pub(crate) next: Option<Peer>,
+    pub(crate) next: Option<(Peer, bool)>,
 }
 
 impl FailoverCtx {
@@ -60,7 +60,7 @@ impl FailoverCtx {
         Summary(&self.attempts)
     }
 
-    pub(crate) fn start_attempt(&mut self, peer: Peer) {
+    pub(crate) fn start_attempt(&mut self, peer: Peer, probe: bool) {
         let now = Instant::now();
         self.started.get_or_insert(now);
         self.attempts.push(AttemptRecord {
@@ -68,6 +68,7 @@ impl FailoverCtx {
             started: now,
             duration: None,
             outcome: Outcome::Pending,
+            probe,
         });
     }
 
@@ -83,6 +84,7 @@ pub struct AttemptRecord {
     started: Instant,
     duration: Option<Duration>,
     outcome: Outcome,
+    probe: bool,
 }
 
 impl AttemptRecord {
@@ -93,7 +95,13 @@ impl AttemptRecord {
             started: Instant::now(),
             duration: None,
             outcome: Outcome::Pending,
+            probe: false,
         }
+    }
+
+    /// Whether this attempt was the probe of an ejected peer.
+    pub fn is_probe(&self) -> bool {
+        self.probe
     }
 
     /// The peer tried.
@@ -181,6 +189,9 @@ pub enum StopReason {
     Budget,
     /// Pingora's `ServerConf::max_retries` ended the loop before the policy did.
     PingoraRetryCap,
+    /// The client side failed (it disconnected, or its request could not be read): nobody is
+    /// left to answer, and the upstream is not to blame.
+    ClientGone,
 }
 
 impl fmt::Display for StopReason {
@@ -195,6 +206,7 @@ impl fmt::Display for StopReason {
             Self::Deadline => "overall deadline reached",
             Self::Budget => "retry budget spent",
             Self::PingoraRetryCap => "pingora's max_retries reached",
+            Self::ClientGone => "the client side failed",
         })
     }
 }
@@ -209,7 +221,7 @@ impl fmt::Display for Summary<'_> {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "#{} {}: ", i + 1, a.peer)?;
+            write!(f, "#{} {}{}: ", i + 1, a.peer, if a.probe { " (probe)" } else { "" })?;
             match a.outcome {
                 Outcome::Pending => f.write_str("pending")?,
                 Outcome::Responded { status } => write!(f, "status {status}")?,

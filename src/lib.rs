@@ -40,6 +40,7 @@
 
 pub mod ctx;
 pub mod error;
+pub mod health;
 pub mod peer;
 pub mod proxy;
 pub mod retry;
@@ -47,6 +48,7 @@ pub mod select;
 
 pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use error::ConfigError;
+pub use health::{HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
 pub use peer::{Peer, PeerBuilder};
 pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{

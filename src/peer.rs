@@ -9,6 +9,7 @@ use std::time::Duration;
 use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::error::{check_timeout, ConfigError};
+use crate::health::PeerHealth;
 
 /// Connect timeout used when none is given: 2 s, long enough for one lost SYN to be resent
 /// (Linux resends after 1 s) and short enough that a dead peer is left quickly.
@@ -56,6 +57,7 @@ struct Inner {
     addr: SocketAddr,
     weight: u32,
     template: HttpPeer,
+    health: PeerHealth,
 }
 
 impl Peer {
@@ -118,6 +120,21 @@ impl Peer {
         &self.inner.template
     }
 
+    /// The peer's shared health: ejections, probes, active-check verdicts.
+    pub fn health(&self) -> &PeerHealth {
+        &self.inner.health
+    }
+
+    /// How long a probe request may hold the half-open slot: one connect plus one read.
+    pub(crate) fn probe_window(&self) -> Duration {
+        self.connect_timeout() + self.read_timeout()
+    }
+
+    /// A number unique to this peer while it lives.
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.inner) as *const () as usize
+    }
+
     /// Whether `self` and `other` are the same peer (the same handle).
     pub fn same(&self, other: &Peer) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
@@ -155,6 +172,7 @@ impl fmt::Debug for Peer {
             .field("weight", &self.inner.weight)
             .field("tls", &self.is_tls())
             .field("sni", &self.sni())
+            .field("health", &self.health().state())
             .finish()
     }
 }
@@ -299,6 +317,7 @@ impl PeerBuilder {
                 addr,
                 weight: self.weight,
                 template,
+                health: PeerHealth::default(),
             }),
         })
     }

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pingora_failover::{
-    FailureKind, OrderedList, Outcome, Peer, RoundRobin, StandardPolicy, StopReason, Verdict,
+    Failover, FailoverProxy, FailureKind, OrderedList, Outcome, Peer, RoundRobin, StandardPolicy,
+    StopReason, Verdict,
 };
-use support::{client, refused_addr, start_failover, Blackhole, Mode, Upstream};
+use support::{client, refused_addr, start_failover, start_proxy, Blackhole, Mode, Upstream};
 
 fn failed(kind: FailureKind, verdict: Verdict) -> Outcome {
     Outcome::Failed { kind, verdict }
@@ -31,14 +32,41 @@ async fn refused_primary_every_request_goes_to_the_backup() {
         assert_eq!(resp.text().await.unwrap(), "backup");
     }
     assert_eq!(backup.hits(), 10);
-    for attempts in log.wait_for(10).await {
-        assert_eq!(attempts.len(), 2, "the primary was tried first");
+    let all = log.wait_for(10).await;
+    // The first request tried the primary, which was refused and ejected...
+    assert_eq!(all[0].len(), 2, "the primary was tried first");
+    assert_eq!(all[0][0].peer(), &primary);
+    assert_eq!(
+        all[0][0].outcome(),
+        failed(FailureKind::ConnectRefused, Verdict::Retried)
+    );
+    assert_eq!(all[0][1].outcome(), Outcome::Responded { status: 200 });
+    // ...so the next ones went straight to the backup.
+    for attempts in &all[1..] {
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].outcome(), Outcome::Responded { status: 200 });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ejection_every_request_tries_the_refusing_primary_first() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary = Peer::new(&refused_addr()).unwrap();
+    let list = OrderedList::new(vec![primary.clone(), Peer::new(&backup.peer_addr()).unwrap()]);
+    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .without_outlier_detection()
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+
+    let http = client();
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "backup");
+    }
+    for attempts in log.wait_for(5).await {
+        assert_eq!(attempts.len(), 2);
         assert_eq!(attempts[0].peer(), &primary);
-        assert_eq!(
-            attempts[0].outcome(),
-            failed(FailureKind::ConnectRefused, Verdict::Retried)
-        );
-        assert_eq!(attempts[1].outcome(), Outcome::Responded { status: 200 });
     }
 }
 
@@ -174,7 +202,13 @@ async fn round_robin_retry_never_picks_the_peer_that_failed() {
         Peer::new(&b.peer_addr()).unwrap(),
     ];
     let rr = RoundRobin::new(peers).unwrap();
-    let (proxy, log) = start_failover(rr, StandardPolicy::default()).await;
+    // Ejection would take the dead peer out after its first failure; this test is about the
+    // retry's choice of peer, so it keeps every peer in the rotation.
+    let engine = Failover::builder(rr, StandardPolicy::default())
+        .without_outlier_detection()
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
 
     let http = client();
     for _ in 0..30 {

@@ -259,8 +259,10 @@ async fn a_spent_budget_fails_fast_with_a_clear_reason() {
     let list = ordered(&[refused_addr(), backup.peer_addr()]);
     // Half a retry per request and no floor: the first request may not retry, the second may.
     let budget = RetryBudget::new(0.5, 0, Duration::from_secs(60)).unwrap();
+    // Without ejection, so that the second request meets the refusing primary again.
     let engine = Failover::builder(list, StandardPolicy::default())
         .with_budget(budget)
+        .without_outlier_detection()
         .build()
         .unwrap();
     let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;

@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result, RetryType};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use crate::ctx::{FailoverCtx, Outcome, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
+use crate::health::{HealthEvent, OutlierDetection};
 use crate::peer::Peer;
+use crate::proxy::signals::Signals;
 use crate::retry::{Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
@@ -43,6 +45,8 @@ pub struct Failover<S, R> {
     policy: R,
     deadline: Option<Duration>,
     budget: Option<RetryBudget>,
+    outliers: Option<OutlierDetection>,
+    signals: Signals,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
@@ -63,6 +67,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             policy,
             deadline: None,
             budget: Some(RetryBudget::default()),
+            outliers: Some(OutlierDetection::default()),
+            signals: Signals::default(),
         }
     }
 
@@ -111,18 +117,23 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &mut FailoverCtx,
     ) -> Result<Box<HttpPeer>> {
         let retry = ctx.attempts().len() as u32;
-        let peer = match ctx.next.take() {
-            Some(peer) => peer,
+        let (peer, probe) = match ctx.next.take() {
+            Some(next) => next,
             None => {
                 let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()));
-                self.selector.select(&attempt).ok_or_else(|| {
+                let peer = self.selector.select(&attempt).ok_or_else(|| {
                     Error::explain(
                         ErrorType::HTTPStatus(503),
                         format!("no upstream peer available ({})", ctx.summary()),
                     )
-                })?
+                })?;
+                let probe = attempt.is_probe(&peer);
+                (peer, probe)
             }
         };
+        if probe {
+            self.signals.probing(&peer);
+        }
         if retry == 0 {
             if let Some(budget) = &self.budget {
                 budget.deposit();
@@ -137,7 +148,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             }
         }
         let mut http_peer = Box::new(peer.http_peer().clone());
-        ctx.start_attempt(peer);
+        ctx.start_attempt(peer, probe);
         if let Some(left) = self.time_left(ctx) {
             clamp_timeouts(&mut http_peer, left.max(Duration::from_millis(1)));
         }
@@ -186,6 +197,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             }
         }
         let kind = match e.etype() {
+            _ if *e.esource() == ErrorSource::Downstream => FailureKind::Downstream,
             ErrorType::ReadTimedout if session.response_written().is_none() => {
                 FailureKind::HeaderTimeout
             }
@@ -220,9 +232,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         if self.policy.is_retriable_status(status) {
             let kind = FailureKind::Status(status);
+            self.record_health(ctx, kind);
             match self.judge(session, ctx, kind, true) {
                 Ok(next) => {
-                    finish(ctx, kind, Verdict::Retried);
+                    self.finish(ctx, kind, Verdict::Retried);
                     ctx.next = Some(next);
                     let mut e = Error::explain(
                         ErrorType::HTTPStatus(status),
@@ -232,13 +245,17 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     return Err(e.into_up());
                 }
                 Err(reason) => {
-                    finish(ctx, kind, Verdict::Stopped(reason));
+                    self.finish(ctx, kind, Verdict::Stopped(reason));
                     return Ok(());
                 }
             }
         }
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Responded { status });
+            self.signals.attempt(rec.peer(), &rec.outcome());
+            if self.outliers.is_some() && rec.peer().health().record_success() {
+                self.signals.readmitted(rec.peer());
+            }
         }
         Ok(())
     }
@@ -266,15 +283,16 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             // Not an attempt this engine started: leave pingora's decision alone.
             return e;
         }
+        self.record_health(ctx, kind);
         match self.judge(session, ctx, kind, sent_upstream) {
             Ok(next) => {
-                finish(ctx, kind, Verdict::Retried);
+                self.finish(ctx, kind, Verdict::Retried);
                 ctx.next = Some(next);
                 e.set_retry(true);
                 e
             }
             Err(reason) => {
-                finish(ctx, kind, Verdict::Stopped(reason));
+                self.finish(ctx, kind, Verdict::Stopped(reason));
                 e.set_retry(false);
                 e.more_context(format!(
                     "failover stopped ({reason}) after {} attempt(s): {}",
@@ -292,7 +310,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &FailoverCtx,
         kind: FailureKind,
         sent_upstream: bool,
-    ) -> std::result::Result<Peer, StopReason> {
+    ) -> std::result::Result<(Peer, bool), StopReason> {
         let attempts = ctx.attempts();
         let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
         let failure = Failure {
@@ -305,6 +323,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             body_replayable: !session.retry_buffer_truncated(),
             error: None,
         };
+        if kind == FailureKind::Downstream {
+            return Err(StopReason::ClientGone);
+        }
         if session.response_written().is_some() {
             return Err(StopReason::ResponseStarted);
         }
@@ -327,26 +348,50 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         if let Some(budget) = &self.budget {
             if !budget.withdraw() {
+                self.signals.budget_refused();
                 return Err(StopReason::Budget);
             }
         }
         let attempt = Attempt::new(attempts, Some(session.req_header()));
-        self.selector.select(&attempt).ok_or_else(|| {
-            if let Some(budget) = &self.budget {
-                budget.refund();
+        match self.selector.select(&attempt) {
+            Some(peer) => {
+                self.signals.retry();
+                let probe = attempt.is_probe(&peer);
+                Ok((peer, probe))
             }
-            StopReason::NoPeerLeft
-        })
+            None => {
+                if let Some(budget) = &self.budget {
+                    budget.refund();
+                }
+                Err(StopReason::NoPeerLeft)
+            }
+        }
+    }
+
+    /// Counts a failure of the current attempt against its peer's health.
+    fn record_health(&self, ctx: &FailoverCtx, kind: FailureKind) {
+        let (Some(rules), Some(rec)) = (&self.outliers, ctx.attempts().last()) else {
+            return;
+        };
+        if !kind.counts_against_peer() {
+            return;
+        }
+        let peer = rec.peer();
+        let fresh = peer.health().is_healthy();
+        if let Some(time) = peer.health().record_failure(kind, rules) {
+            self.signals.ejected(peer, time, kind, fresh);
+        }
+    }
+
+    fn finish(&self, ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
+        if let Some(rec) = ctx.current_mut() {
+            rec.finish(Outcome::Failed { kind, verdict });
+            self.signals.attempt(rec.peer(), &rec.outcome());
+        }
     }
 
     fn time_left(&self, ctx: &FailoverCtx) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_sub(ctx.elapsed()))
-    }
-}
-
-fn finish(ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
-    if let Some(rec) = ctx.current_mut() {
-        rec.finish(Outcome::Failed { kind, verdict });
     }
 }
 
@@ -370,6 +415,9 @@ fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
 /// - overall deadline: none (each attempt is bounded by its peer's timeouts, and the number of
 ///   attempts by the policy)
 /// - retry budget: [`RetryBudget::default`] (20 % of requests plus 10 per second, over 10 s)
+/// - outlier ejection: [`OutlierDetection::default`] (1 connect failure or 5 failures in a row;
+///   10 s, growing to 300 s)
+/// - health observer and metrics: none
 #[derive(Debug)]
 #[must_use]
 pub struct FailoverBuilder<S, R> {
@@ -377,6 +425,8 @@ pub struct FailoverBuilder<S, R> {
     policy: R,
     deadline: Option<Duration>,
     budget: Option<RetryBudget>,
+    outliers: Option<OutlierDetection>,
+    signals: Signals,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
@@ -396,6 +446,31 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
     /// No retry budget: only the attempt cap limits retries.
     pub fn without_budget(mut self) -> Self {
         self.budget = None;
+        self
+    }
+
+    /// The rules for ejecting failing peers.
+    pub fn with_outlier_detection(mut self, rules: OutlierDetection) -> Self {
+        self.outliers = Some(rules);
+        self
+    }
+
+    /// No outlier ejection: attempts do not change peer health (active checks still do).
+    pub fn without_outlier_detection(mut self) -> Self {
+        self.outliers = None;
+        self
+    }
+
+    /// Calls `f` on every health change this engine causes: ejected, probing, re-admitted.
+    pub fn on_health_change(mut self, f: impl Fn(&HealthEvent) + Send + Sync + 'static) -> Self {
+        self.signals.observer = Some(std::sync::Arc::new(f));
+        self
+    }
+
+    /// Reports attempts, retries, budget refusals and ejections to `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.signals.metrics = Some(metrics);
         self
     }
 
@@ -419,11 +494,14 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
         if let Some(d) = self.deadline {
             check_timeout("overall deadline", d, MAX_DEADLINE)?;
         }
+        let outliers = self.outliers.map(OutlierDetection::validate).transpose()?;
         Ok(Failover {
             selector: self.selector,
             policy: self.policy,
             deadline: self.deadline,
             budget: self.budget,
+            outliers,
+            signals: self.signals,
         })
     }
 }

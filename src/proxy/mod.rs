@@ -1,6 +1,7 @@
 //! `FailoverProxy`: a complete `ProxyHttp`, and the engine it is built on.
 
 mod engine;
+mod signals;
 
 pub use engine::{Failover, FailoverBuilder};
 

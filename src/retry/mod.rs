@@ -142,6 +142,9 @@ pub enum FailureKind {
     WriteTimeout,
     /// Any other I/O error with the upstream after connecting.
     Io,
+    /// The client side failed (it disconnected, or sent a request that could not be read). Not
+    /// the upstream's fault: it never counts against the peer's health, and is never retried.
+    Downstream,
     /// Anything else.
     Other,
 }
@@ -159,6 +162,15 @@ impl FailureKind {
             ErrorType::TLSHandshakeTimedout => Self::TlsHandshakeTimeout,
             _ => Self::ConnectOther,
         }
+    }
+
+    /// Whether the failure is evidence against the peer (everything but [`Downstream`] and
+    /// [`Other`]).
+    ///
+    /// [`Downstream`]: Self::Downstream
+    /// [`Other`]: Self::Other
+    pub fn counts_against_peer(&self) -> bool {
+        !matches!(self, Self::Downstream | Self::Other)
     }
 
     /// Whether the failure happened before anything was sent upstream.
@@ -190,6 +202,7 @@ impl fmt::Display for FailureKind {
             Self::Status(s) => write!(f, "status {s}"),
             Self::WriteTimeout => f.write_str("request write timeout"),
             Self::Io => f.write_str("i/o error"),
+            Self::Downstream => f.write_str("client side error"),
             Self::Other => f.write_str("error"),
         }
     }

@@ -11,10 +11,12 @@ mod round_robin;
 pub use ordered::OrderedList;
 pub use round_robin::RoundRobin;
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use pingora_http::RequestHeader;
 
+use crate::health::Admission;
 use crate::ctx::AttemptRecord;
 use crate::peer::Peer;
 
@@ -37,15 +39,22 @@ use crate::peer::Peer;
 ///     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
 ///         let admin = attempt.request().is_some_and(|r| r.uri.path().starts_with("/admin"));
 ///         let first = admin.then_some(&self.admin).into_iter();
-///         first.chain(&self.others).find(|p| !attempt.has_tried(p)).cloned()
+///         let candidates = first.chain(&self.others);
+///         let candidates = candidates.clone();
+///         // Healthy and untried first; if every untried peer is ejected, the best of them.
+///         candidates.clone().find(|p| attempt.admits(p))
+///             .or_else(|| attempt.best_untried(candidates))
+///             .cloned()
 ///     }
 /// }
 /// ```
 pub trait PeerSelector: Send + Sync + 'static {
     /// The peer for this attempt, or `None` when no candidate is left.
     ///
-    /// A selector should not return a peer the request already tried
-    /// ([`Attempt::has_tried`]) while an untried one remains.
+    /// A selector should return a peer that [`Attempt::admits`] (untried, and healthy or this
+    /// request's probe), and when none does, the best untried one
+    /// ([`Attempt::best_untried`]) rather than `None`: an ejected peer may still serve, and
+    /// refusing the request is certain to fail it.
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer>;
 }
 
@@ -62,16 +71,56 @@ impl<T: PeerSelector + ?Sized> PeerSelector for Arc<T> {
 }
 
 /// What a selector knows about the attempt it chooses for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Attempt<'a> {
     tried: &'a [AttemptRecord],
     request: Option<&'a RequestHeader>,
+    /// The peer whose probe slot this attempt claimed (by [`Peer::id`]), 0 for none.
+    probe: Cell<usize>,
 }
 
 impl<'a> Attempt<'a> {
     /// An attempt that follows the `tried` ones, for `request` when there is one.
     pub fn new(tried: &'a [AttemptRecord], request: Option<&'a RequestHeader>) -> Self {
-        Self { tried, request }
+        Self {
+            tried,
+            request,
+            probe: Cell::new(0),
+        }
+    }
+
+    /// Whether `peer` may take this attempt: not tried by this request, and healthy, or past
+    /// its ejection with this attempt as its single probe (the probe slot is claimed by this
+    /// call, so call it for the peer you are about to return).
+    pub fn admits(&self, peer: &Peer) -> bool {
+        if self.has_tried(peer) {
+            return false;
+        }
+        match peer.health().admit(peer.probe_window()) {
+            Admission::Healthy => true,
+            Admission::Probe => {
+                self.probe.set(peer.id());
+                true
+            }
+            Admission::Refused => false,
+        }
+    }
+
+    /// Panic mode: of `candidates` this request has not tried, the one that will be healthy
+    /// first (shortest ejection left; a peer failing its active check last).
+    pub fn best_untried<'p>(
+        &self,
+        candidates: impl IntoIterator<Item = &'p Peer>,
+    ) -> Option<&'p Peer> {
+        candidates
+            .into_iter()
+            .filter(|p| !self.has_tried(p))
+            .min_by_key(|p| p.health().available_at())
+    }
+
+    /// Whether this attempt holds `peer`'s probe slot.
+    pub fn is_probe(&self, peer: &Peer) -> bool {
+        self.probe.get() == peer.id()
     }
 
     /// The attempt number, starting at 1.

@@ -4,10 +4,13 @@ use crate::error::ConfigError;
 use crate::peer::{check_peers, Peer};
 use crate::select::{Attempt, PeerSelector};
 
-/// A priority list: every request goes to the first peer it has not tried yet.
+/// A priority list: every request goes to the first healthy peer it has not tried yet.
 ///
 /// This is the classic active/backup pair, or a longer chain of fallbacks: the primary serves
-/// all traffic while it works, and each retry moves one step down the list.
+/// all traffic while it works, and each retry moves one step down the list. An ejected primary
+/// is skipped, so requests go straight to the first healthy backup; once its ejection ends, one
+/// request probes it, and traffic returns to it when the probe succeeds. When every untried peer
+/// is ejected, the one whose ejection ends first is tried anyway.
 ///
 /// # Examples
 ///
@@ -47,6 +50,10 @@ impl OrderedList {
 
 impl PeerSelector for OrderedList {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        self.peers.iter().find(|p| !attempt.has_tried(p)).cloned()
+        self.peers
+            .iter()
+            .find(|p| attempt.admits(p))
+            .or_else(|| attempt.best_untried(self.peers.iter()))
+            .cloned()
     }
 }

@@ -13,7 +13,9 @@ use crate::select::{Attempt, PeerSelector};
 /// heavy peer's turns are interleaved with the others rather than bunched. A shared atomic cursor
 /// walks it, so selection takes no lock and does not allocate.
 ///
-/// A retry never returns to a peer the request already tried while an untried one remains.
+/// Ejected peers are skipped (their turn passes to the next); when every untried peer is
+/// ejected, the one whose ejection ends first is tried anyway. A retry never returns to a peer
+/// the request already tried while an untried one remains.
 /// Retries draw their turns from a cursor of their own: if they took turns from the first
 /// attempts' cursor, every retry would shift the schedule, and a dead peer would receive more
 /// than its share of first attempts (half instead of a third, with one dead peer in three).
@@ -56,15 +58,20 @@ impl PeerSelector for RoundRobin {
         } else {
             &self.cursor
         };
-        // Draw turns until one falls on an untried peer; a first attempt takes the first turn.
+        // Draw turns until one falls on a peer that takes the attempt; while all are healthy, a
+        // first attempt takes the first turn.
         for _ in 0..self.peers.len() {
             let turn = cursor.fetch_add(1, Ordering::Relaxed);
             let peer = &self.peers[self.schedule[turn % self.schedule.len()] as usize];
-            if !attempt.has_tried(peer) {
+            if attempt.admits(peer) {
                 return Some(peer.clone());
             }
         }
-        self.peers.iter().find(|p| !attempt.has_tried(p)).cloned()
+        self.peers
+            .iter()
+            .find(|p| attempt.admits(p))
+            .or_else(|| attempt.best_untried(self.peers.iter()))
+            .cloned()
     }
 }
 

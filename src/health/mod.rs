@@ -1,0 +1,420 @@
+//! Shared peer health: outlier ejection with growing times, half-open probes, events.
+//!
+//! Every [`Peer`](crate::Peer) carries its [`PeerHealth`]: a few atomics, shared by all requests,
+//! read by the selectors through [`Attempt::admits`](crate::Attempt::admits) and written by the
+//! engine after each attempt. The rules:
+//! - `n` consecutive failures eject a peer ([`OutlierDetection`] has the thresholds; connect
+//!   failures have a threshold of their own, 1 by default, because a refused or timed-out connect
+//!   is unambiguous);
+//! - a success resets the counts;
+//! - the ejection lasts `base * k` for the `k`-th ejection in a row, up to a cap;
+//! - when it ends, a single request probes the peer (half-open) while the others keep going to
+//!   healthy peers; success re-admits it, failure ejects it again, for longer;
+//! - an ejected peer is still tried when no other candidate is left (panic mode): a selector
+//!   never refuses a request while some peer might serve it.
+
+#[cfg(feature = "active-health")]
+mod active;
+
+#[cfg(feature = "active-health")]
+pub use active::ActiveHealthCheck;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::{check_timeout, ConfigError};
+use crate::peer::Peer;
+use crate::retry::FailureKind;
+
+/// Milliseconds on the crate's health clock (tokio time, so tests can pause it); never 0.
+pub(crate) fn now_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    Instant::now().saturating_duration_since(origin).as_millis() as u64 + 1
+}
+
+/// The health of one peer, shared by every request. Lock-free.
+#[derive(Debug, Default)]
+pub struct PeerHealth {
+    failures: AtomicU32,
+    connect_failures: AtomicU32,
+    /// Ejections in a row, reset on re-admission.
+    ejections: AtomicU32,
+    /// Health-clock ms until which the peer is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+    /// Health-clock ms until which a probe request holds the half-open slot; 0 when none does.
+    probe_until: AtomicU64,
+    /// Set by active health checks.
+    check_failed: AtomicBool,
+}
+
+/// Whether a peer takes a request now; see [`PeerHealth::admit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Healthy: yes.
+    Healthy,
+    /// Its ejection is over and this request holds the single probe slot: yes, as the probe.
+    Probe,
+    /// Ejected, failed its active check, or another request is probing it: no.
+    Refused,
+}
+
+/// A snapshot of a peer's health, for display and custom selectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthState {
+    /// Taking traffic.
+    Healthy,
+    /// Ejected for this much longer.
+    Ejected {
+        /// Time left.
+        remaining: Duration,
+    },
+    /// Ejection over; waiting for, or running, its probe request.
+    HalfOpen,
+    /// Failing its active health check.
+    CheckFailed,
+}
+
+impl PeerHealth {
+    /// The state now.
+    pub fn state(&self) -> HealthState {
+        if self.check_failed.load(Ordering::Acquire) {
+            return HealthState::CheckFailed;
+        }
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => HealthState::Healthy,
+            until => {
+                let now = now_ms();
+                if now < until {
+                    HealthState::Ejected {
+                        remaining: Duration::from_millis(until - now),
+                    }
+                } else {
+                    HealthState::HalfOpen
+                }
+            }
+        }
+    }
+
+    /// Whether the peer is healthy now (not ejected, not half-open, passing its checks).
+    pub fn is_healthy(&self) -> bool {
+        self.state() == HealthState::Healthy
+    }
+
+    /// Whether the peer takes a request now. When its ejection is over, the first caller gets
+    /// the probe slot for `probe_window` and [`Admission::Probe`]; the others are refused until
+    /// the probe reports or the window ends.
+    pub fn admit(&self, probe_window: Duration) -> Admission {
+        if self.check_failed.load(Ordering::Acquire) {
+            return Admission::Refused;
+        }
+        let until = self.ejected_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Admission::Healthy;
+        }
+        let now = now_ms();
+        if now < until {
+            return Admission::Refused;
+        }
+        let probe = self.probe_until.load(Ordering::Acquire);
+        if probe > now {
+            return Admission::Refused;
+        }
+        let hold = now + probe_window.as_millis() as u64;
+        match self
+            .probe_until
+            .compare_exchange(probe, hold, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Admission::Probe,
+            Err(_) => Admission::Refused,
+        }
+    }
+
+    /// Health-clock ms at which this peer becomes a candidate again: 0 for a healthy peer,
+    /// `u64::MAX` for a peer failing its active check. Lower is a better panic-mode candidate.
+    pub(crate) fn available_at(&self) -> u64 {
+        if self.check_failed.load(Ordering::Acquire) {
+            u64::MAX
+        } else {
+            self.ejected_until.load(Ordering::Acquire)
+        }
+    }
+
+    /// Records a success; `true` when it re-admitted an ejected peer.
+    pub fn record_success(&self) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
+        self.connect_failures.store(0, Ordering::Relaxed);
+        if self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
+            self.probe_until.store(0, Ordering::Release);
+            self.ejections.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    /// Records a failure of `kind`; the ejection time when it ejected the peer.
+    pub fn record_failure(&self, kind: FailureKind, rules: &OutlierDetection) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Acquire);
+        if until != 0 {
+            // Ejected already. A failure after the ejection ended is the probe's: eject again.
+            return (now_ms() >= until).then(|| self.eject(until, rules)).flatten();
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let connect_failures = if kind.is_connect() {
+            self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.connect_failures.store(0, Ordering::Relaxed);
+            0
+        };
+        if failures >= rules.consecutive_failures
+            || connect_failures >= rules.consecutive_connect_failures
+        {
+            self.eject(0, rules)
+        } else {
+            None
+        }
+    }
+
+    /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
+    fn eject(&self, seen: u64, rules: &OutlierDetection) -> Option<Duration> {
+        let k = self.ejections.load(Ordering::Relaxed) + 1;
+        let time = rules.base_ejection.saturating_mul(k).min(rules.max_ejection);
+        let until = now_ms() + time.as_millis() as u64;
+        self.ejected_until
+            .compare_exchange(seen, until, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.ejections.store(k, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        self.connect_failures.store(0, Ordering::Relaxed);
+        self.probe_until.store(0, Ordering::Release);
+        Some(time)
+    }
+
+    /// Sets the active check's verdict; `true` when it changed.
+    pub fn set_check_failed(&self, failed: bool) -> bool {
+        self.check_failed.swap(failed, Ordering::AcqRel) != failed
+    }
+}
+
+/// When a peer is ejected, and for how long.
+///
+/// # Default
+///
+/// - consecutive failures: 5 (Envoy's `consecutive_5xx`)
+/// - consecutive connect failures: 1 (nginx's `max_fails=1`; Finagle's fail-fast): a refused or
+///   timed-out connect is unambiguous, and every request that meets it pays for it
+/// - base ejection time: 10 s (nginx's `fail_timeout`), growing by itself with each ejection in a
+///   row (Envoy's rule)
+/// - maximum ejection time: 300 s (Envoy's `max_ejection_time`)
+#[derive(Debug, Clone)]
+pub struct OutlierDetection {
+    consecutive_failures: u32,
+    consecutive_connect_failures: u32,
+    base_ejection: Duration,
+    max_ejection: Duration,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            consecutive_connect_failures: 1,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// The defaults; see `# Default`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Failures of any kind in a row that eject a peer.
+    #[must_use]
+    pub fn with_consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// Connect failures in a row that eject a peer.
+    #[must_use]
+    pub fn with_consecutive_connect_failures(mut self, n: u32) -> Self {
+        self.consecutive_connect_failures = n;
+        self
+    }
+
+    /// The first ejection's length, and the step it grows by.
+    #[must_use]
+    pub fn with_base_ejection(mut self, time: Duration) -> Self {
+        self.base_ejection = time;
+        self
+    }
+
+    /// The longest ejection.
+    #[must_use]
+    pub fn with_max_ejection(mut self, time: Duration) -> Self {
+        self.max_ejection = time;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a zero threshold; a timeout error for a zero or
+    /// over-an-hour ejection time, or a base above the maximum.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        for (what, n) in [
+            ("consecutive failures", self.consecutive_failures),
+            ("consecutive connect failures", self.consecutive_connect_failures),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::OutOfRange {
+                    what,
+                    value: n.to_string(),
+                    range: "1 or more",
+                });
+            }
+        }
+        let hour = Duration::from_secs(3600);
+        check_timeout("base ejection time", self.base_ejection, hour)?;
+        check_timeout("max ejection time", self.max_ejection, hour)?;
+        if self.base_ejection > self.max_ejection {
+            return Err(ConfigError::OutOfRange {
+                what: "base ejection time",
+                value: format!("{:?}", self.base_ejection),
+                range: "at most the max ejection time",
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// A change in a peer's health.
+#[derive(Debug, Clone)]
+pub struct HealthEvent {
+    /// The peer.
+    pub peer: Peer,
+    /// What changed.
+    pub change: HealthChange,
+}
+
+/// What changed in a peer's health, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HealthChange {
+    /// Ejected for `time` after a failure of kind `after` (again, and for longer, when its probe
+    /// failed).
+    Ejected {
+        /// How long.
+        time: Duration,
+        /// The failure that tipped it.
+        after: FailureKind,
+    },
+    /// A request is probing the peer after its ejection.
+    Probing,
+    /// The probe succeeded: the peer takes traffic again.
+    Readmitted,
+    /// The active health check failed.
+    CheckFailed,
+    /// The active health check passes again.
+    CheckPassed,
+}
+
+impl fmt::Display for HealthChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ejected { time, after } => write!(f, "ejected for {time:?} after {after}"),
+            Self::Probing => f.write_str("probing"),
+            Self::Readmitted => f.write_str("re-admitted"),
+            Self::CheckFailed => f.write_str("active check failed"),
+            Self::CheckPassed => f.write_str("active check passed"),
+        }
+    }
+}
+
+/// A callback for health changes; shared by the engine and the active checks.
+pub type HealthObserver = Arc<dyn Fn(&HealthEvent) + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> OutlierDetection {
+        OutlierDetection::new()
+            .with_consecutive_failures(3)
+            .with_base_ejection(Duration::from_secs(10))
+            .with_max_ejection(Duration::from_secs(25))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_the_threshold_and_a_success_resets_it() {
+        let h = PeerHealth::default();
+        let r = rules();
+        assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
+        assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
+        assert!(!h.record_success());
+        assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
+        assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
+        let ejected = h.record_failure(FailureKind::Status(503), &r);
+        assert_eq!(ejected, Some(Duration::from_secs(10)));
+        assert!(matches!(h.state(), HealthState::Ejected { .. }));
+        assert_eq!(h.admit(Duration::from_secs(1)), Admission::Refused);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_connect_failure_ejects_and_ejections_grow_to_the_cap() {
+        let h = PeerHealth::default();
+        let r = rules();
+        let window = Duration::from_secs(1);
+        let mut times = Vec::new();
+        for _ in 0..4 {
+            let t = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+            times.push(t);
+            tokio::time::advance(t).await;
+            assert_eq!(h.state(), HealthState::HalfOpen);
+            assert_eq!(h.admit(window), Admission::Probe, "one probe");
+            assert_eq!(h.admit(window), Admission::Refused, "only one");
+            // The probe fails: the next loop sees the new, longer ejection.
+        }
+        let s = Duration::from_secs;
+        assert_eq!(times, [s(10), s(20), s(25), s(25)]);
+        // The probe succeeds: re-admitted, and the next ejection starts from the base again.
+        assert!(h.record_success());
+        assert_eq!(h.admit(window), Admission::Healthy);
+        assert_eq!(h.record_failure(FailureKind::ConnectRefused, &r), Some(s(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_probe_frees_the_slot_after_its_window() {
+        let h = PeerHealth::default();
+        let t = h
+            .record_failure(FailureKind::ConnectTimeout, &rules())
+            .unwrap();
+        tokio::time::advance(t).await;
+        let window = Duration::from_secs(2);
+        assert_eq!(h.admit(window), Admission::Probe);
+        assert_eq!(h.admit(window), Admission::Refused);
+        tokio::time::advance(window).await;
+        assert_eq!(h.admit(window), Admission::Probe, "the first probe never reported");
+    }
+
+    #[test]
+    fn rejects_bad_rules() {
+        assert!(OutlierDetection::new().with_consecutive_failures(0).validate().is_err());
+        assert!(OutlierDetection::new().with_base_ejection(Duration::ZERO).validate().is_err());
+        assert!(OutlierDetection::new()
+            .with_base_ejection(Duration::from_secs(60))
+            .with_max_ejection(Duration::from_secs(30))
+            .validate()
+            .is_err());
+    }
+}

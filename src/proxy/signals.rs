@@ -1,0 +1,81 @@
+//! Where the engine reports what happened: health events to the observer, and metrics.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::ctx::Outcome;
+use crate::health::{HealthChange, HealthEvent, HealthObserver};
+use crate::peer::Peer;
+use crate::retry::FailureKind;
+
+/// The engine's outputs besides the request itself.
+#[derive(Default)]
+pub(crate) struct Signals {
+    pub(crate) observer: Option<HealthObserver>,
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Option<crate::metrics::Metrics>,
+}
+
+impl fmt::Debug for Signals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Signals");
+        d.field("observer", &self.observer.is_some());
+        #[cfg(feature = "metrics")]
+        d.field("metrics", &self.metrics.is_some());
+        d.finish()
+    }
+}
+
+impl Signals {
+    fn health(&self, peer: &Peer, change: HealthChange) {
+        if let Some(observe) = &self.observer {
+            observe(&HealthEvent {
+                peer: peer.clone(),
+                change,
+            });
+        }
+    }
+
+    pub(crate) fn ejected(&self, peer: &Peer, time: Duration, after: FailureKind, fresh: bool) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.ejected(peer, fresh);
+        }
+        let _ = fresh;
+        self.health(peer, HealthChange::Ejected { time, after });
+    }
+
+    pub(crate) fn probing(&self, peer: &Peer) {
+        self.health(peer, HealthChange::Probing);
+    }
+
+    pub(crate) fn readmitted(&self, peer: &Peer) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.readmitted();
+        }
+        self.health(peer, HealthChange::Readmitted);
+    }
+
+    pub(crate) fn attempt(&self, peer: &Peer, outcome: &Outcome) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.attempt(peer, outcome);
+        }
+        let _ = (peer, outcome);
+    }
+
+    pub(crate) fn retry(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.retry();
+        }
+    }
+
+    pub(crate) fn budget_refused(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.budget_refused();
+        }
+    }
+}
