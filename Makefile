@@ -1,6 +1,8 @@
 # Set-up and checks. `make demo` runs the demo; `make test` runs everything CI runs.
 SHELL := /bin/bash
 CARGO ?= cargo
+# The optional integrations, checked and tested alongside the default build.
+FEATURES := active-health metrics
 
 .PHONY: demo test deps bench-select
 
@@ -24,9 +26,10 @@ demo: deps
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) build --examples --benches
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) clippy --all-targets --features "$(FEATURES)" -- -D warnings
+	$(CARGO) build --examples --benches --features "$(FEATURES)"
+	$(CARGO) test --all-targets --features "$(FEATURES)"
+	$(CARGO) test --doc --features "$(FEATURES)"
 
 bench-select: deps
 	$(CARGO) bench --bench select

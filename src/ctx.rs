@@ -221,7 +221,13 @@ impl fmt::Display for Summary<'_> {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "#{} {}{}: ", i + 1, a.peer, if a.probe { " (probe)" } else { "" })?;
+            write!(
+                f,
+                "#{} {}{}: ",
+                i + 1,
+                a.peer,
+                if a.probe { " (probe)" } else { "" }
+            )?;
             match a.outcome {
                 Outcome::Pending => f.write_str("pending")?,
                 Outcome::Responded { status } => write!(f, "status {status}")?,

@@ -41,6 +41,8 @@
 pub mod ctx;
 pub mod error;
 pub mod health;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod peer;
 pub mod proxy;
 pub mod retry;
@@ -48,7 +50,11 @@ pub mod select;
 
 pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use error::ConfigError;
+#[cfg(feature = "active-health")]
+pub use health::ActiveHealthCheck;
 pub use health::{HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
+#[cfg(feature = "metrics")]
+pub use metrics::Metrics;
 pub use peer::{Peer, PeerBuilder};
 pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{

@@ -52,7 +52,10 @@ async fn refused_primary_every_request_goes_to_the_backup() {
 async fn without_ejection_every_request_tries_the_refusing_primary_first() {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let primary = Peer::new(&refused_addr()).unwrap();
-    let list = OrderedList::new(vec![primary.clone(), Peer::new(&backup.peer_addr()).unwrap()]);
+    let list = OrderedList::new(vec![
+        primary.clone(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
     let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
         .without_outlier_detection()
         .build()

@@ -163,7 +163,9 @@ impl PeerHealth {
         let until = self.ejected_until.load(Ordering::Acquire);
         if until != 0 {
             // Ejected already. A failure after the ejection ended is the probe's: eject again.
-            return (now_ms() >= until).then(|| self.eject(until, rules)).flatten();
+            return (now_ms() >= until)
+                .then(|| self.eject(until, rules))
+                .flatten();
         }
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let connect_failures = if kind.is_connect() {
@@ -184,7 +186,10 @@ impl PeerHealth {
     /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
     fn eject(&self, seen: u64, rules: &OutlierDetection) -> Option<Duration> {
         let k = self.ejections.load(Ordering::Relaxed) + 1;
-        let time = rules.base_ejection.saturating_mul(k).min(rules.max_ejection);
+        let time = rules
+            .base_ejection
+            .saturating_mul(k)
+            .min(rules.max_ejection);
         let until = now_ms() + time.as_millis() as u64;
         self.ejected_until
             .compare_exchange(seen, until, Ordering::AcqRel, Ordering::Acquire)
@@ -194,6 +199,11 @@ impl PeerHealth {
         self.connect_failures.store(0, Ordering::Relaxed);
         self.probe_until.store(0, Ordering::Release);
         Some(time)
+    }
+
+    /// Whether the peer passes its active check (always, without active checks).
+    pub fn is_check_passing(&self) -> bool {
+        !self.check_failed.load(Ordering::Acquire)
     }
 
     /// Sets the active check's verdict; `true` when it changed.
@@ -274,7 +284,10 @@ impl OutlierDetection {
     pub fn validate(self) -> Result<Self, ConfigError> {
         for (what, n) in [
             ("consecutive failures", self.consecutive_failures),
-            ("consecutive connect failures", self.consecutive_connect_failures),
+            (
+                "consecutive connect failures",
+                self.consecutive_connect_failures,
+            ),
         ] {
             if n == 0 {
                 return Err(ConfigError::OutOfRange {
@@ -390,7 +403,10 @@ mod tests {
         // The probe succeeds: re-admitted, and the next ejection starts from the base again.
         assert!(h.record_success());
         assert_eq!(h.admit(window), Admission::Healthy);
-        assert_eq!(h.record_failure(FailureKind::ConnectRefused, &r), Some(s(10)));
+        assert_eq!(
+            h.record_failure(FailureKind::ConnectRefused, &r),
+            Some(s(10))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -404,13 +420,23 @@ mod tests {
         assert_eq!(h.admit(window), Admission::Probe);
         assert_eq!(h.admit(window), Admission::Refused);
         tokio::time::advance(window).await;
-        assert_eq!(h.admit(window), Admission::Probe, "the first probe never reported");
+        assert_eq!(
+            h.admit(window),
+            Admission::Probe,
+            "the first probe never reported"
+        );
     }
 
     #[test]
     fn rejects_bad_rules() {
-        assert!(OutlierDetection::new().with_consecutive_failures(0).validate().is_err());
-        assert!(OutlierDetection::new().with_base_ejection(Duration::ZERO).validate().is_err());
+        assert!(OutlierDetection::new()
+            .with_consecutive_failures(0)
+            .validate()
+            .is_err());
+        assert!(OutlierDetection::new()
+            .with_base_ejection(Duration::ZERO)
+            .validate()
+            .is_err());
         assert!(OutlierDetection::new()
             .with_base_ejection(Duration::from_secs(60))
             .with_max_ejection(Duration::from_secs(30))

@@ -16,8 +16,8 @@ use std::sync::Arc;
 
 use pingora_http::RequestHeader;
 
-use crate::health::Admission;
 use crate::ctx::AttemptRecord;
+use crate::health::Admission;
 use crate::peer::Peer;
 
 /// Chooses the upstream for one attempt of one request.

@@ -212,8 +212,13 @@ pub fn refused_addr() -> String {
 
 /// A loopback listener whose accept queue is full: SYNs to it are dropped, so a connect hangs
 /// until the connector's own timeout. Nothing is ever accepted.
+///
+/// With one connection established in the queue and the probing connect closed, every further
+/// connect attempt drops exactly one SYN (no retransmit comes before 1 s), which the kernel counts
+/// in `TcpExt: ListenOverflows`: [`connection_attempts`](Self::connection_attempts) reads it.
 pub struct Blackhole {
     pub addr: SocketAddr,
+    baseline: u64,
     _listener: TcpListener,
     _fillers: Vec<TcpStream>,
 }
@@ -240,6 +245,7 @@ impl Blackhole {
                 Err(_) => {
                     return Self {
                         addr,
+                        baseline: listen_overflows(),
                         _listener: listener,
                         _fillers: fillers,
                     }
@@ -251,6 +257,72 @@ impl Blackhole {
 
     pub fn peer_addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// Connection attempts dropped by full accept queues since this blackhole was made. The
+    /// kernel's counter is for the whole machine: only meaningful in a test binary whose other
+    /// tests make no blackhole, and attempts of under 1 s (one SYN each).
+    pub fn connection_attempts(&self) -> u64 {
+        listen_overflows() - self.baseline
+    }
+}
+
+/// The kernel's count of SYNs dropped because an accept queue was full.
+fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap();
+    let mut lines = netstat.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if names.starts_with("TcpExt:") {
+            let i = names
+                .split_whitespace()
+                .position(|n| n == "ListenOverflows");
+            return values
+                .split_whitespace()
+                .nth(i.unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    }
+    panic!("no TcpExt ListenOverflows in /proc/net/netstat");
+}
+
+/// Health events in the order they happened, fed by `on_health_change`.
+#[derive(Clone, Default)]
+pub struct Events {
+    seen: Arc<Mutex<Vec<(SocketAddr, pingora_failover::HealthChange)>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Events {
+    pub fn observer(&self) -> impl Fn(&pingora_failover::HealthEvent) + Send + Sync + 'static {
+        let events = self.clone();
+        move |e| {
+            events.seen.lock().unwrap().push((e.peer.addr(), e.change));
+            events.changed.notify_waiters();
+        }
+    }
+
+    pub fn all(&self) -> Vec<(SocketAddr, pingora_failover::HealthChange)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until an event satisfies `pred`.
+    pub async fn wait_until(
+        &self,
+        pred: impl Fn(&(SocketAddr, pingora_failover::HealthChange)) -> bool,
+    ) {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let notified = self.changed.notified();
+                if self.seen.lock().unwrap().iter().any(&pred) {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("the health event never came")
     }
 }
 

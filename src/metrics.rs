@@ -1,0 +1,90 @@
+//! Prometheus metrics (feature `metrics`).
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+use crate::ctx::Outcome;
+use crate::peer::Peer;
+
+/// The engine's prometheus counters and gauges.
+///
+/// | metric | type | labels |
+/// |---|---|---|
+/// | `failover_attempts_total` | counter | `peer`, `outcome` (`ok`, or the failure kind) |
+/// | `failover_retries_total` | counter | |
+/// | `failover_budget_refusals_total` | counter | |
+/// | `failover_ejections_total` | counter | `peer` |
+/// | `failover_ejected_peers` | gauge | |
+///
+/// Register them on `prometheus::default_registry()` to have them served by pingora's
+/// prometheus service, or on a registry of your own.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    attempts: IntCounterVec,
+    retries: IntCounter,
+    budget_refusals: IntCounter,
+    ejections: IntCounterVec,
+    ejected: IntGauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them on `registry`.
+    ///
+    /// # Errors
+    ///
+    /// The registry's error when a metric of the same name is already registered there.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            attempts: IntCounterVec::new(
+                Opts::new("failover_attempts_total", "Attempts by peer and outcome."),
+                &["peer", "outcome"],
+            )?,
+            retries: IntCounter::new("failover_retries_total", "Retries made.")?,
+            budget_refusals: IntCounter::new(
+                "failover_budget_refusals_total",
+                "Retries refused because the retry budget was spent.",
+            )?,
+            ejections: IntCounterVec::new(
+                Opts::new("failover_ejections_total", "Peer ejections by peer."),
+                &["peer"],
+            )?,
+            ejected: IntGauge::new("failover_ejected_peers", "Peers currently ejected.")?,
+        };
+        registry.register(Box::new(m.attempts.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.budget_refusals.clone()))?;
+        registry.register(Box::new(m.ejections.clone()))?;
+        registry.register(Box::new(m.ejected.clone()))?;
+        Ok(m)
+    }
+
+    pub(crate) fn attempt(&self, peer: &Peer, outcome: &Outcome) {
+        let peer = peer.addr().to_string();
+        let label = match outcome {
+            Outcome::Responded { .. } => "ok".to_owned(),
+            Outcome::Failed { kind, .. } => kind.to_string(),
+            _ => "pending".to_owned(),
+        };
+        self.attempts.with_label_values(&[&peer, &label]).inc();
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub(crate) fn budget_refused(&self) {
+        self.budget_refusals.inc();
+    }
+
+    pub(crate) fn ejected(&self, peer: &Peer, fresh: bool) {
+        self.ejections
+            .with_label_values(&[&peer.addr().to_string()])
+            .inc();
+        if fresh {
+            self.ejected.inc();
+        }
+    }
+
+    pub(crate) fn readmitted(&self) {
+        self.ejected.dec();
+    }
+}

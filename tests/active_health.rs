@@ -1,0 +1,82 @@
+//! Active health checks (feature `active-health`) feed peer health: a dead peer is skipped before
+//! any request pays for it, and returns when it passes again.
+#![cfg(feature = "active-health")]
+
+mod support;
+
+use std::time::Duration;
+
+use pingora_core::services::background::BackgroundService;
+use pingora_failover::{
+    ActiveHealthCheck, FailoverProxy, HealthChange, OrderedList, Peer, StandardPolicy,
+};
+use pingora_load_balancing::health_check::TcpHealthCheck;
+use support::{client, start_proxy, Events, Mode, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers() {
+    let mut primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peers = vec![
+        Peer::new(&primary.peer_addr()).unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ];
+    let events = Events::default();
+    let check = ActiveHealthCheck::new(&peers, TcpHealthCheck::new(), Duration::from_millis(50))
+        .unwrap()
+        .on_health_change(events.observer());
+    // Run it the way a pingora Server runs a background service.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let checker = tokio::spawn(async move { check.start(shutdown).await });
+
+    let list = OrderedList::new(peers.clone()).unwrap();
+    let proxy = FailoverProxy::new(list, StandardPolicy::default()).unwrap();
+    let (proxy, log) = start_proxy(proxy).await;
+    let http = client();
+    let get = || async {
+        http.get(proxy.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+
+    primary.stop();
+    events
+        .wait_until(|e| e.0 == primary.addr && e.1 == HealthChange::CheckFailed)
+        .await;
+    assert!(!peers[0].health().is_healthy());
+    assert_eq!(get().await, "backup");
+    assert_eq!(
+        log.wait_for(1).await[0].len(),
+        1,
+        "no request tried the dead primary"
+    );
+
+    primary.restart().await;
+    events
+        .wait_until(|e| e.0 == primary.addr && e.1 == HealthChange::CheckPassed)
+        .await;
+    assert_eq!(get().await, "primary");
+
+    stop.send(true).unwrap();
+    checker.await.unwrap();
+    assert_eq!(
+        events.all(),
+        [
+            (primary.addr, HealthChange::CheckFailed),
+            (primary.addr, HealthChange::CheckPassed)
+        ]
+    );
+}
+
+#[test]
+fn rejects_bad_settings() {
+    let peers = [Peer::new("127.0.0.1:1").unwrap()];
+    let tcp = TcpHealthCheck::new;
+    assert!(ActiveHealthCheck::new(&[], tcp(), Duration::from_secs(1)).is_err());
+    assert!(ActiveHealthCheck::new(&peers, tcp(), Duration::ZERO).is_err());
+    assert!(ActiveHealthCheck::new(&peers, tcp(), Duration::from_millis(1)).is_err());
+}

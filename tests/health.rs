@@ -1,0 +1,206 @@
+//! Peer health end to end: ejection, the half-open probe and re-admission, panic mode, events,
+//! metrics.
+
+mod support;
+
+use std::time::Duration;
+
+use pingora_failover::{
+    Failover, FailoverProxy, FailureKind, HealthChange, HealthState, OrderedList, OutlierDetection,
+    Peer, StandardPolicy,
+};
+use support::{client, refused_addr, start_proxy, Events, Mode, Upstream};
+
+/// Waits until `peer`'s ejection is over.
+async fn until_half_open(peer: &Peer) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while peer.health().state() != HealthState::HalfOpen {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the ejection never ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_primary_is_probed_once_readmitted_and_gets_traffic_back() {
+    let mut primary = Upstream::start("primary", Mode::Ok).await;
+    primary.stop();
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary_peer = Peer::new(&primary.peer_addr()).unwrap();
+    let list = OrderedList::new(vec![
+        primary_peer.clone(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let events = Events::default();
+    let ejection = Duration::from_millis(300);
+    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .with_outlier_detection(OutlierDetection::new().with_base_ejection(ejection))
+        .on_health_change(events.observer())
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let http = client();
+    let get = || async {
+        http.get(proxy.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+
+    // Refused: ejected after one connect failure; the next request skips it.
+    assert_eq!(get().await, "backup");
+    assert_eq!(get().await, "backup");
+    assert_eq!(log.wait_for(2).await[1].len(), 1, "straight to the backup");
+
+    // It comes back, slow enough that its probe is still running while other requests arrive.
+    primary.set_mode(Mode::Slow(Duration::from_secs(1)));
+    primary.restart().await;
+    until_half_open(&primary_peer).await;
+    let probe = tokio::spawn({
+        let (http, url) = (http.clone(), proxy.url("/"));
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    });
+    events.wait_until(|e| e.1 == HealthChange::Probing).await;
+    for _ in 0..3 {
+        assert_eq!(get().await, "backup", "only one request probes");
+    }
+    assert_eq!(probe.await.unwrap(), "primary");
+    assert_eq!(primary.hits(), 1, "probed once");
+
+    // Re-admitted: traffic returns.
+    primary.set_mode(Mode::Ok);
+    assert_eq!(get().await, "primary");
+    assert_eq!(get().await, "primary");
+
+    let addr = primary.addr;
+    assert_eq!(
+        events.all(),
+        [
+            (
+                addr,
+                HealthChange::Ejected {
+                    time: ejection,
+                    after: FailureKind::ConnectRefused
+                }
+            ),
+            (addr, HealthChange::Probing),
+            (addr, HealthChange::Readmitted),
+        ],
+        "every transition, in order"
+    );
+    let records = log.wait_for(8).await;
+    let probes: Vec<_> = records.iter().flatten().filter(|a| a.is_probe()).collect();
+    assert_eq!(probes.len(), 1);
+    assert_eq!(probes[0].peer(), &primary_peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_ejects_again_for_longer() {
+    let primary = refused_addr();
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary_peer = Peer::new(&primary).unwrap();
+    let list = OrderedList::new(vec![
+        primary_peer.clone(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let events = Events::default();
+    let base = Duration::from_millis(100);
+    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .with_outlier_detection(OutlierDetection::new().with_base_ejection(base))
+        .on_health_change(events.observer())
+        .build()
+        .unwrap();
+    let (proxy, _log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let http = client();
+
+    for _ in 0..3 {
+        let body = http.get(proxy.url("/")).send().await.unwrap().text().await;
+        assert_eq!(body.unwrap(), "backup");
+        until_half_open(&primary_peer).await;
+    }
+    let ejections: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter_map(|(_, c)| match c {
+            HealthChange::Ejected { time, .. } => Some(time),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ejections, [base, base * 2, base * 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_peer_down_requests_are_still_attempted() {
+    let peers = vec![
+        Peer::new(&refused_addr()).unwrap(),
+        Peer::new(&refused_addr()).unwrap(),
+    ];
+    let list = OrderedList::new(peers.clone()).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let http = client();
+
+    for _ in 0..3 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 502, "the upstream error, not 'no upstream'");
+    }
+    assert!(peers.iter().all(|p| !p.health().is_healthy()));
+    let records = log.wait_for(3).await;
+    for attempts in &records[1..] {
+        // Both ejected: panic mode tries them anyway, each once.
+        assert_eq!(attempts.len(), 2);
+    }
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_happened() {
+    use pingora_failover::Metrics;
+
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary = refused_addr();
+    let list = OrderedList::new(vec![
+        Peer::new(&primary).unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let registry = prometheus::Registry::new();
+    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .with_metrics(Metrics::register(&registry).unwrap())
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let http = client();
+    for _ in 0..4 {
+        http.get(proxy.url("/")).send().await.unwrap();
+    }
+    log.wait_for(4).await;
+
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let b = backup.addr;
+    for line in [
+        format!("failover_attempts_total{{outcome=\"connection refused\",peer=\"{primary}\"}} 1"),
+        format!("failover_attempts_total{{outcome=\"ok\",peer=\"{b}\"}} 4"),
+        "failover_retries_total 1".to_owned(),
+        "failover_budget_refusals_total 0".to_owned(),
+        format!("failover_ejections_total{{peer=\"{primary}\"}} 1"),
+        "failover_ejected_peers 1".to_owned(),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
