@@ -1,5 +1,7 @@
 //! Failover, watched request by request: two upstreams in-process, a proxy in front, then the
-//! primary refuses connections, is blackholed (connect hangs), and comes back.
+//! primary refuses connections, is blackholed (connect hangs), is slow, and comes back. Each time
+//! one request pays for finding out; the primary is then ejected and skipped, and once the
+//! ejection (1 s here) is over, one request probes it.
 //!
 //! Needs nothing else running and exits on its own:
 //! ```text
@@ -11,11 +13,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use pingora_failover::{FailoverProxy, OrderedList, Outcome, Peer, StandardPolicy};
+use pingora_failover::{
+    Failover, FailoverProxy, HealthState, OrderedList, Outcome, OutlierDetection, Peer,
+    StandardPolicy,
+};
 use support::{client, start_proxy, Blackhole, Mode, ProxyServer, RequestLog, Upstream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 const READ_TIMEOUT: Duration = Duration::from_millis(300);
+const EJECTION: Duration = Duration::from_secs(1);
 
 #[tokio::main]
 async fn main() {
@@ -28,9 +34,18 @@ async fn main() {
             .build()
             .unwrap()
     };
-    let selector = OrderedList::new(vec![peer(primary.peer_addr()), peer(backup.peer_addr())]);
-    let proxy = FailoverProxy::new(selector.unwrap(), StandardPolicy::default()).unwrap();
-    let (proxy, log) = start_proxy(proxy).await;
+    let primary_peer = peer(primary.peer_addr());
+    let selector = OrderedList::new(vec![primary_peer.clone(), peer(backup.peer_addr())]);
+    let engine = Failover::builder(selector.unwrap(), StandardPolicy::default())
+        .with_outlier_detection(
+            OutlierDetection::new()
+                .with_base_ejection(EJECTION)
+                .with_max_ejection(EJECTION),
+        )
+        .on_health_change(|e| println!("  * health: {} {}", e.peer, e.change))
+        .build()
+        .unwrap();
+    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
 
     println!(
         "proxy {} -> primary {}, backup {} (connect timeout {:?}, read timeout {:?})",
@@ -47,16 +62,19 @@ async fn main() {
 
     phase("3. the primary is blackholed (connect hangs until the timeout)");
     let hole = Blackhole::on(primary.addr).await;
+    ejection_over(&primary_peer).await;
     requests(&proxy, &log, &mut done, 3).await;
     drop(hole);
 
     phase("4. the primary is slow (answers after 1 s)");
     primary.set_mode(Mode::Slow(Duration::from_secs(1)));
     primary.restart().await;
+    ejection_over(&primary_peer).await;
     requests(&proxy, &log, &mut done, 3).await;
 
     phase("5. the primary is back");
     primary.set_mode(Mode::Ok);
+    ejection_over(&primary_peer).await;
     requests(&proxy, &log, &mut done, 3).await;
 
     println!(
@@ -68,6 +86,14 @@ async fn main() {
 
 fn phase(title: &str) {
     println!("\n{title}");
+}
+
+/// Waits until the primary's ejection is over, so that the next request probes it.
+async fn ejection_over(peer: &Peer) {
+    while matches!(peer.health().state(), HealthState::Ejected { .. }) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("  (ejection over: the next request probes the primary)");
 }
 
 async fn requests(proxy: &ProxyServer, log: &RequestLog, done: &mut usize, n: usize) {
@@ -82,10 +108,13 @@ async fn requests(proxy: &ProxyServer, log: &RequestLog, done: &mut usize, n: us
         let attempts = log.wait_for(*done).await.pop().unwrap();
         let path: Vec<String> = attempts
             .iter()
-            .map(|a| match a.outcome() {
-                Outcome::Responded { status } => format!("{} -> {status}", a.peer()),
-                Outcome::Failed { kind, .. } => format!("{} -> {kind}", a.peer()),
-                _ => format!("{} -> ?", a.peer()),
+            .map(|a| {
+                let probe = if a.is_probe() { " (probe)" } else { "" };
+                match a.outcome() {
+                    Outcome::Responded { status } => format!("{}{probe} -> {status}", a.peer()),
+                    Outcome::Failed { kind, .. } => format!("{}{probe} -> {kind}", a.peer()),
+                    _ => format!("{}{probe} -> ?", a.peer()),
+                }
             })
             .collect();
         println!(
