@@ -27,11 +27,13 @@ impl PeerSelector for TenantSelector {
             .and_then(|r| r.headers.get("x-tenant"))
             .and_then(|v| v.to_str().ok())
             .and_then(|t| self.dedicated.get(t));
-        // The tenant's own peer first, then the pool; never a peer this request already tried.
-        tenant
-            .into_iter()
-            .chain(&self.shared)
-            .find(|p| !attempt.has_tried(p))
+        // The tenant's own peer first, then the pool: the first that is untried and healthy (or
+        // this request's probe of an ejected peer), and if none is, the best untried one.
+        let candidates = tenant.into_iter().chain(&self.shared);
+        candidates
+            .clone()
+            .find(|p| attempt.admits(p))
+            .or_else(|| attempt.best_untried(candidates))
             .cloned()
     }
 }

@@ -26,7 +26,7 @@ fn unparsable_addresses() {
         "not an address",
         "example.com:80",
         "127.0.0.1",
-        "127.0.0.1:99999",
+        "127.0.0.1:999999",
         "[::1]",
     ] {
         let err = Peer::new(bad).unwrap_err();

@@ -19,10 +19,12 @@ impl PeerSelector for ByHeader {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
             .and_then(|i| self.peers.get(i));
-        wanted
-            .into_iter()
-            .chain(&self.peers)
-            .find(|p| !attempt.has_tried(p))
+        let candidates = wanted.into_iter().chain(&self.peers);
+        // Healthy and untried first; when every untried one is ejected, the best of them.
+        candidates
+            .clone()
+            .find(|p| attempt.admits(p))
+            .or_else(|| attempt.best_untried(candidates))
             .cloned()
     }
 }
@@ -51,10 +53,13 @@ async fn routes_by_header_and_falls_back_to_the_others() {
     assert_eq!(get(Some("1")).await, "b");
     // Routed to the dead peer: falls back to the first of the others.
     assert_eq!(get(Some("2")).await, "a");
-    assert_eq!((a.hits(), b.hits()), (2, 1));
+    // The dead peer is now ejected, and the selector sees it through `Attempt::admits`: the next
+    // request routed to it goes straight to the fallback.
+    assert_eq!(get(Some("2")).await, "a");
+    assert_eq!((a.hits(), b.hits()), (3, 1));
 
-    let records = log.wait_for(3).await;
-    let routed_to_dead = &records[2];
-    assert_eq!(routed_to_dead.len(), 2);
-    assert_eq!(routed_to_dead[0].peer().addr().to_string(), dead);
+    let records = log.wait_for(4).await;
+    assert_eq!(records[2].len(), 2);
+    assert_eq!(records[2][0].peer().addr().to_string(), dead);
+    assert_eq!(records[3].len(), 1, "the ejected peer was skipped");
 }

@@ -118,6 +118,15 @@ impl<'a> Attempt<'a> {
             .min_by_key(|p| p.health().available_at())
     }
 
+    /// Like [`admits`](Self::admits), but ignoring health when `panic` is set.
+    pub(crate) fn takes(&self, peer: &Peer, panic: bool) -> bool {
+        if panic {
+            !self.has_tried(peer)
+        } else {
+            self.admits(peer)
+        }
+    }
+
     /// Whether this attempt holds `peer`'s probe slot.
     pub fn is_probe(&self, peer: &Peer) -> bool {
         self.probe.get() == peer.id()
@@ -146,6 +155,38 @@ impl<'a> Attempt<'a> {
     /// The request being proxied (absent when a selector is driven outside a proxy).
     pub fn request(&self) -> Option<&'a RequestHeader> {
         self.request
+    }
+}
+
+/// Panic mode's trigger: the share of peers held out by health above which a selector ignores
+/// health and spreads traffic over every peer (Envoy's panic threshold), so that the few peers
+/// left are not overloaded by everyone's traffic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PanicThreshold(f64);
+
+impl PanicThreshold {
+    /// Never, short of every candidate being out.
+    pub(crate) const NEVER: Self = Self(1.0);
+
+    pub(crate) fn new(share: f64) -> Result<Self, crate::ConfigError> {
+        if (0.0..=1.0).contains(&share) {
+            Ok(Self(share))
+        } else {
+            Err(crate::ConfigError::OutOfRange {
+                what: "panic threshold",
+                value: share.to_string(),
+                range: "0.0..=1.0",
+            })
+        }
+    }
+
+    /// Whether more than the threshold's share of `peers` is held out now.
+    pub(crate) fn reached(&self, peers: &[Peer]) -> bool {
+        if self.0 >= 1.0 {
+            return false;
+        }
+        let out = peers.iter().filter(|p| !p.health().is_healthy()).count();
+        out as f64 > self.0 * peers.len() as f64
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::ConfigError;
 use crate::peer::{check_peers, Peer};
-use crate::select::{Attempt, PeerSelector};
+use crate::select::{Attempt, PanicThreshold, PeerSelector};
 
 /// A priority list: every request goes to the first healthy peer it has not tried yet.
 ///
@@ -26,6 +26,7 @@ use crate::select::{Attempt, PeerSelector};
 #[derive(Debug, Clone)]
 pub struct OrderedList {
     peers: Box<[Peer]>,
+    panic: PanicThreshold,
 }
 
 impl OrderedList {
@@ -39,7 +40,21 @@ impl OrderedList {
         check_peers(&peers)?;
         Ok(Self {
             peers: peers.into_boxed_slice(),
+            panic: PanicThreshold::NEVER,
         })
+    }
+
+    /// Ignores health and spreads requests over every peer once more than `share` (0.0 to 1.0)
+    /// of them are ejected or failing their checks: Envoy's panic threshold (50 % there). The
+    /// default, 1.0, ignores health only when no healthy untried peer is left, which suits
+    /// failover lists whose backups are sized to carry everything.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
+    pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
+        self.panic = PanicThreshold::new(share)?;
+        Ok(self)
     }
 
     /// The peers, in priority order.
@@ -50,9 +65,10 @@ impl OrderedList {
 
 impl PeerSelector for OrderedList {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        let panic = self.panic.reached(&self.peers);
         self.peers
             .iter()
-            .find(|p| attempt.admits(p))
+            .find(|p| attempt.takes(p, panic))
             .or_else(|| attempt.best_untried(self.peers.iter()))
             .cloned()
     }

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::error::ConfigError;
 use crate::peer::{check_peers, Peer};
-use crate::select::{Attempt, PeerSelector};
+use crate::select::{Attempt, PanicThreshold, PeerSelector};
 
 /// Spreads requests over the peers in proportion to their weights.
 ///
@@ -25,6 +25,7 @@ pub struct RoundRobin {
     schedule: Box<[u32]>,
     cursor: AtomicUsize,
     retry_cursor: AtomicUsize,
+    panic: PanicThreshold,
 }
 
 impl RoundRobin {
@@ -42,7 +43,21 @@ impl RoundRobin {
             schedule,
             cursor: AtomicUsize::new(0),
             retry_cursor: AtomicUsize::new(0),
+            panic: PanicThreshold::NEVER,
         })
+    }
+
+    /// Ignores health and spreads requests over every peer once more than `share` (0.0 to 1.0)
+    /// of them are ejected or failing their checks: Envoy's panic threshold (50 % there). The
+    /// default, 1.0, ignores health only when no healthy untried peer is left, which suits
+    /// failover lists whose backups are sized to carry everything.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
+    pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
+        self.panic = PanicThreshold::new(share)?;
+        Ok(self)
     }
 
     /// The peers, in the order given.
@@ -58,18 +73,19 @@ impl PeerSelector for RoundRobin {
         } else {
             &self.cursor
         };
+        let panic = self.panic.reached(&self.peers);
         // Draw turns until one falls on a peer that takes the attempt; while all are healthy, a
         // first attempt takes the first turn.
         for _ in 0..self.peers.len() {
             let turn = cursor.fetch_add(1, Ordering::Relaxed);
             let peer = &self.peers[self.schedule[turn % self.schedule.len()] as usize];
-            if attempt.admits(peer) {
+            if attempt.takes(peer, panic) {
                 return Some(peer.clone());
             }
         }
         self.peers
             .iter()
-            .find(|p| attempt.admits(p))
+            .find(|p| attempt.takes(p, panic))
             .or_else(|| attempt.best_untried(self.peers.iter()))
             .cloned()
     }
@@ -124,6 +140,57 @@ mod tests {
             .map(|_| rr.select(&Attempt::new(&[], None)).unwrap().addr().port())
             .collect();
         assert_eq!(order, [1000, 1001, 1002, 1000, 1001, 1002]);
+    }
+
+    fn eject(p: &Peer) {
+        let rules = crate::OutlierDetection::new();
+        p.health()
+            .record_failure(crate::FailureKind::ConnectRefused, &rules)
+            .unwrap();
+    }
+
+    fn spread(rr: &RoundRobin, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; rr.peers().len()];
+        for _ in 0..n {
+            let p = rr.select(&Attempt::new(&[], None)).unwrap();
+            counts[rr.peers().iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejected_peers_are_skipped_until_the_panic_threshold() {
+        let rr = RoundRobin::new(peers(&[1, 1, 1, 1])).unwrap();
+        eject(&rr.peers()[0]);
+        assert_eq!(spread(&rr, 30), [0, 10, 10, 10]);
+
+        // Half out: at the 50 % threshold, not above it.
+        let rr = rr.with_panic_threshold(0.5).unwrap();
+        eject(&rr.peers()[1]);
+        assert_eq!(spread(&rr, 20), [0, 0, 10, 10]);
+
+        // Three of four out: above 50 %, health is ignored and traffic spreads over all.
+        eject(&rr.peers()[2]);
+        assert_eq!(spread(&rr, 40), [10, 10, 10, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_everyone_ejected_the_soonest_back_is_tried() {
+        let rr = RoundRobin::new(peers(&[1, 1, 1])).unwrap();
+        eject(&rr.peers()[1]);
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        eject(&rr.peers()[2]);
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        eject(&rr.peers()[0]);
+        let p = rr.select(&Attempt::new(&[], None)).unwrap();
+        assert_eq!(p, rr.peers()[1], "its ejection ends first");
+    }
+
+    #[test]
+    fn rejects_a_bad_panic_threshold() {
+        let rr = || RoundRobin::new(peers(&[1])).unwrap();
+        assert!(rr().with_panic_threshold(1.5).is_err());
+        assert!(rr().with_panic_threshold(f64::NAN).is_err());
     }
 
     #[test]
