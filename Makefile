@@ -4,7 +4,7 @@ CARGO ?= cargo
 # The optional integrations, checked and tested alongside the default build.
 FEATURES := active-health metrics
 
-.PHONY: demo test deps bench-select
+.PHONY: demo test deps bench bench-micro
 
 # Pingora builds zlib-ng through cmake: install it when missing (as root on Debian), otherwise
 # say what to install.
@@ -31,5 +31,16 @@ test: deps
 	$(CARGO) test --all-targets --features "$(FEATURES)"
 	$(CARGO) test --doc --features "$(FEATURES)"
 
-bench-select: deps
-	$(CARGO) bench --bench select
+# End to end: failover_proxy against a bare pingora proxy under wrk, four scenarios (see
+# BENCHMARKS.md). Installs wrk when missing. About 2 to 3 minutes once built.
+bench: deps
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "the benchmark needs wrk: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)"; exit 1; fi; }
+	$(CARGO) build --release --example failover_proxy --example bare_proxy --example bench_upstream
+	python3 bench/e2e.py
+
+# Micro-benchmarks (criterion): selection, policy, budget, health.
+bench-micro: deps
+	$(CARGO) bench --bench select --bench engine

@@ -1,5 +1,5 @@
-//! `select()` on the stock selectors, for 2, 16 and 256 peers: a first attempt, and a retry
-//! after one failed peer.
+//! `select()` on the stock selectors, for 2, 16 and 256 peers, with none, one and half of the
+//! peers ejected: a first attempt, and a retry after one failed peer.
 //!
 //! ```text
 //! cargo bench --bench select
@@ -8,7 +8,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use pingora_failover::{Attempt, AttemptRecord, OrderedList, Peer, PeerSelector, RoundRobin};
+use pingora_failover::{
+    Attempt, AttemptRecord, FailureKind, OrderedList, OutlierDetection, Peer, PeerSelector,
+    RoundRobin,
+};
 
 fn peers(n: usize) -> Vec<Peer> {
     (0..n)
@@ -21,18 +24,32 @@ fn peers(n: usize) -> Vec<Peer> {
         .collect()
 }
 
+/// Ejects `count` peers spread over the list, the first one included.
+fn eject(peers: &[Peer], count: usize) {
+    let rules = OutlierDetection::new().with_base_ejection(std::time::Duration::from_secs(3600));
+    let stride = peers.len() / count.max(1);
+    for p in peers.iter().step_by(stride.max(1)).take(count) {
+        p.health()
+            .record_failure(FailureKind::ConnectRefused, &rules);
+    }
+}
+
 fn bench_selector<S: PeerSelector>(c: &mut Criterion, name: &str, make: fn(Vec<Peer>) -> S) {
     let mut group = c.benchmark_group(name);
     for n in [2, 16, 256] {
-        let peers = peers(n);
-        let selector = make(peers.clone());
-        group.bench_with_input(BenchmarkId::new("first", n), &n, |b, _| {
-            b.iter(|| black_box(selector.select(black_box(&Attempt::new(&[], None)))))
-        });
-        let tried = [AttemptRecord::new(peers[0].clone())];
-        group.bench_with_input(BenchmarkId::new("retry", n), &n, |b, _| {
-            b.iter(|| black_box(selector.select(black_box(&Attempt::new(&tried, None)))))
-        });
+        for (label, ejected) in [("0", 0), ("1", 1), ("half", n / 2)] {
+            let peers = peers(n);
+            eject(&peers, ejected);
+            let selector = make(peers.clone());
+            let id = |what| BenchmarkId::new(format!("{what}/ejected-{label}"), n);
+            group.bench_function(id("first"), |b| {
+                b.iter(|| black_box(selector.select(black_box(&Attempt::new(&[], None)))))
+            });
+            let tried = [AttemptRecord::new(peers[n - 1].clone())];
+            group.bench_function(id("retry"), |b| {
+                b.iter(|| black_box(selector.select(black_box(&Attempt::new(&tried, None)))))
+            });
+        }
     }
     group.finish();
 }

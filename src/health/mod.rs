@@ -148,9 +148,17 @@ impl PeerHealth {
 
     /// Records a success; `true` when it re-admitted an ejected peer.
     pub fn record_success(&self) -> bool {
-        self.failures.store(0, Ordering::Relaxed);
-        self.connect_failures.store(0, Ordering::Relaxed);
-        if self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
+        // Loads first: a success on a healthy peer writes nothing, so the shared cache line is
+        // not bounced between cores on every request.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.connect_failures.load(Ordering::Relaxed) != 0 {
+            self.connect_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected_until.load(Ordering::Acquire) != 0
+            && self.ejected_until.swap(0, Ordering::AcqRel) != 0
+        {
             self.probe_until.store(0, Ordering::Release);
             self.ejections.store(0, Ordering::Relaxed);
             return true;

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: failover_proxy against a bare pingora proxy, under wrk, on loopback.
+
+Scenarios (primary, then a healthy backup):
+  bare        the bare proxy to a healthy upstream (the baseline)
+  healthy     failover_proxy, primary up
+  refused     primary port closed
+  blackholed  primary connect hangs; connect timeout 400 ms
+  slow        primary answers after 1 s; read timeout 300 ms
+
+Prints one table (requests/s, p50, p99, errors, non-2xx) and checks the targets. Every process it
+starts is stopped when it ends. Loopback only; bounded in time.
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples")
+DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+children = []
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, **kw)
+    children.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def cleanup(*_):
+    for p in children:
+        stop(p)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def upstream(*flags):
+    p = spawn([os.path.join(EXAMPLES, "bench_upstream"), *flags])
+    return p.stdout.readline().strip()
+
+
+def wait_listening(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"proxy on port {port} never listened")
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def wrk(url, seconds):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s", url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = sum(int(x) for x in errs.groups()) if errs else 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return dict(rps=rps, p50=p50, p99=p99, errors=errors, non2xx=int(non2xx.group(1)) if non2xx else 0)
+
+
+def run(name, cmd, port):
+    proxy = spawn(cmd)
+    try:
+        wait_listening(port)
+        url = f"http://127.0.0.1:{port}/"
+        wrk(url, WARMUP)
+        return wrk(url, DURATION)
+    finally:
+        stop(proxy)
+
+
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk not found: `make bench` installs it")
+    backup = upstream()
+    primary = upstream()
+    slow = upstream("--delay-ms", "1000")
+    hole = upstream("--blackhole")
+    refused = f"127.0.0.1:{free_port()}"
+
+    def failover(primary_addr):
+        port = free_port()
+        return [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}",
+                "--peer", primary_addr, "--peer", backup, "--selector", "ordered",
+                "--connect-timeout-ms", "400", "--read-timeout-ms", "300",
+                "--max-attempts", "3", "--threads", "1"], port
+
+    def bare():
+        port = free_port()
+        return [os.path.join(EXAMPLES, "bare_proxy"), "--listen", f"127.0.0.1:{port}",
+                "--peer", primary, "--threads", "1"], port
+
+    scenarios = {
+        "bare": bare,
+        "healthy": lambda: failover(primary),
+        "refused": lambda: failover(refused),
+        "blackholed": lambda: failover(hole),
+        "slow": lambda: failover(slow),
+    }
+    # Rounds interleave the scenarios so that drift in the machine's speed hits all of them alike;
+    # each figure is the median of its rounds (mean of two).
+    results = {name: [] for name in scenarios}
+    for r in range(ROUNDS):
+        for name, make in scenarios.items():
+            cmd, port = make()
+            results[name].append(run(name, cmd, port))
+            print(f"round {r + 1}/{ROUNDS} {name}: {results[name][-1]['rps']:.0f} req/s", file=sys.stderr)
+
+    def median(rows, key):
+        vals = sorted(row[key] for row in rows)
+        mid = len(vals) // 2
+        return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+
+    table = {n: {k: median(rows, k) for k in rows[0]} for n, rows in results.items()}
+    print(f"\n{CONNECTIONS} connections, {DURATION} s per run, {ROUNDS} rounds, proxy on 1 thread\n")
+    print("| scenario | req/s | p50 ms | p99 ms | errors | non-2xx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n, t in table.items():
+        print(f"| {n} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['errors']:.0f} | {t['non2xx']:.0f} |")
+
+    h, b = table["healthy"], table["bare"]
+    checks = [
+        ("healthy >= 97% of bare throughput", h["rps"] >= 0.97 * b["rps"], f"{100 * h['rps'] / b['rps']:.1f}%"),
+    ]
+    for n in ("refused", "blackholed"):
+        t = table[n]
+        checks.append((f"{n} >= 90% of healthy throughput", t["rps"] >= 0.9 * h["rps"], f"{100 * t['rps'] / h['rps']:.1f}%"))
+        checks.append((f"{n} p99 <= 2x healthy p99", t["p99"] <= 2 * h["p99"], f"{t['p99'] / h['p99']:.2f}x"))
+    s = table["slow"]
+    checks.append(("slow: zero errors for GET", s["errors"] == 0 and s["non2xx"] == 0, f"{s['errors']:.0f} errors, {s['non2xx']:.0f} non-2xx"))
+    print()
+    for what, ok, value in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {what}: {value}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        cleanup()
