@@ -4,7 +4,7 @@ CARGO ?= cargo
 # The optional integrations, checked and tested alongside the default build.
 FEATURES := active-health metrics
 
-.PHONY: demo test deps bench bench-micro
+.PHONY: demo test deps bench bench-micro chaos
 
 # Pingora builds zlib-ng through cmake: install it when missing (as root on Debian), otherwise
 # say what to install.
@@ -44,3 +44,7 @@ bench: deps
 # Micro-benchmarks (criterion): selection, policy, budget, health.
 bench-micro: deps
 	$(CARGO) bench --bench select --bench engine
+
+# The chaos test for a minute instead of the test suite's 6 s; CHAOS_SEED=N replays a run.
+chaos: deps
+	CHAOS_SECONDS=$${CHAOS_SECONDS:-60} $(CARGO) test --release --test chaos -- --nocapture

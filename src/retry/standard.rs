@@ -14,8 +14,10 @@ use crate::retry::{
 /// - max attempts: 3 in all ([`DEFAULT_MAX_ATTEMPTS`])
 /// - retries on: connection refused, connect timeout, no route, TLS handshake failure and TLS
 ///   handshake timeout (nothing was sent, so any request can go elsewhere); a response header
-///   timeout (slow upstream) and a closed reused connection (subject to the proxy's idempotency
-///   rule)
+///   timeout (slow upstream), a closed reused connection, an I/O error and a request write
+///   timeout. These last four can only happen after the request went upstream, so the proxy's
+///   rules limit them to idempotent requests, and to failures before the response reached the
+///   client. That is nginx's default `proxy_next_upstream error timeout`.
 /// - retriable statuses: none
 /// - backoff: [`Backoff::default`] (full jitter, 25 ms base, 250 ms cap)
 ///
@@ -52,6 +54,8 @@ impl StandardPolicy {
                 FailureKind::TlsHandshakeTimeout,
                 FailureKind::HeaderTimeout,
                 FailureKind::ReusedConnectionClosed,
+                FailureKind::Io,
+                FailureKind::WriteTimeout,
             ],
             statuses: Vec::new(),
             backoff: None,
@@ -181,7 +185,7 @@ mod tests {
     use pingora_http::RequestHeader;
 
     #[test]
-    fn defaults_retry_connect_failures_and_slow_headers_only() {
+    fn defaults_retry_what_nginx_retries() {
         let p = StandardPolicy::default();
         let req = RequestHeader::build("GET", b"/", None).unwrap();
         let peer = Peer::new("127.0.0.1:1").unwrap();
@@ -194,6 +198,8 @@ mod tests {
             FailureKind::TlsHandshakeTimeout,
             FailureKind::HeaderTimeout,
             FailureKind::ReusedConnectionClosed,
+            FailureKind::Io,
+            FailureKind::WriteTimeout,
         ] {
             assert_eq!(decide(k), RetryDecision::Retry, "{k}");
         }
@@ -201,7 +207,8 @@ mod tests {
             FailureKind::ConnectOther,
             FailureKind::BodyTimeout,
             FailureKind::Status(503),
-            FailureKind::Io,
+            FailureKind::Downstream,
+            FailureKind::Other,
         ] {
             assert_eq!(decide(k), RetryDecision::Stop, "{k}");
         }

@@ -230,10 +230,18 @@ impl Blackhole {
 
     /// A blackhole on `addr`, for instance the port of an upstream that was just stopped.
     pub async fn on(addr: SocketAddr) -> Self {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(addr).unwrap();
-        let listener = socket.listen(0).unwrap();
+        // A stopped upstream on `addr` drops its listener asynchronously: retry until it did.
+        let listener = loop {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            match socket.bind(addr).and_then(|()| socket.listen(0)) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::task::yield_now().await
+                }
+                Err(e) => panic!("blackhole on {addr}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let mut fillers = Vec::new();
         // Connect until one connect cannot complete: the queue is then full. The timeout is
@@ -342,20 +350,24 @@ impl ProxyServer {
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let app = Arc::new(app);
+        // Connections are served inside a JoinSet owned by the accept task: dropping the server
+        // closes them all and releases the app (and pingora's upstream connection pool in it).
         let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = tcp.set_nodelay(true);
                 let (app, rx) = (app.clone(), rx.clone());
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let stream: pingora_core::protocols::Stream = Box::new(Stream::from(tcp));
                     let mut stream = Some(stream);
                     while let Some(s) = stream.take() {
                         stream = app.process_new(s, &rx).await;
                     }
                 });
+                while conns.try_join_next().is_some() {}
             }
         });
         Self {
@@ -459,4 +471,34 @@ where
         .into_app(&server_conf())
         .unwrap();
     (ProxyServer::start(app).await, log)
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Resident memory of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A small seedable random stream (SplitMix64), so that a failing run can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
 }
