@@ -52,7 +52,7 @@ pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use error::ConfigError;
 #[cfg(feature = "active-health")]
 pub use health::ActiveHealthCheck;
-pub use health::{HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
+pub use health::{Admission, HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use peer::{Peer, PeerBuilder};

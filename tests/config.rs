@@ -186,3 +186,66 @@ fn tls_without_a_tls_backend() {
     assert!(matches!(err, ConfigError::TlsUnavailable { .. }));
     assert!(err.to_string().contains("enable the crate feature"));
 }
+
+#[test]
+fn health_budget_and_backoff_settings() {
+    use pingora_failover::OutlierDetection;
+    let list = || OrderedList::new(vec![peer("127.0.0.1:80")]).unwrap();
+    let with_rules = |rules: OutlierDetection| {
+        Failover::builder(list(), StandardPolicy::default())
+            .with_outlier_detection(rules)
+            .build()
+            .unwrap_err()
+    };
+    assert!(matches!(
+        with_rules(OutlierDetection::new().with_consecutive_failures(0)),
+        ConfigError::OutOfRange {
+            what: "consecutive failures",
+            ..
+        }
+    ));
+    assert!(matches!(
+        with_rules(OutlierDetection::new().with_consecutive_connect_failures(0)),
+        ConfigError::OutOfRange { .. }
+    ));
+    assert_eq!(
+        with_rules(OutlierDetection::new().with_base_ejection(Duration::ZERO)),
+        ConfigError::ZeroTimeout {
+            what: "base ejection time"
+        }
+    );
+    assert!(matches!(
+        with_rules(OutlierDetection::new().with_max_ejection(Duration::from_secs(86_400))),
+        ConfigError::TimeoutTooLong { .. }
+    ));
+    assert!(matches!(
+        with_rules(
+            OutlierDetection::new()
+                .with_base_ejection(Duration::from_secs(60))
+                .with_max_ejection(Duration::from_secs(10))
+        ),
+        ConfigError::OutOfRange { .. }
+    ));
+
+    for share in [-0.1, 1.1, f64::NAN] {
+        assert!(list().with_panic_threshold(share).is_err(), "{share}");
+        let rr = RoundRobin::new(vec![peer("127.0.0.1:80")]).unwrap();
+        assert!(rr.with_panic_threshold(share).is_err(), "{share}");
+    }
+    for ratio in [-1.0, 11.0, f64::NAN, f64::INFINITY] {
+        assert!(
+            RetryBudget::new(ratio, 10, Duration::from_secs(10)).is_err(),
+            "{ratio}"
+        );
+    }
+    let ms = Duration::from_millis;
+    assert!(Backoff::new(ms(100), ms(10)).is_err(), "base above cap");
+    assert!(
+        Backoff::new(ms(10), Duration::from_secs(600)).is_err(),
+        "absurd cap"
+    );
+    assert!(StandardPolicy::builder()
+        .with_retry_statuses([503, 99])
+        .build()
+        .is_err());
+}

@@ -70,3 +70,75 @@ proptest! {
         }
     }
 }
+
+/// Applies a sequence of failures (`true`) and recoveries (`false`) to peers, with ejections that
+/// outlast the test, so that health stays fixed while the selectors are asked.
+fn apply(peers: &[Peer], events: &[(usize, bool)]) {
+    let rules = pingora_failover::OutlierDetection::new()
+        .with_consecutive_failures(2)
+        .with_base_ejection(Duration::from_secs(3600))
+        .with_max_ejection(Duration::from_secs(3600));
+    for &(i, fail) in events {
+        let h = peers[i % peers.len()].health();
+        if fail {
+            h.record_failure(pingora_failover::FailureKind::HeaderTimeout, &rules);
+        } else {
+            h.record_success();
+        }
+    }
+}
+
+fn make_peers(n: usize) -> Vec<Peer> {
+    (0..n)
+        .map(|i| Peer::new(&format!("127.0.0.1:{}", 3000 + i)).unwrap())
+        .collect()
+}
+
+proptest! {
+    /// Whatever the health, one request's attempts never repeat a peer, and they end only when
+    /// every peer was tried: panic mode always yields a candidate.
+    #[test]
+    fn attempts_cover_every_peer_once_whatever_the_health(
+        n in 1usize..10,
+        events in prop::collection::vec((0usize..10, any::<bool>()), 0..60),
+        round_robin in any::<bool>(),
+    ) {
+        let peers = make_peers(n);
+        apply(&peers, &events);
+        let selector: Box<dyn PeerSelector> = if round_robin {
+            Box::new(RoundRobin::new(peers.clone()).unwrap())
+        } else {
+            Box::new(OrderedList::new(peers.clone()).unwrap())
+        };
+        let mut tried: Vec<AttemptRecord> = Vec::new();
+        while let Some(p) = selector.select(&Attempt::new(&tried, None)) {
+            prop_assert!(!tried.iter().any(|r| r.peer() == &p), "{p} chosen twice");
+            tried.push(AttemptRecord::new(p));
+        }
+        prop_assert_eq!(tried.len(), n, "stopped before every peer was tried");
+    }
+
+    /// Round-robin gives every healthy peer the same share, skipping the ejected ones.
+    #[test]
+    fn round_robin_is_fair_over_healthy_peers(
+        n in 2usize..10,
+        events in prop::collection::vec((0usize..10, any::<bool>()), 0..60),
+        rounds in 1usize..5,
+    ) {
+        let peers = make_peers(n);
+        apply(&peers, &events);
+        let healthy: Vec<&Peer> = peers.iter().filter(|p| p.health().is_healthy()).collect();
+        prop_assume!(!healthy.is_empty());
+        let rr = RoundRobin::new(peers.clone()).unwrap();
+        let mut counts = vec![0usize; n];
+        for _ in 0..rounds * healthy.len() {
+            let p = rr.select(&Attempt::new(&[], None)).unwrap();
+            prop_assert!(p.health().is_healthy(), "chose ejected {p}");
+            counts[peers.iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        for (p, c) in peers.iter().zip(&counts) {
+            let expected = if p.health().is_healthy() { rounds } else { 0 };
+            prop_assert_eq!(*c, expected, "{} chosen {} times", p, c);
+        }
+    }
+}
