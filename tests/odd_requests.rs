@@ -9,19 +9,14 @@ use pingora_failover::{
     Failover, FailoverProxy, FailureKind, HealthChange, OrderedList, Outcome, OutlierDetection,
     Peer, StandardPolicy, StopReason, Verdict,
 };
-use support::{client, refused_addr, start_failover, start_proxy, Events, Mode, Upstream};
+use support::{
+    client, ordered, primary_and_backup, refused_addr, start_failover, start_proxy, Events, Mode,
+    Upstream,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn ordered(addrs: &[String]) -> OrderedList {
-    let peers = addrs.iter().map(|a| {
-        Peer::builder(a.as_str())
-            .with_read_timeout(Duration::from_millis(300))
-            .build()
-            .unwrap()
-    });
-    OrderedList::new(peers.collect()).unwrap()
-}
+const HEADER_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Sends raw bytes and reads one response: its head, then `content-length` bytes of body.
 async fn raw(addr: std::net::SocketAddr, parts: &[&[u8]]) -> String {
@@ -68,7 +63,7 @@ async fn raw(addr: std::net::SocketAddr, parts: &[&[u8]]) -> String {
 async fn a_huge_post_fails_over_from_a_refusing_primary_and_arrives_once_whole() {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let (proxy, _log) = start_failover(
-        ordered(&[refused_addr(), backup.peer_addr()]),
+        ordered(&[refused_addr(), backup.peer_addr()], HEADER_TIMEOUT),
         StandardPolicy::default(),
     )
     .await;
@@ -86,11 +81,10 @@ async fn a_huge_post_fails_over_from_a_refusing_primary_and_arrives_once_whole()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_is_replayed_intact_after_a_slow_primary() {
-    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let (proxy, _log) = start_failover(
-        ordered(&[primary.peer_addr(), backup.peer_addr()]),
+    let (primary, backup, proxy, _log) = primary_and_backup(
+        Mode::Slow(Duration::from_secs(1)),
         StandardPolicy::default(),
+        HEADER_TIMEOUT,
     )
     .await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..10)
@@ -113,7 +107,11 @@ async fn a_chunked_body_is_replayed_intact_after_a_slow_primary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expect_100_continue_passes_through() {
     let up = Upstream::start("up", Mode::Ok).await;
-    let (proxy, _log) = start_failover(ordered(&[up.peer_addr()]), StandardPolicy::default()).await;
+    let (proxy, _log) = start_failover(
+        ordered(&[up.peer_addr()], HEADER_TIMEOUT),
+        StandardPolicy::default(),
+    )
+    .await;
     let head = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n";
     let reply = raw(proxy.addr, &[head, b"hello"]).await;
     assert!(reply.contains("HTTP/1.1 200"), "{reply}");
@@ -125,7 +123,7 @@ async fn expect_100_continue_passes_through() {
 async fn an_upgrade_request_the_upstream_declines_passes_through() {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let (proxy, _log) = start_failover(
-        ordered(&[refused_addr(), backup.peer_addr()]),
+        ordered(&[refused_addr(), backup.peer_addr()], HEADER_TIMEOUT),
         StandardPolicy::default(),
     )
     .await;
@@ -138,11 +136,10 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_fails_over_from_a_slow_primary() {
-    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let (proxy, _log) = start_failover(
-        ordered(&[primary.peer_addr(), backup.peer_addr()]),
+    let (_primary, _backup, proxy, _log) = primary_and_backup(
+        Mode::Slow(Duration::from_secs(1)),
         StandardPolicy::default(),
+        HEADER_TIMEOUT,
     )
     .await;
     let resp = client().head(proxy.url("/")).send().await.unwrap();

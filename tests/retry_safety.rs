@@ -7,10 +7,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use pingora_failover::{
-    Failover, FailoverProxy, FailureKind, OrderedList, Outcome, Peer, RetryBudget, StandardPolicy,
-    StopReason, Verdict,
+    Failover, FailoverProxy, FailureKind, Outcome, RetryBudget, StandardPolicy, StopReason, Verdict,
 };
-use support::{client, refused_addr, start_failover, start_proxy, Mode, Upstream};
+use support::{
+    client, ordered, primary_and_backup, refused_addr, start_failover, start_proxy, Mode, Upstream,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READ_TIMEOUT: Duration = Duration::from_millis(300);
@@ -23,17 +24,6 @@ fn stopped(kind: FailureKind, reason: StopReason) -> Outcome {
     failed(kind, Verdict::Stopped(reason))
 }
 
-/// An ordered list over `addrs`, each with a 300 ms read timeout.
-fn ordered(addrs: &[String]) -> OrderedList {
-    let peers = addrs.iter().map(|a| {
-        Peer::builder(a.as_str())
-            .with_read_timeout(READ_TIMEOUT)
-            .build()
-            .unwrap()
-    });
-    OrderedList::new(peers.collect()).unwrap()
-}
-
 fn statuses(codes: &[u16]) -> StandardPolicy {
     let codes = codes.iter().copied();
     StandardPolicy::builder()
@@ -44,10 +34,12 @@ fn statuses(codes: &[u16]) -> StandardPolicy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_primary_get_is_answered_by_the_backup() {
-    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+    let (primary, _backup, proxy, log) = primary_and_backup(
+        Mode::Slow(Duration::from_secs(1)),
+        StandardPolicy::default(),
+        READ_TIMEOUT,
+    )
+    .await;
 
     let started = Instant::now();
     let resp = client().get(proxy.url("/")).send().await.unwrap();
@@ -67,10 +59,8 @@ async fn slow_primary_get_is_answered_by_the_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_primary_get_is_answered_by_the_backup() {
-    let primary = Upstream::start("primary", Mode::Hang).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+    let (_primary, _backup, proxy, log) =
+        primary_and_backup(Mode::Hang, StandardPolicy::default(), READ_TIMEOUT).await;
 
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "backup");
@@ -84,10 +74,12 @@ async fn hung_primary_get_is_answered_by_the_backup() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_to_a_slow_primary_is_not_retried() {
-    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+    let (primary, backup, proxy, log) = primary_and_backup(
+        Mode::Slow(Duration::from_secs(1)),
+        StandardPolicy::default(),
+        READ_TIMEOUT,
+    )
+    .await;
 
     let resp = client()
         .post(proxy.url("/orders"))
@@ -109,7 +101,7 @@ async fn post_to_a_slow_primary_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_to_a_refusing_primary_fails_over_and_arrives_once() {
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[refused_addr(), backup.peer_addr()]);
+    let list = ordered(&[refused_addr(), backup.peer_addr()], READ_TIMEOUT);
     let (proxy, _log) = start_failover(list, StandardPolicy::default()).await;
 
     let resp = client()
@@ -127,10 +119,8 @@ async fn post_to_a_refusing_primary_fails_over_and_arrives_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retriable_status_fails_over_for_get() {
-    let primary = Upstream::start("primary", Mode::Status(503)).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, statuses(&[502, 503, 504])).await;
+    let (_primary, _backup, proxy, log) =
+        primary_and_backup(Mode::Status(503), statuses(&[502, 503, 504]), READ_TIMEOUT).await;
 
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -149,7 +139,7 @@ async fn when_every_peer_answers_503_the_last_503_goes_through() {
         Upstream::start("b", Mode::Status(503)).await,
         Upstream::start("c", Mode::Status(503)).await,
     ];
-    let list = ordered(&ups.each_ref().map(Upstream::peer_addr));
+    let list = ordered(&ups.each_ref().map(Upstream::peer_addr), READ_TIMEOUT);
     let (proxy, log) = start_failover(list, statuses(&[503])).await;
 
     let resp = client().get(proxy.url("/")).send().await.unwrap();
@@ -169,10 +159,8 @@ async fn when_every_peer_answers_503_the_last_503_goes_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_with_retriable_status_is_passed_through() {
-    let primary = Upstream::start("primary", Mode::Status(503)).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, statuses(&[503])).await;
+    let (_primary, backup, proxy, log) =
+        primary_and_backup(Mode::Status(503), statuses(&[503]), READ_TIMEOUT).await;
 
     let resp = client().post(proxy.url("/")).body("x").send().await;
     assert_eq!(resp.unwrap().status(), 503);
@@ -186,10 +174,8 @@ async fn post_with_retriable_status_is_passed_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_stall_after_the_header_is_not_retried() {
-    let primary = Upstream::start("primary", Mode::StallBody).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+    let (_primary, backup, proxy, log) =
+        primary_and_backup(Mode::StallBody, StandardPolicy::default(), READ_TIMEOUT).await;
 
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(
@@ -212,10 +198,12 @@ async fn a_body_stall_after_the_header_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_within_the_replay_buffer_is_replayed_intact() {
-    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, _log) = start_failover(list, StandardPolicy::default()).await;
+    let (primary, backup, proxy, _log) = primary_and_backup(
+        Mode::Slow(Duration::from_secs(1)),
+        StandardPolicy::default(),
+        READ_TIMEOUT,
+    )
+    .await;
 
     let body: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
     let resp = client()
@@ -231,10 +219,12 @@ async fn a_body_within_the_replay_buffer_is_replayed_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_over_the_replay_buffer_is_not_retried() {
-    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(1))).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()]);
-    let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
+    let (primary, backup, proxy, log) = primary_and_backup(
+        Mode::Slow(Duration::from_secs(1)),
+        StandardPolicy::default(),
+        READ_TIMEOUT,
+    )
+    .await;
 
     let body = vec![7u8; 200 * 1024];
     let resp = client()
@@ -256,7 +246,7 @@ async fn a_body_over_the_replay_buffer_is_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_budget_fails_fast_with_a_clear_reason() {
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[refused_addr(), backup.peer_addr()]);
+    let list = ordered(&[refused_addr(), backup.peer_addr()], READ_TIMEOUT);
     // Half a retry per request and no floor: the first request may not retry, the second may.
     let budget = RetryBudget::new(0.5, 0, Duration::from_secs(60)).unwrap();
     // Without ejection, so that the second request meets the refusing primary again.
@@ -286,7 +276,7 @@ async fn the_deadline_bounds_the_total_time_when_every_peer_is_slow() {
         Upstream::start("b", slow).await,
         Upstream::start("c", slow).await,
     ];
-    let list = ordered(&ups.each_ref().map(Upstream::peer_addr));
+    let list = ordered(&ups.each_ref().map(Upstream::peer_addr), READ_TIMEOUT);
     let deadline = Duration::from_millis(500);
     let engine = Failover::builder(list, StandardPolicy::default())
         .with_deadline(deadline)
@@ -342,7 +332,7 @@ async fn closes_reused_connections() -> (String, tokio::task::JoinHandle<()>) {
 async fn a_closed_reused_connection_is_retried_for_get_and_not_for_post() {
     let (stale, _task) = closes_reused_connections().await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[stale, backup.peer_addr()]);
+    let list = ordered(&[stale, backup.peer_addr()], READ_TIMEOUT);
     let (proxy, log) = start_failover(list, StandardPolicy::default()).await;
     let http = client();
 

@@ -502,3 +502,28 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// An ordered list over `addrs`, each peer with `read_timeout`.
+pub fn ordered(addrs: &[String], read_timeout: Duration) -> pingora_failover::OrderedList {
+    let peers = addrs.iter().map(|a| {
+        pingora_failover::Peer::builder(a.as_str())
+            .with_read_timeout(read_timeout)
+            .build()
+            .unwrap()
+    });
+    pingora_failover::OrderedList::new(peers.collect()).unwrap()
+}
+
+/// A primary in `mode` and a healthy backup (named so), in that order behind a proxy with
+/// `policy` and a read timeout of `read_timeout`.
+pub async fn primary_and_backup<R: pingora_failover::RetryPolicy>(
+    mode: Mode,
+    policy: R,
+    read_timeout: Duration,
+) -> (Upstream, Upstream, ProxyServer, RequestLog) {
+    let primary = Upstream::start("primary", mode).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()], read_timeout);
+    let (proxy, log) = start_failover(list, policy).await;
+    (primary, backup, proxy, log)
+}
