@@ -4,12 +4,14 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::ctx::Outcome;
 use crate::peer::Peer;
+#[cfg(doc)]
+use crate::retry::FailureKind;
 
 /// The engine's prometheus counters and gauges.
 ///
 /// | metric | type | labels |
 /// |---|---|---|
-/// | `failover_attempts_total` | counter | `peer`, `outcome` (`ok`, or the failure kind) |
+/// | `failover_attempts_total` | counter | `peer`, `outcome` (`ok`, or [`FailureKind::label`]) |
 /// | `failover_retries_total` | counter | |
 /// | `failover_budget_refusals_total` | counter | |
 /// | `failover_ejections_total` | counter | `peer` |
@@ -58,13 +60,12 @@ impl Metrics {
     }
 
     pub(crate) fn attempt(&self, peer: &Peer, outcome: &Outcome) {
-        let peer = peer.addr().to_string();
         let label = match outcome {
-            Outcome::Responded { .. } => "ok".to_owned(),
-            Outcome::Failed { kind, .. } => kind.to_string(),
-            _ => "pending".to_owned(),
+            Outcome::Responded { .. } => "ok",
+            Outcome::Failed { kind, .. } => kind.label(),
+            _ => "pending",
         };
-        self.attempts.with_label_values(&[&peer, &label]).inc();
+        self.attempts.with_label_values(&[peer.name(), label]).inc();
     }
 
     pub(crate) fn retry(&self) {
@@ -76,9 +77,7 @@ impl Metrics {
     }
 
     pub(crate) fn ejected(&self, peer: &Peer, fresh: bool) {
-        self.ejections
-            .with_label_values(&[&peer.addr().to_string()])
-            .inc();
+        self.ejections.with_label_values(&[peer.name()]).inc();
         if fresh {
             self.ejected.inc();
         }

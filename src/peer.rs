@@ -55,6 +55,8 @@ pub struct Peer {
 
 struct Inner {
     addr: SocketAddr,
+    /// The `Display` form, computed once: logs and metric labels use it on every request.
+    name: Box<str>,
     weight: u32,
     template: HttpPeer,
     health: PeerHealth,
@@ -80,6 +82,11 @@ impl Peer {
     /// The socket address.
     pub fn addr(&self) -> SocketAddr {
         self.inner.addr
+    }
+
+    /// The peer's name for logs and metric labels: `IP:PORT`, with the SNI for a TLS peer.
+    pub fn name(&self) -> &str {
+        &self.inner.name
     }
 
     /// The weight, used by weighted selectors.
@@ -157,11 +164,7 @@ impl Hash for Peer {
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_tls() {
-            write!(f, "{} (tls {})", self.inner.addr, self.sni())
-        } else {
-            write!(f, "{}", self.inner.addr)
-        }
+        f.write_str(&self.inner.name)
     }
 }
 
@@ -303,6 +306,11 @@ impl PeerBuilder {
         }
 
         let tls = self.tls_sni.is_some();
+        let name = match &self.tls_sni {
+            Some(sni) => format!("{addr} (tls {sni})"),
+            None => addr.to_string(),
+        }
+        .into_boxed_str();
         let mut template = HttpPeer::new(addr, tls, self.tls_sni.unwrap_or_default());
         template.options.connection_timeout = Some(connect);
         // Covers TCP and TLS together, so a stalled handshake cannot outlast the connect budget.
@@ -315,6 +323,7 @@ impl PeerBuilder {
         Ok(Peer {
             inner: Arc::new(Inner {
                 addr,
+                name,
                 weight: self.weight,
                 template,
                 health: PeerHealth::default(),

@@ -232,3 +232,39 @@ async fn round_robin_retry_never_picks_the_peer_that_failed() {
     // First attempts: 10 each; the 10 retries alternate between the two live peers.
     assert_eq!((a.hits(), b.hits()), (15, 15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_cut_short_by_pingoras_cap_is_recorded_as_such() {
+    use std::sync::Arc;
+
+    use pingora_core::server::configuration::ServerConf;
+    use support::{ProxyServer, RequestLog};
+
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = OrderedList::new(vec![
+        Peer::new(&refused_addr()).unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let log = RequestLog::default();
+    let proxy = FailoverProxy::new(list.unwrap(), StandardPolicy::default())
+        .unwrap()
+        .on_request_done(log.recorder());
+    // `into_app` would refuse this configuration; pingora's own constructor does not.
+    let conf = Arc::new(ServerConf {
+        max_retries: 1,
+        ..ServerConf::default()
+    });
+    let server = ProxyServer::start(pingora_proxy::http_proxy(&conf, proxy)).await;
+
+    let resp = client().get(server.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(backup.hits(), 0);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(
+            FailureKind::ConnectRefused,
+            Verdict::Stopped(StopReason::PingoraRetryCap)
+        )
+    );
+}

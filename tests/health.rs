@@ -191,7 +191,7 @@ async fn metrics_count_what_happened() {
     let text = String::from_utf8(text).unwrap();
     let b = backup.addr;
     for line in [
-        format!("failover_attempts_total{{outcome=\"connection refused\",peer=\"{primary}\"}} 1"),
+        format!("failover_attempts_total{{outcome=\"connect_refused\",peer=\"{primary}\"}} 1"),
         format!("failover_attempts_total{{outcome=\"ok\",peer=\"{b}\"}} 4"),
         "failover_retries_total 1".to_owned(),
         "failover_budget_refusals_total 0".to_owned(),

@@ -173,6 +173,27 @@ impl FailureKind {
         !matches!(self, Self::Downstream | Self::Other)
     }
 
+    /// A short, fixed name for the kind (`connect_refused`, `header_timeout`, `status`, ...), for
+    /// metric labels; the status code itself is left out to keep the label set small.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectNoRoute => "connect_no_route",
+            Self::TlsHandshake => "tls_handshake",
+            Self::TlsHandshakeTimeout => "tls_handshake_timeout",
+            Self::ConnectOther => "connect_other",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::ReusedConnectionClosed => "reused_connection_closed",
+            Self::Status(_) => "status",
+            Self::WriteTimeout => "write_timeout",
+            Self::Io => "io",
+            Self::Downstream => "downstream",
+            Self::Other => "other",
+        }
+    }
+
     /// Whether the failure happened before anything was sent upstream.
     pub fn is_connect(&self) -> bool {
         matches!(
