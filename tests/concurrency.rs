@@ -27,6 +27,7 @@ fn together(f: impl Fn(usize) + Sync) {
     });
 }
 
+/// Peers for their shared state only: nothing in this file connects to them.
 fn peers(n: usize) -> Vec<Peer> {
     (0..n)
         .map(|i| Peer::new(&format!("127.0.0.1:{}", 4000 + i)).unwrap())
@@ -55,7 +56,7 @@ fn racing_failures_eject_a_peer_exactly_once() {
         .with_consecutive_failures(5)
         .with_consecutive_connect_failures(5);
     for _ in 0..200 {
-        let peer = Peer::new("127.0.0.1:4100").unwrap();
+        let peer = peers(1).remove(0);
         let ejections = AtomicUsize::new(0);
         together(|_| {
             if peer
@@ -74,7 +75,7 @@ fn racing_failures_eject_a_peer_exactly_once() {
 fn racing_requests_get_a_single_probe() {
     let rules = OutlierDetection::new().with_base_ejection(Duration::from_millis(1));
     for _ in 0..50 {
-        let peer = Peer::new("127.0.0.1:4200").unwrap();
+        let peer = peers(1).remove(0);
         peer.health()
             .record_failure(FailureKind::ConnectTimeout, &rules)
             .unwrap();

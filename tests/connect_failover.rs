@@ -128,6 +128,19 @@ async fn all_peers_down_gives_502_with_every_attempt_recorded() {
     let attempts = log.wait_for(1).await.remove(0);
     let tried: Vec<_> = attempts.iter().map(|a| a.peer().clone()).collect();
     assert_eq!(tried, peers, "every peer tried once, in order");
+    // The error behind the 502 names every peer tried and why each failed.
+    let error = log.errors().remove(0).expect("the 502 has an error");
+    assert!(
+        error.contains("failover stopped (attempt cap reached) after 3 attempt(s)"),
+        "{error}"
+    );
+    for (peer, why) in peers.iter().zip([
+        "connection refused",
+        "connect timeout",
+        "connection refused",
+    ]) {
+        assert!(error.contains(&format!("{peer}: {why}")), "{error}");
+    }
     assert_eq!(
         attempts[0].outcome(),
         failed(FailureKind::ConnectRefused, Verdict::Retried)

@@ -406,6 +406,8 @@ pub fn server_conf() -> Arc<pingora_core::server::configuration::ServerConf> {
 #[derive(Clone, Default)]
 pub struct RequestLog {
     done: Arc<Mutex<Vec<Vec<pingora_failover::AttemptRecord>>>>,
+    /// Each finished request's final error, as text.
+    errors: Arc<Mutex<Vec<Option<String>>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
@@ -421,10 +423,16 @@ impl RequestLog {
            + Sync
            + 'static {
         let log = self.clone();
-        move |_, _, ctx| {
+        move |_, e, ctx| {
+            log.errors.lock().unwrap().push(e.map(ToString::to_string));
             log.done.lock().unwrap().push(ctx.attempts().to_vec());
             log.changed.notify_waiters();
         }
+    }
+
+    /// The final errors of the requests finished so far, in order (`None`: no error).
+    pub fn errors(&self) -> Vec<Option<String>> {
+        self.errors.lock().unwrap().clone()
     }
 
     /// Waits until `n` requests have finished (pingora logs after the response is sent), then
