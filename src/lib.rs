@@ -69,10 +69,3 @@ pub mod prelude {
         PeerSelector, RetryPolicy, RoundRobin, StandardPolicy,
     };
 }
-
-/// Whether a TLS back-end is compiled in; without one, pingora would silently connect in clear.
-const TLS_AVAILABLE: bool = cfg!(any(
-    feature = "openssl",
-    feature = "boringssl",
-    feature = "rustls"
-));

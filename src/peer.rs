@@ -26,6 +26,13 @@ pub const MAX_IO_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest weight accepted.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// Whether a TLS back-end is compiled in; without one, pingora would silently connect in clear.
+const TLS_AVAILABLE: bool = cfg!(any(
+    feature = "openssl",
+    feature = "boringssl",
+    feature = "rustls"
+));
+
 /// One upstream server.
 ///
 /// A `Peer` is a cheap handle (an [`Arc`]): cloning it does not allocate, and clones are the same
@@ -299,7 +306,7 @@ impl PeerBuilder {
         let connect = check_timeout("connect timeout", self.connect_timeout, MAX_CONNECT_TIMEOUT)?;
         let read = check_timeout("read timeout", self.read_timeout, MAX_IO_TIMEOUT)?;
         let write = check_timeout("write timeout", self.write_timeout, MAX_IO_TIMEOUT)?;
-        if self.tls_sni.is_some() && !crate::TLS_AVAILABLE {
+        if self.tls_sni.is_some() && !TLS_AVAILABLE {
             return Err(ConfigError::TlsUnavailable {
                 peer: addr.to_string(),
             });
