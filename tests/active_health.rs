@@ -33,22 +33,13 @@ async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers()
     let proxy = FailoverProxy::new(list, StandardPolicy::default()).unwrap();
     let (proxy, log) = start_proxy(proxy).await;
     let http = client();
-    let get = || async {
-        http.get(proxy.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
 
     primary.stop();
     events
         .wait_until(|e| e.0 == primary.addr && e.1 == HealthChange::CheckFailed)
         .await;
     assert!(!peers[0].health().is_healthy());
-    assert_eq!(get().await, "backup");
+    assert_eq!(proxy.get_text(&http, "/").await, "backup");
     assert_eq!(
         log.wait_for(1).await[0].len(),
         1,
@@ -59,7 +50,7 @@ async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers()
     events
         .wait_until(|e| e.0 == primary.addr && e.1 == HealthChange::CheckPassed)
         .await;
-    assert_eq!(get().await, "primary");
+    assert_eq!(proxy.get_text(&http, "/").await, "primary");
 
     stop.send(true).unwrap();
     checker.await.unwrap();

@@ -9,11 +9,9 @@ use pingora_failover::{
     Failover, FailoverProxy, FailureKind, OrderedList, Outcome, Peer, RoundRobin, StandardPolicy,
     StopReason, Verdict,
 };
-use support::{client, refused_addr, start_failover, start_proxy, Blackhole, Mode, Upstream};
-
-fn failed(kind: FailureKind, verdict: Verdict) -> Outcome {
-    Outcome::Failed { kind, verdict }
-}
+use support::{
+    client, failed, refused_addr, start_failover, start_proxy, Blackhole, Mode, Upstream,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_primary_every_request_goes_to_the_backup() {
@@ -247,10 +245,11 @@ async fn round_robin_retry_never_picks_the_peer_that_failed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_loop_cut_short_by_pingoras_cap_is_recorded_as_such() {
+async fn a_loop_cut_short_by_pingoras_cap_is_recorded_and_refunded() {
     use std::sync::Arc;
 
     use pingora_core::server::configuration::ServerConf;
+    use pingora_failover::RetryBudget;
     use support::{ProxyServer, RequestLog};
 
     let backup = Upstream::start("backup", Mode::Ok).await;
@@ -258,10 +257,15 @@ async fn a_loop_cut_short_by_pingoras_cap_is_recorded_as_such() {
         Peer::new(&refused_addr()).unwrap(),
         Peer::new(&backup.peer_addr()).unwrap(),
     ]);
+    // Two retries in the budget (1/s over 2 s) and three requests that each decide one: if a
+    // retry pingora never made stayed spent, the third would be refused by the budget.
+    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .with_budget(RetryBudget::new(0.0, 1, Duration::from_secs(2)).unwrap())
+        .without_outlier_detection()
+        .build()
+        .unwrap();
     let log = RequestLog::default();
-    let proxy = FailoverProxy::new(list.unwrap(), StandardPolicy::default())
-        .unwrap()
-        .on_request_done(log.recorder());
+    let proxy = FailoverProxy::from_engine(engine).on_request_done(log.recorder());
     // `into_app` would refuse this configuration; pingora's own constructor does not.
     let conf = Arc::new(ServerConf {
         max_retries: 1,
@@ -269,15 +273,52 @@ async fn a_loop_cut_short_by_pingoras_cap_is_recorded_as_such() {
     });
     let server = ProxyServer::start(pingora_proxy::http_proxy(&conf, proxy)).await;
 
-    let resp = client().get(server.url("/")).send().await.unwrap();
-    assert_eq!(resp.status(), 502);
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(
+            http.get(server.url("/")).send().await.unwrap().status(),
+            502
+        );
+    }
     assert_eq!(backup.hits(), 0);
-    let attempts = log.wait_for(1).await.remove(0);
+    for attempts in log.wait_for(3).await {
+        assert_eq!(
+            attempts[0].outcome(),
+            failed(
+                FailureKind::ConnectRefused,
+                Verdict::Stopped(StopReason::PingoraRetryCap)
+            )
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_sees_the_pingora_error_behind_a_failure() {
+    use std::sync::{Arc, Mutex};
+
+    use pingora_failover::{Failure, RetryDecision, RetryPolicy};
+
+    #[derive(Debug, Default)]
+    struct Watching(Mutex<Vec<Option<String>>>);
+
+    impl RetryPolicy for Watching {
+        fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
+            let etype = failure.error().map(|e| e.etype().as_str().to_owned());
+            self.0.lock().unwrap().push(etype);
+            RetryDecision::Retry
+        }
+    }
+
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = OrderedList::new(vec![
+        Peer::new(&refused_addr()).unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let policy = Arc::new(Watching::default());
+    let (proxy, _log) = start_failover(list.unwrap(), policy.clone()).await;
+    assert_eq!(proxy.get_text(&client(), "/").await, "backup");
     assert_eq!(
-        attempts[0].outcome(),
-        failed(
-            FailureKind::ConnectRefused,
-            Verdict::Stopped(StopReason::PingoraRetryCap)
-        )
+        *policy.0.lock().unwrap(),
+        [Some("ConnectRefused".to_owned())]
     );
 }

@@ -9,7 +9,26 @@ use pingora_failover::{
     Failover, FailoverProxy, FailureKind, HealthChange, HealthState, OrderedList, OutlierDetection,
     Peer, StandardPolicy,
 };
-use support::{client, refused_addr, start_proxy, Events, Mode, Upstream};
+use support::{client, refused_addr, start_proxy, Events, Mode, ProxyServer, RequestLog, Upstream};
+
+/// A proxy over `primary` then `backup`, ejecting for `base` at first and reporting to `events`.
+async fn start_ejecting(
+    primary: &Peer,
+    backup: &Upstream,
+    base: Duration,
+    events: &Events,
+) -> (ProxyServer, RequestLog) {
+    let list = OrderedList::new(vec![
+        primary.clone(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ]);
+    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .with_outlier_detection(OutlierDetection::new().with_base_ejection(base))
+        .on_health_change(events.observer())
+        .build()
+        .unwrap();
+    start_proxy(FailoverProxy::from_engine(engine)).await
+}
 
 /// Waits until `peer`'s ejection is over.
 async fn until_half_open(peer: &Peer) {
@@ -28,32 +47,14 @@ async fn a_recovered_primary_is_probed_once_readmitted_and_gets_traffic_back() {
     primary.stop();
     let backup = Upstream::start("backup", Mode::Ok).await;
     let primary_peer = Peer::new(&primary.peer_addr()).unwrap();
-    let list = OrderedList::new(vec![
-        primary_peer.clone(),
-        Peer::new(&backup.peer_addr()).unwrap(),
-    ]);
     let events = Events::default();
     let ejection = Duration::from_millis(300);
-    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
-        .with_outlier_detection(OutlierDetection::new().with_base_ejection(ejection))
-        .on_health_change(events.observer())
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let (proxy, log) = start_ejecting(&primary_peer, &backup, ejection, &events).await;
     let http = client();
-    let get = || async {
-        http.get(proxy.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
 
     // Refused: ejected after one connect failure; the next request skips it.
-    assert_eq!(get().await, "backup");
-    assert_eq!(get().await, "backup");
+    assert_eq!(proxy.get_text(&http, "/").await, "backup");
+    assert_eq!(proxy.get_text(&http, "/").await, "backup");
     assert_eq!(log.wait_for(2).await[1].len(), 1, "straight to the backup");
 
     // It comes back, slow enough that its probe is still running while other requests arrive.
@@ -66,15 +67,19 @@ async fn a_recovered_primary_is_probed_once_readmitted_and_gets_traffic_back() {
     });
     events.wait_until(|e| e.1 == HealthChange::Probing).await;
     for _ in 0..3 {
-        assert_eq!(get().await, "backup", "only one request probes");
+        assert_eq!(
+            proxy.get_text(&http, "/").await,
+            "backup",
+            "only one request probes"
+        );
     }
     assert_eq!(probe.await.unwrap(), "primary");
     assert_eq!(primary.hits(), 1, "probed once");
 
     // Re-admitted: traffic returns.
     primary.set_mode(Mode::Ok);
-    assert_eq!(get().await, "primary");
-    assert_eq!(get().await, "primary");
+    assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    assert_eq!(proxy.get_text(&http, "/").await, "primary");
 
     let addr = primary.addr;
     assert_eq!(
@@ -103,18 +108,9 @@ async fn a_failed_probe_ejects_again_for_longer() {
     let primary = refused_addr();
     let backup = Upstream::start("backup", Mode::Ok).await;
     let primary_peer = Peer::new(&primary).unwrap();
-    let list = OrderedList::new(vec![
-        primary_peer.clone(),
-        Peer::new(&backup.peer_addr()).unwrap(),
-    ]);
     let events = Events::default();
     let base = Duration::from_millis(100);
-    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
-        .with_outlier_detection(OutlierDetection::new().with_base_ejection(base))
-        .on_health_change(events.observer())
-        .build()
-        .unwrap();
-    let (proxy, _log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let (proxy, _log) = start_ejecting(&primary_peer, &backup, base, &events).await;
     let http = client();
 
     for _ in 0..3 {

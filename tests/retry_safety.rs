@@ -10,19 +10,12 @@ use pingora_failover::{
     Failover, FailoverProxy, FailureKind, Outcome, RetryBudget, StandardPolicy, StopReason, Verdict,
 };
 use support::{
-    client, ordered, primary_and_backup, refused_addr, start_failover, start_proxy, Mode, Upstream,
+    client, failed, ordered, primary_and_backup, refused_addr, start_failover, start_proxy,
+    stopped, Mode, Upstream,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READ_TIMEOUT: Duration = Duration::from_millis(300);
-
-fn failed(kind: FailureKind, verdict: Verdict) -> Outcome {
-    Outcome::Failed { kind, verdict }
-}
-
-fn stopped(kind: FailureKind, reason: StopReason) -> Outcome {
-    failed(kind, Verdict::Stopped(reason))
-}
 
 fn statuses(codes: &[u16]) -> StandardPolicy {
     let codes = codes.iter().copied();

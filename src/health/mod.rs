@@ -52,6 +52,16 @@ pub struct PeerHealth {
     check_failed: AtomicBool,
 }
 
+/// An ejection made by [`PeerHealth::record_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Ejection {
+    /// How long it lasts.
+    pub time: Duration,
+    /// Whether the peer was already ejected (its probe failed), rather than newly taken out.
+    pub repeat: bool,
+}
+
 /// Whether a peer takes a request now; see [`PeerHealth::admit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -166,8 +176,8 @@ impl PeerHealth {
         false
     }
 
-    /// Records a failure of `kind`; the ejection time when it ejected the peer.
-    pub fn record_failure(&self, kind: FailureKind, rules: &OutlierDetection) -> Option<Duration> {
+    /// Records a failure of `kind`; the ejection when it ejected the peer.
+    pub fn record_failure(&self, kind: FailureKind, rules: &OutlierDetection) -> Option<Ejection> {
         let until = self.ejected_until.load(Ordering::Acquire);
         if until != 0 {
             // Ejected already. A failure after the ejection ended is the probe's: eject again.
@@ -192,7 +202,7 @@ impl PeerHealth {
     }
 
     /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
-    fn eject(&self, seen: u64, rules: &OutlierDetection) -> Option<Duration> {
+    fn eject(&self, seen: u64, rules: &OutlierDetection) -> Option<Ejection> {
         let k = self.ejections.load(Ordering::Relaxed) + 1;
         let time = rules
             .base_ejection
@@ -206,7 +216,10 @@ impl PeerHealth {
         self.failures.store(0, Ordering::Relaxed);
         self.connect_failures.store(0, Ordering::Relaxed);
         self.probe_until.store(0, Ordering::Release);
-        Some(time)
+        Some(Ejection {
+            time,
+            repeat: seen != 0,
+        })
     }
 
     /// Whether the peer passes its active check (always, without active checks).
@@ -386,7 +399,13 @@ mod tests {
         assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
         assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
         let ejected = h.record_failure(FailureKind::Status(503), &r);
-        assert_eq!(ejected, Some(Duration::from_secs(10)));
+        assert_eq!(
+            ejected,
+            Some(Ejection {
+                time: Duration::from_secs(10),
+                repeat: false
+            })
+        );
         assert!(matches!(h.state(), HealthState::Ejected { .. }));
         assert_eq!(h.admit(Duration::from_secs(1)), Admission::Refused);
     }
@@ -397,8 +416,10 @@ mod tests {
         let r = rules();
         let window = Duration::from_secs(1);
         let mut times = Vec::new();
-        for _ in 0..4 {
-            let t = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+        for n in 0..4 {
+            let e = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+            assert_eq!(e.repeat, n > 0, "only the first ejection is new");
+            let t = e.time;
             times.push(t);
             tokio::time::advance(t).await;
             assert_eq!(h.state(), HealthState::HalfOpen);
@@ -411,10 +432,8 @@ mod tests {
         // The probe succeeds: re-admitted, and the next ejection starts from the base again.
         assert!(h.record_success());
         assert_eq!(h.admit(window), Admission::Healthy);
-        assert_eq!(
-            h.record_failure(FailureKind::ConnectRefused, &r),
-            Some(s(10))
-        );
+        let again = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+        assert_eq!((again.time, again.repeat), (s(10), false));
     }
 
     #[tokio::test(start_paused = true)]
@@ -422,7 +441,8 @@ mod tests {
         let h = PeerHealth::default();
         let t = h
             .record_failure(FailureKind::ConnectTimeout, &rules())
-            .unwrap();
+            .unwrap()
+            .time;
         tokio::time::advance(t).await;
         let window = Duration::from_secs(2);
         assert_eq!(h.admit(window), Admission::Probe);
@@ -433,6 +453,20 @@ mod tests {
             Admission::Probe,
             "the first probe never reported"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_failing_its_active_check_is_newly_ejected_not_again() {
+        // In panic mode a request can reach a peer held out by its active check; ejecting it
+        // then is a new ejection, so that the ejected-peers gauge and re-admission balance.
+        let h = PeerHealth::default();
+        h.set_check_failed(true);
+        let e = h
+            .record_failure(FailureKind::ConnectRefused, &rules())
+            .unwrap();
+        assert!(!e.repeat);
+        h.set_check_failed(false);
+        assert!(h.record_success(), "re-admitted");
     }
 
     #[test]

@@ -233,7 +233,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if self.policy.is_retriable_status(status) {
             let kind = FailureKind::Status(status);
             self.record_health(ctx, kind);
-            match self.judge(session, ctx, kind, true) {
+            match self.judge(session, ctx, kind, true, None) {
                 Ok(next) => {
                     self.finish(ctx, kind, Verdict::Retried);
                     ctx.next = Some(next);
@@ -262,9 +262,14 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
 
     /// For `ProxyHttp::logging`: completes the record. When pingora's `max_retries` ended the
     /// loop although a retry was decided, the last attempt says so
-    /// ([`StopReason::PingoraRetryCap`]) rather than claiming a retry that never happened.
+    /// ([`StopReason::PingoraRetryCap`]) rather than claiming a retry that never happened, and
+    /// the retry goes back to the budget.
     pub fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut FailoverCtx) {
         if ctx.next.take().is_some() {
+            // The retry that was paid for never happened.
+            if let Some(budget) = &self.budget {
+                budget.refund();
+            }
             if let Some(rec) = ctx.current_mut() {
                 rec.set_verdict(Verdict::Stopped(StopReason::PingoraRetryCap));
             }
@@ -284,7 +289,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return e;
         }
         self.record_health(ctx, kind);
-        match self.judge(session, ctx, kind, sent_upstream) {
+        match self.judge(session, ctx, kind, sent_upstream, Some(&e)) {
             Ok(next) => {
                 self.finish(ctx, kind, Verdict::Retried);
                 ctx.next = Some(next);
@@ -310,6 +315,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &FailoverCtx,
         kind: FailureKind,
         sent_upstream: bool,
+        error: Option<&Error>,
     ) -> std::result::Result<(Peer, bool), StopReason> {
         let attempts = ctx.attempts();
         let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
@@ -321,7 +327,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             peer: rec.peer(),
             sent_upstream,
             body_replayable: !session.retry_buffer_truncated(),
-            error: None,
+            error,
         };
         if kind == FailureKind::Downstream {
             return Err(StopReason::ClientGone);
@@ -377,9 +383,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return;
         }
         let peer = rec.peer();
-        let fresh = peer.health().is_healthy();
-        if let Some(time) = peer.health().record_failure(kind, rules) {
-            self.signals.ejected(peer, time, kind, fresh);
+        if let Some(ejection) = peer.health().record_failure(kind, rules) {
+            self.signals.ejected(peer, ejection, kind);
         }
     }
 

@@ -1,10 +1,9 @@
 //! Where the engine reports what happened: health events to the observer, and metrics.
 
 use std::fmt;
-use std::time::Duration;
 
 use crate::ctx::Outcome;
-use crate::health::{HealthChange, HealthEvent, HealthObserver};
+use crate::health::{Ejection, HealthChange, HealthEvent, HealthObserver};
 use crate::peer::Peer;
 use crate::retry::FailureKind;
 
@@ -36,12 +35,12 @@ impl Signals {
         }
     }
 
-    pub(crate) fn ejected(&self, peer: &Peer, time: Duration, after: FailureKind, fresh: bool) {
+    pub(crate) fn ejected(&self, peer: &Peer, ejection: Ejection, after: FailureKind) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
-            m.ejected(peer, fresh);
+            m.ejected(peer, !ejection.repeat);
         }
-        let _ = fresh;
+        let time = ejection.time;
         self.health(peer, HealthChange::Ejected { time, after });
     }
 

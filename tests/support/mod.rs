@@ -380,6 +380,12 @@ impl ProxyServer {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
+
+    /// GETs `path` through the proxy and returns the body (the answering upstream's name).
+    pub async fn get_text(&self, http: &reqwest::Client, path: &str) -> String {
+        let resp = http.get(self.url(path)).send().await.unwrap();
+        resp.text().await.unwrap()
+    }
 }
 
 impl Drop for ProxyServer {
@@ -534,4 +540,20 @@ pub async fn primary_and_backup<R: pingora_failover::RetryPolicy>(
     let list = ordered(&[primary.peer_addr(), backup.peer_addr()], read_timeout);
     let (proxy, log) = start_failover(list, policy).await;
     (primary, backup, proxy, log)
+}
+
+/// The outcome of an attempt that failed with `kind`, followed by `verdict`.
+pub fn failed(
+    kind: pingora_failover::FailureKind,
+    verdict: pingora_failover::Verdict,
+) -> pingora_failover::Outcome {
+    pingora_failover::Outcome::Failed { kind, verdict }
+}
+
+/// The outcome of an attempt that failed with `kind`, after which the proxy stopped for `reason`.
+pub fn stopped(
+    kind: pingora_failover::FailureKind,
+    reason: pingora_failover::StopReason,
+) -> pingora_failover::Outcome {
+    failed(kind, pingora_failover::Verdict::Stopped(reason))
 }
