@@ -21,7 +21,7 @@ pub use active::ActiveHealthCheck;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,16 +30,13 @@ use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
 use crate::retry::FailureKind;
 
-/// Milliseconds on the crate's health clock (tokio time, so tests can pause it); never 0.
-pub(crate) fn now_ms() -> u64 {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    let origin = *ORIGIN.get_or_init(Instant::now);
-    Instant::now().saturating_duration_since(origin).as_millis() as u64 + 1
-}
-
 /// The health of one peer, shared by every request. Lock-free.
-#[derive(Debug, Default)]
+///
+/// Times are kept as milliseconds since the peer was built, on tokio's clock (so tests can pause
+/// it); each peer has its own origin, as each [`RetryBudget`](crate::RetryBudget) does.
+#[derive(Debug)]
 pub struct PeerHealth {
+    origin: Instant,
     failures: AtomicU32,
     connect_failures: AtomicU32,
     /// Ejections in a row, reset on re-admission.
@@ -60,6 +57,20 @@ pub struct Ejection {
     pub time: Duration,
     /// Whether the peer was already ejected (its probe failed), rather than newly taken out.
     pub repeat: bool,
+}
+
+impl Default for PeerHealth {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            failures: AtomicU32::new(0),
+            connect_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            probe_until: AtomicU64::new(0),
+            check_failed: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Whether a peer takes a request now; see [`PeerHealth::admit`].
@@ -92,6 +103,11 @@ pub enum HealthState {
 }
 
 impl PeerHealth {
+    /// Milliseconds since this peer's origin; never 0, which marks "not ejected".
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64 + 1
+    }
+
     /// The state now.
     pub fn state(&self) -> HealthState {
         if self.check_failed.load(Ordering::Acquire) {
@@ -100,7 +116,7 @@ impl PeerHealth {
         match self.ejected_until.load(Ordering::Acquire) {
             0 => HealthState::Healthy,
             until => {
-                let now = now_ms();
+                let now = self.now_ms();
                 if now < until {
                     HealthState::Ejected {
                         remaining: Duration::from_millis(until - now),
@@ -128,7 +144,7 @@ impl PeerHealth {
         if until == 0 {
             return Admission::Healthy;
         }
-        let now = now_ms();
+        let now = self.now_ms();
         if now < until {
             return Admission::Refused;
         }
@@ -146,13 +162,15 @@ impl PeerHealth {
         }
     }
 
-    /// Health-clock ms at which this peer becomes a candidate again: 0 for a healthy peer,
+    /// How long until this peer is a candidate again, in ms: 0 for a healthy or half-open peer,
     /// `u64::MAX` for a peer failing its active check. Lower is a better panic-mode candidate.
-    pub(crate) fn available_at(&self) -> u64 {
+    pub(crate) fn wait_ms(&self) -> u64 {
         if self.check_failed.load(Ordering::Acquire) {
-            u64::MAX
-        } else {
-            self.ejected_until.load(Ordering::Acquire)
+            return u64::MAX;
+        }
+        match self.ejected_until.load(Ordering::Acquire) {
+            0 => 0,
+            until => until.saturating_sub(self.now_ms()),
         }
     }
 
@@ -181,7 +199,7 @@ impl PeerHealth {
         let until = self.ejected_until.load(Ordering::Acquire);
         if until != 0 {
             // Ejected already. A failure after the ejection ended is the probe's: eject again.
-            return (now_ms() >= until)
+            return (self.now_ms() >= until)
                 .then(|| self.eject(until, rules))
                 .flatten();
         }
@@ -208,7 +226,7 @@ impl PeerHealth {
             .base_ejection
             .saturating_mul(k)
             .min(rules.max_ejection);
-        let until = now_ms() + time.as_millis() as u64;
+        let until = self.now_ms() + time.as_millis() as u64;
         self.ejected_until
             .compare_exchange(seen, until, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;

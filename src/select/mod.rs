@@ -115,7 +115,7 @@ impl<'a> Attempt<'a> {
         candidates
             .into_iter()
             .filter(|p| !self.has_tried(p))
-            .min_by_key(|p| p.health().available_at())
+            .min_by_key(|p| p.health().wait_ms())
     }
 
     /// Like [`admits`](Self::admits), but ignoring health when `panic` is set.
