@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::peer::Peer;
-use crate::retry::FailureKind;
+use crate::classify::FailureKind;
 
 /// Per-request failover state: every attempt, its peer, its outcome, and why the proxy retried
 /// or stopped. Read it in `logging` for access logs and metrics.
@@ -14,8 +14,19 @@ use crate::retry::FailureKind;
 pub struct FailoverCtx {
     started: Option<Instant>,
     attempts: Vec<AttemptRecord>,
-    /// The peer chosen for the next attempt by the hook that decided to retry.
-    pub(crate) next: Option<(Peer, bool)>,
+    /// The next attempt, chosen by the hook that decided to retry.
+    pub(crate) next: Option<Next>,
+    /// The wait the latest response asked for in `Retry-After`.
+    pub(crate) retry_after: Option<Duration>,
+}
+
+/// The attempt a retry decision chose: its peer, whether it is that peer's probe, and how long
+/// to wait before it.
+#[derive(Debug)]
+pub(crate) struct Next {
+    pub(crate) peer: Peer,
+    pub(crate) probe: bool,
+    pub(crate) wait: Duration,
 }
 
 impl FailoverCtx {
@@ -192,6 +203,9 @@ pub enum StopReason {
     /// The client side failed (it disconnected, or its request could not be read): nobody is
     /// left to answer, and the upstream is not to blame.
     ClientGone,
+    /// Every peer was tried, and the upstream's `Retry-After` asked for a longer wait than the
+    /// engine's maximum or the deadline allows: its answer goes to the client.
+    RetryAfter,
 }
 
 impl fmt::Display for StopReason {
@@ -207,6 +221,7 @@ impl fmt::Display for StopReason {
             Self::Budget => "retry budget spent",
             Self::PingoraRetryCap => "pingora's max_retries reached",
             Self::ClientGone => "the client side failed",
+            Self::RetryAfter => "retry-after longer than allowed",
         })
     }
 }

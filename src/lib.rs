@@ -38,6 +38,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod classify;
 pub mod ctx;
 pub mod error;
 pub mod health;

@@ -5,7 +5,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use crate::ctx::Outcome;
 use crate::peer::Peer;
 #[cfg(doc)]
-use crate::retry::FailureKind;
+use crate::classify::FailureKind;
 
 /// The engine's prometheus counters and gauges.
 ///

@@ -157,12 +157,12 @@ async fn all_peers_down_gives_502_with_every_attempt_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_fewer_peers_than_attempts_it_stops_when_none_is_left() {
+async fn with_fewer_peers_than_attempts_retries_take_turns_after_every_peer_was_tried() {
     let peers = vec![
         Peer::new(&refused_addr()).unwrap(),
         Peer::new(&refused_addr()).unwrap(),
     ];
-    let list = OrderedList::new(peers).unwrap();
+    let list = OrderedList::new(peers.clone()).unwrap();
     let policy = StandardPolicy::builder()
         .with_max_attempts(5)
         .build()
@@ -172,14 +172,22 @@ async fn with_fewer_peers_than_attempts_it_stops_when_none_is_left() {
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 502);
     let attempts = log.wait_for(1).await.remove(0);
-    assert_eq!(attempts.len(), 2, "no peer tried twice");
+    let tried: Vec<_> = attempts.iter().map(|a| a.peer().clone()).collect();
+    let (a, b) = (peers[0].clone(), peers[1].clone());
+    assert_eq!(tried, [a.clone(), b.clone(), a.clone(), b, a], "each peer once, then turns");
     assert_eq!(
-        attempts[1].outcome(),
+        attempts[4].outcome(),
         failed(
             FailureKind::ConnectRefused,
-            Verdict::Stopped(StopReason::NoPeerLeft)
+            Verdict::Stopped(StopReason::MaxAttempts)
         )
     );
+    // Only a return to a peer already tried waits for the backoff; the first retry goes at once.
+    let gap = |i: usize| {
+        let prev = &attempts[i - 1];
+        attempts[i].started() - (prev.started() + prev.duration().unwrap())
+    };
+    assert!(gap(1) < Duration::from_millis(20), "{:?}", gap(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

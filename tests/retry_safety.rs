@@ -81,7 +81,7 @@ async fn post_to_a_slow_primary_is_not_retried() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 502, "an error, not a duplicate");
+    assert_eq!(resp.status(), 504, "an error, not a duplicate");
     assert_eq!(primary.ids().get("order-1"), Some(&1));
     assert_eq!(backup.hits(), 0, "never sent twice");
     let attempts = log.wait_for(1).await.remove(0);
@@ -226,7 +226,7 @@ async fn a_body_over_the_replay_buffer_is_not_retried() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.status(), 504);
     assert_eq!(primary.bodies(), [body]);
     assert_eq!(backup.hits(), 0, "a partial body is never sent");
     let attempts = log.wait_for(1).await.remove(0);
@@ -280,7 +280,7 @@ async fn the_deadline_bounds_the_total_time_when_every_peer_is_slow() {
     let started = Instant::now();
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     let took = started.elapsed();
-    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.status(), 504);
     // Without the deadline: 3 attempts of 300 ms. With it, the second attempt gets what is
     // left of the 500 ms, and no third one starts.
     assert!(took < Duration::from_millis(800), "took {took:?}");

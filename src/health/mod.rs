@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
-use crate::retry::FailureKind;
+use crate::classify::FailureKind;
 
 /// The health of one peer, shared by every request. Lock-free.
 ///

@@ -4,20 +4,23 @@ use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_proxy::{FailToProxy, Session};
 
-use crate::ctx::{FailoverCtx, Outcome, StopReason, Verdict};
+use crate::classify::{self, FailureKind};
+use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
 use crate::health::{HealthEvent, OutlierDetection};
 use crate::peer::Peer;
 use crate::proxy::signals::Signals;
-use crate::retry::{Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, MAX_ATTEMPTS};
+use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
 /// Longest overall deadline accepted.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` honoured by default when a retry returns to a peer already tried.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 
 /// The failover engine: a [`PeerSelector`], a [`RetryPolicy`] and the safety rules between them.
 ///
@@ -26,8 +29,9 @@ const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// `CTX` and call the engine's method of the same name from each of these hooks:
 /// [`upstream_peer`](Self::upstream_peer), [`fail_to_connect`](Self::fail_to_connect),
 /// [`error_while_proxy`](Self::error_while_proxy),
-/// [`upstream_response_filter`](Self::upstream_response_filter) and
-/// [`logging`](Self::logging). The `embed` example shows it.
+/// [`upstream_response_filter`](Self::upstream_response_filter),
+/// [`fail_to_proxy`](Self::fail_to_proxy) and [`logging`](Self::logging). The `embed` example
+/// shows it.
 ///
 /// # Safety rules
 ///
@@ -46,6 +50,7 @@ pub struct Failover<S, R> {
     deadline: Option<Duration>,
     budget: Option<RetryBudget>,
     outliers: Option<OutlierDetection>,
+    max_retry_after: Duration,
     signals: Signals,
 }
 
@@ -68,6 +73,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             deadline: None,
             budget: Some(RetryBudget::default()),
             outliers: Some(OutlierDetection::default()),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             signals: Signals::default(),
         }
     }
@@ -105,8 +111,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Ok(())
     }
 
-    /// For `ProxyHttp::upstream_peer`: the peer for this attempt, after the backoff when it is a
-    /// retry.
+    /// For `ProxyHttp::upstream_peer`: the peer for this attempt. A retry that returns to a
+    /// peer this request already tried (every peer has failed) waits its backoff first, or the
+    /// upstream's `Retry-After`; a retry to a peer not yet tried goes at once.
     ///
     /// # Errors
     ///
@@ -116,8 +123,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         session: &mut Session,
         ctx: &mut FailoverCtx,
     ) -> Result<Box<HttpPeer>> {
-        let retry = ctx.attempts().len() as u32;
-        let (peer, probe) = match ctx.next.take() {
+        let next = match ctx.next.take() {
             Some(next) => next,
             None => {
                 let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()));
@@ -128,27 +134,26 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     )
                 })?;
                 let probe = attempt.is_probe(&peer);
-                (peer, probe)
+                Next {
+                    peer,
+                    probe,
+                    wait: Duration::ZERO,
+                }
             }
         };
-        if probe {
-            self.signals.probing(&peer);
+        if next.probe {
+            self.signals.probing(&next.peer);
         }
-        if retry == 0 {
+        if ctx.attempts().is_empty() {
             if let Some(budget) = &self.budget {
                 budget.deposit();
             }
-        } else {
-            let mut wait = self.policy.backoff(retry);
-            if let Some(left) = self.time_left(ctx) {
-                wait = wait.min(left / 2);
-            }
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
         }
-        let mut http_peer = Box::new(peer.http_peer().clone());
-        ctx.start_attempt(peer, probe);
+        if !next.wait.is_zero() {
+            tokio::time::sleep(next.wait).await;
+        }
+        let mut http_peer = Box::new(next.peer.http_peer().clone());
+        ctx.start_attempt(next.peer, next.probe);
         if let Some(left) = self.time_left(ctx) {
             clamp_timeouts(&mut http_peer, left.max(Duration::from_millis(1)));
         }
@@ -166,7 +171,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     ) -> Box<Error> {
         e.retry.decide_reuse(false);
         let kind = FailureKind::from_connect_error(e.etype());
-        self.after_failure(session, ctx, e, kind, false)
+        self.after_failure(session, ctx, e, kind)
     }
 
     /// For `ProxyHttp::error_while_proxy`: resolves `ReusedOnly`, classifies the failure and
@@ -188,7 +193,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             if matches!(
                 rec.outcome(),
                 Outcome::Failed {
-                    kind: FailureKind::Status(_),
+                    kind: FailureKind::Status(_) | FailureKind::GrpcStatus(_),
                     verdict: Verdict::Retried
                 }
             ) {
@@ -196,25 +201,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 return e;
             }
         }
-        let kind = match e.etype() {
-            _ if *e.esource() == ErrorSource::Downstream => FailureKind::Downstream,
-            ErrorType::ReadTimedout if session.response_written().is_none() => {
-                FailureKind::HeaderTimeout
-            }
-            ErrorType::ReadTimedout => FailureKind::BodyTimeout,
-            ErrorType::WriteTimedout => FailureKind::WriteTimeout,
-            _ if reused_only && client_reused => FailureKind::ReusedConnectionClosed,
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
-                FailureKind::Io
-            }
-            _ => FailureKind::Other,
-        };
-        self.after_failure(session, ctx, e, kind, true)
+        let started = session.response_written().is_some();
+        let kind = classify::proxy_error(&e, started, reused_only && client_reused);
+        self.after_failure(session, ctx, e, kind)
     }
 
     /// For `ProxyHttp::upstream_response_filter`: records the response, and turns a retriable
-    /// status into a retry when the rules allow one. Otherwise, the last attempt included, the
-    /// upstream's own response goes to the client unchanged.
+    /// status (or a retriable gRPC status in a trailers-only response) into a retry when the
+    /// rules allow one. Otherwise, the last attempt included, the upstream's own response goes
+    /// to the client unchanged.
     ///
     /// # Errors
     ///
@@ -230,10 +225,17 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if status < 200 || ctx.attempts().is_empty() {
             return Ok(());
         }
-        if self.policy.is_retriable_status(status) {
-            let kind = FailureKind::Status(status);
+        let kind = if self.policy.is_retriable_status(status) {
+            Some(FailureKind::Status(status))
+        } else {
+            classify::grpc_status(response)
+                .filter(|c| self.policy.is_retriable_grpc_status(*c))
+                .map(FailureKind::GrpcStatus)
+        };
+        if let Some(kind) = kind {
             self.record_health(ctx, kind);
-            match self.judge(session, ctx, kind, true, None) {
+            ctx.retry_after = classify::retry_after(response);
+            match self.judge(session, ctx, kind, false, None) {
                 Ok(next) => {
                     self.finish(ctx, kind, Verdict::Retried);
                     ctx.next = Some(next);
@@ -260,6 +262,26 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Ok(())
     }
 
+    /// For `ProxyHttp::fail_to_proxy`: answers the client when the request failed for good, with
+    /// **504** for an upstream timeout and **502** for any other upstream failure (see
+    /// [`classify::error_status`]). Pingora's default answers 502 for timeouts too.
+    pub async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut FailoverCtx,
+    ) -> FailToProxy {
+        let code = classify::error_status(e);
+        if code > 0 {
+            // The client may be gone already; nothing is left to do about that.
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     /// For `ProxyHttp::logging`: completes the record. When pingora's `max_retries` ended the
     /// loop although a retry was decided, the last attempt says so
     /// ([`StopReason::PingoraRetryCap`]) rather than claiming a retry that never happened, and
@@ -282,14 +304,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &mut FailoverCtx,
         mut e: Box<Error>,
         kind: FailureKind,
-        sent_upstream: bool,
     ) -> Box<Error> {
         if ctx.attempts().is_empty() {
             // Not an attempt this engine started: leave pingora's decision alone.
             return e;
         }
         self.record_health(ctx, kind);
-        match self.judge(session, ctx, kind, sent_upstream, Some(&e)) {
+        // Read only after `decide_reuse`, which every caller has done.
+        let pingora_retriable = e.retry();
+        match self.judge(session, ctx, kind, pingora_retriable, Some(&e)) {
             Ok(next) => {
                 self.finish(ctx, kind, Verdict::Retried);
                 ctx.next = Some(next);
@@ -308,15 +331,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
     }
 
-    /// The next peer when a retry is allowed, or why not.
+    /// The next attempt when a retry is allowed, or why not.
     fn judge(
         &self,
         session: &Session,
         ctx: &FailoverCtx,
         kind: FailureKind,
-        sent_upstream: bool,
+        pingora_retriable: bool,
         error: Option<&Error>,
-    ) -> std::result::Result<(Peer, bool), StopReason> {
+    ) -> std::result::Result<Next, StopReason> {
         let attempts = ctx.attempts();
         let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
         let failure = Failure {
@@ -325,8 +348,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             elapsed: ctx.elapsed(),
             request: session.req_header(),
             peer: rec.peer(),
-            sent_upstream,
+            sent_upstream: !kind.is_connect(),
             body_replayable: !session.retry_buffer_truncated(),
+            pingora_retriable,
             error,
         };
         if kind == FailureKind::Downstream {
@@ -335,13 +359,14 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if session.response_written().is_some() {
             return Err(StopReason::ResponseStarted);
         }
-        if sent_upstream {
-            if !failure.is_idempotent() && !self.policy.replay_non_idempotent(&failure) {
-                return Err(StopReason::NotIdempotent);
-            }
-            if !failure.body_replayable {
-                return Err(StopReason::BodyNotReplayable);
-            }
+        if failure.may_have_processed()
+            && !failure.is_idempotent()
+            && !self.policy.replay_non_idempotent(&failure)
+        {
+            return Err(StopReason::NotIdempotent);
+        }
+        if failure.sent_upstream && !failure.body_replayable {
+            return Err(StopReason::BodyNotReplayable);
         }
         if self.policy.decide(&failure) != RetryDecision::Retry {
             return Err(StopReason::Policy);
@@ -349,7 +374,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if failure.attempt >= self.policy.max_attempts() {
             return Err(StopReason::MaxAttempts);
         }
-        if self.time_left(ctx).is_some_and(|left| left.is_zero()) {
+        let left = self.time_left(ctx);
+        if left.is_some_and(|left| left.is_zero()) {
             return Err(StopReason::Deadline);
         }
         if let Some(budget) = &self.budget {
@@ -358,20 +384,54 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 return Err(StopReason::Budget);
             }
         }
-        let attempt = Attempt::new(attempts, Some(session.req_header()));
-        match self.selector.select(&attempt) {
-            Some(peer) => {
-                self.signals.retry();
-                let probe = attempt.is_probe(&peer);
-                Ok((peer, probe))
+        let next = self.next_peer(ctx, session, failure.attempt, left);
+        if next.is_err() {
+            // The retry that was paid for will not happen.
+            if let Some(budget) = &self.budget {
+                budget.refund();
             }
-            None => {
-                if let Some(budget) = &self.budget {
-                    budget.refund();
-                }
-                Err(StopReason::NoPeerLeft)
-            }
+        } else {
+            self.signals.retry();
         }
+        next
+    }
+
+    /// The peer for the retry after attempt number `attempt`, and how long to wait for it.
+    fn next_peer(
+        &self,
+        ctx: &FailoverCtx,
+        session: &Session,
+        attempt: u32,
+        left: Option<Duration>,
+    ) -> std::result::Result<Next, StopReason> {
+        let attempts = ctx.attempts();
+        let query = Attempt::new(attempts, Some(session.req_header()));
+        if let Some(peer) = self.selector.select(&query) {
+            let probe = query.is_probe(&peer);
+            return Ok(Next {
+                peer,
+                probe,
+                wait: Duration::ZERO,
+            });
+        }
+        // Every peer has been tried: return to the one that will be healthy first, after a
+        // backoff, or after the wait the upstream asked for.
+        let peer = revisit(attempts).ok_or(StopReason::NoPeerLeft)?;
+        let mut wait = self.policy.backoff(attempt);
+        if let Some(left) = left {
+            wait = wait.min(left / 2);
+        }
+        if let Some(asked) = ctx.retry_after {
+            if asked > self.max_retry_after || left.is_some_and(|l| asked >= l) {
+                return Err(StopReason::RetryAfter);
+            }
+            wait = wait.max(asked);
+        }
+        Ok(Next {
+            peer,
+            probe: false,
+            wait,
+        })
     }
 
     /// Counts a failure of the current attempt against its peer's health.
@@ -400,6 +460,19 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     }
 }
 
+/// The peer a retry returns to once every peer was tried: one that health admits now if any,
+/// and of those the one tried longest ago, so that repeated retries take turns.
+fn revisit(attempts: &[crate::ctx::AttemptRecord]) -> Option<Peer> {
+    attempts
+        .iter()
+        .map(AttemptRecord::peer)
+        .min_by_key(|p| {
+            let last = attempts.iter().rposition(|r| r.peer().same(p));
+            (p.health().wait_ms() > 0, last)
+        })
+        .cloned()
+}
+
 /// Shortens each timeout of `peer` to at most `left`.
 fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
     let o = &mut peer.options;
@@ -422,6 +495,7 @@ fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
 /// - retry budget: [`RetryBudget::default`] (20 % of requests plus 10 per second, over 10 s)
 /// - outlier ejection: [`OutlierDetection::default`] (1 connect failure or 5 failures in a row;
 ///   10 s, growing to 300 s)
+/// - longest `Retry-After` honoured: [`DEFAULT_MAX_RETRY_AFTER`] (3 s)
 /// - health observer and metrics: none
 #[derive(Debug)]
 #[must_use]
@@ -431,6 +505,7 @@ pub struct FailoverBuilder<S, R> {
     deadline: Option<Duration>,
     budget: Option<RetryBudget>,
     outliers: Option<OutlierDetection>,
+    max_retry_after: Duration,
     signals: Signals,
 }
 
@@ -451,6 +526,15 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
     /// No retry budget: only the attempt cap limits retries.
     pub fn without_budget(mut self) -> Self {
         self.budget = None;
+        self
+    }
+
+    /// The longest `Retry-After` (in seconds) the engine waits for when a retriable status
+    /// carries one and the retry would return to a peer already tried. A longer wait, or one that
+    /// would pass the overall deadline, stops the retries and passes the upstream's answer, with
+    /// its `Retry-After`, to the client.
+    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
         self
     }
 
@@ -506,6 +590,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             deadline: self.deadline,
             budget: self.budget,
             outliers,
+            max_retry_after: self.max_retry_after,
             signals: self.signals,
         })
     }

@@ -3,7 +3,7 @@
 mod engine;
 mod signals;
 
-pub use engine::{Failover, FailoverBuilder};
+pub use engine::{Failover, FailoverBuilder, DEFAULT_MAX_RETRY_AFTER};
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{http_proxy, http_proxy_service, HttpProxy, ProxyHttp, Session};
+use pingora_proxy::{http_proxy, http_proxy_service, FailToProxy, HttpProxy, ProxyHttp, Session};
 
 use crate::ctx::FailoverCtx;
 use crate::error::ConfigError;
@@ -149,6 +149,15 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
     ) -> Result<()> {
         self.engine
             .upstream_response_filter(session, upstream_response, ctx)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut FailoverCtx,
+    ) -> FailToProxy {
+        self.engine.fail_to_proxy(session, e, ctx).await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut FailoverCtx) {

@@ -5,7 +5,7 @@ use std::fmt;
 use crate::ctx::Outcome;
 use crate::health::{Ejection, HealthChange, HealthEvent, HealthObserver};
 use crate::peer::Peer;
-use crate::retry::FailureKind;
+use crate::classify::FailureKind;
 
 /// The engine's outputs besides the request itself.
 #[derive(Default)]

@@ -15,13 +15,13 @@ pub use backoff::Backoff;
 pub use budget::RetryBudget;
 pub use standard::{StandardPolicy, StandardPolicyBuilder};
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_error::{Error, ErrorType};
+use pingora_error::Error;
 use pingora_http::RequestHeader;
 
+pub use crate::classify::FailureKind;
 use crate::peer::Peer;
 
 /// Attempts allowed in all (the first try included) when nothing else is configured.
@@ -57,6 +57,16 @@ pub trait RetryPolicy: Send + Sync + 'static {
         false
     }
 
+    /// Whether a gRPC response whose `grpc-status` is `code` is a failure worth failing over
+    /// (14, `UNAVAILABLE`, is the usual one: Envoy's `retry_on: unavailable`). Only trailers-only
+    /// responses are seen, where the status is in the header: once a gRPC response has sent its
+    /// header, it is the client's. The proxy then asks [`decide`](Self::decide) with
+    /// [`FailureKind::GrpcStatus`]. None by default.
+    fn is_retriable_grpc_status(&self, code: u8) -> bool {
+        let _ = code;
+        false
+    }
+
     /// The explicit opt-in to replaying a non-idempotent request (POST, PATCH, ...) that was
     /// already sent upstream. Off by default: such a request may have taken effect, and sending
     /// it again could duplicate that effect. Turn it on only for routes whose handlers are
@@ -80,6 +90,9 @@ impl<T: RetryPolicy + ?Sized> RetryPolicy for Box<T> {
     fn is_retriable_status(&self, status: u16) -> bool {
         (**self).is_retriable_status(status)
     }
+    fn is_retriable_grpc_status(&self, code: u8) -> bool {
+        (**self).is_retriable_grpc_status(code)
+    }
     fn replay_non_idempotent(&self, failure: &Failure<'_>) -> bool {
         (**self).replay_non_idempotent(failure)
     }
@@ -98,6 +111,9 @@ impl<T: RetryPolicy + ?Sized> RetryPolicy for Arc<T> {
     fn is_retriable_status(&self, status: u16) -> bool {
         (**self).is_retriable_status(status)
     }
+    fn is_retriable_grpc_status(&self, code: u8) -> bool {
+        (**self).is_retriable_grpc_status(code)
+    }
     fn replay_non_idempotent(&self, failure: &Failure<'_>) -> bool {
         (**self).replay_non_idempotent(failure)
     }
@@ -113,122 +129,6 @@ pub enum RetryDecision {
     Stop,
 }
 
-/// What went wrong with one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum FailureKind {
-    /// The upstream refused the connection (nothing listens on the port).
-    ConnectRefused,
-    /// The TCP (or TCP and TLS) connect did not finish in time: a down or blackholed host.
-    ConnectTimeout,
-    /// No route to the upstream's host.
-    ConnectNoRoute,
-    /// The TLS handshake failed (including a rejected certificate).
-    TlsHandshake,
-    /// The TLS handshake did not finish in time.
-    TlsHandshakeTimeout,
-    /// Any other failure to connect.
-    ConnectOther,
-    /// Connected, but the response header did not arrive within the read timeout: a slow or
-    /// hung upstream.
-    HeaderTimeout,
-    /// A read timed out after the response header went to the client.
-    BodyTimeout,
-    /// A pooled (reused) keep-alive connection was found closed by the upstream.
-    ReusedConnectionClosed,
-    /// The upstream answered with a status configured as retriable.
-    Status(u16),
-    /// Writing the request to the upstream timed out.
-    WriteTimeout,
-    /// Any other I/O error with the upstream after connecting.
-    Io,
-    /// The client side failed (it disconnected, or sent a request that could not be read). Not
-    /// the upstream's fault: it never counts against the peer's health, and is never retried.
-    Downstream,
-    /// Anything else.
-    Other,
-}
-
-impl FailureKind {
-    /// The kind of a failure to connect.
-    pub fn from_connect_error(etype: &ErrorType) -> Self {
-        match etype {
-            ErrorType::ConnectRefused => Self::ConnectRefused,
-            ErrorType::ConnectTimedout => Self::ConnectTimeout,
-            ErrorType::ConnectNoRoute => Self::ConnectNoRoute,
-            ErrorType::TLSHandshakeFailure | ErrorType::InvalidCert | ErrorType::HandshakeError => {
-                Self::TlsHandshake
-            }
-            ErrorType::TLSHandshakeTimedout => Self::TlsHandshakeTimeout,
-            _ => Self::ConnectOther,
-        }
-    }
-
-    /// Whether the failure is evidence against the peer (everything but [`Downstream`] and
-    /// [`Other`]).
-    ///
-    /// [`Downstream`]: Self::Downstream
-    /// [`Other`]: Self::Other
-    pub fn counts_against_peer(&self) -> bool {
-        !matches!(self, Self::Downstream | Self::Other)
-    }
-
-    /// A short, fixed name for the kind (`connect_refused`, `header_timeout`, `status`, ...), for
-    /// metric labels; the status code itself is left out to keep the label set small.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::ConnectRefused => "connect_refused",
-            Self::ConnectTimeout => "connect_timeout",
-            Self::ConnectNoRoute => "connect_no_route",
-            Self::TlsHandshake => "tls_handshake",
-            Self::TlsHandshakeTimeout => "tls_handshake_timeout",
-            Self::ConnectOther => "connect_other",
-            Self::HeaderTimeout => "header_timeout",
-            Self::BodyTimeout => "body_timeout",
-            Self::ReusedConnectionClosed => "reused_connection_closed",
-            Self::Status(_) => "status",
-            Self::WriteTimeout => "write_timeout",
-            Self::Io => "io",
-            Self::Downstream => "downstream",
-            Self::Other => "other",
-        }
-    }
-
-    /// Whether the failure happened before anything was sent upstream.
-    pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            Self::ConnectRefused
-                | Self::ConnectTimeout
-                | Self::ConnectNoRoute
-                | Self::TlsHandshake
-                | Self::TlsHandshakeTimeout
-                | Self::ConnectOther
-        )
-    }
-}
-
-impl fmt::Display for FailureKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::ConnectRefused => f.write_str("connection refused"),
-            Self::ConnectTimeout => f.write_str("connect timeout"),
-            Self::ConnectNoRoute => f.write_str("no route"),
-            Self::TlsHandshake => f.write_str("tls handshake failed"),
-            Self::TlsHandshakeTimeout => f.write_str("tls handshake timeout"),
-            Self::ConnectOther => f.write_str("connect error"),
-            Self::HeaderTimeout => f.write_str("response header timeout"),
-            Self::BodyTimeout => f.write_str("response body timeout"),
-            Self::ReusedConnectionClosed => f.write_str("reused connection closed"),
-            Self::Status(s) => write!(f, "status {s}"),
-            Self::WriteTimeout => f.write_str("request write timeout"),
-            Self::Io => f.write_str("i/o error"),
-            Self::Downstream => f.write_str("client side error"),
-            Self::Other => f.write_str("error"),
-        }
-    }
-}
-
 /// A failed attempt, as the policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Failure<'a> {
@@ -239,6 +139,7 @@ pub struct Failure<'a> {
     pub(crate) peer: &'a Peer,
     pub(crate) sent_upstream: bool,
     pub(crate) body_replayable: bool,
+    pub(crate) pingora_retriable: bool,
     pub(crate) error: Option<&'a Error>,
 }
 
@@ -260,6 +161,7 @@ impl<'a> Failure<'a> {
             peer,
             sent_upstream: !kind.is_connect(),
             body_replayable: true,
+            pingora_retriable: false,
             error: None,
         }
     }
@@ -298,6 +200,20 @@ impl<'a> Failure<'a> {
     /// failures.
     pub fn sent_upstream(&self) -> bool {
         self.sent_upstream
+    }
+
+    /// Whether the upstream may have acted on the request: `false` for connect failures and for
+    /// [`FailureKind::Unprocessed`]. The proxy replays a non-idempotent request only when this is
+    /// `false` (or the policy opts in with [`RetryPolicy::replay_non_idempotent`]).
+    pub fn may_have_processed(&self) -> bool {
+        self.kind.may_have_processed()
+    }
+
+    /// Whether pingora itself marked the error retriable (after resolving `ReusedOnly`): for
+    /// example an HTTP/2 GOAWAY, or a downgrade to HTTP/1.1. [`StandardPolicy`] retries these
+    /// whatever their kind, so that the crate never does worse than pingora's own loop.
+    pub fn pingora_retriable(&self) -> bool {
+        self.pingora_retriable
     }
 
     /// Whether the request body can be sent again in full (it fit pingora's replay buffer).

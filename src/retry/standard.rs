@@ -12,13 +12,18 @@ use crate::retry::{
 /// # Default
 ///
 /// - max attempts: 3 in all ([`DEFAULT_MAX_ATTEMPTS`])
-/// - retries on: connection refused, connect timeout, no route, TLS handshake failure and TLS
-///   handshake timeout (nothing was sent, so any request can go elsewhere); a response header
-///   timeout (slow upstream), a closed reused connection, an I/O error and a request write
-///   timeout. These last four can only happen after the request went upstream, so the proxy's
-///   rules limit them to idempotent requests, and to failures before the response reached the
-///   client. That is nginx's default `proxy_next_upstream error timeout`.
+/// - retries on: every connect failure (refused, timed out, no route, reset, TLS), and an
+///   HTTP/2 stream the upstream refused unprocessed: nothing was processed, so any request can go
+///   elsewhere. Also a response header timeout (slow upstream), a closed reused connection, an
+///   I/O error, a request write timeout and an HTTP/2 protocol failure: these can only happen
+///   after the request went upstream, so the proxy's rules limit them to idempotent requests,
+///   and to failures before the response reached the client. That is nginx's default
+///   `proxy_next_upstream error timeout`. Any other error that pingora itself marks retriable is
+///   retried too ([`Failure::pingora_retriable`]), so the policy never does worse than pingora's
+///   own loop.
 /// - retriable statuses: none
+/// - retriable gRPC statuses: none (14, `UNAVAILABLE`, is the usual choice)
+/// - non-idempotent routes replayed after they reached the upstream: none
 /// - backoff: [`Backoff::default`] (full jitter, 25 ms base, 250 ms cap)
 ///
 /// # Examples
@@ -29,6 +34,9 @@ use crate::retry::{
 /// let policy = StandardPolicy::builder()
 ///     .with_max_attempts(2)
 ///     .with_retry_statuses([502, 503, 504])
+///     .with_retry_grpc_statuses([14])
+///     // gRPC calls are POSTs: these read-only services may be replayed.
+///     .with_replay_paths(["/grpc.health.v1.Health/", "/shop.Catalog/"])
 ///     .without_retry_on(FailureKind::HeaderTimeout)
 ///     .build()?;
 /// # Ok::<(), pingora_failover::ConfigError>(())
@@ -38,6 +46,8 @@ pub struct StandardPolicy {
     max_attempts: u32,
     retry_on: Vec<FailureKind>,
     statuses: Vec<u16>,
+    grpc_statuses: Vec<u8>,
+    replay_paths: Vec<String>,
     backoff: Backoff,
 }
 
@@ -52,12 +62,17 @@ impl StandardPolicy {
                 FailureKind::ConnectNoRoute,
                 FailureKind::TlsHandshake,
                 FailureKind::TlsHandshakeTimeout,
+                FailureKind::ConnectOther,
+                FailureKind::Unprocessed,
+                FailureKind::Protocol,
                 FailureKind::HeaderTimeout,
                 FailureKind::ReusedConnectionClosed,
                 FailureKind::Io,
                 FailureKind::WriteTimeout,
             ],
             statuses: Vec::new(),
+            grpc_statuses: Vec::new(),
+            replay_paths: Vec::new(),
             backoff: None,
         }
     }
@@ -66,6 +81,7 @@ impl StandardPolicy {
     pub fn retries_on(&self, kind: FailureKind) -> bool {
         match kind {
             FailureKind::Status(s) => self.statuses.contains(&s),
+            FailureKind::GrpcStatus(c) => self.grpc_statuses.contains(&c),
             k => self.retry_on.contains(&k),
         }
     }
@@ -81,7 +97,9 @@ impl Default for StandardPolicy {
 
 impl RetryPolicy for StandardPolicy {
     fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
-        if self.retries_on(failure.kind()) {
+        let kind = failure.kind();
+        // Pingora's own judgement stands where the crate has no better knowledge.
+        if self.retries_on(kind) || (kind == FailureKind::Other && failure.pingora_retriable()) {
             RetryDecision::Retry
         } else {
             RetryDecision::Stop
@@ -99,6 +117,15 @@ impl RetryPolicy for StandardPolicy {
     fn is_retriable_status(&self, status: u16) -> bool {
         self.statuses.contains(&status)
     }
+
+    fn is_retriable_grpc_status(&self, code: u8) -> bool {
+        self.grpc_statuses.contains(&code)
+    }
+
+    fn replay_non_idempotent(&self, failure: &Failure<'_>) -> bool {
+        let path = failure.request().uri.path();
+        self.replay_paths.iter().any(|p| path.starts_with(p.as_str()))
+    }
 }
 
 /// Builds a [`StandardPolicy`]; see its `# Default` section.
@@ -108,6 +135,8 @@ pub struct StandardPolicyBuilder {
     max_attempts: u32,
     retry_on: Vec<FailureKind>,
     statuses: Vec<u16>,
+    grpc_statuses: Vec<u8>,
+    replay_paths: Vec<String>,
     backoff: Option<Backoff>,
 }
 
@@ -140,6 +169,24 @@ impl StandardPolicyBuilder {
         self
     }
 
+    /// gRPC statuses that fail over when a trailers-only response carries them (typically 14,
+    /// `UNAVAILABLE`), replacing any given before. A gRPC call is a POST: it fails over only on
+    /// the routes named by [`with_replay_paths`](Self::with_replay_paths), or when an earlier
+    /// failure proved it unprocessed.
+    pub fn with_retry_grpc_statuses(mut self, codes: impl IntoIterator<Item = u8>) -> Self {
+        self.grpc_statuses = codes.into_iter().collect();
+        self
+    }
+
+    /// Path prefixes whose requests may be replayed after they reached an upstream, whatever
+    /// their method: routes whose handlers are idempotent in fact (a read-only gRPC service, a
+    /// POST with an idempotency key). Replaces any given before. See
+    /// [`RetryPolicy::replay_non_idempotent`].
+    pub fn with_replay_paths<P: Into<String>>(mut self, prefixes: impl IntoIterator<Item = P>) -> Self {
+        self.replay_paths = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// The backoff between attempts.
     pub fn with_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = Some(backoff);
@@ -151,7 +198,8 @@ impl StandardPolicyBuilder {
     /// # Errors
     ///
     /// [`ConfigError::ZeroAttempts`], [`ConfigError::TooManyAttempts`], or
-    /// [`ConfigError::OutOfRange`] for a retriable status outside 400..=599.
+    /// [`ConfigError::OutOfRange`] for a retriable status outside 400..=599, a gRPC status
+    /// outside 1..=16, or a replay path that does not start with `/`.
     pub fn build(self) -> Result<StandardPolicy, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::ZeroAttempts);
@@ -169,10 +217,26 @@ impl StandardPolicyBuilder {
                 range: "400..=599",
             });
         }
+        if let Some(c) = self.grpc_statuses.iter().find(|c| !(1..=16).contains(*c)) {
+            return Err(ConfigError::OutOfRange {
+                what: "retriable grpc status",
+                value: c.to_string(),
+                range: "1..=16",
+            });
+        }
+        if let Some(p) = self.replay_paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(ConfigError::OutOfRange {
+                what: "replay path",
+                value: p.clone(),
+                range: "a path starting with /",
+            });
+        }
         Ok(StandardPolicy {
             max_attempts: self.max_attempts,
             retry_on: self.retry_on,
             statuses: self.statuses,
+            grpc_statuses: self.grpc_statuses,
+            replay_paths: self.replay_paths,
             backoff: self.backoff.unwrap_or_default(),
         })
     }
@@ -196,6 +260,9 @@ mod tests {
             FailureKind::ConnectNoRoute,
             FailureKind::TlsHandshake,
             FailureKind::TlsHandshakeTimeout,
+            FailureKind::ConnectOther,
+            FailureKind::Unprocessed,
+            FailureKind::Protocol,
             FailureKind::HeaderTimeout,
             FailureKind::ReusedConnectionClosed,
             FailureKind::Io,
@@ -204,15 +271,39 @@ mod tests {
             assert_eq!(decide(k), RetryDecision::Retry, "{k}");
         }
         for k in [
-            FailureKind::ConnectOther,
             FailureKind::BodyTimeout,
             FailureKind::Status(503),
+            FailureKind::GrpcStatus(14),
             FailureKind::Downstream,
             FailureKind::Other,
         ] {
             assert_eq!(decide(k), RetryDecision::Stop, "{k}");
         }
         assert_eq!(p.max_attempts(), 3);
+
+        // Pingora's retry flag counts where the kind says nothing better.
+        let mut other = Failure::new(FailureKind::Other, 1, &req, &peer);
+        other.pingora_retriable = true;
+        assert_eq!(p.decide(&other), RetryDecision::Retry);
+        let mut body = Failure::new(FailureKind::BodyTimeout, 1, &req, &peer);
+        body.pingora_retriable = true;
+        assert_eq!(p.decide(&body), RetryDecision::Stop);
+    }
+
+    #[test]
+    fn grpc_statuses_and_replay_paths_are_opt_in() {
+        let p = StandardPolicy::builder()
+            .with_retry_grpc_statuses([14])
+            .with_replay_paths(["/pkg.Reader/"])
+            .build()
+            .unwrap();
+        assert!(p.is_retriable_grpc_status(14) && !p.is_retriable_grpc_status(13));
+        let peer = Peer::new("127.0.0.1:1").unwrap();
+        let read = RequestHeader::build("POST", b"/pkg.Reader/Get", None).unwrap();
+        let write = RequestHeader::build("POST", b"/pkg.Writer/Put", None).unwrap();
+        let f = |r| Failure::new(FailureKind::GrpcStatus(14), 1, r, &peer);
+        assert!(p.replay_non_idempotent(&f(&read)));
+        assert!(!p.replay_non_idempotent(&f(&write)));
     }
 
     #[test]
@@ -228,6 +319,14 @@ mod tests {
         ));
         assert!(matches!(
             b().with_retry_statuses([200]).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            b().with_retry_grpc_statuses([0]).build(),
+            Err(ConfigError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            b().with_replay_paths(["api"]).build(),
             Err(ConfigError::OutOfRange { .. })
         ));
     }
