@@ -279,14 +279,22 @@ pub(crate) fn grpc_status(response: &ResponseHeader) -> Option<u8> {
         return None;
     }
     let code = response.headers.get("grpc-status")?;
-    std::str::from_utf8(code.as_bytes()).ok()?.trim().parse().ok()
+    std::str::from_utf8(code.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The wait a response asks for in `Retry-After`, in delta-seconds (the HTTP-date form is not
 /// read: it depends on the two clocks agreeing).
 pub(crate) fn retry_after(response: &ResponseHeader) -> Option<Duration> {
     let v = response.headers.get("retry-after")?;
-    let secs: u64 = std::str::from_utf8(v.as_bytes()).ok()?.trim().parse().ok()?;
+    let secs: u64 = std::str::from_utf8(v.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs))
 }
 
@@ -337,7 +345,11 @@ mod tests {
         // `From<Reason>` builds a locally initiated reset: not the upstream's word.
         assert_eq!(proxy_error(&refused, false, false), FailureKind::Other);
         assert_eq!(
-            proxy_error(&err(ErrorType::H2Downgrade, ErrorSource::Upstream), false, false),
+            proxy_error(
+                &err(ErrorType::H2Downgrade, ErrorSource::Upstream),
+                false,
+                false
+            ),
             FailureKind::Protocol
         );
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::peer::Peer;
 use crate::classify::FailureKind;
+use crate::peer::Peer;
 
 /// Per-request failover state: every attempt, its peer, its outcome, and why the proxy retried
 /// or stopped. Read it in `logging` for access logs and metrics.

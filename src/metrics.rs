@@ -2,10 +2,10 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::ctx::Outcome;
-use crate::peer::Peer;
 #[cfg(doc)]
 use crate::classify::FailureKind;
+use crate::ctx::Outcome;
+use crate::peer::Peer;
 
 /// The engine's prometheus counters and gauges.
 ///

@@ -174,7 +174,11 @@ async fn with_fewer_peers_than_attempts_retries_take_turns_after_every_peer_was_
     let attempts = log.wait_for(1).await.remove(0);
     let tried: Vec<_> = attempts.iter().map(|a| a.peer().clone()).collect();
     let (a, b) = (peers[0].clone(), peers[1].clone());
-    assert_eq!(tried, [a.clone(), b.clone(), a.clone(), b, a], "each peer once, then turns");
+    assert_eq!(
+        tried,
+        [a.clone(), b.clone(), a.clone(), b, a],
+        "each peer once, then turns"
+    );
     assert_eq!(
         attempts[4].outcome(),
         failed(

@@ -356,3 +356,64 @@ async fn a_closed_reused_connection_is_retried_for_get_and_not_for_post() {
     );
     assert_eq!(backup.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_when_the_retry_returns_to_the_same_peer() {
+    let only = Upstream::start("only", Mode::StatusRetryAfter(503, 1)).await;
+    let list = ordered(&[only.peer_addr()], READ_TIMEOUT);
+    let (proxy, log) = start_failover(list, statuses(&[503])).await;
+
+    let request = tokio::spawn(client().get(proxy.url("/")).send());
+    // The upstream recovers once it has answered the first 503.
+    while only.hits() == 0 {
+        tokio::task::yield_now().await;
+    }
+    only.set_mode(Mode::Ok);
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(only.hits(), 2);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::Status(503), Verdict::Retried)
+    );
+    let waited = attempts[1].started() - attempts[0].started();
+    assert!(waited >= Duration::from_secs(1), "waited {waited:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_allowed_passes_the_answer_through() {
+    let only = Upstream::start("only", Mode::StatusRetryAfter(503, 30)).await;
+    let list = ordered(&[only.peer_addr()], READ_TIMEOUT);
+    let (proxy, log) = start_failover(list, statuses(&[503])).await;
+
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "30",
+        "the client can wait itself"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(only.hits(), 1);
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(
+        attempts[0].outcome(),
+        stopped(FailureKind::Status(503), StopReason::RetryAfter)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_timeout_answers_504_and_a_final_refusal_502() {
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_secs(5))).await;
+    let list = ordered(&[slow.peer_addr()], READ_TIMEOUT);
+    let (proxy, _log) = start_failover(list, StandardPolicy::default()).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 504, "a response header timeout");
+
+    let list = ordered(&[refused_addr()], READ_TIMEOUT);
+    let (proxy, _log) = start_failover(list, StandardPolicy::default()).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502, "a refused connect");
+}

@@ -26,9 +26,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
-use crate::classify::FailureKind;
 
 /// The health of one peer, shared by every request. Lock-free.
 ///

@@ -2,10 +2,10 @@
 
 use std::fmt;
 
+use crate::classify::FailureKind;
 use crate::ctx::Outcome;
 use crate::health::{Ejection, HealthChange, HealthEvent, HealthObserver};
 use crate::peer::Peer;
-use crate::classify::FailureKind;
 
 /// The engine's outputs besides the request itself.
 #[derive(Default)]

@@ -124,7 +124,9 @@ impl RetryPolicy for StandardPolicy {
 
     fn replay_non_idempotent(&self, failure: &Failure<'_>) -> bool {
         let path = failure.request().uri.path();
-        self.replay_paths.iter().any(|p| path.starts_with(p.as_str()))
+        self.replay_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
     }
 }
 
@@ -182,7 +184,10 @@ impl StandardPolicyBuilder {
     /// their method: routes whose handlers are idempotent in fact (a read-only gRPC service, a
     /// POST with an idempotency key). Replaces any given before. See
     /// [`RetryPolicy::replay_non_idempotent`].
-    pub fn with_replay_paths<P: Into<String>>(mut self, prefixes: impl IntoIterator<Item = P>) -> Self {
+    pub fn with_replay_paths<P: Into<String>>(
+        mut self,
+        prefixes: impl IntoIterator<Item = P>,
+    ) -> Self {
         self.replay_paths = prefixes.into_iter().map(Into::into).collect();
         self
     }

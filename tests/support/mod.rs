@@ -1,7 +1,13 @@
 //! Real servers for the end-to-end tests and examples: upstreams on `127.0.0.1:0` whose behaviour
-//! can be switched while they run, a port that refuses connections, a blackholed listener, and a
-//! pingora proxy served in-process.
+//! can be switched while they run (HTTP/1.1, h2c, or HTTP/1.1 over TLS), a port that refuses
+//! connections, a blackholed listener, and a pingora proxy served in-process.
 #![allow(dead_code, unreachable_pub)]
+
+mod protocols;
+
+pub use protocols::Proto;
+#[cfg(feature = "rustls")]
+pub use protocols::TestCa;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,45 +36,60 @@ pub enum Mode {
     Hang,
     /// This status at once, body = "<name> <status>".
     Status(u16),
+    /// This status at once, with `Retry-After: <seconds>`.
+    StatusRetryAfter(u16, u32),
     /// 200 header and a first body chunk, then the body stalls forever.
     StallBody,
+    /// A gRPC trailers-only answer: 200, `content-type: application/grpc`, this `grpc-status`.
+    Grpc(u8),
+    /// h2 only: every stream is reset with `REFUSED_STREAM` before it is processed.
+    Refuse,
+    /// h2 only: a new connection gets a GOAWAY (`NO_ERROR`, last stream 0) at once; a stream
+    /// already received on an open connection is answered, and the connection shut down
+    /// gracefully after it.
+    GoAway,
+    /// h2 only: every stream is reset with `HTTP_1_1_REQUIRED`.
+    Http11Required,
 }
 
 #[derive(Default)]
 struct State {
     hits: AtomicUsize,
+    /// h2 streams refused (never processed).
+    refused: AtomicUsize,
     /// Requests seen per `x-request-id`.
     ids: Mutex<HashMap<String, usize>>,
     /// Bodies received, in order.
     bodies: Mutex<Vec<Bytes>>,
 }
 
-/// A real HTTP/1.1 upstream (axum) on `127.0.0.1:0`.
+/// A real upstream on `127.0.0.1:0`: HTTP/1.1 (axum on hyper), h2c (the h2 crate, so that it
+/// can refuse streams and send GOAWAY), or HTTP/1.1 over TLS (rustls).
 pub struct Upstream {
     pub name: &'static str,
     pub addr: SocketAddr,
+    proto: Proto,
     mode: Arc<Mutex<Mode>>,
     state: Arc<State>,
     task: JoinHandle<()>,
 }
 
 impl Upstream {
+    /// An HTTP/1.1 upstream.
     pub async fn start(name: &'static str, mode: Mode) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::serve(name, listener, Arc::new(Mutex::new(mode)), Arc::default())
+        Self::start_with(name, mode, Proto::H1).await
     }
 
-    fn serve(
-        name: &'static str,
-        listener: TcpListener,
-        mode: Arc<Mutex<Mode>>,
-        state: Arc<State>,
-    ) -> Self {
+    /// An upstream speaking `proto`.
+    pub async fn start_with(name: &'static str, mode: Mode, proto: Proto) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let task = spawn_server(name, listener, mode.clone(), state.clone());
+        let (mode, state) = (Arc::new(Mutex::new(mode)), Arc::<State>::default());
+        let task = spawn_server(name, listener, proto.clone(), mode.clone(), state.clone());
         Self {
             name,
             addr,
+            proto,
             mode,
             state,
             task,
@@ -78,6 +99,17 @@ impl Upstream {
     /// The address as `IP:PORT`, for `Peer::new`.
     pub fn peer_addr(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// A peer builder set up for this upstream's protocol: h2c by prior knowledge, or TLS with
+    /// SNI `localhost` and the test CA trusted.
+    pub fn peer_builder(&self) -> pingora_failover::PeerBuilder {
+        self.proto.peer_builder(self.peer_addr())
+    }
+
+    /// h2 streams this upstream refused unprocessed.
+    pub fn refused(&self) -> usize {
+        self.state.refused.load(Ordering::SeqCst)
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -113,7 +145,13 @@ impl Upstream {
                 Err(_) => tokio::task::yield_now().await,
             }
         };
-        self.task = spawn_server(self.name, listener, self.mode.clone(), self.state.clone());
+        self.task = spawn_server(
+            self.name,
+            listener,
+            self.proto.clone(),
+            self.mode.clone(),
+            self.state.clone(),
+        );
     }
 }
 
@@ -126,11 +164,15 @@ impl Drop for Upstream {
 fn spawn_server(
     name: &'static str,
     listener: TcpListener,
+    proto: Proto,
     mode: Arc<Mutex<Mode>>,
     state: Arc<State>,
 ) -> JoinHandle<()> {
-    let app = axum::Router::new().fallback(move |method, headers, body| {
-        handle(name, mode.clone(), state.clone(), method, headers, body)
+    let app = axum::Router::new().fallback({
+        let (mode, state) = (mode.clone(), state.clone());
+        move |method, headers, body| {
+            handle(name, mode.clone(), state.clone(), method, headers, body)
+        }
     });
     // Each connection is served inside a JoinSet owned by this task, so that aborting the task
     // closes open keep-alive connections too, as a killed server would.
@@ -142,15 +184,32 @@ fn spawn_server(
             };
             let _ = tcp.set_nodelay(true);
             let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            let (proto, mode, state) = (proto.clone(), mode.clone(), state.clone());
             conns.spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(tcp);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, svc)
-                    .await;
+                match proto {
+                    Proto::H1 => serve_h1(tcp, svc).await,
+                    Proto::H2c => protocols::serve_h2(tcp, name, mode, state).await,
+                    #[cfg(feature = "rustls")]
+                    Proto::Tls(ca) => {
+                        if let Ok(tls) = ca.acceptor().accept(tcp).await {
+                            serve_h1(tls, svc).await;
+                        }
+                    }
+                }
             });
             while conns.try_join_next().is_some() {}
         }
     })
+}
+
+async fn serve_h1<T>(io: T, svc: hyper_util::service::TowerToHyperService<axum::Router>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .await;
 }
 
 async fn handle(
@@ -187,6 +246,20 @@ async fn handle(
         }
         Mode::Hang => std::future::pending().await,
         Mode::Status(s) => reply(StatusCode::from_u16(s).unwrap(), format!("{name} {s}")),
+        Mode::StatusRetryAfter(s, secs) => {
+            let mut r = reply(StatusCode::from_u16(s).unwrap(), format!("{name} {s}"));
+            r.headers_mut().insert("retry-after", secs.into());
+            r
+        }
+        Mode::Grpc(code) => Response::builder()
+            .header("x-upstream", name)
+            .header("content-type", "application/grpc")
+            .header("grpc-status", code.to_string())
+            .body(Body::empty())
+            .unwrap(),
+        Mode::Refuse | Mode::GoAway | Mode::Http11Required => {
+            unreachable!("{mode:?} is handled by the h2 server before a request is processed")
+        }
         Mode::StallBody => {
             let first = futures_util::stream::once(async move {
                 Ok::<_, Infallible>(Bytes::from(format!("{name} partial ")))
