@@ -1,6 +1,8 @@
-//! Chaos under load: while GETs and POSTs flow through the proxy, two of three upstreams are
-//! killed, restarted, blackholed, slowed, hung and made to answer 503, at random from a printed
-//! seed. The third stays healthy throughout. Replay a run with `CHAOS_SEED=N`; make it longer
+//! Chaos under load: while GETs and POSTs flow through the proxy, every upstream but one is
+//! killed, restarted, made to flap (its listener closed and reopened in a burst), blackholed,
+//! slowed, hung and made to answer 503, at random from a printed seed. One of them speaks h2c and
+//! also refuses streams or sends GOAWAY; with the `rustls` feature, one is HTTPS with a private CA.
+//! The anchor, plain HTTP/1.1, stays healthy throughout. Replay a run with `CHAOS_SEED=N`; make it longer
 //! with `CHAOS_SECONDS=N` (`make chaos` runs 60 s).
 
 mod support;
@@ -14,7 +16,9 @@ use pingora_failover::{
     Failover, FailoverProxy, HealthChange, Outcome, OutlierDetection, Peer, RoundRobin,
     StandardPolicy,
 };
-use support::{client, open_fds, rss_bytes, start_proxy, Blackhole, Events, Mode, Rng, Upstream};
+use support::{
+    client, open_fds, rss_bytes, start_proxy, Blackhole, Events, Mode, Proto, Rng, Upstream,
+};
 
 /// Counts the bytes live on the heap, for the check that memory returns to its baseline.
 struct Tracking;
@@ -78,15 +82,21 @@ async fn chaos_under_load_keeps_every_promise() {
 
     let fds_before = open_fds();
     let heap_before = live_heap();
+    #[cfg(feature = "rustls")]
+    let last = Proto::Tls(support::TestCa::new());
+    #[cfg(not(feature = "rustls"))]
+    let last = Proto::H1;
     let mut ups = vec![
         Upstream::start("anchor", Mode::Ok).await,
         Upstream::start("b", Mode::Ok).await,
-        Upstream::start("c", Mode::Ok).await,
+        Upstream::start_with("h2c", Mode::Ok, Proto::H2c).await,
+        Upstream::start_with("d", Mode::Ok, last).await,
     ];
+    let h2c = 2;
     let peers: Vec<Peer> = ups
         .iter()
         .map(|u| {
-            Peer::builder(u.peer_addr())
+            u.peer_builder()
                 .with_connect_timeout(Duration::from_millis(200))
                 .with_read_timeout(Duration::from_millis(300))
                 .build()
@@ -154,14 +164,14 @@ async fn chaos_under_load_keeps_every_promise() {
         }));
     }
 
-    // Chaos on b and c; the anchor stays healthy.
+    // Chaos on all but the anchor.
     let mut rng = Rng(seed);
     let mut trouble: Vec<Trouble> = (0..ups.len()).map(|_| Trouble::None).collect();
     let mut actions: HashMap<&str, usize> = HashMap::new();
     let chaos_end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < chaos_end {
         tokio::time::sleep(Duration::from_millis(150 + rng.below(250))).await;
-        let i = 1 + rng.below(2) as usize;
+        let i = 1 + rng.below(ups.len() as u64 - 1) as usize;
         // Undo what was done to it first.
         match std::mem::replace(&mut trouble[i], Trouble::None) {
             Trouble::Blackholed(hole) => {
@@ -171,7 +181,7 @@ async fn chaos_under_load_keeps_every_promise() {
             Trouble::Down => trouble[i] = Trouble::Down,
             Trouble::None => {}
         }
-        let action = match rng.below(7) {
+        let action = match rng.below(if i == h2c { 10 } else { 8 }) {
             0 => {
                 ups[i].stop();
                 trouble[i] = Trouble::Down;
@@ -193,6 +203,22 @@ async fn chaos_under_load_keeps_every_promise() {
             4 => {
                 ups[i].set_mode(Mode::Status(503));
                 "503"
+            }
+            5 => {
+                // A restart loop: refused connects, resets mid-handshake, resets after accept.
+                for _ in 0..5 + rng.below(20) {
+                    ups[i].restart().await;
+                    tokio::time::sleep(Duration::from_micros(rng.below(3000))).await;
+                }
+                "flap"
+            }
+            8 => {
+                ups[i].set_mode(Mode::Refuse);
+                "refuse streams"
+            }
+            9 => {
+                ups[i].set_mode(Mode::GoAway);
+                "goaway"
             }
             _ => {
                 ups[i].set_mode(Mode::Ok);
@@ -248,7 +274,7 @@ async fn chaos_under_load_keeps_every_promise() {
     println!("last-attempt failures by cause: {causes:?}");
 
     // Every GET succeeded, with an uncorrupted body from one upstream.
-    let names = ["anchor", "b", "c"];
+    let names = ["anchor", "b", "h2c", "d"];
     for d in done.iter().filter(|d| !d.post) {
         assert_eq!(d.status, 200, "a GET failed (seed {seed}): {d:?}");
         assert!(names.contains(&d.body.as_str()), "corrupted body: {d:?}");
