@@ -48,6 +48,7 @@ pub mod peer;
 pub mod proxy;
 pub mod retry;
 pub mod select;
+mod sync;
 
 pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use error::ConfigError;

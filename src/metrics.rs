@@ -76,14 +76,13 @@ impl Metrics {
         self.budget_refusals.inc();
     }
 
-    pub(crate) fn ejected(&self, peer: &Peer, fresh: bool) {
+    pub(crate) fn ejected(&self, peer: &Peer) {
         self.ejections.with_label_values(&[peer.name()]).inc();
-        if fresh {
-            self.ejected.inc();
-        }
     }
 
-    pub(crate) fn readmitted(&self) {
-        self.ejected.dec();
+    /// Moves the ejected-peers gauge; health calls it at the right moment of its transitions
+    /// (see `health::state::Tally`), so that it never goes below zero.
+    pub(crate) fn ejected_peers(&self, delta: i64) {
+        self.ejected.add(delta);
     }
 }

@@ -15,12 +15,12 @@
 
 #[cfg(feature = "active-health")]
 mod active;
+pub(crate) mod state;
 
 #[cfg(feature = "active-health")]
 pub use active::ActiveHealthCheck;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
+use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
 
 /// The health of one peer, shared by every request. Lock-free.
 ///
@@ -37,16 +38,7 @@ use crate::peer::Peer;
 #[derive(Debug)]
 pub struct PeerHealth {
     origin: Instant,
-    failures: AtomicU32,
-    connect_failures: AtomicU32,
-    /// Ejections in a row, reset on re-admission.
-    ejections: AtomicU32,
-    /// Health-clock ms until which the peer is ejected; 0 when it is not.
-    ejected_until: AtomicU64,
-    /// Health-clock ms until which a probe request holds the half-open slot; 0 when none does.
-    probe_until: AtomicU64,
-    /// Set by active health checks.
-    check_failed: AtomicBool,
+    cell: HealthCell,
 }
 
 /// An ejection made by [`PeerHealth::record_failure`].
@@ -63,12 +55,7 @@ impl Default for PeerHealth {
     fn default() -> Self {
         Self {
             origin: Instant::now(),
-            failures: AtomicU32::new(0),
-            connect_failures: AtomicU32::new(0),
-            ejections: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            probe_until: AtomicU64::new(0),
-            check_failed: AtomicBool::new(false),
+            cell: HealthCell::new(),
         }
     }
 }
@@ -110,10 +97,10 @@ impl PeerHealth {
 
     /// The state now.
     pub fn state(&self) -> HealthState {
-        if self.check_failed.load(Ordering::Acquire) {
+        if self.cell.check_failed() {
             return HealthState::CheckFailed;
         }
-        match self.ejected_until.load(Ordering::Acquire) {
+        match self.cell.ejected_until() {
             0 => HealthState::Healthy,
             until => {
                 let now = self.now_ms();
@@ -137,38 +124,23 @@ impl PeerHealth {
     /// the probe slot for `probe_window` and [`Admission::Probe`]; the others are refused until
     /// the probe reports or the window ends.
     pub fn admit(&self, probe_window: Duration) -> Admission {
-        if self.check_failed.load(Ordering::Acquire) {
-            return Admission::Refused;
-        }
-        let until = self.ejected_until.load(Ordering::Acquire);
-        if until == 0 {
-            return Admission::Healthy;
-        }
-        let now = self.now_ms();
-        if now < until {
-            return Admission::Refused;
-        }
-        let probe = self.probe_until.load(Ordering::Acquire);
-        if probe > now {
-            return Admission::Refused;
-        }
-        let hold = now + probe_window.as_millis() as u64;
         match self
-            .probe_until
-            .compare_exchange(probe, hold, Ordering::AcqRel, Ordering::Acquire)
+            .cell
+            .admit(self.now_ms(), probe_window.as_millis() as u64)
         {
-            Ok(_) => Admission::Probe,
-            Err(_) => Admission::Refused,
+            Admit::Healthy => Admission::Healthy,
+            Admit::Probe => Admission::Probe,
+            Admit::Refused => Admission::Refused,
         }
     }
 
     /// How long until this peer is a candidate again, in ms: 0 for a healthy or half-open peer,
     /// `u64::MAX` for a peer failing its active check. Lower is a better panic-mode candidate.
     pub(crate) fn wait_ms(&self) -> u64 {
-        if self.check_failed.load(Ordering::Acquire) {
+        if self.cell.check_failed() {
             return u64::MAX;
         }
-        match self.ejected_until.load(Ordering::Acquire) {
+        match self.cell.ejected_until() {
             0 => 0,
             until => until.saturating_sub(self.now_ms()),
         }
@@ -176,78 +148,44 @@ impl PeerHealth {
 
     /// Records a success; `true` when it re-admitted an ejected peer.
     pub fn record_success(&self) -> bool {
-        // Loads first: a success on a healthy peer writes nothing, so the shared cache line is
-        // not bounced between cores on every request.
-        if self.failures.load(Ordering::Relaxed) != 0 {
-            self.failures.store(0, Ordering::Relaxed);
-        }
-        if self.connect_failures.load(Ordering::Relaxed) != 0 {
-            self.connect_failures.store(0, Ordering::Relaxed);
-        }
-        if self.ejected_until.load(Ordering::Acquire) != 0
-            && self.ejected_until.swap(0, Ordering::AcqRel) != 0
-        {
-            self.probe_until.store(0, Ordering::Release);
-            self.ejections.store(0, Ordering::Relaxed);
-            return true;
-        }
-        false
+        self.cell.record_success(&NoTally)
     }
 
     /// Records a failure of `kind`; the ejection when it ejected the peer.
     pub fn record_failure(&self, kind: FailureKind, rules: &OutlierDetection) -> Option<Ejection> {
-        let until = self.ejected_until.load(Ordering::Acquire);
-        if until != 0 {
-            // Ejected already. A failure after the ejection ended is the probe's: eject again.
-            return (self.now_ms() >= until)
-                .then(|| self.eject(until, rules))
-                .flatten();
-        }
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let connect_failures = if kind.is_connect() {
-            self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.connect_failures.store(0, Ordering::Relaxed);
-            0
-        };
-        if failures >= rules.consecutive_failures
-            || connect_failures >= rules.consecutive_connect_failures
-        {
-            self.eject(0, rules)
-        } else {
-            None
-        }
+        self.record_failure_counted(kind, rules, &NoTally)
     }
 
-    /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
-    fn eject(&self, seen: u64, rules: &OutlierDetection) -> Option<Ejection> {
-        let k = self.ejections.load(Ordering::Relaxed) + 1;
-        let time = rules
-            .base_ejection
-            .saturating_mul(k)
-            .min(rules.max_ejection);
-        let until = self.now_ms() + time.as_millis() as u64;
-        self.ejected_until
-            .compare_exchange(seen, until, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        self.ejections.store(k, Ordering::Relaxed);
-        self.failures.store(0, Ordering::Relaxed);
-        self.connect_failures.store(0, Ordering::Relaxed);
-        self.probe_until.store(0, Ordering::Release);
-        Some(Ejection {
-            time,
-            repeat: seen != 0,
-        })
+    /// [`record_success`](Self::record_success), keeping `tally` (the engine's count of ejected
+    /// peers) right.
+    pub(crate) fn record_success_counted(&self, tally: &dyn Tally) -> bool {
+        self.cell.record_success(tally)
+    }
+
+    /// [`record_failure`](Self::record_failure), keeping `tally` right.
+    pub(crate) fn record_failure_counted(
+        &self,
+        kind: FailureKind,
+        rules: &OutlierDetection,
+        tally: &dyn Tally,
+    ) -> Option<Ejection> {
+        let thresholds = rules.thresholds();
+        self.cell
+            .record_failure(self.now_ms(), kind.is_connect(), &thresholds, tally)
+            .map(|e| Ejection {
+                time: Duration::from_millis(e.ms),
+                repeat: e.repeat,
+            })
     }
 
     /// Whether the peer passes its active check (always, without active checks).
     pub fn is_check_passing(&self) -> bool {
-        !self.check_failed.load(Ordering::Acquire)
+        !self.cell.check_failed()
     }
 
     /// Sets the active check's verdict; `true` when it changed.
     pub fn set_check_failed(&self, failed: bool) -> bool {
-        self.check_failed.swap(failed, Ordering::AcqRel) != failed
+        self.cell.set_check_failed(failed)
     }
 }
 
@@ -312,6 +250,15 @@ impl OutlierDetection {
     pub fn with_max_ejection(mut self, time: Duration) -> Self {
         self.max_ejection = time;
         self
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            failures: self.consecutive_failures,
+            connect_failures: self.consecutive_connect_failures,
+            base_ms: self.base_ejection.as_millis() as u64,
+            max_ms: self.max_ejection.as_millis() as u64,
+        }
     }
 
     /// Checks the settings.

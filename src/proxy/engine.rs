@@ -255,7 +255,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Responded { status });
             self.signals.attempt(rec.peer(), &rec.outcome());
-            if self.outliers.is_some() && rec.peer().health().record_success() {
+            if self.outliers.is_some() && rec.peer().health().record_success_counted(&self.signals)
+            {
                 self.signals.readmitted(rec.peer());
             }
         }
@@ -443,7 +444,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return;
         }
         let peer = rec.peer();
-        if let Some(ejection) = peer.health().record_failure(kind, rules) {
+        if let Some(ejection) = peer
+            .health()
+            .record_failure_counted(kind, rules, &self.signals)
+        {
             self.signals.ejected(peer, ejection, kind);
         }
     }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use crate::classify::FailureKind;
 use crate::ctx::Outcome;
+use crate::health::state::Tally;
 use crate::health::{Ejection, HealthChange, HealthEvent, HealthObserver};
 use crate::peer::Peer;
 
@@ -25,6 +26,17 @@ impl fmt::Debug for Signals {
     }
 }
 
+/// The count of ejected peers is the metrics gauge.
+impl Tally for Signals {
+    fn add(&self, delta: i64) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.ejected_peers(delta);
+        }
+        let _ = delta;
+    }
+}
+
 impl Signals {
     fn health(&self, peer: &Peer, change: HealthChange) {
         if let Some(observe) = &self.observer {
@@ -38,7 +50,7 @@ impl Signals {
     pub(crate) fn ejected(&self, peer: &Peer, ejection: Ejection, after: FailureKind) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
-            m.ejected(peer, !ejection.repeat);
+            m.ejected(peer);
         }
         let time = ejection.time;
         self.health(peer, HealthChange::Ejected { time, after });
@@ -49,10 +61,6 @@ impl Signals {
     }
 
     pub(crate) fn readmitted(&self, peer: &Peer) {
-        #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.readmitted();
-        }
         self.health(peer, HealthChange::Readmitted);
     }
 

@@ -1,11 +1,11 @@
 //! A retry budget: retries limited to a share of recent requests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::{check_timeout, ConfigError};
+use crate::retry::window::Window;
 
 /// Limits retries to a ratio of recent requests, plus a small floor per second.
 ///
@@ -20,27 +20,19 @@ use crate::error::{check_timeout, ConfigError};
 /// worth it, and the budget says so. The floor lets a proxy with little traffic retry at all.
 /// This is the design of Finagle's `RetryBudget` and of tower's `TpsBudget`.
 ///
-/// The count is kept in one-second slots over the window, with atomics and no lock. Under heavy
-/// contention a slot being recycled can lose a few counts; the budget is a rate limit, not a
-/// ledger.
+/// The count is kept in one-second slots over the window, with atomics and no lock. Withdrawals
+/// racing within one second never overdraw the budget, and no count is lost when a slot moves on
+/// to a new second (each count is one atomic word with its second; model-checked with loom).
+/// Withdrawals racing across the turn of a second see the older second's retries a moment
+/// late, and can overdraw by at most one each.
 ///
 /// # Default
 ///
 /// Ratio 0.2, floor 10 retries per second, window 10 s: Finagle's defaults.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
-    floor_per_window: f64,
-    slots: Box<[Slot]>,
+    window: Window,
     origin: Instant,
-}
-
-#[derive(Debug, Default)]
-struct Slot {
-    /// The second this slot counts, plus one (0: never used).
-    second: AtomicU64,
-    requests: AtomicU64,
-    retries: AtomicU64,
 }
 
 impl RetryBudget {
@@ -61,82 +53,36 @@ impl RetryBudget {
         }
         let window = check_timeout("retry budget window", window, Duration::from_secs(300))?;
         let seconds = window.as_secs().max(1);
+        let floor = f64::from(min_per_second) * seconds as f64;
         Ok(Self {
-            ratio,
-            floor_per_window: f64::from(min_per_second) * seconds as f64,
-            slots: (0..seconds).map(|_| Slot::default()).collect(),
+            window: Window::new(ratio, floor, seconds),
             origin: Instant::now(),
         })
     }
 
     /// Counts one request (call once per request, on its first attempt).
     pub fn deposit(&self) {
-        self.slot().requests.fetch_add(1, Ordering::Relaxed);
+        self.window.deposit(self.now_second());
     }
 
     /// Takes one retry from the budget; `false` when the budget is spent.
     pub fn withdraw(&self) -> bool {
-        let (requests, retries) = self.totals();
-        let allowed = self.floor_per_window + self.ratio * requests as f64;
-        if (retries + 1) as f64 > allowed {
-            return false;
-        }
-        self.slot().retries.fetch_add(1, Ordering::Relaxed);
-        true
+        self.window.withdraw(self.now_second())
     }
 
     /// Gives back a retry that was withdrawn but not made.
     pub fn refund(&self) {
-        let slot = self.slot();
-        let _ = slot
-            .retries
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1));
+        self.window.refund(self.now_second());
     }
 
     /// How many retries the budget would allow right now.
     pub fn remaining(&self) -> u64 {
-        let (requests, retries) = self.totals();
-        let allowed = self.floor_per_window + self.ratio * requests as f64;
-        (allowed - retries as f64).max(0.0) as u64
+        self.window.remaining(self.now_second())
     }
 
+    /// Whole seconds since the budget was made, from 1.
     fn now_second(&self) -> u64 {
         self.origin.elapsed().as_secs() + 1
-    }
-
-    /// The slot for the current second, cleared first if it still holds an older second.
-    fn slot(&self) -> &Slot {
-        let now = self.now_second();
-        let slot = &self.slots[(now % self.slots.len() as u64) as usize];
-        let seen = slot.second.load(Ordering::Acquire);
-        if seen != now
-            && slot
-                .second
-                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            slot.requests.store(0, Ordering::Relaxed);
-            slot.retries.store(0, Ordering::Relaxed);
-        }
-        slot
-    }
-
-    /// Requests and retries in the window.
-    fn totals(&self) -> (u64, u64) {
-        let now = self.now_second();
-        let oldest = now.saturating_sub(self.slots.len() as u64 - 1);
-        self.slots
-            .iter()
-            .filter(|s| {
-                let sec = s.second.load(Ordering::Acquire);
-                sec >= oldest && sec <= now
-            })
-            .fold((0, 0), |(q, r), s| {
-                (
-                    q + s.requests.load(Ordering::Relaxed),
-                    r + s.retries.load(Ordering::Relaxed),
-                )
-            })
     }
 }
 

@@ -10,6 +10,7 @@
 mod backoff;
 mod budget;
 mod standard;
+mod window;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;

@@ -5,6 +5,7 @@
 //! routing by path or header). The stock selectors are [`OrderedList`] (primary, then backups)
 //! and [`RoundRobin`] (weighted, lock-free).
 
+mod cursor;
 mod ordered;
 mod round_robin;
 

@@ -1,9 +1,8 @@
 //! Weighted round-robin with a lock-free cursor.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use crate::error::ConfigError;
 use crate::peer::{check_peers, Peer};
+use crate::select::cursor::Cursor;
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
 
 /// Spreads requests over the peers in proportion to their weights.
@@ -23,8 +22,8 @@ use crate::select::{Attempt, PanicThreshold, PeerSelector};
 pub struct RoundRobin {
     peers: Box<[Peer]>,
     schedule: Box<[u32]>,
-    cursor: AtomicUsize,
-    retry_cursor: AtomicUsize,
+    cursor: Cursor,
+    retry_cursor: Cursor,
     panic: PanicThreshold,
 }
 
@@ -41,8 +40,8 @@ impl RoundRobin {
         Ok(Self {
             peers: peers.into_boxed_slice(),
             schedule,
-            cursor: AtomicUsize::new(0),
-            retry_cursor: AtomicUsize::new(0),
+            cursor: Cursor::new(),
+            retry_cursor: Cursor::new(),
             panic: PanicThreshold::NEVER,
         })
     }
@@ -77,8 +76,8 @@ impl PeerSelector for RoundRobin {
         // Draw turns until one falls on a peer that takes the attempt; while all are healthy, a
         // first attempt takes the first turn.
         for _ in 0..self.peers.len() {
-            let turn = cursor.fetch_add(1, Ordering::Relaxed);
-            let peer = &self.peers[self.schedule[turn % self.schedule.len()] as usize];
+            let turn = cursor.draw(self.schedule.len());
+            let peer = &self.peers[self.schedule[turn] as usize];
             if attempt.takes(peer, panic) {
                 return Some(peer.clone());
             }

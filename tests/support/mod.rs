@@ -257,8 +257,10 @@ async fn handle(
             .header("grpc-status", code.to_string())
             .body(Body::empty())
             .unwrap(),
+        // The h2 server acts on these before a stream is processed; a stream it already took
+        // (or an HTTP/1.1 request) is answered.
         Mode::Refuse | Mode::GoAway | Mode::Http11Required => {
-            unreachable!("{mode:?} is handled by the h2 server before a request is processed")
+            reply(StatusCode::OK, name.to_owned())
         }
         Mode::StallBody => {
             let first = futures_util::stream::once(async move {

@@ -1,0 +1,207 @@
+//! The lock-free core of a peer's health: consecutive failures, ejection, the probe slot and the
+//! active check's verdict, in a few atomics. Time is passed in, as milliseconds on the peer's
+//! own clock (never 0, which marks "not ejected").
+//!
+//! This file depends on nothing but `crate::sync`, so that `tests/loom.rs` can model-check it
+//! with loom's atomics: at most one probe at a time, and a count of ejected peers that never goes
+//! negative, in every interleaving.
+
+use crate::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// When failures eject a peer, and for how long (in ms).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Thresholds {
+    pub(crate) failures: u32,
+    pub(crate) connect_failures: u32,
+    pub(crate) base_ms: u64,
+    pub(crate) max_ms: u64,
+}
+
+/// The count of ejected peers that an engine keeps (its metrics gauge): `+1` when a peer is newly
+/// ejected, `-1` when it is re-admitted.
+///
+/// A new ejection adds its `+1` *before* the compare-and-swap that publishes it (and takes it
+/// back if the swap loses). The re-admission that ends it can only see the ejection after that
+/// swap, so its `-1` always comes after the `+1`: the count may run one high for an instant, but
+/// never below zero.
+pub(crate) trait Tally {
+    fn add(&self, delta: i64);
+}
+
+/// A tally that counts nothing.
+pub(crate) struct NoTally;
+
+impl Tally for NoTally {
+    fn add(&self, _delta: i64) {}
+}
+
+/// Whether a peer takes a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    Healthy,
+    /// Its ejection is over, and the caller took the single probe slot.
+    Probe,
+    Refused,
+}
+
+/// An ejection that [`HealthCell::record_failure`] made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ejected {
+    pub(crate) ms: u64,
+    /// The peer was ejected already (its probe failed).
+    pub(crate) repeat: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct HealthCell {
+    failures: AtomicU32,
+    connect_failures: AtomicU32,
+    /// Ejections in a row, reset on re-admission.
+    ejections: AtomicU32,
+    /// The time until which the peer is ejected; 0 when it is not.
+    ejected_until: AtomicU64,
+    /// The time until which a probe holds the half-open slot; 0 when none does.
+    probe_until: AtomicU64,
+    /// Set by active health checks.
+    check_failed: AtomicBool,
+}
+
+impl HealthCell {
+    pub(crate) fn new() -> Self {
+        Self {
+            failures: AtomicU32::new(0),
+            connect_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            probe_until: AtomicU64::new(0),
+            check_failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The time until which the peer is ejected, 0 when it is not.
+    pub(crate) fn ejected_until(&self) -> u64 {
+        self.ejected_until.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_failed(&self) -> bool {
+        self.check_failed.load(Ordering::Acquire)
+    }
+
+    /// Sets the active check's verdict; `true` when it changed.
+    pub(crate) fn set_check_failed(&self, failed: bool) -> bool {
+        self.check_failed.swap(failed, Ordering::AcqRel) != failed
+    }
+
+    /// Whether the peer takes a request at `now`. Once its ejection is over, the first caller
+    /// takes the probe slot for `window` ms; the others are refused until the probe reports or
+    /// the window ends.
+    pub(crate) fn admit(&self, now: u64, window: u64) -> Admit {
+        if self.check_failed() {
+            return Admit::Refused;
+        }
+        let until = self.ejected_until();
+        if until == 0 {
+            return Admit::Healthy;
+        }
+        if now < until {
+            return Admit::Refused;
+        }
+        let probe = self.probe_until.load(Ordering::Acquire);
+        if probe > now {
+            return Admit::Refused;
+        }
+        let hold = now + window;
+        if self
+            .probe_until
+            .compare_exchange(probe, hold, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Admit::Refused;
+        }
+        // A failure may have ejected the peer again since `until` was read, freeing the slot of
+        // the probe already running: that slot is not this caller's to take.
+        if self.ejected_until() != until {
+            let _ = self
+                .probe_until
+                .compare_exchange(hold, 0, Ordering::AcqRel, Ordering::Relaxed);
+            return Admit::Refused;
+        }
+        Admit::Probe
+    }
+
+    /// Records a success; `true` when it re-admitted an ejected peer.
+    pub(crate) fn record_success(&self, tally: &dyn Tally) -> bool {
+        // Loads first: a success on a healthy peer writes nothing, so the shared cache line is
+        // not bounced between cores on every request.
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.connect_failures.load(Ordering::Relaxed) != 0 {
+            self.connect_failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejected_until() != 0 && self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
+            self.probe_until.store(0, Ordering::Release);
+            self.ejections.store(0, Ordering::Relaxed);
+            tally.add(-1);
+            return true;
+        }
+        false
+    }
+
+    /// Records a failure at `now` (`connect`: nothing was sent); the ejection when it ejected
+    /// the peer.
+    pub(crate) fn record_failure(
+        &self,
+        now: u64,
+        connect: bool,
+        rules: &Thresholds,
+        tally: &dyn Tally,
+    ) -> Option<Ejected> {
+        let until = self.ejected_until();
+        if until != 0 {
+            // Ejected already. A failure after the ejection ended is the probe's: eject again.
+            return if now >= until {
+                self.eject(now, until, rules, tally)
+            } else {
+                None
+            };
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let connect_failures = if connect {
+            self.connect_failures.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.connect_failures.store(0, Ordering::Relaxed);
+            0
+        };
+        if failures >= rules.failures || connect_failures >= rules.connect_failures {
+            self.eject(now, 0, rules, tally)
+        } else {
+            None
+        }
+    }
+
+    /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
+    fn eject(&self, now: u64, seen: u64, rules: &Thresholds, tally: &dyn Tally) -> Option<Ejected> {
+        let k = u64::from(self.ejections.load(Ordering::Relaxed)) + 1;
+        let ms = rules.base_ms.saturating_mul(k).min(rules.max_ms);
+        let fresh = seen == 0;
+        if fresh {
+            tally.add(1);
+        }
+        if self
+            .ejected_until
+            .compare_exchange(seen, now + ms, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            if fresh {
+                tally.add(-1);
+            }
+            return None;
+        }
+        self.ejections.store(k as u32, Ordering::Relaxed);
+        self.failures.store(0, Ordering::Relaxed);
+        self.connect_failures.store(0, Ordering::Relaxed);
+        self.probe_until.store(0, Ordering::Release);
+        Some(Ejected { ms, repeat: !fresh })
+    }
+}
