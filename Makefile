@@ -1,8 +1,9 @@
 # Set-up and checks. `make demo` runs the demo; `make test` runs everything CI runs.
 SHELL := /bin/bash
 CARGO ?= cargo
-# The optional integrations, checked and tested alongside the default build.
-FEATURES := active-health metrics
+# The optional integrations, checked and tested alongside the default build. `rustls` is the TLS
+# back-end the HTTPS tests run on (pure Rust, nothing to install).
+FEATURES := active-health metrics rustls
 
 .PHONY: demo test deps bench bench-micro chaos
 

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::{http_proxy, ProxyHttp, Session};
+use pingora_proxy::{http_proxy, FailToProxy, ProxyHttp, Session};
 
 use pingora_failover::{Failover, FailoverCtx, OrderedList, Peer, StandardPolicy};
 use support::{client, refused_addr, server_conf, Mode, ProxyServer, Upstream};
@@ -54,7 +54,7 @@ impl ProxyHttp for MyProxy {
         Ok(false)
     }
 
-    // The five hooks below hand over to the engine.
+    // The six hooks below hand over to the engine.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut MyCtx) -> Result<Box<HttpPeer>> {
         self.failover
             .upstream_peer(session, &mut ctx.failover)
@@ -92,6 +92,17 @@ impl ProxyHttp for MyProxy {
     ) -> Result<()> {
         self.failover
             .upstream_response_filter(session, upstream_response, &mut ctx.failover)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut MyCtx,
+    ) -> FailToProxy {
+        self.failover
+            .fail_to_proxy(session, e, &mut ctx.failover)
+            .await
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut MyCtx) {

@@ -5,8 +5,10 @@
 
 mod protocols;
 
+#[allow(unused_imports)]
 pub use protocols::Proto;
 #[cfg(feature = "rustls")]
+#[allow(unused_imports)]
 pub use protocols::TestCa;
 
 use std::collections::HashMap;
