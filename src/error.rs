@@ -13,10 +13,10 @@ pub enum ConfigError {
     #[error("no peers: give the selector at least one upstream peer")]
     NoPeers,
 
-    /// A peer address is not an `IP:PORT` pair.
+    /// A peer address is none of the accepted forms.
     #[error(
-        "invalid peer address {address:?}: expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080 \
-         (host names are not resolved here; resolve them before building peers)"
+        "invalid peer address {address:?}: expected IP:PORT (127.0.0.1:8080, [::1]:8080), \
+         HOST:PORT (api.internal:8080), an SRV name (_http._tcp.api.internal) or unix:/path"
     )]
     InvalidAddress {
         /// The address as given.
@@ -112,6 +112,37 @@ pub enum ConfigError {
         pingora: usize,
         /// The policy's maximum number of attempts.
         policy: u32,
+    },
+
+    /// A peer given by name where only addresses can be used.
+    #[error(
+        "peer {name} is a name: resolve it through a PeerSet (feature dns), which turns it into \
+         one peer per address and follows changes"
+    )]
+    UnresolvedName {
+        /// The name.
+        name: String,
+    },
+
+    /// A name did not resolve when the set was built.
+    #[error(
+        "could not resolve {name}: {reason}; check the name and the nameservers, or let the set \
+         start empty and wait (PeerSetBuilder::start_empty_until_resolved)"
+    )]
+    Resolve {
+        /// The name.
+        name: String,
+        /// Why, as the resolver said.
+        reason: String,
+    },
+
+    /// A peers file could not be read or has a bad line.
+    #[error("peers file {path}: {reason}")]
+    PeersFile {
+        /// The file.
+        path: String,
+        /// What is wrong, with the line number when a line is.
+        reason: String,
     },
 
     /// A number that must lie in a range does not.

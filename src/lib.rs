@@ -40,6 +40,7 @@
 
 pub mod classify;
 pub mod ctx;
+pub mod discovery;
 pub mod error;
 pub mod health;
 #[cfg(feature = "metrics")]
@@ -48,26 +49,31 @@ pub mod peer;
 pub mod proxy;
 pub mod retry;
 pub mod select;
+pub mod set;
 mod sync;
 
 pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
+pub use discovery::PeersFile;
+#[cfg(feature = "dns")]
+pub use discovery::Resolver;
 pub use error::ConfigError;
 #[cfg(feature = "active-health")]
 pub use health::ActiveHealthCheck;
 pub use health::{Admission, HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
-pub use peer::{Peer, PeerBuilder};
+pub use peer::{Endpoint, Peer, PeerBuilder};
 pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };
 pub use select::{Attempt, OrderedList, PeerSelector, RoundRobin};
+pub use set::{PeerSet, PeerSetBuilder, Snapshot};
 
 /// The types most proxies need.
 pub mod prelude {
     pub use crate::{
         Attempt, ConfigError, Failover, FailoverCtx, FailoverProxy, OrderedList, Peer,
-        PeerSelector, RetryPolicy, RoundRobin, StandardPolicy,
+        PeerSelector, PeerSet, RetryPolicy, RoundRobin, StandardPolicy,
     };
 }

@@ -16,6 +16,9 @@ use crate::peer::Peer;
 /// | `failover_budget_refusals_total` | counter | |
 /// | `failover_ejections_total` | counter | `peer` |
 /// | `failover_ejected_peers` | gauge | |
+/// | `failover_peers` | gauge | (the peers of the sets given these metrics) |
+/// | `failover_peer_changes_total` | counter | `change` (`added`, `removed`) |
+/// | `failover_resolve_failures_total` | counter | `name` |
 ///
 /// Register them on `prometheus::default_registry()` to have them served by pingora's
 /// prometheus service, or on a registry of your own.
@@ -26,6 +29,9 @@ pub struct Metrics {
     budget_refusals: IntCounter,
     ejections: IntCounterVec,
     ejected: IntGauge,
+    peers: IntGauge,
+    peer_changes: IntCounterVec,
+    resolve_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,12 +56,30 @@ impl Metrics {
                 &["peer"],
             )?,
             ejected: IntGauge::new("failover_ejected_peers", "Peers currently ejected.")?,
+            peers: IntGauge::new("failover_peers", "Peers in the peer sets.")?,
+            peer_changes: IntCounterVec::new(
+                Opts::new(
+                    "failover_peer_changes_total",
+                    "Peers added to or removed from a set.",
+                ),
+                &["change"],
+            )?,
+            resolve_failures: IntCounterVec::new(
+                Opts::new(
+                    "failover_resolve_failures_total",
+                    "Lookups of a peer name that failed (the set kept its peers).",
+                ),
+                &["name"],
+            )?,
         };
         registry.register(Box::new(m.attempts.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
         registry.register(Box::new(m.budget_refusals.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.ejected.clone()))?;
+        registry.register(Box::new(m.peers.clone()))?;
+        registry.register(Box::new(m.peer_changes.clone()))?;
+        registry.register(Box::new(m.resolve_failures.clone()))?;
         Ok(m)
     }
 
@@ -84,5 +108,24 @@ impl Metrics {
     /// (see `health::state::Tally`), so that it never goes below zero.
     pub(crate) fn ejected_peers(&self, delta: i64) {
         self.ejected.add(delta);
+    }
+
+    /// A set changed: `added` and `removed` peers, `total` now.
+    pub(crate) fn set_changed(&self, added: usize, removed: usize, total: usize) {
+        self.peer_changes
+            .with_label_values(&["added"])
+            .inc_by(added as u64);
+        self.peer_changes
+            .with_label_values(&["removed"])
+            .inc_by(removed as u64);
+        self.peers.add(added as i64 - removed as i64);
+        let _ = total;
+    }
+
+    #[cfg(feature = "dns")]
+    pub(crate) fn resolve_failed(&self, name: &Peer) {
+        self.resolve_failures
+            .with_label_values(&[name.name()])
+            .inc();
     }
 }

@@ -24,7 +24,9 @@ fn unparsable_addresses() {
     for bad in [
         "",
         "not an address",
-        "example.com:80",
+        "example.com",
+        "under_score.example:80",
+        "unix:relative/path",
         "127.0.0.1",
         "127.0.0.1:999999",
         "[::1]",
@@ -42,6 +44,33 @@ fn unparsable_addresses() {
         Peer::new("127.0.0.1:0"),
         Err(ConfigError::ZeroPort { .. })
     ));
+    assert!(matches!(
+        Peer::new("api.internal:0"),
+        Err(ConfigError::ZeroPort { .. })
+    ));
+}
+
+#[test]
+fn a_name_is_a_peer_until_a_set_must_resolve_it() {
+    // A name is accepted; a set resolves it, and a name that does not resolve is a typed
+    // error, never a panic. `.invalid` never resolves (RFC 6761), and the hosts file has none.
+    let name = Peer::new("nowhere.invalid:80").unwrap();
+    let set = pingora_failover::PeerSet::builder(vec![name])
+        .with_resolver(
+            // A nameserver on a loopback port nothing listens on: the lookup fails fast.
+            pingora_failover::Resolver::with_nameservers([support_refused()])
+                .with_timeout(std::time::Duration::from_millis(200)),
+        )
+        .build();
+    let err = set.unwrap_err();
+    assert!(matches!(err, ConfigError::Resolve { .. }), "{err}");
+    assert!(err.to_string().contains("nowhere.invalid:80"), "{err}");
+}
+
+/// A loopback UDP address nothing answers on.
+fn support_refused() -> std::net::SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
 }
 
 #[test]

@@ -60,6 +60,6 @@ async fn routes_by_header_and_falls_back_to_the_others() {
 
     let records = log.wait_for(4).await;
     assert_eq!(records[2].len(), 2);
-    assert_eq!(records[2][0].peer().addr().to_string(), dead);
+    assert_eq!(records[2][0].peer().name(), dead);
     assert_eq!(records[3].len(), 1, "the ejected peer was skipped");
 }

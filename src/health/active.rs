@@ -57,7 +57,8 @@ impl ActiveHealthCheck {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoPeers`] for no peers; a timeout error for the interval.
+    /// [`ConfigError::NoPeers`] for no peers, [`ConfigError::UnresolvedName`] for a peer that is
+    /// a name; a timeout error for the interval.
     pub fn new(
         peers: &[Peer],
         check: Box<dyn HealthCheck + Send + Sync>,
@@ -74,12 +75,17 @@ impl ActiveHealthCheck {
                 range: "10ms..=1h",
             });
         }
+        if let Some(p) = peers.iter().find(|p| p.endpoint().is_name()) {
+            return Err(ConfigError::UnresolvedName {
+                name: p.endpoint().to_string(),
+            });
+        }
         let targets = peers
             .iter()
             .map(|p| Target {
                 peer: p.clone(),
                 backend: Backend {
-                    addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(p.addr()),
+                    addr: p.http_peer()._address.clone(),
                     weight: p.weight() as usize,
                     ext: Default::default(),
                 },

@@ -326,6 +326,12 @@ pub enum HealthChange {
     CheckFailed,
     /// The active health check passes again.
     CheckPassed,
+    /// The peer joined its [`PeerSet`](crate::PeerSet).
+    Added,
+    /// The peer left its [`PeerSet`](crate::PeerSet); requests already sent to it finish.
+    Removed,
+    /// The name (the event's peer) could not be resolved; the set keeps the addresses it had.
+    ResolveFailed,
 }
 
 impl fmt::Display for HealthChange {
@@ -336,6 +342,9 @@ impl fmt::Display for HealthChange {
             Self::Readmitted => f.write_str("re-admitted"),
             Self::CheckFailed => f.write_str("active check failed"),
             Self::CheckPassed => f.write_str("active check passed"),
+            Self::Added => f.write_str("added"),
+            Self::Removed => f.write_str("removed"),
+            Self::ResolveFailed => f.write_str("name did not resolve"),
         }
     }
 }

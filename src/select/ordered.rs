@@ -1,8 +1,11 @@
 //! Primary first, then backups in order.
 
+use std::sync::Arc;
+
 use crate::error::ConfigError;
-use crate::peer::{check_peers, Peer};
+use crate::peer::Peer;
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
+use crate::set::{PeerSet, Snapshot};
 
 /// A priority list: every request goes to the first healthy peer it has not tried yet.
 ///
@@ -11,6 +14,9 @@ use crate::select::{Attempt, PanicThreshold, PeerSelector};
 /// is skipped, so requests go straight to the first healthy backup; once its ejection ends, one
 /// request probes it, and traffic returns to it when the probe succeeds. When every untried peer
 /// is ejected, the one whose ejection ends first is tried anyway.
+///
+/// It chooses from a [`PeerSet`], which may change while the proxy runs; a name in the list
+/// stands for all its addresses, in place.
 ///
 /// # Examples
 ///
@@ -25,7 +31,7 @@ use crate::select::{Attempt, PanicThreshold, PeerSelector};
 /// ```
 #[derive(Debug, Clone)]
 pub struct OrderedList {
-    peers: Box<[Peer]>,
+    set: PeerSet,
     panic: PanicThreshold,
 }
 
@@ -34,14 +40,19 @@ impl OrderedList {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoPeers`] for an empty list, [`ConfigError::DuplicatePeer`] when a peer
-    /// appears twice.
+    /// As [`PeerSet::new`]: [`ConfigError::NoPeers`] for an empty list,
+    /// [`ConfigError::DuplicatePeer`] when a peer appears twice, [`ConfigError::Resolve`] for a
+    /// name that does not resolve.
     pub fn new(peers: Vec<Peer>) -> Result<Self, ConfigError> {
-        check_peers(&peers)?;
-        Ok(Self {
-            peers: peers.into_boxed_slice(),
+        PeerSet::new(peers).map(Self::from_set)
+    }
+
+    /// A list over `set`, in the set's order, following its changes.
+    pub fn from_set(set: PeerSet) -> Self {
+        Self {
+            set,
             panic: PanicThreshold::NEVER,
-        })
+        }
     }
 
     /// Ignores health and spreads requests over every peer once more than `share` (0.0 to 1.0)
@@ -57,19 +68,26 @@ impl OrderedList {
         Ok(self)
     }
 
-    /// The peers, in priority order.
-    pub fn peers(&self) -> &[Peer] {
-        &self.peers
+    /// The peers now, in priority order.
+    pub fn peers(&self) -> Arc<Snapshot> {
+        self.set.peers()
+    }
+
+    /// The set the list chooses from.
+    pub fn set(&self) -> &PeerSet {
+        &self.set
     }
 }
 
 impl PeerSelector for OrderedList {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let panic = self.panic.reached(&self.peers);
-        self.peers
+        let snapshot = self.set.snapshot();
+        let peers = snapshot.peers();
+        let panic = self.panic.reached(peers);
+        peers
             .iter()
             .find(|p| attempt.takes(p, panic))
-            .or_else(|| attempt.best_untried(self.peers.iter()))
+            .or_else(|| attempt.best_untried(peers.iter()))
             .cloned()
     }
 }

@@ -1,16 +1,22 @@
 //! Weighted round-robin with a lock-free cursor.
 
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
 use crate::error::ConfigError;
-use crate::peer::{check_peers, Peer};
+use crate::peer::Peer;
 use crate::select::cursor::Cursor;
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
+use crate::set::{PeerSet, Snapshot};
 
 /// Spreads requests over the peers in proportion to their weights.
 ///
-/// The order is fixed when the selector is built: a schedule in which each peer appears `weight`
-/// times (after dividing all weights by their greatest common divisor), spread out so that a
-/// heavy peer's turns are interleaved with the others rather than bunched. A shared atomic cursor
-/// walks it, so selection takes no lock and does not allocate.
+/// The order is a schedule in which each peer appears `weight` times (after dividing all
+/// weights by their greatest common divisor), spread out so that a heavy peer's turns are
+/// interleaved with the others rather than bunched. A shared atomic cursor walks it, so
+/// selection takes no lock and does not allocate. The schedule is made again, once, after the
+/// [`PeerSet`] changes.
 ///
 /// Ejected peers are skipped (their turn passes to the next); when every untried peer is
 /// ejected, the one whose ejection ends first is tried anyway. A retry never returns to a peer
@@ -20,11 +26,18 @@ use crate::select::{Attempt, PanicThreshold, PeerSelector};
 /// than its share of first attempts (half instead of a third, with one dead peer in three).
 #[derive(Debug)]
 pub struct RoundRobin {
-    peers: Box<[Peer]>,
-    schedule: Box<[u32]>,
+    set: PeerSet,
+    schedule: ArcSwap<Schedule>,
     cursor: Cursor,
     retry_cursor: Cursor,
     panic: PanicThreshold,
+}
+
+/// The turns of one snapshot of the set.
+#[derive(Debug)]
+struct Schedule {
+    version: u64,
+    turns: Box<[u32]>,
 }
 
 impl RoundRobin {
@@ -32,18 +45,26 @@ impl RoundRobin {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::NoPeers`] for an empty list, [`ConfigError::DuplicatePeer`] when a peer
-    /// appears twice.
+    /// As [`PeerSet::new`]: [`ConfigError::NoPeers`] for an empty list,
+    /// [`ConfigError::DuplicatePeer`] when a peer appears twice, [`ConfigError::Resolve`] for a
+    /// name that does not resolve.
     pub fn new(peers: Vec<Peer>) -> Result<Self, ConfigError> {
-        check_peers(&peers)?;
-        let schedule = schedule(&peers);
-        Ok(Self {
-            peers: peers.into_boxed_slice(),
-            schedule,
+        PeerSet::new(peers).map(Self::from_set)
+    }
+
+    /// A round-robin over `set`, following its changes.
+    pub fn from_set(set: PeerSet) -> Self {
+        let snapshot = set.peers();
+        Self {
+            schedule: ArcSwap::from_pointee(Schedule {
+                version: snapshot.version(),
+                turns: schedule(&snapshot),
+            }),
+            set,
             cursor: Cursor::new(),
             retry_cursor: Cursor::new(),
             panic: PanicThreshold::NEVER,
-        })
+        }
     }
 
     /// Ignores health and spreads requests over every peer once more than `share` (0.0 to 1.0)
@@ -59,9 +80,28 @@ impl RoundRobin {
         Ok(self)
     }
 
-    /// The peers, in the order given.
-    pub fn peers(&self) -> &[Peer] {
-        &self.peers
+    /// The peers now, in the set's order.
+    pub fn peers(&self) -> Arc<Snapshot> {
+        self.set.peers()
+    }
+
+    /// The set the round-robin chooses from.
+    pub fn set(&self) -> &PeerSet {
+        &self.set
+    }
+
+    /// The schedule for `snapshot`, made again if the set changed since the last one.
+    fn schedule_for(&self, snapshot: &Snapshot) -> arc_swap::Guard<Arc<Schedule>> {
+        let current = self.schedule.load();
+        if current.version == snapshot.version() {
+            return current;
+        }
+        // Racing callers may each build it; they build the same schedule.
+        self.schedule.store(Arc::new(Schedule {
+            version: snapshot.version(),
+            turns: schedule(snapshot),
+        }));
+        self.schedule.load()
     }
 }
 
@@ -72,20 +112,26 @@ impl PeerSelector for RoundRobin {
         } else {
             &self.cursor
         };
-        let panic = self.panic.reached(&self.peers);
+        let snapshot = self.set.snapshot();
+        let peers = snapshot.peers();
+        let schedule = self.schedule_for(&snapshot);
+        let turns = &schedule.turns;
+        if turns.is_empty() {
+            return None;
+        }
+        let panic = self.panic.reached(peers);
         // Draw turns until one falls on a peer that takes the attempt; while all are healthy, a
         // first attempt takes the first turn.
-        for _ in 0..self.peers.len() {
-            let turn = cursor.draw(self.schedule.len());
-            let peer = &self.peers[self.schedule[turn] as usize];
+        for _ in 0..peers.len() {
+            let peer = &peers[turns[cursor.draw(turns.len())] as usize];
             if attempt.takes(peer, panic) {
                 return Some(peer.clone());
             }
         }
-        self.peers
+        peers
             .iter()
             .find(|p| attempt.takes(p, panic))
-            .or_else(|| attempt.best_untried(self.peers.iter()))
+            .or_else(|| attempt.best_untried(peers.iter()))
             .cloned()
     }
 }
@@ -93,7 +139,7 @@ impl PeerSelector for RoundRobin {
 /// Each peer `weight / gcd` times, ordered by when its turns fall due (stride scheduling): peer
 /// `i`'s `k`-th turn is due at `(k + 0.5) / w_i`.
 fn schedule(peers: &[Peer]) -> Box<[u32]> {
-    let g = peers.iter().map(Peer::weight).fold(0, gcd);
+    let g = peers.iter().map(Peer::weight).fold(0, gcd).max(1);
     let mut turns: Vec<(u64, u32)> = Vec::new();
     for (i, p) in peers.iter().enumerate() {
         let w = u64::from(p.weight() / g);
@@ -136,7 +182,13 @@ mod tests {
     fn equal_weights_take_turns() {
         let rr = RoundRobin::new(peers(&[1, 1, 1])).unwrap();
         let order: Vec<u16> = (0..6)
-            .map(|_| rr.select(&Attempt::new(&[], None)).unwrap().addr().port())
+            .map(|_| {
+                rr.select(&Attempt::new(&[], None))
+                    .unwrap()
+                    .addr()
+                    .unwrap()
+                    .port()
+            })
             .collect();
         assert_eq!(order, [1000, 1001, 1002, 1000, 1001, 1002]);
     }
@@ -195,8 +247,8 @@ mod tests {
     #[test]
     fn weights_set_the_share_and_turns_interleave() {
         let rr = RoundRobin::new(peers(&[3, 1])).unwrap();
-        assert_eq!(&*rr.schedule, &[0, 0, 1, 0]);
+        assert_eq!(&*rr.schedule.load().turns, &[0, 0, 1, 0]);
         let rr = RoundRobin::new(peers(&[200, 400])).unwrap();
-        assert_eq!(&*rr.schedule, &[1, 0, 1]);
+        assert_eq!(&*rr.schedule.load().turns, &[1, 0, 1]);
     }
 }

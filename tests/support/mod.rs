@@ -383,7 +383,11 @@ impl Events {
     pub fn observer(&self) -> impl Fn(&pingora_failover::HealthEvent) + Send + Sync + 'static {
         let events = self.clone();
         move |e| {
-            events.seen.lock().unwrap().push((e.peer.addr(), e.change));
+            events
+                .seen
+                .lock()
+                .unwrap()
+                .push((e.peer.addr().unwrap(), e.change));
             events.changed.notify_waiters();
         }
     }
@@ -516,6 +520,16 @@ impl RequestLog {
     /// The final errors of the requests finished so far, in order (`None`: no error).
     pub fn errors(&self) -> Vec<Option<String>> {
         self.errors.lock().unwrap().clone()
+    }
+
+    /// The outcome of the first attempt of each of the first `n` requests, in the order they
+    /// were logged.
+    pub async fn first_outcomes(&self, n: usize) -> Vec<pingora_failover::Outcome> {
+        self.wait_for(n)
+            .await
+            .iter()
+            .map(|r| r[0].outcome())
+            .collect()
     }
 
     /// Waits until `n` requests have finished (pingora logs after the response is sent), then

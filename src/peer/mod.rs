@@ -1,4 +1,8 @@
-//! One upstream: its address, weight, TLS settings and timeouts.
+//! One upstream: where it lives, its weight, TLS settings and timeouts.
+
+mod endpoint;
+
+pub use endpoint::Endpoint;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -6,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 
 use crate::error::{check_timeout, ConfigError};
@@ -36,9 +41,13 @@ const TLS_AVAILABLE: bool = cfg!(any(
 /// One upstream server.
 ///
 /// A `Peer` is a cheap handle (an [`Arc`]): cloning it does not allocate, and clones are the same
-/// peer. Identity is by handle, not by address: two peers built separately are different peers
-/// even when their settings match, which is what lets a request know which peers it already
-/// tried.
+/// peer. A peer's identity is its health: two peers built separately are different peers even
+/// when their settings match, which is what lets a request know which peers it already tried.
+/// A [`PeerSet`](crate::PeerSet) keeps that identity across updates: a peer that stays in the set
+/// (same endpoint and SNI) keeps its health, even when its weight or settings change.
+///
+/// A peer lives at an [`Endpoint`]: `IP:PORT`, `unix:/path`, or a name (`host:PORT`, or an SRV
+/// name) that a [`PeerSet`](crate::PeerSet) resolves into one peer per address.
 ///
 /// # Examples
 ///
@@ -53,6 +62,8 @@ const TLS_AVAILABLE: bool = cfg!(any(
 ///     .build()?;
 /// assert_eq!(backup.weight(), 2);
 /// assert_ne!(primary, backup);
+/// let by_name = Peer::new("api.internal:8080")?; // resolved by a PeerSet
+/// assert!(by_name.endpoint().is_name());
 /// # Ok::<(), pingora_failover::ConfigError>(())
 /// ```
 #[derive(Clone)]
@@ -61,37 +72,45 @@ pub struct Peer {
 }
 
 struct Inner {
-    addr: SocketAddr,
+    endpoint: Endpoint,
     /// The `Display` form, computed once: logs and metric labels use it on every request.
     name: Box<str>,
     weight: u32,
     template: HttpPeer,
-    health: PeerHealth,
+    /// Shared by every handle of the same peer, across set updates.
+    health: Arc<PeerHealth>,
 }
 
 impl Peer {
-    /// A peer at `addr` (`IP:PORT`) with default settings.
+    /// A peer at `addr` with default settings: `IP:PORT`, `[IPv6]:PORT`, `unix:/path`,
+    /// `host:PORT` or `_service._proto.name` (see [`Endpoint`]).
     ///
     /// # Errors
     ///
-    /// [`ConfigError::InvalidAddress`] or [`ConfigError::ZeroPort`] when `addr` is not a usable
-    /// `IP:PORT`.
+    /// [`ConfigError::InvalidAddress`] or [`ConfigError::ZeroPort`] when `addr` is none of
+    /// these.
     pub fn new(addr: &str) -> Result<Self, ConfigError> {
         Self::builder(addr).build()
     }
 
-    /// A builder for a peer at `addr` (`IP:PORT`); the address is checked by
+    /// A builder for a peer at `addr` (see [`Peer::new`]); the address is checked by
     /// [`PeerBuilder::build`].
     pub fn builder(addr: impl Into<String>) -> PeerBuilder {
         PeerBuilder::new(addr.into())
     }
 
-    /// The socket address.
-    pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+    /// Where the peer lives.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
     }
 
-    /// The peer's name for logs and metric labels: `IP:PORT`, with the SNI for a TLS peer.
+    /// The socket address, for a peer at `IP:PORT` (a resolved name included); `None` for a
+    /// Unix socket or a name not resolved.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.inner.endpoint.socket_addr()
+    }
+
+    /// The peer's name for logs and metric labels: its endpoint, with the SNI for a TLS peer.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -144,14 +163,77 @@ impl Peer {
         self.connect_timeout() + self.read_timeout()
     }
 
-    /// A number unique to this peer while it lives.
+    /// A number unique to this peer (shared by its handles) while it lives.
     pub(crate) fn id(&self) -> usize {
-        Arc::as_ptr(&self.inner) as *const () as usize
+        Arc::as_ptr(&self.inner.health) as *const () as usize
     }
 
-    /// Whether `self` and `other` are the same peer (the same handle).
+    /// Whether `self` and `other` are the same peer: handles of one peer, or of one peer kept
+    /// by a [`PeerSet`](crate::PeerSet) across an update.
     pub fn same(&self, other: &Peer) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        Arc::ptr_eq(&self.inner.health, &other.inner.health)
+    }
+
+    /// What identifies a peer within a set: its endpoint and its TLS server name.
+    pub(crate) fn key(&self) -> (&Endpoint, &str) {
+        (&self.inner.endpoint, self.sni())
+    }
+
+    /// This peer's settings at `addr`, with `weight` if given: one address of a name. A new
+    /// peer, with health of its own.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    pub(crate) fn resolved(&self, addr: SocketAddr, weight: Option<u32>) -> Peer {
+        let mut template = self.inner.template.clone();
+        template._address = PingoraAddr::Inet(addr);
+        let endpoint = Endpoint::Inet(addr);
+        Peer {
+            inner: Arc::new(Inner {
+                name: display_name(&endpoint, &template),
+                endpoint,
+                weight: weight.map_or(self.inner.weight, |w| w.clamp(1, MAX_WEIGHT)),
+                template,
+                health: Arc::default(),
+            }),
+        }
+    }
+
+    /// This peer's settings and weight, with `existing`'s health and identity: how a set keeps a
+    /// peer that stays across an update whose settings changed.
+    pub(crate) fn adopting(&self, existing: &Peer) -> Peer {
+        Peer {
+            inner: Arc::new(Inner {
+                endpoint: self.inner.endpoint.clone(),
+                name: self.inner.name.clone(),
+                weight: self.inner.weight,
+                template: self.inner.template.clone(),
+                health: existing.inner.health.clone(),
+            }),
+        }
+    }
+
+    /// This peer with another weight (already checked), keeping its health and identity.
+    pub(crate) fn reweighted(&self, weight: u32) -> Peer {
+        Peer {
+            inner: Arc::new(Inner {
+                endpoint: self.inner.endpoint.clone(),
+                name: self.inner.name.clone(),
+                weight,
+                template: self.inner.template.clone(),
+                health: self.inner.health.clone(),
+            }),
+        }
+    }
+
+    /// Whether `self` has the same weight and connection settings as `other`.
+    pub(crate) fn same_settings(&self, other: &Peer) -> bool {
+        self.inner.weight == other.inner.weight
+            && self.inner.name == other.inner.name
+            && self.inner.template.options.connection_timeout
+                == other.inner.template.options.connection_timeout
+            && self.inner.template.options.read_timeout == other.inner.template.options.read_timeout
+            && self.inner.template.options.write_timeout
+                == other.inner.template.options.write_timeout
+            && self.inner.template.options.alpn == other.inner.template.options.alpn
     }
 }
 
@@ -165,7 +247,7 @@ impl Eq for Peer {}
 
 impl Hash for Peer {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        std::ptr::hash(Arc::as_ptr(&self.inner), state)
+        self.id().hash(state)
     }
 }
 
@@ -178,7 +260,7 @@ impl fmt::Display for Peer {
 impl fmt::Debug for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Peer")
-            .field("addr", &self.inner.addr)
+            .field("endpoint", &self.inner.endpoint)
             .field("weight", &self.inner.weight)
             .field("tls", &self.is_tls())
             .field("sni", &self.sni())
@@ -281,24 +363,14 @@ impl PeerBuilder {
     /// A [`ConfigError`] naming the first bad setting: the address, the weight, a timeout, or
     /// TLS without a TLS back-end.
     pub fn build(self) -> Result<Peer, ConfigError> {
-        let addr: SocketAddr =
-            self.addr
-                .trim()
-                .parse()
-                .map_err(|_| ConfigError::InvalidAddress {
-                    address: self.addr.clone(),
-                })?;
-        if addr.port() == 0 {
-            return Err(ConfigError::ZeroPort { address: self.addr });
-        }
+        let endpoint = Endpoint::parse(&self.addr)?;
+        let peer = || endpoint.to_string();
         if self.weight == 0 {
-            return Err(ConfigError::ZeroWeight {
-                peer: addr.to_string(),
-            });
+            return Err(ConfigError::ZeroWeight { peer: peer() });
         }
         if self.weight > MAX_WEIGHT {
             return Err(ConfigError::WeightTooLarge {
-                peer: addr.to_string(),
+                peer: peer(),
                 weight: self.weight,
                 max: MAX_WEIGHT,
             });
@@ -307,18 +379,27 @@ impl PeerBuilder {
         let read = check_timeout("read timeout", self.read_timeout, MAX_IO_TIMEOUT)?;
         let write = check_timeout("write timeout", self.write_timeout, MAX_IO_TIMEOUT)?;
         if self.tls_sni.is_some() && !TLS_AVAILABLE {
-            return Err(ConfigError::TlsUnavailable {
-                peer: addr.to_string(),
-            });
+            return Err(ConfigError::TlsUnavailable { peer: peer() });
         }
 
         let tls = self.tls_sni.is_some();
-        let name = match &self.tls_sni {
-            Some(sni) => format!("{addr} (tls {sni})"),
-            None => addr.to_string(),
-        }
-        .into_boxed_str();
-        let mut template = HttpPeer::new(addr, tls, self.tls_sni.unwrap_or_default());
+        let sni = self.tls_sni.unwrap_or_default();
+        let mut template = match &endpoint {
+            Endpoint::Inet(sa) => HttpPeer::new(*sa, tls, sni),
+            Endpoint::Unix(path) => {
+                let path = path.to_str().ok_or_else(|| ConfigError::InvalidAddress {
+                    address: self.addr.clone(),
+                })?;
+                HttpPeer::new_uds(path, tls, sni).map_err(|_| ConfigError::InvalidAddress {
+                    address: self.addr.clone(),
+                })?
+            }
+            // A template: each resolved address gets a copy with its own address.
+            Endpoint::Name { port, .. } => {
+                HttpPeer::new(SocketAddr::from(([0, 0, 0, 0], *port)), tls, sni)
+            }
+            Endpoint::Srv(_) => HttpPeer::new(SocketAddr::from(([0, 0, 0, 0], 0)), tls, sni),
+        };
         template.options.connection_timeout = Some(connect);
         // Covers TCP and TLS together, so a stalled handshake cannot outlast the connect budget.
         template.options.total_connection_timeout = Some(connect);
@@ -329,32 +410,24 @@ impl PeerBuilder {
         }
         Ok(Peer {
             inner: Arc::new(Inner {
-                addr,
-                name,
+                name: display_name(&endpoint, &template),
+                endpoint,
                 weight: self.weight,
                 template,
-                health: PeerHealth::default(),
+                health: Arc::default(),
             }),
         })
     }
 }
 
-/// Checks a selector's peer list: not empty, no peer twice.
-pub(crate) fn check_peers(peers: &[Peer]) -> Result<(), ConfigError> {
-    if peers.is_empty() {
-        return Err(ConfigError::NoPeers);
+/// A peer's name for logs and metrics, computed once.
+fn display_name(endpoint: &Endpoint, template: &HttpPeer) -> Box<str> {
+    if template.is_tls() {
+        format!("{endpoint} (tls {})", template.sni)
+    } else {
+        endpoint.to_string()
     }
-    for (i, p) in peers.iter().enumerate() {
-        if peers[..i]
-            .iter()
-            .any(|q| q.same(p) || (q.addr() == p.addr() && q.sni() == p.sni()))
-        {
-            return Err(ConfigError::DuplicatePeer {
-                peer: p.to_string(),
-            });
-        }
-    }
-    Ok(())
+    .into_boxed_str()
 }
 
 #[cfg(test)]
@@ -362,19 +435,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_v4_and_v6() {
-        assert_eq!(Peer::new("127.0.0.1:80").unwrap().addr().port(), 80);
-        assert!(Peer::new("[::1]:443").unwrap().addr().is_ipv6());
+    fn parses_v4_v6_unix_and_names() {
+        assert_eq!(
+            Peer::new("127.0.0.1:80").unwrap().addr().unwrap().port(),
+            80
+        );
+        assert!(Peer::new("[::1]:443").unwrap().addr().unwrap().is_ipv6());
+        let uds = Peer::new("unix:/run/app.sock").unwrap();
+        assert_eq!(uds.name(), "unix:/run/app.sock");
+        assert_eq!(uds.addr(), None);
+        assert!(Peer::new("localhost:80").unwrap().endpoint().is_name());
     }
 
     #[test]
     fn rejects_bad_addresses() {
         for bad in [
             "",
-            "localhost:80",
             "127.0.0.1",
             "127.0.0.1:http",
             "1.2.3.4:99999",
+            "no name:80",
         ] {
             assert!(
                 matches!(Peer::new(bad), Err(ConfigError::InvalidAddress { .. })),
@@ -385,6 +465,25 @@ mod tests {
             Peer::new("127.0.0.1:0"),
             Err(ConfigError::ZeroPort { .. })
         ));
+    }
+
+    #[test]
+    fn a_resolved_address_keeps_the_settings_and_an_adopted_peer_the_identity() {
+        let name = Peer::builder("api.internal:8080")
+            .with_weight(3)
+            .with_read_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let a = name.resolved("10.0.0.1:8080".parse().unwrap(), None);
+        assert_eq!(a.name(), "10.0.0.1:8080");
+        assert_eq!(
+            (a.weight(), a.read_timeout()),
+            (3, Duration::from_millis(300))
+        );
+        assert!(!a.same(&name));
+        let reweighted = a.resolved("10.0.0.1:8080".parse().unwrap(), Some(7));
+        let kept = reweighted.adopting(&a);
+        assert!(kept.same(&a) && kept.weight() == 7);
     }
 
     #[test]
@@ -407,10 +506,10 @@ mod tests {
         assert_eq!(a, a.clone());
         assert_ne!(a, b);
         assert_eq!(
-            check_peers(&[a, b]),
-            Err(ConfigError::DuplicatePeer {
+            crate::PeerSet::new(vec![a, b]).unwrap_err(),
+            ConfigError::DuplicatePeer {
                 peer: "127.0.0.1:1".into()
-            })
+            }
         );
     }
 }

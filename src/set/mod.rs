@@ -1,0 +1,541 @@
+//! The peer set: the upstreams selectors choose from, swapped as a whole when they change.
+//!
+//! tower and linkerd2-proxy keep three things apart: the set of endpoints (`discover`, `pool`),
+//! the algorithm that picks one (`balance`), and each endpoint's load and health. So does this
+//! crate: a [`PeerSet`] owns the peers, a [`PeerSelector`](crate::PeerSelector) picks from a
+//! [`Snapshot`] of it, and each [`Peer`] carries its health.
+//!
+//! # Updates
+//!
+//! Every change (an add, a remove, a new weight, a whole new list, a name resolving to other
+//! addresses) builds a new [`Snapshot`] and swaps it in at once. The request path only loads the
+//! current snapshot: no lock, no allocation. A selector loads it once per attempt, so it always
+//! sees one consistent set.
+//!
+//! - A peer that stays (the same endpoint and TLS server name) keeps its health across the
+//!   update: its ejection, its counters, its probe. Its weight and settings may change.
+//! - A removed peer leaves the snapshot; requests already on their way to it finish normally
+//!   (they hold their own handle), and no request selects it once the update has returned.
+//! - A request's retries never return to a peer it already tried, even across an update: a
+//!   peer's identity is its health, which the update keeps.
+//!
+//! Sources feed the set: a static list, names resolved by DNS (feature `dns`, see
+//! [`Resolver`](crate::Resolver)), a peers file ([`PeersFile`](crate::PeersFile)), and
+//! pingora-load-balancing's `ServiceDiscovery` (feature `discovery`).
+
+mod members;
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::error::ConfigError;
+use crate::health::{HealthChange, HealthEvent, HealthObserver};
+use crate::peer::{Endpoint, Peer};
+use members::Members;
+
+#[cfg(feature = "dns")]
+use crate::discovery::dns::{Dns, Resolver};
+
+/// The peers a selector chooses from, shared and changeable at runtime. Cloning it gives another
+/// handle to the same set.
+///
+/// # Examples
+///
+/// ```
+/// use pingora_failover::{OrderedList, Peer, PeerSet};
+///
+/// let set = PeerSet::new(vec![Peer::new("127.0.0.1:8080")?, Peer::new("127.0.0.1:8081")?])?;
+/// let selector = OrderedList::from_set(set.clone());
+/// // Later, from anywhere: a third peer joins, the first leaves.
+/// set.add(Peer::new("127.0.0.1:8082")?)?;
+/// assert!(set.remove("127.0.0.1:8080"));
+/// assert_eq!(set.snapshot().len(), 2);
+/// # Ok::<(), pingora_failover::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct PeerSet {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    current: ArcSwap<Snapshot>,
+    /// The set as configured: its peers and names, in order. Taken by updates only, never on
+    /// the request path.
+    members: Mutex<Members>,
+    observer: Option<HealthObserver>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+    #[cfg(feature = "dns")]
+    dns: Option<Dns>,
+}
+
+/// The peers of a [`PeerSet`] at one moment, in order.
+#[derive(Debug)]
+pub struct Snapshot {
+    peers: Box<[Peer]>,
+    version: u64,
+}
+
+impl Snapshot {
+    /// The peers, in the set's order (names expanded in place, their addresses sorted).
+    pub fn peers(&self) -> &[Peer] {
+        &self.peers
+    }
+
+    /// Which update this is: it grows with every change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+}
+
+impl Deref for Snapshot {
+    type Target = [Peer];
+
+    fn deref(&self) -> &[Peer] {
+        &self.peers
+    }
+}
+
+/// The current snapshot of a set, borrowed for one selection: loading it takes no lock and
+/// allocates nothing. Hold it briefly (not across an `.await`); [`PeerSet::peers`] gives one to
+/// keep.
+pub struct SnapshotRef(Guard<Arc<Snapshot>>);
+
+impl Deref for SnapshotRef {
+    type Target = Snapshot;
+
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SnapshotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl fmt::Debug for PeerSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerSet")
+            .field("peers", &self.snapshot().peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerSet {
+    /// A set of `peers`, in this order. Names are resolved first (feature `dns`, with the
+    /// system's resolver; see [`PeerSetBuilder`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NoPeers`], [`ConfigError::DuplicatePeer`], and for a name that does not
+    /// resolve, [`ConfigError::Resolve`] (or [`ConfigError::UnresolvedName`] without the `dns`
+    /// feature).
+    pub fn new(peers: Vec<Peer>) -> Result<Self, ConfigError> {
+        Self::builder(peers).build()
+    }
+
+    /// A builder for a set of `peers`.
+    pub fn builder(peers: Vec<Peer>) -> PeerSetBuilder {
+        PeerSetBuilder {
+            peers,
+            observer: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
+            #[cfg(feature = "dns")]
+            resolver: None,
+            start_empty: false,
+        }
+    }
+
+    /// The current snapshot, for one selection: no lock, no allocation.
+    pub fn snapshot(&self) -> SnapshotRef {
+        SnapshotRef(self.shared.current.load())
+    }
+
+    /// The current snapshot, to keep.
+    pub fn peers(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+
+    /// Replaces every peer with `peers`. Peers that stay keep their health; names are resolved
+    /// in the background (until then, a name keeps the addresses it had, if it was there
+    /// before).
+    ///
+    /// # Errors
+    ///
+    /// As [`PeerSet::new`], except that names never fail here: a name that does not resolve
+    /// keeps what it had, and the failure is reported as a health event and a metric.
+    pub fn replace(&self, peers: Vec<Peer>) -> Result<(), ConfigError> {
+        members::check(&peers)?;
+        self.require_resolver(&peers)?;
+        let mut m = self.members();
+        let names = m.replace(peers);
+        self.publish(&mut m);
+        drop(m);
+        self.resolve_in_background(names);
+        Ok(())
+    }
+
+    /// Adds `peer` at the end.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::DuplicatePeer`] when the set has it already.
+    pub fn add(&self, peer: Peer) -> Result<(), ConfigError> {
+        self.require_resolver(std::slice::from_ref(&peer))?;
+        let mut m = self.members();
+        let names = m.add(peer)?;
+        self.publish(&mut m);
+        drop(m);
+        self.resolve_in_background(names);
+        Ok(())
+    }
+
+    /// Removes the peer (or the name) at `endpoint`, as given to [`Peer::new`]; `false` when the
+    /// set has none.
+    pub fn remove(&self, endpoint: &str) -> bool {
+        let Ok(endpoint) = Endpoint::parse(endpoint) else {
+            return false;
+        };
+        let mut m = self.members();
+        let removed = m.remove(&endpoint);
+        if removed {
+            self.publish(&mut m);
+        }
+        removed
+    }
+
+    /// Gives the peer (or every address of the name) at `endpoint` a new weight, keeping its
+    /// health; `false` when the set has none.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::ZeroWeight`] or [`ConfigError::WeightTooLarge`].
+    pub fn set_weight(&self, endpoint: &str, weight: u32) -> Result<bool, ConfigError> {
+        let Ok(endpoint) = Endpoint::parse(endpoint) else {
+            return Ok(false);
+        };
+        let mut m = self.members();
+        let changed = m.set_weight(&endpoint, weight)?;
+        if changed {
+            self.publish(&mut m);
+        }
+        Ok(changed)
+    }
+
+    fn members(&self) -> MutexGuard<'_, Members> {
+        // A panic while updating cannot leave the members half-changed: each update builds its
+        // new state before it assigns it.
+        self.shared
+            .members
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Builds the snapshot from `m`, keeping the handles (and so the health) of peers that stay,
+    /// swaps it in and reports what changed.
+    fn publish(&self, m: &mut MutexGuard<'_, Members>) {
+        let old = self.shared.current.load_full();
+        let peers = m.flatten(&old.peers);
+        let added: Vec<Peer> = peers
+            .iter()
+            .filter(|p| !old.peers.iter().any(|q| q.same(p)))
+            .cloned()
+            .collect();
+        let removed: Vec<Peer> = old
+            .peers
+            .iter()
+            .filter(|q| !peers.iter().any(|p| p.same(q)))
+            .cloned()
+            .collect();
+        let version = old.version + 1;
+        self.shared
+            .current
+            .store(Arc::new(Snapshot { peers, version }));
+        self.report(&added, &removed);
+    }
+
+    fn report(&self, added: &[Peer], removed: &[Peer]) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.set_changed(added.len(), removed.len(), self.snapshot().len());
+        }
+        if let Some(observe) = &self.shared.observer {
+            for (peers, change) in [
+                (added, HealthChange::Added),
+                (removed, HealthChange::Removed),
+            ] {
+                for peer in peers {
+                    observe(&HealthEvent {
+                        peer: peer.clone(),
+                        change,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reports that `name` failed to resolve; the set keeps what it had.
+    #[cfg(feature = "dns")]
+    pub(crate) fn report_resolve_failure(&self, name: &Peer) {
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.resolve_failed(name);
+        }
+        if let Some(observe) = &self.shared.observer {
+            observe(&HealthEvent {
+                peer: name.clone(),
+                change: HealthChange::ResolveFailed,
+            });
+        }
+    }
+
+    /// Sets the addresses of the name `group` to `resolved`; `false` when the set no longer has
+    /// that name (it was removed or replaced).
+    #[cfg(feature = "dns")]
+    pub(crate) fn set_resolved(&self, group: u64, resolved: Vec<Peer>) -> bool {
+        let mut m = self.members();
+        match m.set_resolved(group, resolved) {
+            Some(true) => {
+                self.publish(&mut m);
+                true
+            }
+            Some(false) => true,
+            None => false,
+        }
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<Shared> {
+        Arc::downgrade(&self.shared)
+    }
+
+    pub(crate) fn upgrade(weak: &Weak<Shared>) -> Option<Self> {
+        weak.upgrade().map(|shared| Self { shared })
+    }
+
+    #[cfg(feature = "dns")]
+    fn require_resolver(&self, peers: &[Peer]) -> Result<(), ConfigError> {
+        match peers.iter().find(|p| p.endpoint().is_name()) {
+            Some(p) if self.shared.dns.is_none() => Err(ConfigError::UnresolvedName {
+                name: p.endpoint().to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    #[cfg(not(feature = "dns"))]
+    fn require_resolver(&self, peers: &[Peer]) -> Result<(), ConfigError> {
+        members::no_names(peers)
+    }
+
+    #[cfg(feature = "dns")]
+    fn resolve_in_background(&self, names: Vec<(u64, Peer)>) {
+        if let Some(dns) = &self.shared.dns {
+            for (group, spec) in names {
+                dns.watch(self, group, spec, None);
+            }
+        }
+    }
+
+    #[cfg(not(feature = "dns"))]
+    fn resolve_in_background(&self, names: Vec<(u64, Peer)>) {
+        debug_assert!(names.is_empty());
+    }
+}
+
+/// Builds a [`PeerSet`].
+///
+/// # Default
+///
+/// - resolver: [`Resolver::system`](crate::Resolver::system) when a peer is a name (the hosts
+///   file, then the system's nameservers)
+/// - a name that does not resolve at build time: an error ([`ConfigError::Resolve`])
+/// - health observer and metrics: none
+#[must_use]
+pub struct PeerSetBuilder {
+    peers: Vec<Peer>,
+    observer: Option<HealthObserver>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::Metrics>,
+    #[cfg(feature = "dns")]
+    resolver: Option<Resolver>,
+    start_empty: bool,
+}
+
+impl fmt::Debug for PeerSetBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerSetBuilder")
+            .field("peers", &self.peers)
+            .field("start_empty", &self.start_empty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerSetBuilder {
+    /// The resolver for the set's names, and for names it gets later.
+    #[cfg(feature = "dns")]
+    pub fn with_resolver(mut self, resolver: Resolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Builds the set even when a name does not resolve yet: the name has no peers until it
+    /// does, and a request that finds no peer at all gets a 503.
+    pub fn start_empty_until_resolved(mut self) -> Self {
+        self.start_empty = true;
+        self
+    }
+
+    /// Calls `f` when a peer joins ([`HealthChange::Added`]) or leaves
+    /// ([`HealthChange::Removed`]) the set, and when a name fails to resolve
+    /// ([`HealthChange::ResolveFailed`]).
+    pub fn on_change(mut self, f: impl Fn(&HealthEvent) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(f));
+        self
+    }
+
+    /// Reports the set's size, its changes and resolution failures to `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Builds the set, resolving its names first. This blocks the calling thread until they
+    /// resolve (or fail): call it before the server starts, or use
+    /// [`build_async`](Self::build_async) from async code.
+    ///
+    /// # Errors
+    ///
+    /// As [`PeerSet::new`].
+    pub fn build(self) -> Result<PeerSet, ConfigError> {
+        let (set, pending) = self.start(true)?;
+        for wait in pending {
+            wait.blocking()?;
+        }
+        Ok(set)
+    }
+
+    /// Builds the set, resolving its names first.
+    ///
+    /// # Errors
+    ///
+    /// As [`PeerSet::new`].
+    pub async fn build_async(self) -> Result<PeerSet, ConfigError> {
+        let (set, pending) = self.start(false)?;
+        for wait in pending {
+            wait.wait().await?;
+        }
+        Ok(set)
+    }
+
+    /// Makes the set with its addresses, and starts resolving its names; `blocking`: the caller
+    /// will wait for them on this thread.
+    fn start(self, blocking: bool) -> Result<(PeerSet, Vec<Pending>), ConfigError> {
+        members::check(&self.peers)?;
+        if self.peers.is_empty() {
+            return Err(ConfigError::NoPeers);
+        }
+        #[cfg(not(feature = "dns"))]
+        members::no_names(&self.peers)?;
+        #[cfg(feature = "dns")]
+        let dns = self
+            .peers
+            .iter()
+            .any(|p| p.endpoint().is_name())
+            .then(|| Dns::start(self.resolver.unwrap_or_default()))
+            .transpose()?;
+        let (members, names) = Members::new(self.peers);
+        let set = PeerSet {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(Snapshot {
+                    peers: Box::new([]),
+                    version: 0,
+                }),
+                members: Mutex::new(members),
+                observer: self.observer,
+                #[cfg(feature = "metrics")]
+                metrics: self.metrics,
+                #[cfg(feature = "dns")]
+                dns,
+            }),
+        };
+        set.publish(&mut set.members());
+        #[cfg(feature = "dns")]
+        let pending = {
+            let mut pending = Vec::new();
+            if let Some(dns) = &set.shared.dns {
+                for (group, spec) in names {
+                    let (reply, wait) = Pending::channel(blocking);
+                    dns.watch(&set, group, spec, (!self.start_empty).then_some(reply));
+                    pending.push(wait);
+                }
+            }
+            pending
+        };
+        #[cfg(not(feature = "dns"))]
+        let pending = {
+            let _ = (names, self.start_empty, blocking);
+            Vec::new()
+        };
+        Ok((set, pending))
+    }
+}
+
+/// Where the first resolution of a name is reported.
+#[cfg_attr(not(feature = "dns"), allow(dead_code))]
+pub(crate) enum Reply {
+    Blocking(std::sync::mpsc::SyncSender<Result<(), ConfigError>>),
+    Async(tokio::sync::oneshot::Sender<Result<(), ConfigError>>),
+}
+
+impl Reply {
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    pub(crate) fn send(self, result: Result<(), ConfigError>) {
+        // The builder may have given up waiting; nobody is left to tell.
+        let _ = match self {
+            Self::Blocking(tx) => tx.send(result).map_err(drop),
+            Self::Async(tx) => tx.send(result).map_err(drop),
+        };
+    }
+}
+
+/// The first resolution of one name, waited for by the builder (none when the set may start
+/// empty).
+#[cfg_attr(not(feature = "dns"), allow(dead_code))]
+enum Pending {
+    Blocking(std::sync::mpsc::Receiver<Result<(), ConfigError>>),
+    Async(tokio::sync::oneshot::Receiver<Result<(), ConfigError>>),
+}
+
+#[cfg_attr(not(feature = "dns"), allow(dead_code))]
+impl Pending {
+    fn channel(blocking: bool) -> (Reply, Self) {
+        if blocking {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            (Reply::Blocking(tx), Self::Blocking(rx))
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Reply::Async(tx), Self::Async(rx))
+        }
+    }
+
+    fn blocking(self) -> Result<(), ConfigError> {
+        match self {
+            Self::Blocking(rx) => rx.recv().unwrap_or_else(|_| Ok(())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn wait(self) -> Result<(), ConfigError> {
+        match self {
+            Self::Async(rx) => rx.await.unwrap_or(Ok(())),
+            _ => Ok(()),
+        }
+    }
+}
