@@ -36,7 +36,7 @@ async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers()
 
     primary.stop();
     events
-        .wait_until(|e| e.0 == primary.addr && e.1 == HealthChange::CheckFailed)
+        .wait_until(|e| e.0 == primary.peer_addr() && e.1 == HealthChange::CheckFailed)
         .await;
     assert!(!peers[0].health().is_healthy());
     assert_eq!(proxy.get_text(&http, "/").await, "backup");
@@ -48,7 +48,7 @@ async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers()
 
     primary.restart().await;
     events
-        .wait_until(|e| e.0 == primary.addr && e.1 == HealthChange::CheckPassed)
+        .wait_until(|e| e.0 == primary.peer_addr() && e.1 == HealthChange::CheckPassed)
         .await;
     assert_eq!(proxy.get_text(&http, "/").await, "primary");
 
@@ -57,8 +57,8 @@ async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers()
     assert_eq!(
         events.all(),
         [
-            (primary.addr, HealthChange::CheckFailed),
-            (primary.addr, HealthChange::CheckPassed)
+            (primary.peer_addr(), HealthChange::CheckFailed),
+            (primary.peer_addr(), HealthChange::CheckPassed)
         ]
     );
 }

@@ -81,18 +81,18 @@ async fn a_recovered_primary_is_probed_once_readmitted_and_gets_traffic_back() {
     assert_eq!(proxy.get_text(&http, "/").await, "primary");
     assert_eq!(proxy.get_text(&http, "/").await, "primary");
 
-    let addr = primary.addr;
+    let addr = primary.peer_addr();
     assert_eq!(
         events.all(),
         [
             (
-                addr,
+                addr.clone(),
                 HealthChange::Ejected {
                     time: ejection,
                     after: FailureKind::ConnectRefused
                 }
             ),
-            (addr, HealthChange::Probing),
+            (addr.clone(), HealthChange::Probing),
             (addr, HealthChange::Readmitted),
         ],
         "every transition, in order"

@@ -3,6 +3,8 @@
 //! connections, a blackholed listener, and a pingora proxy served in-process.
 #![allow(dead_code, unreachable_pub)]
 
+#[cfg(feature = "dns")]
+pub mod dns;
 mod protocols;
 
 #[allow(unused_imports)]
@@ -84,7 +86,12 @@ impl Upstream {
 
     /// An upstream speaking `proto`.
     pub async fn start_with(name: &'static str, mode: Mode, proto: Proto) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(name, mode, proto, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An upstream listening on `addr` (another loopback address, or a port of choice).
+    pub async fn start_at(name: &'static str, mode: Mode, proto: Proto, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (mode, state) = (Arc::new(Mutex::new(mode)), Arc::<State>::default());
         let task = spawn_server(name, listener, proto.clone(), mode.clone(), state.clone());
@@ -375,7 +382,7 @@ fn listen_overflows() -> u64 {
 /// Health events in the order they happened, fed by `on_health_change`.
 #[derive(Clone, Default)]
 pub struct Events {
-    seen: Arc<Mutex<Vec<(SocketAddr, pingora_failover::HealthChange)>>>,
+    seen: Arc<Mutex<Vec<(String, pingora_failover::HealthChange)>>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
@@ -387,19 +394,20 @@ impl Events {
                 .seen
                 .lock()
                 .unwrap()
-                .push((e.peer.addr().unwrap(), e.change));
+                .push((e.peer.name().to_owned(), e.change));
             events.changed.notify_waiters();
         }
     }
 
-    pub fn all(&self) -> Vec<(SocketAddr, pingora_failover::HealthChange)> {
+    /// Every event so far: the peer's name (`IP:PORT` for an address) and the change.
+    pub fn all(&self) -> Vec<(String, pingora_failover::HealthChange)> {
         self.seen.lock().unwrap().clone()
     }
 
     /// Waits until an event satisfies `pred`.
     pub async fn wait_until(
         &self,
-        pred: impl Fn(&(SocketAddr, pingora_failover::HealthChange)) -> bool,
+        pred: impl Fn(&(String, pingora_failover::HealthChange)) -> bool,
     ) {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
