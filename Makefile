@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # The optional integrations, checked and tested alongside the default build. `rustls` is the TLS
 # back-end the HTTPS tests run on (pure Rust, nothing to install).
-FEATURES := active-health metrics rustls
+FEATURES := active-health discovery metrics rustls
 
 .PHONY: demo test deps bench bench-micro chaos
 

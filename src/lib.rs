@@ -56,6 +56,8 @@ pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use discovery::PeersFile;
 #[cfg(feature = "dns")]
 pub use discovery::Resolver;
+#[cfg(feature = "discovery")]
+pub use discovery::{Discovered, LoadBalancerSelector};
 pub use error::ConfigError;
 #[cfg(feature = "active-health")]
 pub use health::ActiveHealthCheck;

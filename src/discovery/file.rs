@@ -175,7 +175,7 @@ impl PeersFile {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::PeersFile`] when the watching thread cannot start.
+    /// [`ConfigError::PeersFile`] when the watching thread (or the SIGHUP handler) cannot start.
     pub fn watch(self, set: &PeerSet) -> Result<(), ConfigError> {
         let path = self.path.display().to_string();
         let failed = |reason: String| ConfigError::PeersFile {
@@ -186,20 +186,28 @@ impl PeersFile {
             .enable_all()
             .build()
             .map_err(|e| failed(e.to_string()))?;
+        // The handler is in place before this returns: a SIGHUP that comes after must not find
+        // the process without one (its default action ends the process).
+        let hup = if self.sighup {
+            let _runtime = runtime.enter();
+            let kind = tokio::signal::unix::SignalKind::hangup();
+            Some(tokio::signal::unix::signal(kind).map_err(|e| failed(e.to_string()))?)
+        } else {
+            None
+        };
         let set = set.downgrade();
         std::thread::Builder::new()
             .name("failover-peers-file".into())
-            .spawn(move || runtime.block_on(self.follow(set)))
+            .spawn(move || runtime.block_on(self.follow(set, hup)))
             .map_err(|e| failed(e.to_string()))?;
         Ok(())
     }
 
-    async fn follow(self, set: std::sync::Weak<crate::set::Shared>) {
-        let mut hup = if self.sighup {
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-        } else {
-            None
-        };
+    async fn follow(
+        self,
+        set: std::sync::Weak<crate::set::Shared>,
+        mut hup: Option<tokio::signal::unix::Signal>,
+    ) {
         let mut seen = self.stamp();
         let mut tick = tokio::time::interval(self.interval);
         loop {

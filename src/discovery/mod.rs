@@ -4,7 +4,11 @@
 #[cfg(feature = "dns")]
 pub(crate) mod dns;
 mod file;
+#[cfg(feature = "discovery")]
+mod lb;
 
 #[cfg(feature = "dns")]
 pub use dns::Resolver;
 pub use file::PeersFile;
+#[cfg(feature = "discovery")]
+pub use lb::{Discovered, LoadBalancerSelector};

@@ -1,0 +1,316 @@
+//! pingora-load-balancing, plugged in: a `ServiceDiscovery` drives a [`PeerSet`], and a
+//! `LoadBalancer` becomes a [`PeerSelector`] (feature `discovery`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::selection::{BackendIter, BackendSelection};
+use pingora_load_balancing::{Backend, LoadBalancer};
+
+use crate::error::{check_timeout, ConfigError};
+use crate::peer::{Peer, PeerBuilder};
+use crate::select::{Attempt, PeerSelector};
+use crate::set::PeerSet;
+
+type Settings = Arc<dyn Fn(PeerBuilder) -> PeerBuilder + Send + Sync>;
+type OnError = Arc<dyn Fn(&ConfigError) + Send + Sync>;
+
+/// The peer for `backend`, with `settings` applied.
+fn peer_of(backend: &Backend, settings: Option<&Settings>) -> Result<Peer, ConfigError> {
+    let addr = match &backend.addr {
+        PingoraAddr::Inet(sa) => sa.to_string(),
+        PingoraAddr::Unix(path) => match path.as_pathname() {
+            Some(p) => format!("unix:{}", p.display()),
+            None => {
+                return Err(ConfigError::InvalidAddress {
+                    address: format!("{:?}", backend.addr),
+                })
+            }
+        },
+    };
+    let weight = u32::try_from(backend.weight).unwrap_or(u32::MAX).max(1);
+    let mut builder = Peer::builder(addr);
+    if let Some(f) = settings {
+        builder = f(builder);
+    }
+    builder
+        .with_weight(weight.min(crate::peer::MAX_WEIGHT))
+        .build()
+}
+
+/// A pingora-load-balancing [`ServiceDiscovery`] driving a [`PeerSet`]: whatever discovery a
+/// proxy already wrote for `LoadBalancer` (or its `Static`) feeds the set. The set keeps the
+/// health of backends that stay; a backend the discovery marks disabled leaves the set.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use pingora_failover::{Discovered, PeerSet, RoundRobin};
+/// use pingora_load_balancing::discovery::Static;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let discovery = Static::try_from_iter(["10.0.0.1:80", "10.0.0.2:80"])?;
+/// let source = Discovered::new(discovery, Duration::from_secs(5))?;
+/// let set = source.discover_set().await?; // the first answer
+/// let selector = RoundRobin::from_set(set.clone());
+/// source.watch(&set)?; // and every 5 s after
+/// # Ok(()) }
+/// ```
+pub struct Discovered {
+    discovery: Arc<dyn ServiceDiscovery + Send + Sync>,
+    every: Duration,
+    settings: Option<Settings>,
+    on_error: Option<OnError>,
+}
+
+impl fmt::Debug for Discovered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Discovered")
+            .field("every", &self.every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Discovered {
+    /// `discovery`, asked again every `every`.
+    ///
+    /// # Errors
+    ///
+    /// A timeout error for `every` (0, or over a day).
+    pub fn new(
+        discovery: Box<dyn ServiceDiscovery + Send + Sync>,
+        every: Duration,
+    ) -> Result<Self, ConfigError> {
+        let every = check_timeout("discovery interval", every, Duration::from_secs(86_400))?;
+        Ok(Self {
+            discovery: Arc::from(discovery),
+            every,
+            settings: None,
+            on_error: None,
+        })
+    }
+
+    /// Settings applied to every discovered peer (timeouts, TLS, ...), before its weight.
+    #[must_use]
+    pub fn with_peer_settings(
+        mut self,
+        f: impl Fn(PeerBuilder) -> PeerBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.settings = Some(Arc::new(f));
+        self
+    }
+
+    /// Calls `f` when the discovery fails, or gives a backend the crate cannot use; the set then
+    /// keeps its peers.
+    #[must_use]
+    pub fn on_error(mut self, f: impl Fn(&ConfigError) + Send + Sync + 'static) -> Self {
+        self.on_error = Some(Arc::new(f));
+        self
+    }
+
+    /// The discovery's peers now, enabled ones only, in the discovery's order.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Resolve`] when the discovery fails, and the errors of [`Peer::new`] for a
+    /// backend the crate cannot use.
+    pub async fn discover(&self) -> Result<Vec<Peer>, ConfigError> {
+        let (backends, enabled) =
+            self.discovery
+                .discover()
+                .await
+                .map_err(|e| ConfigError::Resolve {
+                    name: "service discovery".into(),
+                    reason: e.to_string(),
+                })?;
+        backends
+            .iter()
+            .filter(|b| enabled.get(&hash_key(b)).copied().unwrap_or(true))
+            .map(|b| peer_of(b, self.settings.as_ref()))
+            .collect()
+    }
+
+    /// A set of the discovery's peers now.
+    ///
+    /// # Errors
+    ///
+    /// As [`discover`](Self::discover) and [`PeerSet::new`].
+    pub async fn discover_set(&self) -> Result<PeerSet, ConfigError> {
+        PeerSet::new(self.discover().await?)
+    }
+
+    /// Asks the discovery every interval, on a thread of its own, and replaces `set`'s peers
+    /// with its answer, until the set is dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Resolve`] when the thread cannot start.
+    pub fn watch(self, set: &PeerSet) -> Result<(), ConfigError> {
+        let failed = |e: std::io::Error| ConfigError::Resolve {
+            name: "service discovery".into(),
+            reason: e.to_string(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(failed)?;
+        let set = set.downgrade();
+        std::thread::Builder::new()
+            .name("failover-discovery".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    loop {
+                        tokio::time::sleep(self.every).await;
+                        let Some(set) = PeerSet::upgrade(&set) else {
+                            return;
+                        };
+                        // An empty answer keeps the set, as LoadBalancer keeps its backends on an
+                        // error: a discovery hiccup must not drain it.
+                        let result = match self.discover().await {
+                            Ok(peers) if peers.is_empty() => Err(ConfigError::NoPeers),
+                            Ok(peers) => set.replace(peers),
+                            Err(e) => Err(e),
+                        };
+                        if let (Err(e), Some(f)) = (result, &self.on_error) {
+                            f(&e);
+                        }
+                    }
+                })
+            })
+            .map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// pingora-load-balancing's key for a backend in the enablement map (its `hash_key`).
+fn hash_key(b: &Backend) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// An existing pingora `LoadBalancer` as a [`PeerSelector`]: its discovery, health checks and
+/// algorithm stay as they are, and the crate adds failover. A retry skips the backends the
+/// request already tried (through `select_with`), and a backend the crate ejected is skipped
+/// like one the `LoadBalancer`'s own checks failed.
+///
+/// The key given to the `LoadBalancer` (for its hash algorithms) is the request path. Each
+/// backend keeps one [`Peer`] (and so its health) for as long as the backend lives.
+/// `LoadBalancer::select_with` allocates as it iterates, so this selector does too; the crate's
+/// own selectors do not.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use pingora_failover::{FailoverProxy, LoadBalancerSelector, StandardPolicy};
+/// use pingora_load_balancing::{selection::RoundRobin, LoadBalancer};
+///
+/// # fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let lb = Arc::new(LoadBalancer::<RoundRobin>::try_from_iter(["10.0.0.1:80", "10.0.0.2:80"])?);
+/// let proxy = FailoverProxy::new(LoadBalancerSelector::new(lb), StandardPolicy::default())?;
+/// # Ok(()) }
+/// ```
+pub struct LoadBalancerSelector<S: BackendSelection> {
+    lb: Arc<LoadBalancer<S>>,
+    settings: Option<Settings>,
+    peers: ArcSwap<HashMap<Backend, Peer>>,
+    max_iterations: usize,
+}
+
+impl<S: BackendSelection> fmt::Debug for LoadBalancerSelector<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadBalancerSelector")
+            .field("peers", &self.peers.load().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> LoadBalancerSelector<S>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+{
+    /// A selector over `lb`.
+    pub fn new(lb: Arc<LoadBalancer<S>>) -> Self {
+        Self {
+            lb,
+            settings: None,
+            peers: ArcSwap::default(),
+            max_iterations: 256,
+        }
+    }
+
+    /// Settings applied to the peer of every backend (timeouts, TLS, ...), before its weight.
+    #[must_use]
+    pub fn with_peer_settings(
+        mut self,
+        f: impl Fn(PeerBuilder) -> PeerBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.settings = Some(Arc::new(f));
+        self
+    }
+
+    /// The `LoadBalancer`.
+    pub fn load_balancer(&self) -> &Arc<LoadBalancer<S>> {
+        &self.lb
+    }
+
+    /// The peer of `backend`: the same one every time, so that its health carries over.
+    fn peer(&self, backend: &Backend) -> Option<Peer> {
+        if let Some(p) = self.peers.load().get(backend) {
+            return Some(p.clone());
+        }
+        let made = peer_of(backend, self.settings.as_ref()).ok()?;
+        let live = self.lb.backends().get_backend();
+        let mut kept = None;
+        self.peers.rcu(|map| {
+            let mut map: HashMap<Backend, Peer> = map
+                .iter()
+                .filter(|(b, _)| live.contains(*b))
+                .map(|(b, p)| (b.clone(), p.clone()))
+                .collect();
+            kept = Some(
+                map.entry(backend.clone())
+                    .or_insert_with(|| made.clone())
+                    .clone(),
+            );
+            map
+        });
+        kept
+    }
+}
+
+impl<S> PeerSelector for LoadBalancerSelector<S>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+{
+    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        let key = attempt
+            .request()
+            .map_or(&b""[..], |r| r.uri.path().as_bytes());
+        let chosen = self.lb.select_with(key, self.max_iterations, |b, healthy| {
+            healthy && self.peer(b).is_some_and(|p| attempt.admits(&p))
+        });
+        if let Some(p) = chosen.and_then(|b| self.peer(&b)) {
+            return Some(p);
+        }
+        // Panic mode: every backend is tried, ejected or failing its checks.
+        let all: Vec<Peer> = self
+            .lb
+            .backends()
+            .get_backend()
+            .iter()
+            .filter_map(|b| self.peer(b))
+            .collect();
+        attempt.best_untried(all.iter()).cloned()
+    }
+}

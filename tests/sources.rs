@@ -1,0 +1,172 @@
+//! Peers on Unix domain sockets, and a peers file followed as it changes (and on SIGHUP).
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pingora_failover::{OrderedList, Peer, PeerSet, PeersFile, StandardPolicy};
+use support::{client, start_failover, Mode, ProxyServer, Upstream};
+
+/// A fresh path in the temp directory, removed when dropped.
+struct TempPath(PathBuf);
+
+impl TempPath {
+    fn new(what: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("pf-{}-{n}-{what}", std::process::id())))
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// An HTTP/1.1 upstream on a Unix socket at `path`, answering its name.
+fn serve_unix(path: &TempPath, name: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::UnixListener::bind(&path.0).unwrap();
+    let app = axum::Router::new().fallback(move || async move { name });
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_peer_serves_and_a_missing_one_fails_over() {
+    let live = TempPath::new("live.sock");
+    let missing = TempPath::new("missing.sock");
+    let _server = serve_unix(&live, "unix");
+    let peers = vec![
+        Peer::new(&format!("unix:{}", missing.0.display())).unwrap(),
+        Peer::new(&format!("unix:{}", live.0.display())).unwrap(),
+    ];
+    let (proxy, log) =
+        start_failover(OrderedList::new(peers).unwrap(), StandardPolicy::default()).await;
+    let resp = client()
+        .post(proxy.url("/"))
+        .body("order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "unix",
+        "a POST: nothing was sent to the missing one"
+    );
+    let records = log.wait_for(1).await;
+    assert!(matches!(
+        records[0][0].outcome(),
+        pingora_failover::Outcome::Failed { kind, .. } if kind.is_connect()
+    ));
+}
+
+async fn until_answered_by(proxy: &ProxyServer, want: &str) {
+    let http = client();
+    let started = Instant::now();
+    while proxy.get_text(&http, "/").await != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{want} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_file_is_followed_and_a_bad_one_keeps_the_old_set() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let path = TempPath::new("peers");
+    std::fs::write(&path.0, format!("# pool\n{} weight=2\n", a.peer_addr())).unwrap();
+    let reloads = Arc::new(Mutex::new(Vec::new()));
+    let file = {
+        let reloads = reloads.clone();
+        PeersFile::new(&path.0)
+            .with_interval(Duration::from_millis(20))
+            .on_reload(move |r| reloads.lock().unwrap().push(r.clone()))
+    };
+    let set = PeerSet::new(file.load().unwrap()).unwrap();
+    assert_eq!(set.snapshot()[0].weight(), 2);
+    file.watch(&set).unwrap();
+    let (proxy, _log) = start_failover(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .await;
+    assert_eq!(proxy.get_text(&client(), "/").await, "a");
+
+    std::fs::write(&path.0, format!("{}\n{}\n", b.peer_addr(), a.peer_addr())).unwrap();
+    until_answered_by(&proxy, "b").await;
+
+    // A broken file: the set stays, and the reason is reported.
+    std::fs::write(&path.0, "this is not a peer list, it is a longer line\n").unwrap();
+    let started = Instant::now();
+    while !reloads.lock().unwrap().iter().any(|r| r.is_err()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let error = reloads
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|r| r.clone().err())
+        .unwrap();
+    assert!(error.to_string().contains("line 1"), "{error}");
+    assert_eq!(set.snapshot().len(), 2);
+    assert_eq!(proxy.get_text(&client(), "/").await, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_peers_file() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let path = TempPath::new("peers-hup");
+    std::fs::write(&path.0, format!("{}\n", a.peer_addr())).unwrap();
+    // Checked for changes only once an hour: the reload below is the signal's.
+    let file = PeersFile::new(&path.0)
+        .with_interval(Duration::from_secs(3600))
+        .reload_on_sighup();
+    let set = PeerSet::new(file.load().unwrap()).unwrap();
+    file.watch(&set).unwrap();
+    let (proxy, _log) = start_failover(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .await;
+    assert_eq!(proxy.get_text(&client(), "/").await, "a");
+
+    std::fs::write(&path.0, format!("{}\n", b.peer_addr())).unwrap();
+    // The handler is installed by the watching thread: signal until the set follows.
+    let started = Instant::now();
+    while proxy.get_text(&client(), "/").await != "b" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGHUP never reloaded"
+        );
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
