@@ -27,6 +27,7 @@ demo: deps
 test: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
 	$(CARGO) clippy --all-targets --features "$(FEATURES)" -- -D warnings
 	$(CARGO) build --examples --benches --features "$(FEATURES)"
 	$(CARGO) test --all-targets --features "$(FEATURES)"

@@ -39,20 +39,16 @@ fn single_thread(c: &mut Criterion) {
         })
     });
 
+    let defaults = OutlierDetection::new();
     c.bench_function("health/success", |b| {
-        b.iter(|| black_box(peer.health().record_success()))
+        b.iter(|| black_box(defaults.record_success(&peer)))
     });
     // High thresholds: measures the counting, not the ejection.
     let rules = OutlierDetection::new()
         .with_consecutive_failures(u32::MAX)
         .with_consecutive_connect_failures(u32::MAX);
     c.bench_function("health/failure", |b| {
-        b.iter(|| {
-            black_box(
-                peer.health()
-                    .record_failure(FailureKind::HeaderTimeout, &rules),
-            )
-        })
+        b.iter(|| black_box(rules.record_failure(&peer, FailureKind::HeaderTimeout)))
     });
 }
 
@@ -88,6 +84,7 @@ fn contention(c: &mut Criterion) {
         .collect();
     let rr = RoundRobin::new(peers.clone()).unwrap();
     let budget = RetryBudget::default();
+    let rules = OutlierDetection::new();
     let ops: [(&str, &(dyn Fn() + Sync)); 3] = [
         ("round_robin/select", &|| {
             black_box(rr.select(&Attempt::new(&[], None)));
@@ -97,7 +94,7 @@ fn contention(c: &mut Criterion) {
             black_box(budget.withdraw());
         }),
         ("health/success", &|| {
-            black_box(peers[0].health().record_success());
+            black_box(rules.record_success(&peers[0]));
         }),
     ];
     // One thread per core: more would measure the scheduler rather than the contention.

@@ -1,5 +1,6 @@
 //! `select()` on the stock selectors, for 2, 16 and 256 peers, with none, one and half of the
-//! peers ejected: a first attempt, and a retry after one failed peer.
+//! peers ejected: a first attempt, and a retry after one failed peer. And the cost of updating a
+//! peer set of 1,000 peers.
 //!
 //! ```text
 //! cargo bench --bench select
@@ -10,7 +11,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora_failover::{
     Attempt, AttemptRecord, FailureKind, OrderedList, OutlierDetection, Peer, PeerSelector,
-    RoundRobin,
+    PeerSet, RoundRobin,
 };
 
 fn peers(n: usize) -> Vec<Peer> {
@@ -29,8 +30,7 @@ fn eject(peers: &[Peer], count: usize) {
     let rules = OutlierDetection::new().with_base_ejection(std::time::Duration::from_secs(3600));
     let stride = peers.len() / count.max(1);
     for p in peers.iter().step_by(stride.max(1)).take(count) {
-        p.health()
-            .record_failure(FailureKind::ConnectRefused, &rules);
+        rules.record_failure(p, FailureKind::ConnectRefused);
     }
 }
 
@@ -59,5 +59,29 @@ fn selectors(c: &mut Criterion) {
     bench_selector(c, "round_robin", |p| RoundRobin::new(p).unwrap());
 }
 
-criterion_group!(benches, selectors);
+/// The cost of an update of a set of 1,000 peers: the same list again from new handles (every
+/// peer stays and keeps its health), and a list of which half is new.
+fn updates(c: &mut Criterion) {
+    let mut group = c.benchmark_group("set_update");
+    let all = peers(1500);
+    let set = PeerSet::new(all[..1000].to_vec()).unwrap();
+    let same: Vec<Peer> = all[..1000]
+        .iter()
+        .map(|p| Peer::new(p.name()).unwrap())
+        .collect();
+    group.bench_function("1000/all_stay", |b| {
+        b.iter(|| set.replace(black_box(same.clone())).unwrap())
+    });
+    let halves = [all[500..1500].to_vec(), all[..1000].to_vec()];
+    let mut turn = 0;
+    group.bench_function("1000/half_new", |b| {
+        b.iter(|| {
+            turn ^= 1;
+            set.replace(black_box(halves[turn].clone())).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, selectors, updates);
 criterion_main!(benches);

@@ -7,8 +7,11 @@
 //!     --selector ordered --connect-timeout-ms 400 --read-timeout-ms 300 \
 //!     --max-attempts 3 --threads 2
 //! ```
-//! `--peer` repeats, in priority order. `--retry-status 503` (repeatable) fails over on that
-//! status too.
+//! `--peer` repeats, in priority order, and takes `IP:PORT`, `host:PORT` (every address of the
+//! name, followed as its DNS records change), an SRV name or `unix:/path`. Or
+//! `--peers-file PATH`: one peer per line as `ADDR [weight=N]`, blank lines and `#` comments
+//! allowed, read again when it changes and on SIGHUP (a file that fails to parse keeps the old
+//! peers, and says why). `--retry-status 503` (repeatable) fails over on that status too.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -16,12 +19,14 @@ use std::time::Duration;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::Server;
 use pingora_failover::{
-    ConfigError, FailoverProxy, OrderedList, Peer, PeerSelector, RoundRobin, StandardPolicy,
+    ConfigError, FailoverProxy, OrderedList, Peer, PeerBuilder, PeerSelector, PeerSet, PeersFile,
+    RoundRobin, StandardPolicy,
 };
 
 struct Args {
     listen: String,
     peers: Vec<String>,
+    peers_file: Option<String>,
     selector: String,
     connect_timeout: Duration,
     read_timeout: Duration,
@@ -30,7 +35,8 @@ struct Args {
     retry_statuses: Vec<u16>,
 }
 
-const USAGE: &str = "usage: failover_proxy --listen ADDR --peer ADDR [--peer ADDR ...] \
+const USAGE: &str =
+    "usage: failover_proxy --listen ADDR (--peer ADDR [--peer ADDR ...] | --peers-file PATH) \
 [--selector ordered|round-robin] [--connect-timeout-ms N] [--read-timeout-ms N] \
 [--max-attempts N] [--threads N] [--retry-status CODE ...]";
 
@@ -38,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: "127.0.0.1:6188".into(),
         peers: Vec::new(),
+        peers_file: None,
         selector: "ordered".into(),
         connect_timeout: Duration::from_secs(2),
         read_timeout: Duration::from_secs(60),
@@ -55,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--listen" => args.listen = value()?,
             "--peer" => args.peers.push(value()?),
+            "--peers-file" => args.peers_file = Some(value()?),
             "--selector" => args.selector = value()?,
             "--connect-timeout-ms" => {
                 args.connect_timeout = Duration::from_millis(number(value()?)?)
@@ -70,25 +78,42 @@ fn parse_args() -> Result<Args, String> {
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    if args.peers_file.is_some() && !args.peers.is_empty() {
+        return Err("give --peer or --peers-file, not both".into());
+    }
     Ok(args)
 }
 
-fn build(args: &Args) -> Result<(Vec<Peer>, StandardPolicy), ConfigError> {
-    let peers = args
-        .peers
-        .iter()
-        .map(|a| {
-            Peer::builder(a.as_str())
-                .with_connect_timeout(args.connect_timeout)
-                .with_read_timeout(args.read_timeout)
-                .build()
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+fn build(args: &Args) -> Result<(PeerSet, StandardPolicy), ConfigError> {
+    let (connect, read) = (args.connect_timeout, args.read_timeout);
+    let settings = move |b: PeerBuilder| b.with_connect_timeout(connect).with_read_timeout(read);
+    let set = match &args.peers_file {
+        Some(path) => {
+            let file = PeersFile::new(path)
+                .with_peer_settings(settings)
+                .reload_on_sighup()
+                .on_reload(|result| match result {
+                    Ok(n) => eprintln!("failover_proxy: peers file reloaded, {n} peers"),
+                    Err(e) => eprintln!("failover_proxy: peers file kept as it was: {e}"),
+                });
+            let set = PeerSet::new(file.load()?)?;
+            file.watch(&set)?;
+            set
+        }
+        None => {
+            let peers = args
+                .peers
+                .iter()
+                .map(|a| settings(Peer::builder(a.as_str())).build())
+                .collect::<Result<Vec<_>, _>>()?;
+            PeerSet::new(peers)?
+        }
+    };
     let policy = StandardPolicy::builder()
         .with_max_attempts(args.max_attempts)
         .with_retry_statuses(args.retry_statuses.iter().copied())
         .build()?;
-    Ok((peers, policy))
+    Ok((set, policy))
 }
 
 fn serve<S: PeerSelector>(args: &Args, selector: S, policy: StandardPolicy) -> Result<(), String> {
@@ -109,27 +134,18 @@ fn serve<S: PeerSelector>(args: &Args, selector: S, policy: StandardPolicy) -> R
         .map_err(|e| e.to_string())?;
     service.add_tcp(&args.listen);
     server.add_service(service);
-    eprintln!(
-        "failover_proxy listening on {}, peers {:?}",
-        args.listen, args.peers
-    );
+    eprintln!("failover_proxy listening on {}", args.listen);
     server.run_forever()
 }
 
 fn main() -> ExitCode {
     let result = parse_args().and_then(|args| {
-        let (peers, policy) = build(&args).map_err(|e| e.to_string())?;
+        let (set, policy) = build(&args).map_err(|e| e.to_string())?;
+        let names: Vec<_> = set.snapshot().iter().map(|p| p.name().to_owned()).collect();
+        eprintln!("failover_proxy: peers {names:?}");
         match args.selector.as_str() {
-            "ordered" => serve(
-                &args,
-                OrderedList::new(peers).map_err(|e| e.to_string())?,
-                policy,
-            ),
-            "round-robin" => serve(
-                &args,
-                RoundRobin::new(peers).map_err(|e| e.to_string())?,
-                policy,
-            ),
+            "ordered" => serve(&args, OrderedList::from_set(set), policy),
+            "round-robin" => serve(&args, RoundRobin::from_set(set), policy),
             other => Err(format!(
                 "--selector must be ordered or round-robin, not {other}"
             )),

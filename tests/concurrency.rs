@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::Duration;
 
-use pingora_failover::health::Admission;
 use pingora_failover::{
     Attempt, FailureKind, HealthState, OutlierDetection, Peer, PeerSelector, RetryBudget,
     RoundRobin,
@@ -59,9 +58,8 @@ fn racing_failures_eject_a_peer_exactly_once() {
         let peer = peers(1).remove(0);
         let ejections = AtomicUsize::new(0);
         together(|_| {
-            if peer
-                .health()
-                .record_failure(FailureKind::ConnectRefused, &rules)
+            if rules
+                .record_failure(&peer, FailureKind::ConnectRefused)
                 .is_some()
             {
                 ejections.fetch_add(1, Ordering::Relaxed);
@@ -76,15 +74,16 @@ fn racing_requests_get_a_single_probe() {
     let rules = OutlierDetection::new().with_base_ejection(Duration::from_millis(1));
     for _ in 0..50 {
         let peer = peers(1).remove(0);
-        peer.health()
-            .record_failure(FailureKind::ConnectTimeout, &rules)
+        rules
+            .record_failure(&peer, FailureKind::ConnectTimeout)
             .unwrap();
         while peer.health().state() != HealthState::HalfOpen {
             std::thread::yield_now();
         }
         let probes = AtomicUsize::new(0);
         together(|_| {
-            if peer.health().admit(Duration::from_secs(10)) == Admission::Probe {
+            let attempt = pingora_failover::Attempt::new(&[], None);
+            if attempt.admits(&peer) && attempt.is_probe(&peer) {
                 probes.fetch_add(1, Ordering::Relaxed);
             }
         });

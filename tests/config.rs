@@ -50,6 +50,7 @@ fn unparsable_addresses() {
     ));
 }
 
+#[cfg(feature = "dns")]
 #[test]
 fn a_name_is_a_peer_until_a_set_must_resolve_it() {
     // A name is accepted; a set resolves it, and a name that does not resolve is a typed
@@ -67,7 +68,17 @@ fn a_name_is_a_peer_until_a_set_must_resolve_it() {
     assert!(err.to_string().contains("nowhere.invalid:80"), "{err}");
 }
 
+#[cfg(not(feature = "dns"))]
+#[test]
+fn without_the_dns_feature_a_name_is_a_clear_error() {
+    let name = Peer::new("api.internal:80").unwrap();
+    let err = pingora_failover::PeerSet::new(vec![name]).unwrap_err();
+    assert!(matches!(err, ConfigError::UnresolvedName { .. }), "{err}");
+    assert!(err.to_string().contains("feature dns"), "{err}");
+}
+
 /// A loopback UDP address nothing answers on.
+#[cfg(feature = "dns")]
 fn support_refused() -> std::net::SocketAddr {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     s.local_addr().unwrap()

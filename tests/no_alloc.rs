@@ -41,8 +41,7 @@ async fn selection_and_the_success_path_allocate_nothing() {
         .collect();
     let rules = OutlierDetection::new();
     for p in peers.iter().step_by(2) {
-        p.health()
-            .record_failure(FailureKind::ConnectRefused, &rules);
+        rules.record_failure(p, FailureKind::ConnectRefused);
     }
     let rr = RoundRobin::new(peers.clone()).unwrap();
     let ordered = OrderedList::new(peers.clone()).unwrap();
@@ -60,8 +59,8 @@ async fn selection_and_the_success_path_allocate_nothing() {
             std::hint::black_box(ordered.select(&retry));
             budget.deposit();
             std::hint::black_box(budget.withdraw());
-            std::hint::black_box(peers[1].health().record_success());
-            std::hint::black_box(peers[3].health().record_failure(FailureKind::Io, &rules));
+            std::hint::black_box(rules.record_success(&peers[1]));
+            std::hint::black_box(rules.record_failure(&peers[3], FailureKind::Io));
         }
     });
     assert!(warm.is_some());
@@ -71,4 +70,37 @@ async fn selection_and_the_success_path_allocate_nothing() {
         1
     );
     assert_eq!(n, 0, "allocations on the selection and success paths");
+}
+
+#[tokio::test]
+async fn selection_over_a_set_that_changed_allocates_nothing_once_it_settled() {
+    let peers: Vec<_> = (0..16)
+        .map(|i| Peer::new(&format!("127.0.0.1:{}", 31_000 + i)).unwrap())
+        .collect();
+    let set = pingora_failover::PeerSet::new(peers[..8].to_vec()).unwrap();
+    let rr = RoundRobin::from_set(set.clone());
+    let ordered = OrderedList::from_set(set.clone());
+    // A whole new list, with a new weight for one that stays.
+    let mut next = peers[4..].to_vec();
+    next[0] = Peer::builder("127.0.0.1:31004")
+        .with_weight(3)
+        .build()
+        .unwrap();
+    set.replace(next).unwrap();
+    // The round-robin makes its schedule for the new set on its first pick after the update.
+    std::hint::black_box(rr.select(&Attempt::new(&[], None)));
+
+    let tried = [AttemptRecord::new(set.snapshot()[0].clone())];
+    let n = allocations_in(|| {
+        for _ in 0..1000 {
+            let first = Attempt::new(&[], None);
+            let retry = Attempt::new(&tried, None);
+            std::hint::black_box(rr.select(&first));
+            std::hint::black_box(rr.select(&retry));
+            std::hint::black_box(ordered.select(&first));
+            std::hint::black_box(ordered.select(&retry));
+            std::hint::black_box(set.snapshot().len());
+        }
+    });
+    assert_eq!(n, 0, "allocations selecting over a set after an update");
 }

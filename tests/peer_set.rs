@@ -200,3 +200,35 @@ fn bad_updates_are_typed_errors_and_change_nothing() {
     assert!(!set.remove("not an address"));
     assert_eq!(set.snapshot().version(), version);
 }
+
+#[cfg(feature = "metrics")]
+#[test]
+fn set_changes_are_counted_in_the_metrics() {
+    let registry = prometheus::Registry::new();
+    let metrics = pingora_failover::Metrics::register(&registry).unwrap();
+    let set = PeerSet::builder(vec![Peer::new("127.0.0.1:1001").unwrap()])
+        .with_metrics(metrics)
+        .build()
+        .unwrap();
+    set.add(Peer::new("127.0.0.1:1002").unwrap()).unwrap();
+    set.add(Peer::new("127.0.0.1:1003").unwrap()).unwrap();
+    assert!(set.remove("127.0.0.1:1001"));
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    for line in [
+        "failover_peers 2",
+        "failover_peer_changes_total{change=\"added\"} 3",
+        "failover_peer_changes_total{change=\"removed\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}

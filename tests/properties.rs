@@ -79,11 +79,11 @@ fn apply(peers: &[Peer], events: &[(usize, bool)]) {
         .with_base_ejection(Duration::from_secs(3600))
         .with_max_ejection(Duration::from_secs(3600));
     for &(i, fail) in events {
-        let h = peers[i % peers.len()].health();
+        let peer = &peers[i % peers.len()];
         if fail {
-            h.record_failure(pingora_failover::FailureKind::HeaderTimeout, &rules);
+            rules.record_failure(peer, pingora_failover::FailureKind::HeaderTimeout);
         } else {
-            h.record_success();
+            rules.record_success(peer);
         }
     }
 }

@@ -33,6 +33,10 @@ use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
 
 /// The health of one peer, shared by every request. Lock-free.
 ///
+/// What a [`Peer`] exposes is a view: holding a peer cannot eject it. Outcomes are recorded by
+/// the engine, or deliberately through [`OutlierDetection::record_failure`] and
+/// [`OutlierDetection::record_success`], which need the rules they apply.
+///
 /// Times are kept as milliseconds since the peer was built, on tokio's clock (so tests can pause
 /// it); each peer has its own origin, as each [`RetryBudget`](crate::RetryBudget) does.
 #[derive(Debug)]
@@ -41,7 +45,7 @@ pub struct PeerHealth {
     cell: HealthCell,
 }
 
-/// An ejection made by [`PeerHealth::record_failure`].
+/// An ejection made by [`OutlierDetection::record_failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Ejection {
@@ -122,8 +126,9 @@ impl PeerHealth {
 
     /// Whether the peer takes a request now. When its ejection is over, the first caller gets
     /// the probe slot for `probe_window` and [`Admission::Probe`]; the others are refused until
-    /// the probe reports or the window ends.
-    pub fn admit(&self, probe_window: Duration) -> Admission {
+    /// the probe reports or the window ends. Selectors ask through
+    /// [`Attempt::admits`](crate::Attempt::admits).
+    pub(crate) fn admit(&self, probe_window: Duration) -> Admission {
         match self
             .cell
             .admit(self.now_ms(), probe_window.as_millis() as u64)
@@ -147,12 +152,16 @@ impl PeerHealth {
     }
 
     /// Records a success; `true` when it re-admitted an ejected peer.
-    pub fn record_success(&self) -> bool {
+    pub(crate) fn record_success(&self) -> bool {
         self.cell.record_success(&NoTally)
     }
 
     /// Records a failure of `kind`; the ejection when it ejected the peer.
-    pub fn record_failure(&self, kind: FailureKind, rules: &OutlierDetection) -> Option<Ejection> {
+    pub(crate) fn record_failure(
+        &self,
+        kind: FailureKind,
+        rules: &OutlierDetection,
+    ) -> Option<Ejection> {
         self.record_failure_counted(kind, rules, &NoTally)
     }
 
@@ -184,7 +193,8 @@ impl PeerHealth {
     }
 
     /// Sets the active check's verdict; `true` when it changed.
-    pub fn set_check_failed(&self, failed: bool) -> bool {
+    #[cfg_attr(not(feature = "active-health"), allow(dead_code))]
+    pub(crate) fn set_check_failed(&self, failed: bool) -> bool {
         self.cell.set_check_failed(failed)
     }
 }
@@ -250,6 +260,18 @@ impl OutlierDetection {
     pub fn with_max_ejection(mut self, time: Duration) -> Self {
         self.max_ejection = time;
         self
+    }
+
+    /// Records a failure of `kind` against `peer` under these rules; the ejection when it
+    /// ejected the peer. The engine does this after every failed attempt; call it yourself to
+    /// feed health from elsewhere (a failure your own code saw, a simulation).
+    pub fn record_failure(&self, peer: &Peer, kind: FailureKind) -> Option<Ejection> {
+        peer.health().record_failure(kind, self)
+    }
+
+    /// Records a success of `peer`; `true` when it re-admitted the peer.
+    pub fn record_success(&self, peer: &Peer) -> bool {
+        peer.health().record_success()
     }
 
     fn thresholds(&self) -> Thresholds {

@@ -88,6 +88,7 @@ impl HealthCell {
     }
 
     /// Sets the active check's verdict; `true` when it changed.
+    #[cfg_attr(not(feature = "active-health"), allow(dead_code))]
     pub(crate) fn set_check_failed(&self, failed: bool) -> bool {
         self.check_failed.swap(failed, Ordering::AcqRel) != failed
     }

@@ -1,6 +1,8 @@
 //! The set as configured: an ordered list of groups, each an address or a name with the peers it
 //! resolved to. Only updates touch it, under the set's lock.
 
+use std::collections::{HashMap, HashSet};
+
 use crate::error::ConfigError;
 use crate::peer::{Endpoint, Peer, MAX_WEIGHT};
 
@@ -133,31 +135,31 @@ impl Members {
     /// server name kept as it is (or, when its settings changed, given its health), and a peer
     /// that two groups share listed once.
     pub(crate) fn flatten(&mut self, current: &[Peer]) -> Box<[Peer]> {
+        let by_key: HashMap<_, &Peer> = current.iter().map(|q| (q.key(), q)).collect();
         let mut out: Vec<Peer> = Vec::new();
         for g in &mut self.groups {
             for p in &mut g.peers {
-                if let Some(old) = current.iter().find(|q| q.key() == p.key()) {
+                if let Some(old) = by_key.get(&p.key()) {
                     if !old.same(p) {
                         *p = if old.same_settings(p) {
-                            old.clone()
+                            (*old).clone()
                         } else {
                             p.adopting(old)
                         };
                     }
                 }
-                if !out.iter().any(|q| q.key() == p.key()) {
-                    out.push(p.clone());
-                }
+                out.push(p.clone());
             }
         }
-        out.into_boxed_slice()
+        dedup_by_key(out).into_boxed_slice()
     }
 }
 
 /// Checks a list given to a set: no peer (or name) twice.
 pub(crate) fn check(peers: &[Peer]) -> Result<(), ConfigError> {
-    for (i, p) in peers.iter().enumerate() {
-        if peers[..i].iter().any(|q| q.same(p) || q.key() == p.key()) {
+    let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+    for p in peers {
+        if !ids.insert(p.id()) || !keys.insert(p.key()) {
             return Err(ConfigError::DuplicatePeer {
                 peer: p.to_string(),
             });
@@ -175,4 +177,17 @@ pub(crate) fn no_names(peers: &[Peer]) -> Result<(), ConfigError> {
         }),
         None => Ok(()),
     }
+}
+
+/// `peers` with each endpoint and server name once, the first kept (a name and an address, or
+/// two names, may stand for the same peer).
+fn dedup_by_key(peers: Vec<Peer>) -> Vec<Peer> {
+    let mut seen = HashSet::new();
+    peers
+        .into_iter()
+        .filter(|p| {
+            let (endpoint, sni) = p.key();
+            seen.insert((endpoint.clone(), sni.to_owned()))
+        })
+        .collect()
 }

@@ -25,6 +25,7 @@
 
 mod members;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -242,15 +243,17 @@ impl PeerSet {
     fn publish(&self, m: &mut MutexGuard<'_, Members>) {
         let old = self.shared.current.load_full();
         let peers = m.flatten(&old.peers);
+        let ids = |ps: &[Peer]| ps.iter().map(Peer::id).collect::<HashSet<_>>();
+        let (before, after) = (ids(&old.peers), ids(&peers));
         let added: Vec<Peer> = peers
             .iter()
-            .filter(|p| !old.peers.iter().any(|q| q.same(p)))
+            .filter(|p| !before.contains(&p.id()))
             .cloned()
             .collect();
         let removed: Vec<Peer> = old
             .peers
             .iter()
-            .filter(|q| !peers.iter().any(|p| p.same(q)))
+            .filter(|q| !after.contains(&q.id()))
             .cloned()
             .collect();
         let version = old.version + 1;
@@ -527,7 +530,7 @@ impl Pending {
 
     fn blocking(self) -> Result<(), ConfigError> {
         match self {
-            Self::Blocking(rx) => rx.recv().unwrap_or_else(|_| Ok(())),
+            Self::Blocking(rx) => rx.recv().unwrap_or(Ok(())),
             _ => Ok(()),
         }
     }
