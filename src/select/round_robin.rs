@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::error::ConfigError;
 use crate::peer::Peer;
 use crate::select::cursor::Cursor;
@@ -12,11 +10,10 @@ use crate::set::{PeerSet, Snapshot};
 
 /// Spreads requests over the peers in proportion to their weights.
 ///
-/// The order is a schedule in which each peer appears `weight` times (after dividing all
-/// weights by their greatest common divisor), spread out so that a heavy peer's turns are
-/// interleaved with the others rather than bunched. A shared atomic cursor walks it, so
-/// selection takes no lock and does not allocate. The schedule is made again, once, after the
-/// [`PeerSet`] changes.
+/// The order is the set's [weighted order](Snapshot::weighted_order): each peer `weight` times
+/// (after dividing all weights by their greatest common divisor), spread out so that a heavy
+/// peer's turns are interleaved with the others rather than bunched. A shared atomic cursor
+/// walks it, so selection takes no lock and does not allocate.
 ///
 /// Ejected peers are skipped (their turn passes to the next); when every untried peer is
 /// ejected, the one whose ejection ends first is tried anyway. A retry never returns to a peer
@@ -27,17 +24,9 @@ use crate::set::{PeerSet, Snapshot};
 #[derive(Debug)]
 pub struct RoundRobin {
     set: PeerSet,
-    schedule: ArcSwap<Schedule>,
     cursor: Cursor,
     retry_cursor: Cursor,
     panic: PanicThreshold,
-}
-
-/// The turns of one snapshot of the set.
-#[derive(Debug)]
-struct Schedule {
-    version: u64,
-    turns: Box<[u32]>,
 }
 
 impl RoundRobin {
@@ -54,12 +43,7 @@ impl RoundRobin {
 
     /// A round-robin over `set`, following its changes.
     pub fn from_set(set: PeerSet) -> Self {
-        let snapshot = set.peers();
         Self {
-            schedule: ArcSwap::from_pointee(Schedule {
-                version: snapshot.version(),
-                turns: schedule(&snapshot),
-            }),
             set,
             cursor: Cursor::new(),
             retry_cursor: Cursor::new(),
@@ -89,20 +73,6 @@ impl RoundRobin {
     pub fn set(&self) -> &PeerSet {
         &self.set
     }
-
-    /// The schedule for `snapshot`, made again if the set changed since the last one.
-    fn schedule_for(&self, snapshot: &Snapshot) -> arc_swap::Guard<Arc<Schedule>> {
-        let current = self.schedule.load();
-        if current.version == snapshot.version() {
-            return current;
-        }
-        // Racing callers may each build it; they build the same schedule.
-        self.schedule.store(Arc::new(Schedule {
-            version: snapshot.version(),
-            turns: schedule(snapshot),
-        }));
-        self.schedule.load()
-    }
 }
 
 impl PeerSelector for RoundRobin {
@@ -114,8 +84,7 @@ impl PeerSelector for RoundRobin {
         };
         let snapshot = self.set.snapshot();
         let peers = snapshot.peers();
-        let schedule = self.schedule_for(&snapshot);
-        let turns = &schedule.turns;
+        let turns = snapshot.weighted_order();
         if turns.is_empty() {
             return None;
         }
@@ -133,31 +102,6 @@ impl PeerSelector for RoundRobin {
             .find(|p| attempt.takes(p, panic))
             .or_else(|| attempt.best_untried(peers.iter()))
             .cloned()
-    }
-}
-
-/// Each peer `weight / gcd` times, ordered by when its turns fall due (stride scheduling): peer
-/// `i`'s `k`-th turn is due at `(k + 0.5) / w_i`.
-fn schedule(peers: &[Peer]) -> Box<[u32]> {
-    let g = peers.iter().map(Peer::weight).fold(0, gcd).max(1);
-    let mut turns: Vec<(u64, u32)> = Vec::new();
-    for (i, p) in peers.iter().enumerate() {
-        let w = u64::from(p.weight() / g);
-        // Due time (2k + 1) / (2w), compared exactly across peers by scaling to a common base.
-        turns.extend((0..w).map(|k| ((2 * k + 1) * SCALE / (2 * w), i as u32)));
-    }
-    turns.sort_unstable();
-    turns.into_iter().map(|(_, i)| i).collect()
-}
-
-/// A common multiple large enough to order due times of weights up to `MAX_WEIGHT`.
-const SCALE: u64 = 1 << 40;
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 
@@ -247,8 +191,8 @@ mod tests {
     #[test]
     fn weights_set_the_share_and_turns_interleave() {
         let rr = RoundRobin::new(peers(&[3, 1])).unwrap();
-        assert_eq!(&*rr.schedule.load().turns, &[0, 0, 1, 0]);
+        assert_eq!(rr.peers().weighted_order(), &[0, 0, 1, 0]);
         let rr = RoundRobin::new(peers(&[200, 400])).unwrap();
-        assert_eq!(&*rr.schedule.load().turns, &[1, 0, 1]);
+        assert_eq!(rr.peers().weighted_order(), &[1, 0, 1]);
     }
 }

@@ -24,6 +24,7 @@
 //! pingora-load-balancing's `ServiceDiscovery` (feature `discovery`).
 
 mod members;
+mod weighted;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -78,6 +79,8 @@ pub(crate) struct Shared {
 pub struct Snapshot {
     peers: Box<[Peer]>,
     version: u64,
+    /// Made with the snapshot, so a weighted selector has nothing to build when it picks.
+    weighted: Box<[u32]>,
 }
 
 impl Snapshot {
@@ -89,6 +92,15 @@ impl Snapshot {
     /// Which update this is: it grows with every change.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The peers in weighted order, as indices into [`peers`](Self::peers): each peer appears
+    /// `weight` times (after dividing all weights by their greatest common divisor), spread out
+    /// by stride scheduling so that a heavy peer's turns interleave with the others' rather than
+    /// bunch. A weighted selector walks it with a cursor ([`RoundRobin`](crate::RoundRobin)
+    /// does).
+    pub fn weighted_order(&self) -> &[u32] {
+        &self.weighted
     }
 }
 
@@ -257,9 +269,12 @@ impl PeerSet {
             .cloned()
             .collect();
         let version = old.version + 1;
-        self.shared
-            .current
-            .store(Arc::new(Snapshot { peers, version }));
+        let weighted = weighted::schedule(&peers);
+        self.shared.current.store(Arc::new(Snapshot {
+            peers,
+            version,
+            weighted,
+        }));
         self.report(&added, &removed);
     }
 
@@ -459,6 +474,7 @@ impl PeerSetBuilder {
                 current: ArcSwap::from_pointee(Snapshot {
                     peers: Box::new([]),
                     version: 0,
+                    weighted: Box::new([]),
                 }),
                 members: Mutex::new(members),
                 observer: self.observer,
