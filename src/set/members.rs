@@ -36,10 +36,14 @@ impl Members {
     pub(crate) fn replace(&mut self, peers: Vec<Peer>) -> Vec<(u64, Peer)> {
         let old = std::mem::take(&mut self.groups);
         let mut names = Vec::new();
+        let old_names: HashMap<_, &Group> = old
+            .iter()
+            .filter(|g| g.spec.endpoint().is_name())
+            .map(|g| (g.spec.key(), g))
+            .collect();
         for spec in peers {
-            let kept = old
-                .iter()
-                .find(|g| g.spec.key() == spec.key() && spec.endpoint().is_name())
+            let kept = old_names
+                .get(&spec.key())
                 .map(|g| g.peers.clone())
                 .unwrap_or_default();
             let group = self.group(spec, kept);
@@ -182,12 +186,13 @@ pub(crate) fn no_names(peers: &[Peer]) -> Result<(), ConfigError> {
 /// `peers` with each endpoint and server name once, the first kept (a name and an address, or
 /// two names, may stand for the same peer).
 fn dedup_by_key(peers: Vec<Peer>) -> Vec<Peer> {
-    let mut seen = HashSet::new();
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(peers.len());
+        peers.iter().map(|p| seen.insert(p.key())).collect()
+    };
     peers
         .into_iter()
-        .filter(|p| {
-            let (endpoint, sni) = p.key();
-            seen.insert((endpoint.clone(), sni.to_owned()))
-        })
+        .zip(keep)
+        .filter_map(|(p, keep)| keep.then_some(p))
         .collect()
 }
