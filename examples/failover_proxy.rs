@@ -68,15 +68,30 @@ fn parse_args() -> Result<Args, String> {
                 args.connect_timeout = Duration::from_millis(number(value()?)?)
             }
             "--read-timeout-ms" => args.read_timeout = Duration::from_millis(number(value()?)?),
-            "--max-attempts" => args.max_attempts = number(value()?)? as u32,
+            "--max-attempts" => {
+                let v = number(value()?)?;
+                args.max_attempts =
+                    u32::try_from(v).map_err(|_| format!("--max-attempts: {v} is too large"))?;
+            }
             "--threads" => args.threads = number(value()?)? as usize,
-            "--retry-status" => args.retry_statuses.push(number(value()?)? as u16),
+            "--retry-status" => {
+                let v = number(value()?)?;
+                let code =
+                    u16::try_from(v).map_err(|_| format!("--retry-status: {v} is not a status"))?;
+                args.retry_statuses.push(code);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
     }
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
+    }
+    if args.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!(
+            "--listen: {:?} is not IP:PORT (127.0.0.1:6188, [::1]:6188)",
+            args.listen
+        ));
     }
     if args.peers_file.is_some() && !args.peers.is_empty() {
         return Err("give --peer or --peers-file, not both".into());

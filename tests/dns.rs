@@ -217,3 +217,38 @@ async fn localhost_resolves_from_the_hosts_file_with_the_system_resolver() {
     assert_eq!(proxy.get_text(&client(), "/").await, "local");
     assert_eq!(up.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_addresses_takes_a_name_later() {
+    let (a, _b, port) = two_hosts().await;
+    let dns = TestDns::start(TTL).await;
+    dns.set_ips("api.test", &[ip("127.0.0.3")]);
+    let set = PeerSet::builder(vec![Peer::new(&a.peer_addr()).unwrap()])
+        .with_resolver(resolver(&dns))
+        .build_async()
+        .await
+        .unwrap();
+    let (proxy, _log) = start_failover(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .await;
+    assert_eq!(proxy.get_text(&client(), "/").await, "a");
+    // A peers file or an operator swaps the address for a name: it resolves in the background,
+    // and the old peer serves until it has.
+    set.replace(vec![Peer::new(&format!("api.test:{port}")).unwrap()])
+        .unwrap();
+    let http = client();
+    let started = Instant::now();
+    loop {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "no gap while the name resolves");
+        if resp.text().await.unwrap() == "b" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never followed"
+        );
+    }
+}

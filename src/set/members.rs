@@ -18,6 +18,8 @@ struct Group {
     /// The peers the group stands for now: the spec itself for an address, the resolved
     /// addresses for a name.
     peers: Vec<Peer>,
+    /// A name that has not resolved yet (and had no addresses from before).
+    pending: bool,
 }
 
 impl Members {
@@ -70,6 +72,7 @@ impl Members {
     }
 
     fn group(&mut self, spec: Peer, kept: Vec<Peer>) -> &Group {
+        let pending = spec.endpoint().is_name() && kept.is_empty();
         let peers = if spec.endpoint().is_name() {
             kept
         } else {
@@ -79,6 +82,7 @@ impl Members {
             id: self.next_id,
             spec,
             peers,
+            pending,
         });
         self.next_id += 1;
         self.groups.last().expect("just pushed")
@@ -123,6 +127,7 @@ impl Members {
     #[cfg_attr(not(feature = "dns"), allow(dead_code))]
     pub(crate) fn set_resolved(&mut self, group: u64, peers: Vec<Peer>) -> Option<bool> {
         let g = self.groups.iter_mut().find(|g| g.id == group)?;
+        g.pending = false;
         let same = g.peers.len() == peers.len()
             && g.peers
                 .iter()
@@ -133,6 +138,11 @@ impl Members {
         }
         g.peers = peers;
         Some(true)
+    }
+
+    /// Whether a name of the set has not resolved yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.groups.iter().any(|g| g.pending)
     }
 
     /// The peers in order, with each peer that `current` already has under the same endpoint and

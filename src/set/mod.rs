@@ -70,8 +70,11 @@ pub(crate) struct Shared {
     observer: Option<HealthObserver>,
     #[cfg(feature = "metrics")]
     metrics: Option<crate::metrics::Metrics>,
+    /// How names are resolved; the resolver thread starts with the first name.
     #[cfg(feature = "dns")]
-    dns: Option<Dns>,
+    resolver: Resolver,
+    #[cfg(feature = "dns")]
+    dns: std::sync::OnceLock<Dns>,
 }
 
 /// The peers of a [`PeerSet`] at one moment, in order.
@@ -182,7 +185,8 @@ impl PeerSet {
     /// # Errors
     ///
     /// As [`PeerSet::new`], except that names never fail here: a name that does not resolve
-    /// keeps what it had, and the failure is reported as a health event and a metric.
+    /// keeps what it had, and the failure is reported as a health event and a metric. The
+    /// resolver (the builder's, or the system's) starts with the set's first name.
     pub fn replace(&self, peers: Vec<Peer>) -> Result<(), ConfigError> {
         members::check(&peers)?;
         self.require_resolver(&peers)?;
@@ -255,6 +259,11 @@ impl PeerSet {
     fn publish(&self, m: &mut MutexGuard<'_, Members>) {
         let old = self.shared.current.load_full();
         let peers = m.flatten(&old.peers);
+        if peers.is_empty() && !old.peers.is_empty() && m.pending() {
+            // Every peer left for names that have not resolved yet: the old peers serve until
+            // they do, rather than no peer at all.
+            return;
+        }
         let ids = |ps: &[Peer]| ps.iter().map(Peer::id).collect::<HashSet<_>>();
         let (before, after) = (ids(&old.peers), ids(&peers));
         let added: Vec<Peer> = peers
@@ -336,14 +345,23 @@ impl PeerSet {
         weak.upgrade().map(|shared| Self { shared })
     }
 
+    /// The resolver thread, started on first use.
+    #[cfg(feature = "dns")]
+    fn dns(&self) -> Result<&Dns, ConfigError> {
+        if let Some(dns) = self.shared.dns.get() {
+            return Ok(dns);
+        }
+        let dns = Dns::start(self.shared.resolver.clone())?;
+        // A racing caller may win; the thread of the loser's Dns ends when it is dropped.
+        Ok(self.shared.dns.get_or_init(|| dns))
+    }
+
     #[cfg(feature = "dns")]
     fn require_resolver(&self, peers: &[Peer]) -> Result<(), ConfigError> {
-        match peers.iter().find(|p| p.endpoint().is_name()) {
-            Some(p) if self.shared.dns.is_none() => Err(ConfigError::UnresolvedName {
-                name: p.endpoint().to_string(),
-            }),
-            _ => Ok(()),
+        if peers.iter().any(|p| p.endpoint().is_name()) {
+            self.dns()?;
         }
+        Ok(())
     }
 
     #[cfg(not(feature = "dns"))]
@@ -353,7 +371,8 @@ impl PeerSet {
 
     #[cfg(feature = "dns")]
     fn resolve_in_background(&self, names: Vec<(u64, Peer)>) {
-        if let Some(dns) = &self.shared.dns {
+        // `require_resolver` started it when there are names.
+        if let Some(dns) = self.shared.dns.get() {
             for (group, spec) in names {
                 dns.watch(self, group, spec, None);
             }
@@ -461,13 +480,6 @@ impl PeerSetBuilder {
         }
         #[cfg(not(feature = "dns"))]
         members::no_names(&self.peers)?;
-        #[cfg(feature = "dns")]
-        let dns = self
-            .peers
-            .iter()
-            .any(|p| p.endpoint().is_name())
-            .then(|| Dns::start(self.resolver.unwrap_or_default()))
-            .transpose()?;
         let (members, names) = Members::new(self.peers);
         let set = PeerSet {
             shared: Arc::new(Shared {
@@ -481,14 +493,17 @@ impl PeerSetBuilder {
                 #[cfg(feature = "metrics")]
                 metrics: self.metrics,
                 #[cfg(feature = "dns")]
-                dns,
+                resolver: self.resolver.unwrap_or_default(),
+                #[cfg(feature = "dns")]
+                dns: std::sync::OnceLock::new(),
             }),
         };
         set.publish(&mut set.members());
         #[cfg(feature = "dns")]
         let pending = {
             let mut pending = Vec::new();
-            if let Some(dns) = &set.shared.dns {
+            if !names.is_empty() {
+                let dns = set.dns()?;
                 for (group, spec) in names {
                     let (reply, wait) = Pending::channel(blocking);
                     dns.watch(&set, group, spec, (!self.start_empty).then_some(reply));
