@@ -232,3 +232,33 @@ fn set_changes_are_counted_in_the_metrics() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_to_a_removed_peer_finishes_normally() {
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(300))).await;
+    let other = Upstream::start("other", Mode::Ok).await;
+    let set = PeerSet::new(peers(&[&slow, &other])).unwrap();
+    let (proxy, log) = start_failover(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .await;
+    let request = tokio::spawn(client().get(proxy.url("/")).send());
+    while slow.hits() == 0 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        set.remove(&slow.peer_addr()),
+        "removed while its request is in flight"
+    );
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "slow");
+    let records = log.wait_for(1).await;
+    assert_eq!(
+        records[0].len(),
+        1,
+        "answered by the removed peer, not retried"
+    );
+    assert_eq!(proxy.get_text(&client(), "/").await, "other");
+}
