@@ -74,12 +74,16 @@ impl FailoverCtx {
     pub(crate) fn start_attempt(&mut self, peer: Peer, probe: bool) {
         let now = Instant::now();
         self.started.get_or_insert(now);
+        // A Retry-After belongs to the response that carried it.
+        self.retry_after = None;
+        let started_ejected = !peer.health().is_healthy();
         self.attempts.push(AttemptRecord {
             peer,
             started: now,
             duration: None,
             outcome: Outcome::Pending,
             probe,
+            started_ejected,
         });
     }
 
@@ -96,6 +100,9 @@ pub struct AttemptRecord {
     duration: Option<Duration>,
     outcome: Outcome,
     probe: bool,
+    /// The peer was held out by health when the attempt started (panic mode, or a retry that
+    /// returned to it).
+    pub(crate) started_ejected: bool,
 }
 
 impl AttemptRecord {
@@ -107,6 +114,7 @@ impl AttemptRecord {
             duration: None,
             outcome: Outcome::Pending,
             probe: false,
+            started_ejected: false,
         }
     }
 

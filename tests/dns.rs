@@ -252,3 +252,29 @@ async fn a_set_of_addresses_takes_a_name_later() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_weight_for_a_name_outlives_its_next_lookup() {
+    let (_a, _b, port) = two_hosts().await;
+    let dns = TestDns::start(TTL).await;
+    dns.set_ips("api.test", &[ip("127.0.0.2")]);
+    let name = format!("api.test:{port}");
+    let set = PeerSet::builder(vec![Peer::new(&name).unwrap()])
+        .with_resolver(resolver(&dns))
+        .build_async()
+        .await
+        .unwrap();
+    assert!(set.set_weight(&name, 5).unwrap());
+    // The next lookup brings a second address: both carry the new weight.
+    dns.set_ips("api.test", &[ip("127.0.0.2"), ip("127.0.0.3")]);
+    let started = Instant::now();
+    while set.snapshot().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never looked up again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let weights: Vec<_> = set.snapshot().iter().map(|p| p.weight()).collect();
+    assert_eq!(weights, [5, 5]);
+}

@@ -417,3 +417,24 @@ async fn a_final_timeout_answers_504_and_a_final_refusal_502() {
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 502, "a refused connect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_holds_only_for_a_return_to_the_peer_that_sent_it() {
+    // The first peer asks for 30 s; the retry goes to the second at once, whose connect is
+    // refused; the third attempt returns to the first after a backoff, not after 30 s, and its
+    // own answer goes through.
+    let busy = Upstream::start("busy", Mode::StatusRetryAfter(503, 30)).await;
+    let list = ordered(&[busy.peer_addr(), refused_addr()], READ_TIMEOUT);
+    let (proxy, log) = start_failover(list, statuses(&[503])).await;
+
+    let started = Instant::now();
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let attempts = log.wait_for(1).await.remove(0);
+    assert_eq!(attempts.len(), 3, "{attempts:?}");
+    assert_eq!(
+        attempts[2].outcome(),
+        stopped(FailureKind::Status(503), StopReason::MaxAttempts)
+    );
+}

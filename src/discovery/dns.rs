@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::{Endpoint, Peer};
-use crate::set::{PeerSet, Reply, Shared};
+use crate::set::{PeerSet, Reply, Resolved, Shared};
 
 /// How a [`PeerSet`] resolves its names, and how often it looks again.
 ///
@@ -192,14 +192,18 @@ async fn run(config: Resolver, mut rx: mpsc::UnboundedReceiver<Watch>) {
                 (Some(w), Ok(r)) => {
                     follows.spawn(follow(r.clone(), config.clone(), w));
                 }
-                (Some(w), Err(reason)) => {
-                    if let Some(reply) = w.reply {
-                        reply.send(Err(ConfigError::Resolve {
-                            name: w.spec.endpoint().to_string(),
-                            reason: format!("no resolver: {reason}"),
-                        }));
+                (Some(w), Err(reason)) => match w.reply {
+                    Some(reply) => reply.send(Err(ConfigError::Resolve {
+                        name: w.spec.endpoint().to_string(),
+                        reason: format!("no resolver: {reason}"),
+                    })),
+                    // A name added later: the set keeps what it has, and says so.
+                    None => {
+                        if let Some(set) = PeerSet::upgrade(&w.set) {
+                            set.report_resolve_failure(&w.spec);
+                        }
                     }
-                }
+                },
             },
             Some(_) = follows.join_next(), if !follows.is_empty() => {}
         }
@@ -218,11 +222,11 @@ async fn follow(resolver: TokioResolver, config: Resolver, watch: Watch) {
         // Cached answers would hide a change once the maximum refresh cuts a long TTL short.
         resolver.clear_cache();
         let wait = match resolve(&resolver, &spec).await {
-            Ok((peers, ttl)) => {
+            Ok((resolved, ttl)) => {
                 let Some(set) = PeerSet::upgrade(&set) else {
                     return;
                 };
-                if !set.set_resolved(group, peers) {
+                if !set.set_resolved(group, resolved) {
                     return;
                 }
                 if let Some(reply) = reply.take() {
@@ -248,16 +252,20 @@ async fn follow(resolver: TokioResolver, config: Resolver, watch: Watch) {
     }
 }
 
-/// The peers a name stands for now, in a stable order, and how long the answer holds.
-async fn resolve(resolver: &TokioResolver, spec: &Peer) -> Result<(Vec<Peer>, Duration), String> {
+/// The addresses a name stands for now (with their SRV weights), in a stable order, and how
+/// long the answer holds.
+async fn resolve(
+    resolver: &TokioResolver,
+    spec: &Peer,
+) -> Result<(Vec<Resolved>, Duration), String> {
     match spec.endpoint() {
         Endpoint::Name { host, port } => {
             let (ips, ttl) = lookup_ips(resolver, host).await?;
-            let peers = ips
+            let addrs = ips
                 .into_iter()
-                .map(|ip| spec.resolved(SocketAddr::new(ip, *port), None))
+                .map(|ip| (SocketAddr::new(ip, *port), None))
                 .collect();
-            Ok((peers, ttl))
+            Ok((addrs, ttl))
         }
         Endpoint::Srv(name) => {
             let srv = resolver
@@ -271,27 +279,39 @@ async fn resolve(resolver: &TokioResolver, spec: &Peer) -> Result<(Vec<Peer>, Du
                 .collect();
             // Lower priority first (the order an ordered list tries them in), then by name.
             records.sort();
-            let mut peers = Vec::new();
+            let mut addrs: Vec<Resolved> = Vec::new();
+            let mut failed = Vec::new();
             for (_, target, port, weight) in records {
                 if target == "." {
                     continue;
                 }
-                let (ips, t) = lookup_ips(resolver, &target).await?;
+                // A target that does not resolve (a pod gone, still listed) is left out; the
+                // others still count.
+                let (ips, t) = match lookup_ips(resolver, &target).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        failed.push(e);
+                        continue;
+                    }
+                };
                 ttl = ttl.min(t);
                 for ip in ips {
                     let addr = SocketAddr::new(ip, port);
-                    if !peers.iter().any(|p: &Peer| p.addr() == Some(addr)) {
+                    if !addrs.iter().any(|(a, _)| *a == addr) {
                         // SRV weight 0 means "rarely"; the smallest weight here is 1.
-                        peers.push(spec.resolved(addr, Some(u32::from(weight).max(1))));
+                        addrs.push((addr, Some(u32::from(weight).max(1))));
                     }
                 }
             }
-            if peers.is_empty() {
-                return Err("no SRV record with a target".into());
+            if addrs.is_empty() {
+                return Err(match failed.first() {
+                    Some(e) => format!("no SRV target resolved ({e})"),
+                    None => "no SRV record with a target".into(),
+                });
             }
-            Ok((peers, ttl))
+            Ok((addrs, ttl))
         }
-        Endpoint::Inet(_) | Endpoint::Unix(_) => Ok((vec![spec.clone()], Duration::MAX)),
+        Endpoint::Inet(_) | Endpoint::Unix(_) => Err("not a name".into()),
     }
 }
 

@@ -175,8 +175,14 @@ impl PeersFile {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::PeersFile`] when the watching thread (or the SIGHUP handler) cannot start.
+    /// [`ConfigError::PeersFile`] when the watching thread (or the SIGHUP handler) cannot
+    /// start, and a timeout error for an interval of 0 or over a day.
     pub fn watch(self, set: &PeerSet) -> Result<(), ConfigError> {
+        crate::error::check_timeout(
+            "peers file interval",
+            self.interval,
+            Duration::from_secs(86_400),
+        )?;
         let path = self.path.display().to_string();
         let failed = |reason: String| ConfigError::PeersFile {
             path: path.clone(),

@@ -167,12 +167,18 @@ impl Discovered {
                 runtime.block_on(async move {
                     loop {
                         tokio::time::sleep(self.every).await;
+                        if set.strong_count() == 0 {
+                            return;
+                        }
+                        // Only the weak handle is held while the discovery runs, so a dropped
+                        // set is freed even when the discovery hangs.
+                        let found = self.discover().await;
                         let Some(set) = PeerSet::upgrade(&set) else {
                             return;
                         };
                         // An empty answer keeps the set, as LoadBalancer keeps its backends on an
                         // error: a discovery hiccup must not drain it.
-                        let result = match self.discover().await {
+                        let result = match found {
                             Ok(peers) if peers.is_empty() => Err(ConfigError::NoPeers),
                             Ok(peers) => set.replace(peers),
                             Err(e) => Err(e),
@@ -269,9 +275,11 @@ where
             return Some(p.clone());
         }
         let made = peer_of(backend, self.settings.as_ref()).ok()?;
-        let live = self.lb.backends().get_backend();
         let mut kept = None;
         self.peers.rcu(|map| {
+            // The backends as they are at this try (not before it): a peer another thread
+            // just made for a new backend is never dropped as gone.
+            let live = self.lb.backends().get_backend();
             let mut map: HashMap<Backend, Peer> = map
                 .iter()
                 .filter(|(b, _)| live.contains(*b))
@@ -297,10 +305,16 @@ where
         let key = attempt
             .request()
             .map_or(&b""[..], |r| r.uri.path().as_bytes());
-        let chosen = self.lb.select_with(key, self.max_iterations, |b, healthy| {
-            healthy && self.peer(b).is_some_and(|p| attempt.admits(&p))
+        // The peer admitted (which may hold the probe slot) is the one returned.
+        let admitted = std::cell::RefCell::new(None);
+        self.lb.select_with(key, self.max_iterations, |b, healthy| {
+            let Some(p) = self.peer(b).filter(|p| healthy && attempt.admits(p)) else {
+                return false;
+            };
+            *admitted.borrow_mut() = Some(p);
+            true
         });
-        if let Some(p) = chosen.and_then(|b| self.peer(&b)) {
+        if let Some(p) = admitted.into_inner() {
             return Some(p);
         }
         // Panic mode: every backend is tried, ejected or failing its checks.

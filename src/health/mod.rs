@@ -153,7 +153,7 @@ impl PeerHealth {
 
     /// Records a success; `true` when it re-admitted an ejected peer.
     pub(crate) fn record_success(&self) -> bool {
-        self.cell.record_success(&NoTally)
+        self.cell.record_success(true, &NoTally)
     }
 
     /// Records a failure of `kind`; the ejection when it ejected the peer.
@@ -167,8 +167,10 @@ impl PeerHealth {
 
     /// [`record_success`](Self::record_success), keeping `tally` (the engine's count of ejected
     /// peers) right.
-    pub(crate) fn record_success_counted(&self, tally: &dyn Tally) -> bool {
-        self.cell.record_success(tally)
+    /// `readmit`: the success may end an ejection (it came from the probe, or from an attempt
+    /// sent while the peer was out).
+    pub(crate) fn record_success_counted(&self, readmit: bool, tally: &dyn Tally) -> bool {
+        self.cell.record_success(readmit, tally)
     }
 
     /// [`record_failure`](Self::record_failure), keeping `tally` right.
@@ -463,6 +465,19 @@ mod tests {
         assert!(!e.repeat);
         h.set_check_failed(false);
         assert!(h.record_success(), "re-admitted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_from_before_the_ejection_does_not_readmit() {
+        let h = PeerHealth::default();
+        h.record_failure(FailureKind::ConnectRefused, &rules())
+            .unwrap();
+        // A request sent while the peer was healthy answers after the ejection.
+        assert!(!h.record_success_counted(false, &NoTally));
+        assert!(matches!(h.state(), HealthState::Ejected { .. }));
+        // Its probe (or an attempt sent while it was out) does.
+        assert!(h.record_success_counted(true, &NoTally));
+        assert_eq!(h.state(), HealthState::Healthy);
     }
 
     #[test]

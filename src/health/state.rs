@@ -130,8 +130,12 @@ impl HealthCell {
         Admit::Probe
     }
 
-    /// Records a success; `true` when it re-admitted an ejected peer.
-    pub(crate) fn record_success(&self, tally: &dyn Tally) -> bool {
+    /// Records a success; `true` when it re-admitted an ejected peer. Only a success with
+    /// `readmit` ends an ejection: one from a request sent before the peer was ejected does not.
+    pub(crate) fn record_success(&self, readmit: bool, tally: &dyn Tally) -> bool {
+        if !readmit && self.ejected_until() != 0 {
+            return false;
+        }
         // Loads first: a success on a healthy peer writes nothing, so the shared cache line is
         // not bounced between cores on every request.
         if self.failures.load(Ordering::Relaxed) != 0 {

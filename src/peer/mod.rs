@@ -223,18 +223,6 @@ impl Peer {
             }),
         }
     }
-
-    /// Whether `self` has the same weight and connection settings as `other`.
-    pub(crate) fn same_settings(&self, other: &Peer) -> bool {
-        self.inner.weight == other.inner.weight
-            && self.inner.name == other.inner.name
-            && self.inner.template.options.connection_timeout
-                == other.inner.template.options.connection_timeout
-            && self.inner.template.options.read_timeout == other.inner.template.options.read_timeout
-            && self.inner.template.options.write_timeout
-                == other.inner.template.options.write_timeout
-            && self.inner.template.options.alpn == other.inner.template.options.alpn
-    }
 }
 
 impl PartialEq for Peer {

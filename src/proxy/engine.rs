@@ -255,7 +255,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Responded { status });
             self.signals.attempt(rec.peer(), &rec.outcome());
-            if self.outliers.is_some() && rec.peer().health().record_success_counted(&self.signals)
+            // A success re-admits an ejected peer only when the attempt was sent knowing it was
+            // ejected (its probe, or panic mode): a request already in flight when the peer was
+            // ejected proves nothing about it now.
+            let readmit = rec.is_probe() || rec.started_ejected;
+            if self.outliers.is_some()
+                && rec
+                    .peer()
+                    .health()
+                    .record_success_counted(readmit, &self.signals)
             {
                 self.signals.readmitted(rec.peer());
             }
@@ -422,7 +430,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(left) = left {
             wait = wait.min(left / 2);
         }
-        if let Some(asked) = ctx.retry_after {
+        // The wait the upstream asked for holds for a return to that same upstream only.
+        let asked = ctx
+            .retry_after
+            .filter(|_| attempts.last().is_some_and(|r| r.peer().same(&peer)));
+        if let Some(asked) = asked {
             if asked > self.max_retry_after || left.is_some_and(|l| asked >= l) {
                 return Err(StopReason::RetryAfter);
             }

@@ -62,7 +62,9 @@ impl Window {
             .slot(now)
             .requests
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
-                Some(pack(now, count_at(w, now) + 1))
+                // A caller that read the clock just before the second turned must not wipe the
+                // new second's count: its own count is dropped instead.
+                (unpack(w).0 <= now).then(|| pack(now, count_at(w, now) + 1))
             });
     }
 
@@ -76,7 +78,8 @@ impl Window {
                 let requests = requests + count_at(slot.requests.load(Ordering::Relaxed), now);
                 let allowed = self.floor + self.ratio * requests as f64;
                 let mine = count_at(w, now);
-                ((retries + mine + 1) as f64 <= allowed).then(|| pack(now, mine + 1))
+                (unpack(w).0 <= now && (retries + mine + 1) as f64 <= allowed)
+                    .then(|| pack(now, mine + 1))
             })
             .is_ok()
     }

@@ -2,6 +2,7 @@
 //! resolved to. Only updates touch it, under the set's lock.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 
 use crate::error::ConfigError;
 use crate::peer::{Endpoint, Peer, MAX_WEIGHT};
@@ -11,15 +12,31 @@ pub(crate) struct Members {
     next_id: u64,
 }
 
+/// One address a name resolved to, with the weight its SRV record gave (none for A/AAAA).
+pub(crate) type Resolved = (SocketAddr, Option<u32>);
+
 struct Group {
     id: u64,
     /// The peer as given: an address, or a name whose settings each resolved address copies.
     spec: Peer,
-    /// The peers the group stands for now: the spec itself for an address, the resolved
-    /// addresses for a name.
+    /// For a name, the addresses it resolved to last.
+    resolved: Vec<Resolved>,
+    /// The peers the group stands for now: the spec itself for an address, one peer per
+    /// resolved address (built from the spec) for a name.
     peers: Vec<Peer>,
     /// A name that has not resolved yet (and had no addresses from before).
     pending: bool,
+}
+
+impl Group {
+    /// The peers of a name: its spec's settings at each resolved address.
+    fn rebuild(&mut self) {
+        self.peers = self
+            .resolved
+            .iter()
+            .map(|(addr, weight)| self.spec.resolved(*addr, *weight))
+            .collect();
+    }
 }
 
 impl Members {
@@ -33,8 +50,8 @@ impl Members {
         (m, names)
     }
 
-    /// Replaces every group; a name that was there before keeps its addresses until it
-    /// resolves again. Returns the names to resolve.
+    /// Replaces every group; a name that was there before keeps its addresses (with the new
+    /// settings) until it resolves again. Returns the names to resolve.
     pub(crate) fn replace(&mut self, peers: Vec<Peer>) -> Vec<(u64, Peer)> {
         let old = std::mem::take(&mut self.groups);
         let mut names = Vec::new();
@@ -46,7 +63,7 @@ impl Members {
         for spec in peers {
             let kept = old_names
                 .get(&spec.key())
-                .map(|g| g.peers.clone())
+                .map(|g| g.resolved.clone())
                 .unwrap_or_default();
             let group = self.group(spec, kept);
             if group.spec.endpoint().is_name() {
@@ -71,20 +88,20 @@ impl Members {
         })
     }
 
-    fn group(&mut self, spec: Peer, kept: Vec<Peer>) -> &Group {
-        let pending = spec.endpoint().is_name() && kept.is_empty();
-        let peers = if spec.endpoint().is_name() {
-            kept
-        } else {
-            vec![spec.clone()]
-        };
-        self.groups.push(Group {
+    fn group(&mut self, spec: Peer, resolved: Vec<Resolved>) -> &Group {
+        let name = spec.endpoint().is_name();
+        let mut group = Group {
             id: self.next_id,
+            pending: name && resolved.is_empty(),
+            peers: vec![spec.clone()],
             spec,
-            peers,
-            pending,
-        });
+            resolved,
+        };
+        if name {
+            group.rebuild();
+        }
         self.next_id += 1;
+        self.groups.push(group);
         self.groups.last().expect("just pushed")
     }
 
@@ -119,24 +136,25 @@ impl Members {
             });
         }
         group.spec = group.spec.reweighted(weight);
-        group.peers = group.peers.iter().map(|p| p.reweighted(weight)).collect();
+        if group.spec.endpoint().is_name() {
+            // The spec's weight applies to A/AAAA addresses; SRV records keep their own.
+            group.rebuild();
+        } else {
+            group.peers = vec![group.spec.clone()];
+        }
         Ok(true)
     }
 
-    /// Sets the peers of name `group`: `Some(changed)`, or `None` when the group is gone.
+    /// Sets the addresses of name `group`: `Some(changed)`, or `None` when the group is gone.
     #[cfg_attr(not(feature = "dns"), allow(dead_code))]
-    pub(crate) fn set_resolved(&mut self, group: u64, peers: Vec<Peer>) -> Option<bool> {
+    pub(crate) fn set_resolved(&mut self, group: u64, resolved: Vec<Resolved>) -> Option<bool> {
         let g = self.groups.iter_mut().find(|g| g.id == group)?;
         g.pending = false;
-        let same = g.peers.len() == peers.len()
-            && g.peers
-                .iter()
-                .zip(&peers)
-                .all(|(a, b)| a.key() == b.key() && a.weight() == b.weight());
-        if same {
+        if g.resolved == resolved {
             return Some(false);
         }
-        g.peers = peers;
+        g.resolved = resolved;
+        g.rebuild();
         Some(true)
     }
 
@@ -145,9 +163,14 @@ impl Members {
         self.groups.iter().any(|g| g.pending)
     }
 
-    /// The peers in order, with each peer that `current` already has under the same endpoint and
-    /// server name kept as it is (or, when its settings changed, given its health), and a peer
-    /// that two groups share listed once.
+    /// Whether the set stands for no peer at all now.
+    pub(crate) fn flatten_is_empty(&self) -> bool {
+        self.groups.iter().all(|g| g.peers.is_empty())
+    }
+
+    /// The peers in order. A peer that `current` already has under the same endpoint and
+    /// server name keeps its handle if nothing about it changed, and its health (and so its
+    /// identity) if its weight or settings did. A peer that two groups share is listed once.
     pub(crate) fn flatten(&mut self, current: &[Peer]) -> Box<[Peer]> {
         let by_key: HashMap<_, &Peer> = current.iter().map(|q| (q.key(), q)).collect();
         let mut out: Vec<Peer> = Vec::new();
@@ -155,11 +178,7 @@ impl Members {
             for p in &mut g.peers {
                 if let Some(old) = by_key.get(&p.key()) {
                     if !old.same(p) {
-                        *p = if old.same_settings(p) {
-                            (*old).clone()
-                        } else {
-                            p.adopting(old)
-                        };
+                        *p = p.adopting(old);
                     }
                 }
                 out.push(p.clone());

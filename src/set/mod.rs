@@ -37,6 +37,8 @@ use crate::error::ConfigError;
 use crate::health::{HealthChange, HealthEvent, HealthObserver};
 use crate::peer::{Endpoint, Peer};
 use members::Members;
+#[cfg(feature = "dns")]
+pub(crate) use members::Resolved;
 
 #[cfg(feature = "dns")]
 use crate::discovery::dns::{Dns, Resolver};
@@ -188,12 +190,18 @@ impl PeerSet {
     /// keeps what it had, and the failure is reported as a health event and a metric. The
     /// resolver (the builder's, or the system's) starts with the set's first name.
     pub fn replace(&self, peers: Vec<Peer>) -> Result<(), ConfigError> {
+        if peers.is_empty() {
+            return Err(ConfigError::NoPeers);
+        }
         members::check(&peers)?;
         self.require_resolver(&peers)?;
         let mut m = self.members();
         let names = m.replace(peers);
-        self.publish(&mut m);
+        // Every peer leaving for names that have not resolved yet: the old peers serve until
+        // they do, rather than no peer at all.
+        let changes = (!(m.pending() && m.flatten_is_empty())).then(|| self.publish(&mut m));
         drop(m);
+        self.report(changes);
         self.resolve_in_background(names);
         Ok(())
     }
@@ -207,8 +215,9 @@ impl PeerSet {
         self.require_resolver(std::slice::from_ref(&peer))?;
         let mut m = self.members();
         let names = m.add(peer)?;
-        self.publish(&mut m);
+        let changes = self.publish(&mut m);
         drop(m);
+        self.report(Some(changes));
         self.resolve_in_background(names);
         Ok(())
     }
@@ -221,9 +230,9 @@ impl PeerSet {
         };
         let mut m = self.members();
         let removed = m.remove(&endpoint);
-        if removed {
-            self.publish(&mut m);
-        }
+        let changes = removed.then(|| self.publish(&mut m));
+        drop(m);
+        self.report(changes);
         removed
     }
 
@@ -239,9 +248,9 @@ impl PeerSet {
         };
         let mut m = self.members();
         let changed = m.set_weight(&endpoint, weight)?;
-        if changed {
-            self.publish(&mut m);
-        }
+        let changes = changed.then(|| self.publish(&mut m));
+        drop(m);
+        self.report(changes);
         Ok(changed)
     }
 
@@ -254,16 +263,11 @@ impl PeerSet {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Builds the snapshot from `m`, keeping the handles (and so the health) of peers that stay,
-    /// swaps it in and reports what changed.
-    fn publish(&self, m: &mut MutexGuard<'_, Members>) {
+    /// Builds the snapshot from `m`, keeping the health of peers that stay, and swaps it in;
+    /// what changed, to report once the lock is released (an observer may update the set).
+    fn publish(&self, m: &mut MutexGuard<'_, Members>) -> Changes {
         let old = self.shared.current.load_full();
         let peers = m.flatten(&old.peers);
-        if peers.is_empty() && !old.peers.is_empty() && m.pending() {
-            // Every peer left for names that have not resolved yet: the old peers serve until
-            // they do, rather than no peer at all.
-            return;
-        }
         let ids = |ps: &[Peer]| ps.iter().map(Peer::id).collect::<HashSet<_>>();
         let (before, after) = (ids(&old.peers), ids(&peers));
         let added: Vec<Peer> = peers
@@ -284,18 +288,21 @@ impl PeerSet {
             version,
             weighted,
         }));
-        self.report(&added, &removed);
+        Changes { added, removed }
     }
 
-    fn report(&self, added: &[Peer], removed: &[Peer]) {
+    fn report(&self, changes: Option<Changes>) {
+        let Some(Changes { added, removed }) = changes else {
+            return;
+        };
         #[cfg(feature = "metrics")]
         if let Some(metrics) = &self.shared.metrics {
             metrics.set_changed(added.len(), removed.len(), self.snapshot().len());
         }
         if let Some(observe) = &self.shared.observer {
             for (peers, change) in [
-                (added, HealthChange::Added),
-                (removed, HealthChange::Removed),
+                (&added, HealthChange::Added),
+                (&removed, HealthChange::Removed),
             ] {
                 for peer in peers {
                     observe(&HealthEvent {
@@ -325,16 +332,16 @@ impl PeerSet {
     /// Sets the addresses of the name `group` to `resolved`; `false` when the set no longer has
     /// that name (it was removed or replaced).
     #[cfg(feature = "dns")]
-    pub(crate) fn set_resolved(&self, group: u64, resolved: Vec<Peer>) -> bool {
+    pub(crate) fn set_resolved(&self, group: u64, resolved: Vec<Resolved>) -> bool {
         let mut m = self.members();
-        match m.set_resolved(group, resolved) {
-            Some(true) => {
-                self.publish(&mut m);
-                true
-            }
-            Some(false) => true,
-            None => false,
-        }
+        let (live, changes) = match m.set_resolved(group, resolved) {
+            Some(true) => (true, Some(self.publish(&mut m))),
+            Some(false) => (true, None),
+            None => (false, None),
+        };
+        drop(m);
+        self.report(changes);
+        live
     }
 
     pub(crate) fn downgrade(&self) -> Weak<Shared> {
@@ -383,6 +390,12 @@ impl PeerSet {
     fn resolve_in_background(&self, names: Vec<(u64, Peer)>) {
         debug_assert!(names.is_empty());
     }
+}
+
+/// The peers an update added and removed.
+struct Changes {
+    added: Vec<Peer>,
+    removed: Vec<Peer>,
 }
 
 /// Builds a [`PeerSet`].
@@ -498,7 +511,8 @@ impl PeerSetBuilder {
                 dns: std::sync::OnceLock::new(),
             }),
         };
-        set.publish(&mut set.members());
+        let changes = set.publish(&mut set.members());
+        set.report(Some(changes));
         #[cfg(feature = "dns")]
         let pending = {
             let mut pending = Vec::new();
