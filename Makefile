@@ -32,6 +32,7 @@ test: deps
 	$(CARGO) build --examples --benches --features "$(FEATURES)"
 	$(CARGO) test --all-targets --features "$(FEATURES)"
 	$(CARGO) test --doc --features "$(FEATURES)"
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features "$(FEATURES)"
 
 # End to end: failover_proxy against a bare pingora proxy under wrk, four scenarios (see
 # BENCHMARKS.md). Installs wrk when missing. About 2 to 3 minutes once built.

@@ -72,6 +72,22 @@ pub use retry::{
 pub use select::{Attempt, OrderedList, PeerSelector, RoundRobin};
 pub use set::{PeerSet, PeerSetBuilder, Snapshot};
 
+/// The pingora types this crate's API hands you, from the versions it was built with: write
+/// hooks and embed the engine without naming four pingora crates (and matching their versions)
+/// yourself.
+pub mod pingora {
+    pub use pingora_core::server::configuration::ServerConf;
+    pub use pingora_core::server::Server;
+    pub use pingora_core::upstreams::peer::HttpPeer;
+    pub use pingora_error::{Error, ErrorSource, ErrorType, Result};
+    pub use pingora_http::{RequestHeader, ResponseHeader};
+    pub use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+}
+
+/// The prometheus crate this crate's [`Metrics`] registers on, at the version pingora serves.
+#[cfg(feature = "metrics")]
+pub use prometheus;
+
 /// The types most proxies need.
 pub mod prelude {
     pub use crate::{

@@ -20,7 +20,7 @@
 //!   peer's identity is its health, which the update keeps.
 //!
 //! Sources feed the set: a static list, names resolved by DNS (feature `dns`, see
-//! [`Resolver`](crate::Resolver)), a peers file ([`PeersFile`](crate::PeersFile)), and
+//! `Resolver`), a peers file ([`PeersFile`](crate::PeersFile)), and
 //! pingora-load-balancing's `ServiceDiscovery` (feature `discovery`).
 
 mod members;
