@@ -179,14 +179,7 @@ async fn metrics_count_what_happened() {
     }
     log.wait_for(4).await;
 
-    let mut text = Vec::new();
-    prometheus::Encoder::encode(
-        &prometheus::TextEncoder::new(),
-        &registry.gather(),
-        &mut text,
-    )
-    .unwrap();
-    let text = String::from_utf8(text).unwrap();
+    let text = support::metrics_text(&registry);
     let b = backup.addr;
     for line in [
         format!("failover_attempts_total{{outcome=\"connect_refused\",peer=\"{primary}\"}} 1"),

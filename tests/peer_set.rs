@@ -213,14 +213,7 @@ fn set_changes_are_counted_in_the_metrics() {
     set.add(Peer::new("127.0.0.1:1002").unwrap()).unwrap();
     set.add(Peer::new("127.0.0.1:1003").unwrap()).unwrap();
     assert!(set.remove("127.0.0.1:1001"));
-    let mut text = Vec::new();
-    prometheus::Encoder::encode(
-        &prometheus::TextEncoder::new(),
-        &registry.gather(),
-        &mut text,
-    )
-    .unwrap();
-    let text = String::from_utf8(text).unwrap();
+    let text = support::metrics_text(&registry);
     for line in [
         "failover_peers 2",
         "failover_peer_changes_total{change=\"added\"} 3",

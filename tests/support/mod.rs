@@ -658,3 +658,16 @@ pub fn stopped(
 ) -> pingora_failover::Outcome {
     failed(kind, pingora_failover::Verdict::Stopped(reason))
 }
+
+/// What a prometheus registry would serve, as text.
+#[cfg(feature = "metrics")]
+pub fn metrics_text(registry: &prometheus::Registry) -> String {
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(
+        &prometheus::TextEncoder::new(),
+        &registry.gather(),
+        &mut text,
+    )
+    .unwrap();
+    String::from_utf8(text).unwrap()
+}
