@@ -82,7 +82,7 @@ async fn selection_over_a_set_that_changed_allocates_nothing_once_it_settled() {
     let ordered = OrderedList::from_set(set.clone());
     // A whole new list, with a new weight for one that stays.
     let mut next = peers[4..].to_vec();
-    next[0] = Peer::builder("127.0.0.1:31004")
+    next[0] = Peer::builder(peers[4].name())
         .with_weight(3)
         .build()
         .unwrap();

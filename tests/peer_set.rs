@@ -170,7 +170,8 @@ async fn a_peer_that_stays_keeps_its_health_across_an_update() {
 
 #[test]
 fn a_retry_never_returns_to_a_peer_already_tried_across_an_update() {
-    let addrs = ["127.0.0.1:1001", "127.0.0.1:1002"];
+    // Never dialled: selection only.
+    let addrs: [String; 2] = support::refused_addrs();
     let set = PeerSet::new(addrs.iter().map(|a| Peer::new(a).unwrap()).collect()).unwrap();
     let list = OrderedList::from_set(set.clone());
     let first = list.select(&Attempt::new(&[], None)).unwrap();
@@ -185,18 +186,16 @@ fn a_retry_never_returns_to_a_peer_already_tried_across_an_update() {
 
 #[test]
 fn bad_updates_are_typed_errors_and_change_nothing() {
-    let set = PeerSet::new(vec![Peer::new("127.0.0.1:1001").unwrap()]).unwrap();
+    let [one, other] = support::refused_addrs();
+    let set = PeerSet::new(vec![Peer::new(&one).unwrap()]).unwrap();
     let version = set.snapshot().version();
-    let twice = vec![
-        Peer::new("127.0.0.1:1").unwrap(),
-        Peer::new("127.0.0.1:1").unwrap(),
-    ];
+    let twice = vec![Peer::new(&other).unwrap(), Peer::new(&other).unwrap()];
     assert!(matches!(
         set.replace(twice),
         Err(pingora_failover::ConfigError::DuplicatePeer { .. })
     ));
-    assert!(set.add(Peer::new("127.0.0.1:1001").unwrap()).is_err());
-    assert!(set.set_weight("127.0.0.1:1001", 0).is_err());
+    assert!(set.add(Peer::new(&one).unwrap()).is_err());
+    assert!(set.set_weight(&one, 0).is_err());
     assert!(!set.remove("not an address"));
     assert_eq!(set.snapshot().version(), version);
 }
@@ -206,13 +205,14 @@ fn bad_updates_are_typed_errors_and_change_nothing() {
 fn set_changes_are_counted_in_the_metrics() {
     let registry = prometheus::Registry::new();
     let metrics = pingora_failover::Metrics::register(&registry).unwrap();
-    let set = PeerSet::builder(vec![Peer::new("127.0.0.1:1001").unwrap()])
+    let addrs: [String; 3] = support::refused_addrs();
+    let set = PeerSet::builder(vec![Peer::new(&addrs[0]).unwrap()])
         .with_metrics(metrics)
         .build()
         .unwrap();
-    set.add(Peer::new("127.0.0.1:1002").unwrap()).unwrap();
-    set.add(Peer::new("127.0.0.1:1003").unwrap()).unwrap();
-    assert!(set.remove("127.0.0.1:1001"));
+    set.add(Peer::new(&addrs[1]).unwrap()).unwrap();
+    set.add(Peer::new(&addrs[2]).unwrap()).unwrap();
+    assert!(set.remove(&addrs[0]));
     let text = support::metrics_text(&registry);
     for line in [
         "failover_peers 2",

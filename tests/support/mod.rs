@@ -290,6 +290,14 @@ async fn handle(
     }
 }
 
+/// `n` distinct addresses on which nothing listens (held open together while they are picked).
+pub fn refused_addrs<const N: usize>() -> [String; N] {
+    let held: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().to_string())
+}
+
 /// An address on which nothing listens: connecting is refused at once.
 pub fn refused_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
