@@ -44,7 +44,7 @@ async fn until_half_open(peer: &Peer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recovered_primary_is_probed_once_readmitted_and_gets_traffic_back() {
     let mut primary = Upstream::start("primary", Mode::Ok).await;
-    primary.stop();
+    primary.stop_and_wait().await;
     let backup = Upstream::start("backup", Mode::Ok).await;
     let primary_peer = Peer::new(&primary.peer_addr()).unwrap();
     let events = Events::default();

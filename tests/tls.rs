@@ -69,7 +69,7 @@ async fn a_killed_tls_primary_fails_over_and_comes_back() {
     let http = client();
 
     assert_eq!(proxy.get_text(&http, "/").await, "primary");
-    primary.stop();
+    primary.stop_and_wait().await;
     assert_eq!(proxy.get_text(&http, "/").await, "backup");
     primary.restart().await;
     let records = log.wait_for(2).await;

@@ -144,6 +144,15 @@ impl Upstream {
         self.task.abort();
     }
 
+    /// Stops listening, as [`stop`](Self::stop) does, and returns once connects are refused
+    /// (the abort takes effect at the task's next poll).
+    pub async fn stop_and_wait(&self) {
+        self.stop();
+        while TcpStream::connect(self.addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Listens again on the same port, with the same counters.
     pub async fn restart(&mut self) {
         self.task.abort();
