@@ -195,3 +195,41 @@ async fn metrics_count_what_happened() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_answering_5xx_to_everything_is_ejected_and_a_5xx_probe_fails() {
+    let primary = Upstream::start("primary", Mode::Status(500)).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary_peer = Peer::new(&primary.peer_addr()).unwrap();
+    let events = Events::default();
+    let ejection = Duration::from_millis(200);
+    let (proxy, _log) = start_ejecting(&primary_peer, &backup, ejection, &events).await;
+    let http = client();
+
+    // The policy retries no status: each 500 goes to the client, and counts against the peer.
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 500);
+    }
+    assert!(
+        !primary_peer.health().is_healthy(),
+        "five 5xx in a row eject"
+    );
+    assert_eq!(proxy.get_text(&http, "/").await, "backup");
+
+    // Its probe is answered with a 500 too: a failed probe, ejected again, never re-admitted.
+    until_half_open(&primary_peer).await;
+    let resp = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 500, "the probe's own answer");
+    assert!(matches!(
+        primary_peer.health().state(),
+        HealthState::Ejected { .. }
+    ));
+    let changes: Vec<_> = events.all().into_iter().map(|e| e.1).collect();
+    let ejections = changes
+        .iter()
+        .filter(|c| matches!(c, HealthChange::Ejected { .. }))
+        .count();
+    assert_eq!(ejections, 2, "{changes:?}");
+    assert!(!changes.contains(&HealthChange::Readmitted), "{changes:?}");
+}

@@ -206,7 +206,9 @@ impl PeerHealth {
 ///
 /// # Default
 ///
-/// - consecutive failures: 5 (Envoy's `consecutive_5xx`)
+/// - consecutive failures: 5 (Envoy's `consecutive_5xx`). A 5xx response counts as a failure
+///   whether or not the retry policy retries it: health judges responses on its own terms, so a
+///   peer that answers 500 to everything is ejected, and a probe answered with a 5xx fails
 /// - consecutive connect failures: 1 (nginx's `max_fails=1`; Finagle's fail-fast): a refused or
 ///   timed-out connect is unambiguous, and every request that meets it pays for it
 /// - base ejection time: 10 s (nginx's `fail_timeout`), growing by itself with each ejection in a
@@ -215,6 +217,7 @@ impl PeerHealth {
 #[derive(Debug, Clone)]
 pub struct OutlierDetection {
     consecutive_failures: u32,
+    count_5xx: bool,
     consecutive_connect_failures: u32,
     base_ejection: Duration,
     max_ejection: Duration,
@@ -224,6 +227,7 @@ impl Default for OutlierDetection {
     fn default() -> Self {
         Self {
             consecutive_failures: 5,
+            count_5xx: true,
             consecutive_connect_failures: 1,
             base_ejection: Duration::from_secs(10),
             max_ejection: Duration::from_secs(300),
@@ -242,6 +246,19 @@ impl OutlierDetection {
     pub fn with_consecutive_failures(mut self, n: u32) -> Self {
         self.consecutive_failures = n;
         self
+    }
+
+    /// Whether a 5xx response counts as a failure of its peer (yes by default). With `false`,
+    /// only the statuses the retry policy retries count, and any other response is a success.
+    #[must_use]
+    pub fn with_5xx_as_failures(mut self, count: bool) -> Self {
+        self.count_5xx = count;
+        self
+    }
+
+    /// Whether a response with `status` counts against its peer.
+    pub(crate) fn counts_status(&self, status: u16) -> bool {
+        self.count_5xx && (500..=599).contains(&status)
     }
 
     /// Connect failures in a row that eject a peer.
@@ -479,6 +496,14 @@ mod tests {
         // Its probe (or an attempt sent while it was out) does.
         assert!(h.record_success_counted(true, &NoTally));
         assert_eq!(h.state(), HealthState::Healthy);
+    }
+
+    #[test]
+    fn a_5xx_counts_unless_told_otherwise() {
+        let rules = OutlierDetection::new();
+        assert!(rules.counts_status(500) && rules.counts_status(503));
+        assert!(!rules.counts_status(404) && !rules.counts_status(200));
+        assert!(!rules.with_5xx_as_failures(false).counts_status(500));
     }
 
     #[test]

@@ -252,6 +252,20 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 }
             }
         }
+        // Health judges the response on its own terms: a 5xx counts against the peer even when
+        // the policy does not retry it (and a probe answered with one fails).
+        if self
+            .outliers
+            .as_ref()
+            .is_some_and(|rules| rules.counts_status(status))
+        {
+            self.record_health(ctx, FailureKind::Status(status));
+            if let Some(rec) = ctx.current_mut() {
+                rec.finish(Outcome::Responded { status });
+                self.signals.attempt(rec.peer(), &rec.outcome());
+            }
+            return Ok(());
+        }
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Responded { status });
             self.signals.attempt(rec.peer(), &rec.outcome());
