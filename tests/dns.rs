@@ -35,19 +35,6 @@ async fn two_hosts() -> (Upstream, Upstream, u16) {
     (a, b, port)
 }
 
-/// GETs until `want` answers, at most for `within`; how long it took.
-async fn until_answered_by(proxy: &support::ProxyServer, want: &str, within: Duration) -> Duration {
-    let http = client();
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if proxy.get_text(&http, "/").await == want {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{want} never answered within {within:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_follows_a_name_whose_records_change_within_the_ttl() {
     let (_a, _b, port) = two_hosts().await;
@@ -68,7 +55,7 @@ async fn the_proxy_follows_a_name_whose_records_change_within_the_ttl() {
 
     let queries = dns.queries();
     dns.set_ips("api.test", &[ip("127.0.0.3")]);
-    let took = until_answered_by(&proxy, "b", Duration::from_secs(10)).await;
+    let took = proxy.until_answered_by("b").await;
     assert!(dns.queries() > queries, "looked up again");
     // Within the TTL, plus one lookup.
     assert!(
@@ -80,11 +67,7 @@ async fn the_proxy_follows_a_name_whose_records_change_within_the_ttl() {
 
     // Both addresses: each a peer, in address order.
     dns.set_ips("api.test", &[ip("127.0.0.3"), ip("127.0.0.2")]);
-    let started = Instant::now();
-    while set.snapshot().len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(10), "never grew");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually("never grew", || set.snapshot().len() == 2).await;
     assert_eq!(
         proxy.get_text(&client(), "/").await,
         "a",
@@ -122,7 +105,7 @@ async fn when_the_nameserver_goes_silent_the_last_good_set_is_kept() {
     // It answers again, with another address: followed.
     dns.set_ips("api.test", &[ip("127.0.0.3")]);
     dns.set_silent(false);
-    until_answered_by(&proxy, "b", Duration::from_secs(10)).await;
+    proxy.until_answered_by("b").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +174,7 @@ async fn a_name_that_does_not_resolve_is_an_error_or_an_empty_start_on_request()
     assert_eq!(resp.status(), 503, "no peer yet");
 
     dns.set_ips("late.test", &[ip("127.0.0.2")]);
-    until_answered_by(&proxy, "up", Duration::from_secs(10)).await;
+    proxy.until_answered_by("up").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,14 +250,7 @@ async fn a_new_weight_for_a_name_outlives_its_next_lookup() {
     assert!(set.set_weight(&name, 5).unwrap());
     // The next lookup brings a second address: both carry the new weight.
     dns.set_ips("api.test", &[ip("127.0.0.2"), ip("127.0.0.3")]);
-    let started = Instant::now();
-    while set.snapshot().len() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never looked up again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually("never looked up again", || set.snapshot().len() == 2).await;
     let weights: Vec<_> = set.snapshot().iter().map(|p| p.weight()).collect();
     assert_eq!(weights, [5, 5]);
 }

@@ -23,21 +23,11 @@ async fn h2c_pair(
     (primary, backup, proxy, log)
 }
 
-async fn post(proxy: &ProxyServer, id: &str) -> reqwest::Response {
-    client()
-        .post(proxy.url("/orders"))
-        .header("x-request-id", id)
-        .body("one order")
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upstream_serves_through_the_proxy() {
     let (primary, backup, proxy, _log) = h2c_pair(Mode::Ok, StandardPolicy::default()).await;
     assert_eq!(proxy.get_text(&client(), "/").await, "primary");
-    let resp = post(&proxy, "order-1").await;
+    let resp = proxy.post_order("/orders", "order-1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(primary.ids().get("order-1"), Some(&1));
     assert_eq!(backup.hits(), 0);
@@ -59,7 +49,7 @@ async fn a_get_to_an_upstream_refusing_every_stream_is_answered_by_the_backup() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_refused_unprocessed_reaches_the_backup_exactly_once() {
     let (primary, backup, proxy, log) = h2c_pair(Mode::Refuse, StandardPolicy::default()).await;
-    let resp = post(&proxy, "order-1").await;
+    let resp = proxy.post_order("/orders", "order-1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "backup");
     assert_eq!(backup.ids().get("order-1"), Some(&1), "exactly once");
@@ -76,7 +66,7 @@ async fn a_post_met_by_goaway_reaches_the_backup_exactly_once() {
     let (primary, backup, proxy, log) = h2c_pair(Mode::GoAway, StandardPolicy::default()).await;
     for n in 0..5 {
         let id = format!("order-{n}");
-        let resp = post(&proxy, &id).await;
+        let resp = proxy.post_order("/orders", &id).await;
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.text().await.unwrap(), "backup");
         assert_eq!(backup.ids().get(&id), Some(&1), "exactly once");
@@ -103,7 +93,7 @@ async fn a_request_for_http1_fails_over_for_get_and_not_for_post() {
     let (primary, backup, proxy, log) =
         h2c_pair(Mode::Http11Required, StandardPolicy::default()).await;
     assert_eq!(proxy.get_text(&client(), "/").await, "backup");
-    let resp = post(&proxy, "order-1").await;
+    let resp = proxy.post_order("/orders", "order-1").await;
     assert_eq!(resp.status(), 502);
     assert_eq!(backup.ids().get("order-1"), None, "a POST is not replayed");
     assert_eq!(primary.hits(), 0);

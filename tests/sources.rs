@@ -4,10 +4,10 @@ mod support;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pingora_failover::{OrderedList, Peer, PeerSet, PeersFile, StandardPolicy};
-use support::{client, start_failover, Mode, ProxyServer, Upstream};
+use support::{client, start_failover, Mode, Upstream};
 
 /// A fresh path in the temp directory, removed when dropped.
 struct TempPath(PathBuf);
@@ -76,18 +76,6 @@ async fn a_unix_socket_peer_serves_and_a_missing_one_fails_over() {
     ));
 }
 
-async fn until_answered_by(proxy: &ProxyServer, want: &str) {
-    let http = client();
-    let started = Instant::now();
-    while proxy.get_text(&http, "/").await != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "{want} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peers_file_is_followed_and_a_bad_one_keeps_the_old_set() {
     let a = Upstream::start("a", Mode::Ok).await;
@@ -112,18 +100,14 @@ async fn a_peers_file_is_followed_and_a_bad_one_keeps_the_old_set() {
     assert_eq!(proxy.get_text(&client(), "/").await, "a");
 
     std::fs::write(&path.0, format!("{}\n{}\n", b.peer_addr(), a.peer_addr())).unwrap();
-    until_answered_by(&proxy, "b").await;
+    proxy.until_answered_by("b").await;
 
     // A broken file: the set stays, and the reason is reported.
     std::fs::write(&path.0, "this is not a peer list, it is a longer line\n").unwrap();
-    let started = Instant::now();
-    while !reloads.lock().unwrap().iter().any(|r| r.is_err()) {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never reloaded"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::eventually("never reloaded", || {
+        reloads.lock().unwrap().iter().any(|r| r.is_err())
+    })
+    .await;
     let error = reloads
         .lock()
         .unwrap()
@@ -155,18 +139,11 @@ async fn sighup_reloads_the_peers_file() {
     assert_eq!(proxy.get_text(&client(), "/").await, "a");
 
     std::fs::write(&path.0, format!("{}\n", b.peer_addr())).unwrap();
-    // The handler is installed by the watching thread: signal until the set follows.
-    let started = Instant::now();
-    while proxy.get_text(&client(), "/").await != "b" {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "SIGHUP never reloaded"
-        );
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &std::process::id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // `watch` returned, so the handler is in place: the signal cannot end this process.
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    proxy.until_answered_by("b").await;
 }

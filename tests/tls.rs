@@ -37,13 +37,7 @@ async fn an_untrusted_certificate_fails_over_for_a_post_which_arrives_once() {
     let (proxy, log) =
         start_failover(OrderedList::new(peers).unwrap(), StandardPolicy::default()).await;
 
-    let resp = client()
-        .post(proxy.url("/orders"))
-        .header("x-request-id", "order-1")
-        .body("one order")
-        .send()
-        .await
-        .unwrap();
+    let resp = proxy.post_order("/orders", "order-1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "backup");
     assert_eq!(primary.hits(), 0, "nothing was sent to the primary");

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::discovery::{builder, PeerSettings};
 use crate::error::ConfigError;
 use crate::peer::{Peer, PeerBuilder};
 use crate::set::PeerSet;
 
-type Settings = Arc<dyn Fn(PeerBuilder) -> PeerBuilder + Send + Sync>;
 type OnReload = Arc<dyn Fn(&Result<usize, ConfigError>) + Send + Sync>;
 
 /// A file of peers, one per line: `ADDR [weight=N]`, where `ADDR` is anything
@@ -41,7 +41,7 @@ type OnReload = Arc<dyn Fn(&Result<usize, ConfigError>) + Send + Sync>;
 #[derive(Clone)]
 pub struct PeersFile {
     path: PathBuf,
-    settings: Option<Settings>,
+    settings: Option<PeerSettings>,
     on_reload: Option<OnReload>,
     interval: Duration,
     sighup: bool,
@@ -125,10 +125,7 @@ impl PeersFile {
             }
             let mut words = line.split_whitespace();
             let addr = words.next().unwrap_or_default();
-            let mut builder = Peer::builder(addr);
-            if let Some(f) = &self.settings {
-                builder = f(builder);
-            }
+            let mut builder = builder(addr, self.settings.as_ref());
             for word in words {
                 let weight = word.strip_prefix("weight=").ok_or_else(|| {
                     bad(i + 1, format!("unknown option {word:?}; expected weight=N"))

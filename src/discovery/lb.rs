@@ -12,16 +12,16 @@ use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::selection::{BackendIter, BackendSelection};
 use pingora_load_balancing::{Backend, LoadBalancer};
 
+use crate::discovery::{builder, PeerSettings};
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::{Peer, PeerBuilder};
 use crate::select::{Attempt, PeerSelector};
 use crate::set::PeerSet;
 
-type Settings = Arc<dyn Fn(PeerBuilder) -> PeerBuilder + Send + Sync>;
 type OnError = Arc<dyn Fn(&ConfigError) + Send + Sync>;
 
 /// The peer for `backend`, with `settings` applied.
-fn peer_of(backend: &Backend, settings: Option<&Settings>) -> Result<Peer, ConfigError> {
+fn peer_of(backend: &Backend, settings: Option<&PeerSettings>) -> Result<Peer, ConfigError> {
     let addr = match &backend.addr {
         PingoraAddr::Inet(sa) => sa.to_string(),
         PingoraAddr::Unix(path) => match path.as_pathname() {
@@ -34,11 +34,7 @@ fn peer_of(backend: &Backend, settings: Option<&Settings>) -> Result<Peer, Confi
         },
     };
     let weight = u32::try_from(backend.weight).unwrap_or(u32::MAX).max(1);
-    let mut builder = Peer::builder(addr);
-    if let Some(f) = settings {
-        builder = f(builder);
-    }
-    builder
+    builder(addr, settings)
         .with_weight(weight.min(crate::peer::MAX_WEIGHT))
         .build()
 }
@@ -65,7 +61,7 @@ fn peer_of(backend: &Backend, settings: Option<&Settings>) -> Result<Peer, Confi
 pub struct Discovered {
     discovery: Arc<dyn ServiceDiscovery + Send + Sync>,
     every: Duration,
-    settings: Option<Settings>,
+    settings: Option<PeerSettings>,
     on_error: Option<OnError>,
 }
 
@@ -226,7 +222,7 @@ fn hash_key(b: &Backend) -> u64 {
 /// ```
 pub struct LoadBalancerSelector<S: BackendSelection> {
     lb: Arc<LoadBalancer<S>>,
-    settings: Option<Settings>,
+    settings: Option<PeerSettings>,
     peers: ArcSwap<HashMap<Backend, Peer>>,
     max_iterations: usize,
 }

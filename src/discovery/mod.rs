@@ -9,6 +9,22 @@ mod lb;
 
 #[cfg(feature = "dns")]
 pub use dns::Resolver;
+
+use std::sync::Arc;
+
+use crate::peer::{Peer, PeerBuilder};
+
+/// Settings a source applies to every peer it makes (timeouts, TLS, ...).
+pub(crate) type PeerSettings = Arc<dyn Fn(PeerBuilder) -> PeerBuilder + Send + Sync>;
+
+/// A builder for a peer at `addr` that a source made, with its `settings` applied.
+pub(crate) fn builder(addr: impl Into<String>, settings: Option<&PeerSettings>) -> PeerBuilder {
+    let builder = Peer::builder(addr);
+    match settings {
+        Some(f) => f(builder),
+        None => builder,
+    }
+}
 pub use file::PeersFile;
 #[cfg(feature = "discovery")]
 pub use lb::{Discovered, LoadBalancerSelector};

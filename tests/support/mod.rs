@@ -489,6 +489,31 @@ impl ProxyServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs `/` until upstream `want` answers (at most 10 s); how long that took.
+    pub async fn until_answered_by(&self, want: &str) -> Duration {
+        let http = client();
+        let started = std::time::Instant::now();
+        while self.get_text(&http, "/").await != want {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{want} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        started.elapsed()
+    }
+
+    /// POSTs an order with `x-request-id: id` to `path`, so that upstreams count its arrivals.
+    pub async fn post_order(&self, path: &str, id: &str) -> reqwest::Response {
+        client()
+            .post(self.url(path))
+            .header("x-request-id", id)
+            .body("one order")
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// GETs `path` through the proxy and returns the body (the answering upstream's name).
     pub async fn get_text(&self, http: &reqwest::Client, path: &str) -> String {
         let resp = http.get(self.url(path)).send().await.unwrap();
@@ -687,4 +712,13 @@ pub fn metrics_text(registry: &prometheus::Registry) -> String {
     )
     .unwrap();
     String::from_utf8(text).unwrap()
+}
+
+/// Waits until `done` holds, checking every 10 ms for at most 10 s; `what` names it in the panic.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
