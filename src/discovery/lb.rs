@@ -301,7 +301,7 @@ where
         let key = attempt
             .request()
             .map_or(&b""[..], |r| r.uri.path().as_bytes());
-        // The peer admitted (which may hold the probe slot) is the one returned.
+        // The first peer admitted is the one returned.
         let admitted = std::cell::RefCell::new(None);
         self.lb.select_with(key, self.max_iterations, |b, healthy| {
             let Some(p) = self.peer(b).filter(|p| healthy && attempt.admits(p)) else {

@@ -64,14 +64,15 @@ impl Default for PeerHealth {
     }
 }
 
-/// Whether a peer takes a request now; selectors ask through
+/// Whether a peer takes a request now ([`PeerHealth::admission`]); selectors ask through
 /// [`Attempt::admits`](crate::Attempt::admits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Admission {
     /// Healthy: yes.
     Healthy,
-    /// Its ejection is over and this request holds the single probe slot: yes, as the probe.
+    /// Its ejection is over and its single probe slot is free: yes, as the probe. The engine
+    /// claims the slot when it sends the request, so only one request probes.
     Probe,
     /// Ejected, failed its active check, or another request is probing it: no.
     Refused,
@@ -125,19 +126,21 @@ impl PeerHealth {
         self.state() == HealthState::Healthy
     }
 
-    /// Whether the peer takes a request now. When its ejection is over, the first caller gets
-    /// the probe slot for `probe_window` and [`Admission::Probe`]; the others are refused until
-    /// the probe reports or the window ends. Selectors ask through
-    /// [`Attempt::admits`](crate::Attempt::admits).
-    pub(crate) fn admit(&self, probe_window: Duration) -> Admission {
-        match self
-            .cell
-            .admit(self.now_ms(), probe_window.as_millis() as u64)
-        {
-            Admit::Healthy => Admission::Healthy,
-            Admit::Probe => Admission::Probe,
-            Admit::Refused => Admission::Refused,
-        }
+    /// Whether the peer would take a request now. A pure query: it claims nothing, so a
+    /// selector may ask it of every candidate. [`Admission::Probe`] means its ejection is over
+    /// and its single probe slot is free; the engine claims the slot when it sends the request.
+    pub fn admission(&self) -> Admission {
+        to_admission(self.cell.admissible(self.now_ms()))
+    }
+
+    /// Claims the peer for a request about to be sent: when its ejection is over, the first
+    /// caller takes the probe slot for `probe_window` and gets [`Admission::Probe`]; the others
+    /// are refused until the probe reports or the window ends.
+    pub(crate) fn claim(&self, probe_window: Duration) -> Admission {
+        to_admission(
+            self.cell
+                .claim(self.now_ms(), probe_window.as_millis() as u64),
+        )
     }
 
     /// How long until this peer is a candidate again, in ms: 0 for a healthy or half-open peer,
@@ -394,6 +397,14 @@ impl fmt::Display for HealthChange {
 /// A callback for health changes; shared by the engine and the active checks.
 pub type HealthObserver = Arc<dyn Fn(&HealthEvent) + Send + Sync>;
 
+fn to_admission(admit: Admit) -> Admission {
+    match admit {
+        Admit::Healthy => Admission::Healthy,
+        Admit::Probe => Admission::Probe,
+        Admit::Refused => Admission::Refused,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,7 +434,7 @@ mod tests {
             })
         );
         assert!(matches!(h.state(), HealthState::Ejected { .. }));
-        assert_eq!(h.admit(Duration::from_secs(1)), Admission::Refused);
+        assert_eq!(h.claim(Duration::from_secs(1)), Admission::Refused);
     }
 
     #[tokio::test(start_paused = true)]
@@ -439,17 +450,35 @@ mod tests {
             times.push(t);
             tokio::time::advance(t).await;
             assert_eq!(h.state(), HealthState::HalfOpen);
-            assert_eq!(h.admit(window), Admission::Probe, "one probe");
-            assert_eq!(h.admit(window), Admission::Refused, "only one");
+            assert_eq!(h.claim(window), Admission::Probe, "one probe");
+            assert_eq!(h.claim(window), Admission::Refused, "only one");
             // The probe fails: the next loop sees the new, longer ejection.
         }
         let s = Duration::from_secs;
         assert_eq!(times, [s(10), s(20), s(25), s(25)]);
         // The probe succeeds: re-admitted, and the next ejection starts from the base again.
         assert!(h.record_success());
-        assert_eq!(h.admit(window), Admission::Healthy);
+        assert_eq!(h.claim(window), Admission::Healthy);
         let again = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
         assert_eq!((again.time, again.repeat), (s(10), false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn asking_claims_nothing() {
+        let h = PeerHealth::default();
+        let t = h
+            .record_failure(FailureKind::ConnectRefused, &rules())
+            .unwrap()
+            .time;
+        assert_eq!(h.admission(), Admission::Refused);
+        tokio::time::advance(t).await;
+        for _ in 0..3 {
+            assert_eq!(h.admission(), Admission::Probe, "a query leaves the slot free");
+        }
+        let window = Duration::from_secs(1);
+        assert_eq!(h.claim(window), Admission::Probe);
+        assert_eq!(h.admission(), Admission::Refused, "the slot is taken");
+        assert_eq!(h.claim(window), Admission::Refused);
     }
 
     #[tokio::test(start_paused = true)]
@@ -461,11 +490,11 @@ mod tests {
             .time;
         tokio::time::advance(t).await;
         let window = Duration::from_secs(2);
-        assert_eq!(h.admit(window), Admission::Probe);
-        assert_eq!(h.admit(window), Admission::Refused);
+        assert_eq!(h.claim(window), Admission::Probe);
+        assert_eq!(h.claim(window), Admission::Refused);
         tokio::time::advance(window).await;
         assert_eq!(
-            h.admit(window),
+            h.claim(window),
             Admission::Probe,
             "the first probe never reported"
         );

@@ -39,7 +39,8 @@ impl Tally for NoTally {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admit {
     Healthy,
-    /// Its ejection is over, and the caller took the single probe slot.
+    /// Its ejection is over: the single probe slot is free ([`HealthCell::admissible`]) or
+    /// was taken by the caller ([`HealthCell::claim`]).
     Probe,
     Refused,
 }
@@ -93,10 +94,24 @@ impl HealthCell {
         self.check_failed.swap(failed, Ordering::AcqRel) != failed
     }
 
-    /// Whether the peer takes a request at `now`. Once its ejection is over, the first caller
+    /// Whether the peer would take a request at `now`, without claiming anything:
+    /// [`Admit::Probe`] means its ejection is over and its probe slot is free.
+    pub(crate) fn admissible(&self, now: u64) -> Admit {
+        if self.check_failed() {
+            return Admit::Refused;
+        }
+        match self.ejected_until() {
+            0 => Admit::Healthy,
+            until if now < until => Admit::Refused,
+            _ if self.probe_until.load(Ordering::Acquire) > now => Admit::Refused,
+            _ => Admit::Probe,
+        }
+    }
+
+    /// Claims the peer for a request at `now`. Once its ejection is over, the first caller
     /// takes the probe slot for `window` ms; the others are refused until the probe reports or
     /// the window ends.
-    pub(crate) fn admit(&self, now: u64, window: u64) -> Admit {
+    pub(crate) fn claim(&self, now: u64, window: u64) -> Admit {
         if self.check_failed() {
             return Admit::Refused;
         }

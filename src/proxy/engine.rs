@@ -11,12 +11,15 @@ use pingora_proxy::{FailToProxy, Session};
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
-use crate::health::{HealthEvent, OutlierDetection};
+use crate::health::{Admission, HealthEvent, OutlierDetection};
 use crate::peer::Peer;
 use crate::proxy::signals::Signals;
 use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
+/// How many times a selection is made when the peers it returns lose their claim to other
+/// requests, before the last one is sent as it is.
+const CLAIM_ROUNDS: usize = 3;
 /// Longest overall deadline accepted.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// The longest `Retry-After` honoured by default when a retry returns to a peer already tried.
@@ -127,13 +130,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             Some(next) => next,
             None => {
                 let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()));
-                let peer = self.selector.select(&attempt).ok_or_else(|| {
+                let (peer, probe) = self.choose(&attempt).ok_or_else(|| {
                     Error::explain(
                         ErrorType::HTTPStatus(503),
                         format!("no upstream peer available ({})", ctx.summary()),
                     )
                 })?;
-                let probe = attempt.is_probe(&peer);
                 Next {
                     peer,
                     probe,
@@ -429,8 +431,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     ) -> std::result::Result<Next, StopReason> {
         let attempts = ctx.attempts();
         let query = Attempt::new(attempts, Some(session.req_header()));
-        if let Some(peer) = self.selector.select(&query) {
-            let probe = query.is_probe(&peer);
+        if let Some((peer, probe)) = self.choose(&query) {
             return Ok(Next {
                 peer,
                 probe,
@@ -459,6 +460,26 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             probe: false,
             wait,
         })
+    }
+
+    /// Asks the selector for a peer and claims it for the request about to be sent; `true`
+    /// with the peer when this request took its probe slot. Selectors only query health, so
+    /// the claim is made here: a peer whose slot another request took in between is asked for
+    /// again (the selector now sees it refused), and a peer the selector returns again although
+    /// health holds it out is its deliberate choice (panic mode) and is sent as it is.
+    fn choose(&self, attempt: &Attempt<'_>) -> Option<(Peer, bool)> {
+        let mut refused: Option<Peer> = None;
+        for _ in 0..CLAIM_ROUNDS {
+            let peer = self.selector.select(attempt)?;
+            match peer.health().claim(peer.probe_window()) {
+                Admission::Probe => return Some((peer, true)),
+                Admission::Refused if !refused.as_ref().is_some_and(|r| r.same(&peer)) => {
+                    refused = Some(peer);
+                }
+                _ => return Some((peer, false)),
+            }
+        }
+        refused.map(|peer| (peer, false))
     }
 
     /// Counts a failure of the current attempt against its peer's health.

@@ -12,7 +12,6 @@ mod round_robin;
 pub use ordered::OrderedList;
 pub use round_robin::RoundRobin;
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use pingora_http::RequestHeader;
@@ -52,8 +51,8 @@ use crate::peer::Peer;
 pub trait PeerSelector: Send + Sync + 'static {
     /// The peer for this attempt, or `None` when no candidate is left.
     ///
-    /// A selector should return a peer that [`Attempt::admits`] (untried, and healthy or this
-    /// request's probe), and when none does, the best untried one
+    /// A selector should return a peer that [`Attempt::admits`] (untried, and healthy or free
+    /// to be probed), and when none does, the best untried one
     /// ([`Attempt::best_untried`]) rather than `None`: an ejected peer may still serve, and
     /// refusing the request is certain to fail it.
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer>;
@@ -72,39 +71,26 @@ impl<T: PeerSelector + ?Sized> PeerSelector for Arc<T> {
 }
 
 /// What a selector knows about the attempt it chooses for.
+///
+/// Everything here is a query: asking whether a peer [`admits`](Self::admits) the attempt
+/// claims nothing, so a selector may ask it of every candidate. The engine claims an ejected
+/// peer's single probe slot when it sends the request to the peer the selector returned.
 #[derive(Debug, Clone)]
 pub struct Attempt<'a> {
     tried: &'a [AttemptRecord],
     request: Option<&'a RequestHeader>,
-    /// The peer whose probe slot this attempt claimed (by [`Peer::id`]), 0 for none.
-    probe: Cell<usize>,
 }
 
 impl<'a> Attempt<'a> {
     /// An attempt that follows the `tried` ones, for `request` when there is one.
     pub fn new(tried: &'a [AttemptRecord], request: Option<&'a RequestHeader>) -> Self {
-        Self {
-            tried,
-            request,
-            probe: Cell::new(0),
-        }
+        Self { tried, request }
     }
 
     /// Whether `peer` may take this attempt: not tried by this request, and healthy, or past
-    /// its ejection with this attempt as its single probe (the probe slot is claimed by this
-    /// call, so call it for the peer you are about to return).
+    /// its ejection with its probe slot free (this attempt would be its probe). A pure query.
     pub fn admits(&self, peer: &Peer) -> bool {
-        if self.has_tried(peer) {
-            return false;
-        }
-        match peer.health().admit(peer.probe_window()) {
-            Admission::Healthy => true,
-            Admission::Probe => {
-                self.probe.set(peer.id());
-                true
-            }
-            Admission::Refused => false,
-        }
+        !self.has_tried(peer) && peer.health().admission() != Admission::Refused
     }
 
     /// Panic mode: of `candidates` this request has not tried, the one that will be healthy
@@ -126,11 +112,6 @@ impl<'a> Attempt<'a> {
         } else {
             self.admits(peer)
         }
-    }
-
-    /// Whether this attempt holds `peer`'s probe slot.
-    pub fn is_probe(&self, peer: &Peer) -> bool {
-        self.probe.get() == peer.id()
     }
 
     /// The attempt number, starting at 1.
@@ -194,6 +175,29 @@ impl PanicThreshold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_filter_over_half_open_peers_claims_none_of_them() {
+        let rules = crate::OutlierDetection::new();
+        let peers = [
+            Peer::new("127.0.0.1:1").unwrap(),
+            Peer::new("127.0.0.1:2").unwrap(),
+        ];
+        let mut wait = std::time::Duration::ZERO;
+        for p in &peers {
+            wait = rules
+                .record_failure(p, crate::FailureKind::ConnectRefused)
+                .unwrap()
+                .time;
+        }
+        tokio::time::advance(wait).await;
+        let attempt = Attempt::new(&[], None);
+        assert_eq!(peers.iter().filter(|p| attempt.admits(p)).count(), 2);
+        assert_eq!(peers.iter().filter(|p| attempt.admits(p)).count(), 2);
+        for p in &peers {
+            assert_eq!(p.health().admission(), Admission::Probe);
+        }
+    }
 
     #[test]
     fn selector_is_object_safe() {
