@@ -42,10 +42,8 @@ async fn main() {
                 .with_base_ejection(EJECTION)
                 .with_max_ejection(EJECTION),
         )
-        .on_health_change(|e| println!("  * health: {} {}", e.peer, e.change))
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+        .on_health_change(|e| println!("  * health: {} {}", e.peer, e.change));
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     println!(
         "proxy {} -> primary {}, backup {} (connect timeout {:?}, read timeout {:?})",

@@ -1,22 +1,27 @@
-//! An existing `ProxyHttp` that adds failover by embedding the engine: its own `CTX` (here a
-//! request id and the failover record), its own `request_filter` (here a health endpoint that
-//! never reaches an upstream), its own access log. Runs in-process, then exits.
+//! An existing `ProxyHttp` that gains failover by embedding the engine. It keeps its own `CTX`
+//! (a request id, with the failover record inside), its own `request_filter` (a `/healthz` that
+//! never reaches an upstream) and its own access log, and hands six hooks to the engine.
+//!
+//! It starts a backup upstream on loopback, lists a primary that refuses connections before it,
+//! runs a pingora `Server` on 127.0.0.1:6190, sends three requests through it and exits:
 //!
 //! ```text
 //! cargo run --example embed
 //! ```
+//!
+//! Copy it into your project with `pingora-failover`, `tokio` (features `rt-multi-thread`,
+//! `macros`, `net`), `axum` and `reqwest` as dependencies.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use async_trait::async_trait;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, Result};
-use pingora_http::ResponseHeader;
-use pingora_proxy::{http_proxy, FailToProxy, ProxyHttp, Session};
-
+use pingora_failover::pingora::{
+    async_trait, http_proxy_service, Error, FailToProxy, HttpPeer, ProxyHttp, ResponseHeader,
+    Result, Server, Session,
+};
 use pingora_failover::{Failover, FailoverCtx, OrderedList, Peer, StandardPolicy};
-use support::{client, refused_addr, server_conf, Mode, ProxyServer, Upstream};
+
+const LISTEN: &str = "127.0.0.1:6190";
 
 /// The user's proxy, which had no failover before.
 struct MyProxy {
@@ -35,9 +40,9 @@ impl ProxyHttp for MyProxy {
     type CTX = MyCtx;
 
     fn new_ctx(&self) -> MyCtx {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        static NEXT: AtomicU64 = AtomicU64::new(1);
         MyCtx {
-            request_id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            request_id: NEXT.fetch_add(1, Ordering::Relaxed),
             ..MyCtx::default()
         }
     }
@@ -54,7 +59,8 @@ impl ProxyHttp for MyProxy {
         Ok(false)
     }
 
-    // The six hooks below hand over to the engine.
+    // The six hooks below hand over to the engine. Leaving out `fail_to_connect` or
+    // `error_while_proxy` fails the first retried request with an error that names them.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut MyCtx) -> Result<Box<HttpPeer>> {
         self.failover
             .upstream_peer(session, &mut ctx.failover)
@@ -106,8 +112,8 @@ impl ProxyHttp for MyProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut MyCtx) {
+        // Completes the failover record before the access log reads it.
         self.failover.logging(session, e, &mut ctx.failover);
-        // The user's access log, now with the failover record.
         println!(
             "request {} {} -> {} [{}]",
             ctx.request_id,
@@ -118,29 +124,62 @@ impl ProxyHttp for MyProxy {
     }
 }
 
-#[tokio::main]
-async fn main() {
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let selector = OrderedList::new(vec![
-        Peer::new(&refused_addr()).unwrap(),
-        Peer::new(&backup.peer_addr()).unwrap(),
-    ])
-    .unwrap();
-    let failover = Failover::new(selector, StandardPolicy::default()).unwrap();
-    let conf = server_conf();
-    failover.check_server_conf(&conf).unwrap();
-    let proxy = ProxyServer::start(http_proxy(&conf, MyProxy { failover })).await;
+/// A loopback upstream answering `name` to everything, on its own thread.
+fn upstream(name: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(move || async move { name });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
 
-    let http = client();
-    for path in ["/healthz", "/api", "/api"] {
-        let body = http
-            .get(proxy.url(path))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        println!("GET {path}: {body}");
-    }
+/// A loopback address that refuses connections: a port that was free a moment ago.
+fn refusing() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Sends a few requests through the proxy once it listens, then ends the process.
+fn drive() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let url = |path: &str| format!("http://{LISTEN}{path}");
+        while http.get(url("/healthz")).send().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for path in ["/healthz", "/api", "/api"] {
+            let body = http.get(url(path)).send().await.unwrap().text().await;
+            println!("GET {path}: {}", body.unwrap());
+        }
+    });
+    std::process::exit(0);
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let selector = OrderedList::new(vec![
+        Peer::new(&refusing().to_string())?,
+        Peer::new(&upstream("backup").to_string())?,
+    ])?;
+
+    let mut server = Server::new(None)?;
+    server.bootstrap();
+    // The engine is built against the server's configuration: pingora's own retry cap
+    // (`max_retries`) is checked against the policy here, and cannot be forgotten.
+    let failover = Failover::new(selector, StandardPolicy::default(), &server.configuration)?;
+    let mut proxy = http_proxy_service(&server.configuration, MyProxy { failover });
+    proxy.add_tcp(LISTEN);
+    server.add_service(proxy);
+
+    std::thread::spawn(drive);
+    server.run_forever()
 }

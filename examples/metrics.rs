@@ -25,10 +25,8 @@ async fn main() {
     let metrics = Metrics::register(prometheus::default_registry()).unwrap();
     let engine = Failover::builder(list, StandardPolicy::default())
         .with_metrics(metrics)
-        .on_health_change(|e| println!("health: {} {}", e.peer, e.change))
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+        .on_health_change(|e| println!("health: {} {}", e.peer, e.change));
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let prometheus = ProxyServer::start(pingora_prometheus::new_prometheus_server()).await;
 
     let http = client();

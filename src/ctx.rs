@@ -20,13 +20,15 @@ pub struct FailoverCtx {
     pub(crate) retry_after: Option<Duration>,
 }
 
-/// The attempt a retry decision chose: its peer, whether it is that peer's probe, and how long
-/// to wait before it.
+/// The attempt a retry decision chose: its peer, whether it is that peer's probe, how long to
+/// wait before it, and the retry it took from the budget (given back if it is never made,
+/// however the request ends: no hook has to remember it).
 #[derive(Debug)]
 pub(crate) struct Next {
     pub(crate) peer: Peer,
     pub(crate) probe: bool,
     pub(crate) wait: Duration,
+    pub(crate) paid: Option<crate::retry::Withdrawn>,
 }
 
 impl FailoverCtx {

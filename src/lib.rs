@@ -81,7 +81,10 @@ pub mod pingora {
     pub use pingora_core::upstreams::peer::HttpPeer;
     pub use pingora_error::{Error, ErrorSource, ErrorType, Result};
     pub use pingora_http::{RequestHeader, ResponseHeader};
-    pub use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+    pub use pingora_proxy::{http_proxy_service, FailToProxy, HttpProxy, ProxyHttp, Session};
+
+    /// The attribute pingora's `ProxyHttp` trait is written with, for implementing it.
+    pub use async_trait::async_trait;
 }
 
 /// The prometheus crate this crate's [`Metrics`] registers on, at the version pingora serves.

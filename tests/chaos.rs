@@ -119,10 +119,8 @@ async fn chaos_under_load_keeps_every_promise() {
             .with_base_ejection(Duration::from_millis(200))
             .with_max_ejection(Duration::from_secs(1)),
     )
-    .on_health_change(events.observer())
-    .build()
-    .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    .on_health_change(events.observer());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let http = client();
 
     // Warm up.

@@ -6,8 +6,8 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use pingora_failover::{
-    Admission, Attempt, FailureKind, HealthState, OutlierDetection, Peer, PeerSelector, RetryBudget,
-    RoundRobin,
+    Admission, Attempt, FailureKind, HealthState, OutlierDetection, Peer, PeerSelector,
+    RetryBudget, RoundRobin,
 };
 
 const THREADS: usize = 8;

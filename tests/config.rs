@@ -135,7 +135,7 @@ fn zero_and_absurd_timeouts() {
     let deadline = |d| {
         Failover::builder(list(), StandardPolicy::default())
             .with_deadline(d)
-            .build()
+            .build(&ServerConf::default())
             .unwrap_err()
     };
     assert_eq!(
@@ -214,6 +214,12 @@ fn pingora_retry_cap_below_the_policy() {
         }
     );
     assert!(err.to_string().contains("set max_retries to at least 5"));
+
+    // An embedded engine cannot be built without the server's configuration.
+    let list = OrderedList::new(vec![peer("127.0.0.1:80")]).unwrap();
+    let policy = StandardPolicy::builder().with_max_attempts(5).build();
+    let err = Failover::new(list, policy.unwrap(), &conf).unwrap_err();
+    assert!(matches!(err, ConfigError::PingoraRetryCapTooLow { .. }));
 }
 
 #[cfg(not(any(feature = "openssl", feature = "boringssl", feature = "rustls")))]
@@ -234,7 +240,7 @@ fn health_budget_and_backoff_settings() {
     let with_rules = |rules: OutlierDetection| {
         Failover::builder(list(), StandardPolicy::default())
             .with_outlier_detection(rules)
-            .build()
+            .build(&ServerConf::default())
             .unwrap_err()
     };
     assert!(matches!(

@@ -54,11 +54,9 @@ async fn without_ejection_every_request_tries_the_refusing_primary_first() {
         primary.clone(),
         Peer::new(&backup.peer_addr()).unwrap(),
     ]);
-    let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
-        .without_outlier_detection()
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let engine =
+        Failover::builder(list.unwrap(), StandardPolicy::default()).without_outlier_detection();
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let http = client();
     for _ in 0..5 {
@@ -230,11 +228,8 @@ async fn round_robin_retry_never_picks_the_peer_that_failed() {
     let rr = RoundRobin::new(peers).unwrap();
     // Ejection would take the dead peer out after its first failure; this test is about the
     // retry's choice of peer, so it keeps every peer in the rotation.
-    let engine = Failover::builder(rr, StandardPolicy::default())
-        .without_outlier_detection()
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let engine = Failover::builder(rr, StandardPolicy::default()).without_outlier_detection();
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let http = client();
     for _ in 0..30 {
@@ -273,11 +268,11 @@ async fn a_loop_cut_short_by_pingoras_cap_is_recorded_and_refunded() {
     // retry pingora never made stayed spent, the third would be refused by the budget.
     let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
         .with_budget(RetryBudget::new(0.0, 1, Duration::from_secs(2)).unwrap())
-        .without_outlier_detection()
-        .build()
-        .unwrap();
+        .without_outlier_detection();
     let log = RequestLog::default();
-    let proxy = FailoverProxy::from_engine(engine).on_request_done(log.recorder());
+    let proxy = FailoverProxy::from_builder(engine)
+        .unwrap()
+        .on_request_done(log.recorder());
     // `into_app` would refuse this configuration; pingora's own constructor does not.
     let conf = Arc::new(ServerConf {
         max_retries: 1,

@@ -34,7 +34,7 @@ async fn flapping_primary_loses_no_get(
     if !budget {
         engine = engine.without_budget();
     }
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine.build().unwrap())).await;
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut load = Vec::new();

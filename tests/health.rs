@@ -24,10 +24,8 @@ async fn start_ejecting(
     ]);
     let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
         .with_outlier_detection(OutlierDetection::new().with_base_ejection(base))
-        .on_health_change(events.observer())
-        .build()
-        .unwrap();
-    start_proxy(FailoverProxy::from_engine(engine)).await
+        .on_health_change(events.observer());
+    start_proxy(FailoverProxy::from_builder(engine).unwrap()).await
 }
 
 /// Waits until `peer`'s ejection is over.
@@ -136,10 +134,8 @@ async fn with_every_peer_down_requests_are_still_attempted() {
         Peer::new(&refused_addr()).unwrap(),
     ];
     let list = OrderedList::new(peers.clone()).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let http = client();
 
     for _ in 0..3 {
@@ -169,10 +165,8 @@ async fn metrics_count_what_happened() {
     ]);
     let registry = prometheus::Registry::new();
     let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
-        .with_metrics(Metrics::register(&registry).unwrap())
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+        .with_metrics(Metrics::register(&registry).unwrap());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let http = client();
     for _ in 0..4 {
         http.get(proxy.url("/")).send().await.unwrap();

@@ -26,10 +26,8 @@ async fn after_the_threshold_requests_skip_the_blackholed_primary() {
             OutlierDetection::new()
                 .with_consecutive_connect_failures(threshold)
                 .with_base_ejection(Duration::from_secs(60)),
-        )
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+        );
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let http = client();
     for _ in 0..20 {

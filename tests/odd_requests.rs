@@ -163,10 +163,8 @@ async fn a_client_that_leaves_mid_request_does_not_count_against_the_upstream() 
             .with_consecutive_failures(1)
             .with_consecutive_connect_failures(1),
     )
-    .on_health_change(events.observer())
-    .build()
-    .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    .on_health_change(events.observer());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     for _ in 0..5 {
         // A body of 100,000 bytes announced, 10 sent, then the client is gone.

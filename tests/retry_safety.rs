@@ -245,10 +245,8 @@ async fn a_spent_budget_fails_fast_with_a_clear_reason() {
     // Without ejection, so that the second request meets the refusing primary again.
     let engine = Failover::builder(list, StandardPolicy::default())
         .with_budget(budget)
-        .without_outlier_detection()
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+        .without_outlier_detection();
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let http = client();
     assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 502);
@@ -271,11 +269,8 @@ async fn the_deadline_bounds_the_total_time_when_every_peer_is_slow() {
     ];
     let list = ordered(&ups.each_ref().map(Upstream::peer_addr), READ_TIMEOUT);
     let deadline = Duration::from_millis(500);
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_deadline(deadline)
-        .build()
-        .unwrap();
-    let (proxy, log) = start_proxy(FailoverProxy::from_engine(engine)).await;
+    let engine = Failover::builder(list, StandardPolicy::default()).with_deadline(deadline);
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let started = Instant::now();
     let resp = client().get(proxy.url("/")).send().await.unwrap();

@@ -473,7 +473,11 @@ mod tests {
         assert_eq!(h.admission(), Admission::Refused);
         tokio::time::advance(t).await;
         for _ in 0..3 {
-            assert_eq!(h.admission(), Admission::Probe, "a query leaves the slot free");
+            assert_eq!(
+                h.admission(),
+                Admission::Probe,
+                "a query leaves the slot free"
+            );
         }
         let window = Duration::from_secs(1);
         assert_eq!(h.claim(window), Admission::Probe);

@@ -1,5 +1,6 @@
 //! The failover engine: pingora's hooks translated into the crate's decisions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
@@ -14,7 +15,7 @@ use crate::error::{check_timeout, ConfigError};
 use crate::health::{Admission, HealthEvent, OutlierDetection};
 use crate::peer::Peer;
 use crate::proxy::signals::Signals;
-use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, MAX_ATTEMPTS};
+use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
 /// How many times a selection is made when the peers it returns lose their claim to other
@@ -51,21 +52,21 @@ pub struct Failover<S, R> {
     selector: S,
     policy: R,
     deadline: Option<Duration>,
-    budget: Option<RetryBudget>,
+    budget: Option<Arc<RetryBudget>>,
     outliers: Option<OutlierDetection>,
     max_retry_after: Duration,
     signals: Signals,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
-    /// An engine with the default settings; see [`FailoverBuilder`].
+    /// An engine with the default settings (see [`FailoverBuilder`]), for a pingora server
+    /// with configuration `conf`.
     ///
     /// # Errors
     ///
-    /// [`ConfigError::ZeroAttempts`] or [`ConfigError::TooManyAttempts`] when the policy's
-    /// [`max_attempts`](RetryPolicy::max_attempts) is out of range.
-    pub fn new(selector: S, policy: R) -> Result<Self, ConfigError> {
-        Self::builder(selector, policy).build()
+    /// As [`FailoverBuilder::build`].
+    pub fn new(selector: S, policy: R, conf: &ServerConf) -> Result<Self, ConfigError> {
+        Self::builder(selector, policy).build(conf)
     }
 
     /// A builder for an engine.
@@ -93,7 +94,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
 
     /// The retry budget, if one is set.
     pub fn budget(&self) -> Option<&RetryBudget> {
-        self.budget.as_ref()
+        self.budget.as_deref()
     }
 
     /// Checks that pingora's own attempt cap, `ServerConf::max_retries`, does not cut the
@@ -129,6 +130,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let next = match ctx.next.take() {
             Some(next) => next,
             None => {
+                if let Some(rec) = ctx.attempts().last() {
+                    if matches!(rec.outcome(), Outcome::Pending) {
+                        return Err(unwired(ctx));
+                    }
+                }
                 let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()));
                 let (peer, probe) = self.choose(&attempt).ok_or_else(|| {
                     Error::explain(
@@ -140,6 +146,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     peer,
                     probe,
                     wait: Duration::ZERO,
+                    paid: None,
                 }
             }
         };
@@ -153,6 +160,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         if !next.wait.is_zero() {
             tokio::time::sleep(next.wait).await;
+        }
+        if let Some(paid) = next.paid {
+            paid.spend();
         }
         let mut http_peer = Box::new(next.peer.http_peer().clone());
         ctx.start_attempt(next.peer, next.probe);
@@ -307,16 +317,13 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
     }
 
-    /// For `ProxyHttp::logging`: completes the record. When pingora's `max_retries` ended the
-    /// loop although a retry was decided, the last attempt says so
-    /// ([`StopReason::PingoraRetryCap`]) rather than claiming a retry that never happened, and
-    /// the retry goes back to the budget.
+    /// For `ProxyHttp::logging`: completes the record. When pingora's loop ended although a
+    /// retry was decided, the last attempt says so ([`StopReason::PingoraRetryCap`]) rather
+    /// than claiming a retry that never happened. Call it before reading the record in your own
+    /// `logging`. (The retry goes back to the budget when the context is dropped, with or
+    /// without this call.)
     pub fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut FailoverCtx) {
         if ctx.next.take().is_some() {
-            // The retry that was paid for never happened.
-            if let Some(budget) = &self.budget {
-                budget.refund();
-            }
             if let Some(rec) = ctx.current_mut() {
                 rec.set_verdict(Verdict::Stopped(StopReason::PingoraRetryCap));
             }
@@ -403,22 +410,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if left.is_some_and(|left| left.is_zero()) {
             return Err(StopReason::Deadline);
         }
-        if let Some(budget) = &self.budget {
-            if !budget.withdraw() {
-                self.signals.budget_refused();
-                return Err(StopReason::Budget);
-            }
-        }
-        let next = self.next_peer(ctx, session, failure.attempt, left);
-        if next.is_err() {
-            // The retry that was paid for will not happen.
-            if let Some(budget) = &self.budget {
-                budget.refund();
-            }
-        } else {
-            self.signals.retry();
-        }
-        next
+        let Some(paid) = Withdrawn::from(self.budget.as_ref()) else {
+            self.signals.budget_refused();
+            return Err(StopReason::Budget);
+        };
+        // Without a peer, `paid` is dropped here and the retry goes back to the budget.
+        let mut next = self.next_peer(ctx, session, failure.attempt, left)?;
+        next.paid = Some(paid);
+        self.signals.retry();
+        Ok(next)
     }
 
     /// The peer for the retry after attempt number `attempt`, and how long to wait for it.
@@ -436,6 +436,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 peer,
                 probe,
                 wait: Duration::ZERO,
+                paid: None,
             });
         }
         // Every peer has been tried: return to the one that will be healthy first, after a
@@ -459,6 +460,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             peer,
             probe: false,
             wait,
+            paid: None,
         })
     }
 
@@ -522,6 +524,20 @@ fn revisit(attempts: &[crate::ctx::AttemptRecord]) -> Option<Peer> {
             (p.health().wait_ms() > 0, last)
         })
         .cloned()
+}
+
+/// The error for a retry that pingora started after a failure no engine hook saw: the
+/// embedding `ProxyHttp` does not hand `fail_to_connect` or `error_while_proxy` to the engine, so
+/// its retries bypass every safety rule. Loud, so that the first failover test finds it.
+fn unwired(ctx: &FailoverCtx) -> Box<Error> {
+    Error::explain(
+        ErrorType::InternalError,
+        format!(
+            "failover hooks not wired: pingora retried after a failure that neither \
+             fail_to_connect nor error_while_proxy handed to the engine ({})",
+            ctx.summary()
+        ),
+    )
 }
 
 /// Shortens each timeout of `peer` to at most `left`.
@@ -603,7 +619,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
 
     /// Calls `f` on every health change this engine causes: ejected, probing, re-admitted.
     pub fn on_health_change(mut self, f: impl Fn(&HealthEvent) + Send + Sync + 'static) -> Self {
-        self.signals.observer = Some(std::sync::Arc::new(f));
+        self.signals.observer = Some(Arc::new(f));
         self
     }
 
@@ -614,13 +630,25 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
         self
     }
 
-    /// Checks the settings and builds the engine.
+    /// Checks the settings against each other and against the configuration of the pingora
+    /// server the engine will run in, and builds the engine. The server's configuration is
+    /// required here so that its check cannot be forgotten: pingora stops retrying at
+    /// `ServerConf::max_retries` attempts whatever the engine decides.
     ///
     /// # Errors
     ///
     /// [`ConfigError::ZeroAttempts`] or [`ConfigError::TooManyAttempts`] for the policy's attempt
-    /// cap; [`ConfigError::ZeroTimeout`] or [`ConfigError::TimeoutTooLong`] for the deadline.
-    pub fn build(self) -> Result<Failover<S, R>, ConfigError> {
+    /// cap; [`ConfigError::ZeroTimeout`] or [`ConfigError::TimeoutTooLong`] for the deadline;
+    /// [`ConfigError::PingoraRetryCapTooLow`] when `conf.max_retries` would cut the policy short.
+    pub fn build(self, conf: &ServerConf) -> Result<Failover<S, R>, ConfigError> {
+        let engine = self.validate()?;
+        engine.check_server_conf(conf)?;
+        Ok(engine)
+    }
+
+    /// Checks the settings and builds the engine, leaving the server's configuration to be
+    /// checked by [`FailoverProxy`](crate::FailoverProxy) when it becomes a service.
+    pub(crate) fn validate(self) -> Result<Failover<S, R>, ConfigError> {
         match self.policy.max_attempts() {
             0 => return Err(ConfigError::ZeroAttempts),
             n if n > MAX_ATTEMPTS => {
@@ -639,7 +667,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             selector: self.selector,
             policy: self.policy,
             deadline: self.deadline,
-            budget: self.budget,
+            budget: self.budget.map(Arc::new),
             outliers,
             max_retry_after: self.max_retry_after,
             signals: self.signals,

@@ -48,17 +48,22 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverProxy<S, R> {
     ///
     /// # Errors
     ///
-    /// As [`Failover::new`].
+    /// As [`from_builder`](Self::from_builder).
     pub fn new(selector: S, policy: R) -> Result<Self, ConfigError> {
-        Failover::new(selector, policy).map(Self::from_engine)
+        Self::from_builder(Failover::builder(selector, policy))
     }
 
-    /// A proxy around an engine built with [`Failover::builder`].
-    pub fn from_engine(engine: Failover<S, R>) -> Self {
-        Self {
-            engine,
+    /// A proxy around the engine `builder` describes. The server's configuration is checked
+    /// when the proxy becomes a service ([`into_service`](Self::into_service)).
+    ///
+    /// # Errors
+    ///
+    /// As [`FailoverBuilder::build`], but for the server's configuration.
+    pub fn from_builder(builder: FailoverBuilder<S, R>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            engine: builder.validate()?,
             on_done: None,
-        }
+        })
     }
 
     /// Runs `f` once per request after it ended (in pingora's `logging` phase), with the final

@@ -1,5 +1,6 @@
 //! A retry budget: retries limited to a share of recent requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -89,6 +90,35 @@ impl RetryBudget {
 impl Default for RetryBudget {
     fn default() -> Self {
         Self::new(0.2, 10, Duration::from_secs(10)).expect("the default budget is valid")
+    }
+}
+
+/// A retry withdrawn from a budget and not yet made: dropped unspent (the retry never
+/// happened, whichever way the request ended), it goes back to the budget.
+#[derive(Debug)]
+pub(crate) struct Withdrawn(Option<Arc<RetryBudget>>);
+
+impl Withdrawn {
+    /// Withdraws one retry from `budget`, or `None` when it is spent. No budget: a free retry.
+    pub(crate) fn from(budget: Option<&Arc<RetryBudget>>) -> Option<Self> {
+        match budget {
+            None => Some(Self(None)),
+            Some(b) if b.withdraw() => Some(Self(Some(b.clone()))),
+            Some(_) => None,
+        }
+    }
+
+    /// The retry is being made: keep it.
+    pub(crate) fn spend(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Withdrawn {
+    fn drop(&mut self) {
+        if let Some(budget) = self.0.take() {
+            budget.refund();
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod window;
 
 pub use backoff::Backoff;
 pub use budget::RetryBudget;
+pub(crate) use budget::Withdrawn;
 pub use standard::{StandardPolicy, StandardPolicyBuilder};
 
 use std::sync::Arc;
