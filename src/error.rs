@@ -92,14 +92,34 @@ pub enum ConfigError {
         max: u32,
     },
 
-    /// A peer asks for TLS but the crate was built without a TLS back-end.
+    /// A peer asks for TLS but pingora was built without a TLS back-end.
     #[error(
-        "peer {peer} uses TLS but no TLS back-end is compiled in: enable the crate feature \
+        "peer {peer} uses TLS but pingora has no TLS back-end: enable the crate feature \
          openssl, boringssl or rustls"
     )]
     TlsUnavailable {
         /// The peer.
         peer: String,
+    },
+
+    /// A TLS setting on a peer that does not use TLS, or a protocol choice that needs it.
+    #[error("peer {peer}: {setting} needs TLS: add with_tls(sni) to the peer")]
+    TlsRequired {
+        /// The peer.
+        peer: String,
+        /// The setting.
+        setting: &'static str,
+    },
+
+    /// Certificates or a key that could not be read.
+    #[error("peer {peer}: the {what} could not be read: {reason}")]
+    InvalidPem {
+        /// The peer.
+        peer: String,
+        /// What was being read: "trusted CA" or "client certificate".
+        what: &'static str,
+        /// Why.
+        reason: String,
     },
 
     /// Pingora's own attempt cap would silently cut the retry policy short.

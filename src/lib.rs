@@ -64,7 +64,7 @@ pub use health::ActiveHealthCheck;
 pub use health::{Admission, HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
-pub use peer::{Endpoint, Peer, PeerBuilder};
+pub use peer::{Endpoint, HttpVersion, Peer, PeerBuilder};
 pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,

@@ -1,10 +1,14 @@
-//! HTTPS upstreams through rustls, with certificates from a private CA the test makes: a TLS
-//! failure happens before anything is sent, so any request fails over.
+//! HTTPS upstreams through rustls, with certificates from a private CA the test makes, set up
+//! through `PeerBuilder` alone: a trusted CA from PEM, HTTP/2 by ALPN, a client certificate,
+//! hostname verification. A TLS failure happens before anything is sent, so any request fails
+//! over.
 #![cfg(feature = "rustls")]
 
 mod support;
 
-use pingora_failover::{FailureKind, OrderedList, StandardPolicy, Verdict};
+use pingora_failover::{
+    ConfigError, FailureKind, HttpVersion, OrderedList, Peer, StandardPolicy, Verdict,
+};
 use support::{client, failed, start_failover, Mode, Proto, TestCa, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,8 +32,9 @@ async fn an_untrusted_certificate_fails_over_for_a_post_which_arrives_once() {
     let primary = Upstream::start_with("primary", Mode::Ok, Proto::Tls(ca.clone())).await;
     let backup = Upstream::start_with("backup", Mode::Ok, Proto::Tls(ca)).await;
     // The primary's certificate is signed by a CA this peer does not trust.
-    let untrusting = other_ca
-        .trusting(pingora_failover::Peer::builder(primary.peer_addr()).with_tls("localhost"));
+    let untrusting = pingora_failover::Peer::builder(primary.peer_addr())
+        .with_tls("localhost")
+        .with_ca_pem(other_ca.pem());
     let peers = vec![
         untrusting.build().unwrap(),
         backup.peer_builder().build().unwrap(),
@@ -79,4 +84,129 @@ async fn a_killed_tls_primary_fails_over_and_comes_back() {
         ),
         "{kind:?}"
     );
+}
+
+/// A proxy with `peer` as its only upstream: what it answers to a GET.
+async fn only(peer: Peer) -> (u16, String) {
+    let (proxy, _log) = start_failover(
+        OrderedList::new(vec![peer]).unwrap(),
+        StandardPolicy::default(),
+    )
+    .await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_over_tls_is_negotiated_by_alpn_with_a_private_ca() {
+    let ca = TestCa::new();
+    let up = Upstream::start_with("h2-tls", Mode::Ok, Proto::H2Tls(ca.clone())).await;
+    let peer = |version| {
+        Peer::builder(up.peer_addr())
+            .with_tls("localhost")
+            .with_ca_pem(ca.pem())
+            .with_http_version(version)
+            .build()
+            .unwrap()
+    };
+    // The upstream offers only h2: HTTP/1.1 alone fails the handshake, h2 (alone or preferred)
+    // is served.
+    assert_eq!(only(peer(HttpVersion::Http1)).await.0, 502);
+    assert_eq!(only(peer(HttpVersion::Http2)).await, (200, "h2-tls".into()));
+    assert_eq!(
+        only(peer(HttpVersion::Http2OrHttp1)).await,
+        (200, "h2-tls".into())
+    );
+    assert_eq!(up.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_to_an_upstream_that_requires_one() {
+    let ca = TestCa::new();
+    let up = Upstream::start_with("mtls", Mode::Ok, Proto::MutualTls(ca.clone())).await;
+    let without = up.peer_builder().build().unwrap();
+    let (cert, key) = ca.client_cert();
+    let with = up
+        .peer_builder()
+        .with_client_cert_pem(cert, key)
+        .build()
+        .unwrap();
+    assert_eq!(only(without).await.0, 502);
+    assert_eq!(only(with).await, (200, "mtls".into()));
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostname_verification_can_be_turned_off_but_not_trust() {
+    let (ca, other_ca) = (TestCa::new(), TestCa::new());
+    let up = Upstream::start_with("tls", Mode::Ok, Proto::Tls(ca.clone())).await;
+    let peer = |ca: &TestCa, sni: &str| {
+        Peer::builder(up.peer_addr())
+            .with_tls(sni)
+            .with_ca_pem(ca.pem())
+    };
+    // The certificate names localhost and 127.0.0.1, not other.test.
+    let wrong_name = peer(&ca, "other.test").build().unwrap();
+    assert_eq!(only(wrong_name).await.0, 502);
+    let unchecked_name = peer(&ca, "other.test")
+        .without_hostname_verification()
+        .build()
+        .unwrap();
+    assert_eq!(only(unchecked_name).await.0, 200);
+    // The chain is still checked: a CA not trusted fails.
+    let untrusted = peer(&other_ca, "other.test")
+        .without_hostname_verification()
+        .build()
+        .unwrap();
+    assert_eq!(only(untrusted).await.0, 502);
+    let anything = peer(&other_ca, "other.test")
+        .without_certificate_verification()
+        .build()
+        .unwrap();
+    assert_eq!(only(anything).await.0, 200);
+    assert_eq!(up.hits(), 2);
+}
+
+#[test]
+fn bad_tls_settings_are_typed_errors() {
+    let b = || Peer::builder("127.0.0.1:443");
+    let invalid = |r: Result<Peer, ConfigError>, what: &str| match r {
+        Err(ConfigError::InvalidPem { what: w, .. }) => assert_eq!(w, what),
+        other => panic!("{other:?}"),
+    };
+    invalid(
+        b().with_tls("x").with_ca_pem("not pem").build(),
+        "trusted CA",
+    );
+    let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    invalid(b().with_tls("x").with_ca_pem(garbage).build(), "trusted CA");
+    let ca = TestCa::new();
+    let (cert, _) = ca.client_cert();
+    invalid(
+        b().with_tls("x")
+            .with_client_cert_pem(cert, "no key")
+            .build(),
+        "client certificate",
+    );
+    for (setting, builder) in [
+        ("a trusted CA", b().with_ca_pem(ca.pem())),
+        (
+            "turning verification off",
+            b().without_hostname_verification(),
+        ),
+        (
+            "choosing between HTTP/2 and HTTP/1.1",
+            b().with_http_version(HttpVersion::Http2OrHttp1),
+        ),
+    ] {
+        assert_eq!(
+            builder.build().unwrap_err(),
+            ConfigError::TlsRequired {
+                peer: "127.0.0.1:443".into(),
+                setting
+            }
+        );
+    }
+    // h2c by prior knowledge needs no TLS.
+    assert!(b().with_http_version(HttpVersion::Http2).build().is_ok());
 }

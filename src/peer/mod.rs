@@ -1,7 +1,10 @@
 //! One upstream: where it lives, its weight, TLS settings and timeouts.
 
+mod builder;
 mod endpoint;
+mod tls;
 
+pub use builder::{HttpVersion, PeerBuilder};
 pub use endpoint::Endpoint;
 
 use std::fmt;
@@ -13,7 +16,7 @@ use std::time::Duration;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 
-use crate::error::{check_timeout, ConfigError};
+use crate::error::ConfigError;
 use crate::health::PeerHealth;
 
 /// Connect timeout used when none is given: 2 s, long enough for one lost SYN to be resent
@@ -30,13 +33,6 @@ pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MAX_IO_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Largest weight accepted.
 pub const MAX_WEIGHT: u32 = 1000;
-
-/// Whether a TLS back-end is compiled in; without one, pingora would silently connect in clear.
-const TLS_AVAILABLE: bool = cfg!(any(
-    feature = "openssl",
-    feature = "boringssl",
-    feature = "rustls"
-));
 
 /// One upstream server.
 ///
@@ -185,12 +181,17 @@ impl Peer {
     pub(crate) fn resolved(&self, addr: SocketAddr, weight: Option<u32>) -> Peer {
         let mut template = self.inner.template.clone();
         template._address = PingoraAddr::Inet(addr);
-        let endpoint = Endpoint::Inet(addr);
+        let weight = weight.map_or(self.inner.weight, |w| w.clamp(1, MAX_WEIGHT));
+        Peer::from_parts(Endpoint::Inet(addr), weight, template)
+    }
+
+    /// A new peer, with health of its own.
+    fn from_parts(endpoint: Endpoint, weight: u32, template: HttpPeer) -> Peer {
         Peer {
             inner: Arc::new(Inner {
                 name: display_name(&endpoint, &template),
                 endpoint,
-                weight: weight.map_or(self.inner.weight, |w| w.clamp(1, MAX_WEIGHT)),
+                weight,
                 template,
                 health: Arc::default(),
             }),
@@ -254,157 +255,6 @@ impl fmt::Debug for Peer {
             .field("sni", &self.sni())
             .field("health", &self.health().state())
             .finish()
-    }
-}
-
-/// Builds a [`Peer`]; every setting is checked by [`build`](Self::build).
-///
-/// # Default
-///
-/// - weight: 1
-/// - TLS: off
-/// - connect timeout: [`DEFAULT_CONNECT_TIMEOUT`] (2 s)
-/// - read timeout: [`DEFAULT_READ_TIMEOUT`] (60 s)
-/// - write timeout: [`DEFAULT_WRITE_TIMEOUT`] (60 s)
-#[must_use]
-pub struct PeerBuilder {
-    addr: String,
-    weight: u32,
-    tls_sni: Option<String>,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    customize: Option<Customize>,
-}
-
-type Customize = Box<dyn FnOnce(&mut HttpPeer) + Send>;
-
-impl fmt::Debug for PeerBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerBuilder")
-            .field("addr", &self.addr)
-            .field("weight", &self.weight)
-            .field("tls_sni", &self.tls_sni)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("read_timeout", &self.read_timeout)
-            .field("write_timeout", &self.write_timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PeerBuilder {
-    fn new(addr: String) -> Self {
-        Self {
-            addr,
-            weight: 1,
-            tls_sni: None,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            read_timeout: DEFAULT_READ_TIMEOUT,
-            write_timeout: DEFAULT_WRITE_TIMEOUT,
-            customize: None,
-        }
-    }
-
-    /// The weight for weighted selectors, 1 to [`MAX_WEIGHT`].
-    pub fn with_weight(mut self, weight: u32) -> Self {
-        self.weight = weight;
-        self
-    }
-
-    /// Connect with TLS, sending `sni` as the server name. Needs one of the crate features
-    /// `openssl`, `boringssl` or `rustls`.
-    pub fn with_tls(mut self, sni: impl Into<String>) -> Self {
-        self.tls_sni = Some(sni.into());
-        self
-    }
-
-    /// The TCP (and TLS) connect timeout; at most [`MAX_CONNECT_TIMEOUT`].
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// The longest wait for each read of the response; a slow upstream hits this one. At most
-    /// [`MAX_IO_TIMEOUT`].
-    pub fn with_read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout;
-        self
-    }
-
-    /// The longest wait for each write of the request; at most [`MAX_IO_TIMEOUT`].
-    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout;
-        self
-    }
-
-    /// Adjusts the underlying pingora [`HttpPeer`] after the builder has set it up, for options
-    /// this builder does not cover (ALPN, certificates, TCP keepalive, ...).
-    pub fn with_http_peer(mut self, f: impl FnOnce(&mut HttpPeer) + Send + 'static) -> Self {
-        self.customize = Some(Box::new(f));
-        self
-    }
-
-    /// Checks every setting and builds the peer.
-    ///
-    /// # Errors
-    ///
-    /// A [`ConfigError`] naming the first bad setting: the address, the weight, a timeout, or
-    /// TLS without a TLS back-end.
-    pub fn build(self) -> Result<Peer, ConfigError> {
-        let endpoint = Endpoint::parse(&self.addr)?;
-        let peer = || endpoint.to_string();
-        if self.weight == 0 {
-            return Err(ConfigError::ZeroWeight { peer: peer() });
-        }
-        if self.weight > MAX_WEIGHT {
-            return Err(ConfigError::WeightTooLarge {
-                peer: peer(),
-                weight: self.weight,
-                max: MAX_WEIGHT,
-            });
-        }
-        let connect = check_timeout("connect timeout", self.connect_timeout, MAX_CONNECT_TIMEOUT)?;
-        let read = check_timeout("read timeout", self.read_timeout, MAX_IO_TIMEOUT)?;
-        let write = check_timeout("write timeout", self.write_timeout, MAX_IO_TIMEOUT)?;
-        if self.tls_sni.is_some() && !TLS_AVAILABLE {
-            return Err(ConfigError::TlsUnavailable { peer: peer() });
-        }
-
-        let tls = self.tls_sni.is_some();
-        let sni = self.tls_sni.unwrap_or_default();
-        let mut template = match &endpoint {
-            Endpoint::Inet(sa) => HttpPeer::new(*sa, tls, sni),
-            Endpoint::Unix(path) => {
-                let path = path.to_str().ok_or_else(|| ConfigError::InvalidAddress {
-                    address: self.addr.clone(),
-                })?;
-                HttpPeer::new_uds(path, tls, sni).map_err(|_| ConfigError::InvalidAddress {
-                    address: self.addr.clone(),
-                })?
-            }
-            // A template: each resolved address gets a copy with its own address.
-            Endpoint::Name { port, .. } => {
-                HttpPeer::new(SocketAddr::from(([0, 0, 0, 0], *port)), tls, sni)
-            }
-            Endpoint::Srv(_) => HttpPeer::new(SocketAddr::from(([0, 0, 0, 0], 0)), tls, sni),
-        };
-        template.options.connection_timeout = Some(connect);
-        // Covers TCP and TLS together, so a stalled handshake cannot outlast the connect budget.
-        template.options.total_connection_timeout = Some(connect);
-        template.options.read_timeout = Some(read);
-        template.options.write_timeout = Some(write);
-        if let Some(f) = self.customize {
-            f(&mut template);
-        }
-        Ok(Peer {
-            inner: Arc::new(Inner {
-                name: display_name(&endpoint, &template),
-                endpoint,
-                weight: self.weight,
-                template,
-                health: Arc::default(),
-            }),
-        })
     }
 }
 

@@ -208,9 +208,15 @@ fn spawn_server(
                     Proto::H1 => serve_h1(tcp, svc).await,
                     Proto::H2c => protocols::serve_h2(tcp, name, mode, state).await,
                     #[cfg(feature = "rustls")]
-                    Proto::Tls(ca) => {
-                        if let Ok(tls) = ca.acceptor().accept(tcp).await {
+                    Proto::Tls(ref ca) | Proto::MutualTls(ref ca) => {
+                        if let Ok(tls) = ca.acceptor(&proto).accept(tcp).await {
                             serve_h1(tls, svc).await;
+                        }
+                    }
+                    #[cfg(feature = "rustls")]
+                    Proto::H2Tls(ref ca) => {
+                        if let Ok(tls) = ca.acceptor(&proto).accept(tcp).await {
+                            protocols::serve_h2(tls, name, mode, state).await;
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 //! The protocols an upstream speaks besides plain HTTP/1.1: h2c, served with the h2 crate so that
 //! it can refuse streams and send GOAWAY like a real server under load or shutting down, and
-//! HTTP/1.1 over TLS with certificates from a private CA made for the test.
+//! HTTP/1.1 or HTTP/2 over TLS with certificates from a private CA made for the test, with or
+//! without requiring a client certificate.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -8,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::body::{Body, Bytes};
 use futures_util::StreamExt;
 use h2::Reason;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{handle, Mode, State};
 
@@ -21,24 +22,36 @@ pub enum Proto {
     /// HTTP/1.1 over TLS, with a certificate for `localhost` signed by this CA.
     #[cfg(feature = "rustls")]
     Tls(Arc<TestCa>),
+    /// HTTP/2 over TLS: ALPN offers `h2` alone, so a client that does not ask for it fails.
+    #[cfg(feature = "rustls")]
+    H2Tls(Arc<TestCa>),
+    /// HTTP/1.1 over TLS, requiring a client certificate signed by this CA.
+    #[cfg(feature = "rustls")]
+    MutualTls(Arc<TestCa>),
 }
 
 impl Proto {
     /// A peer builder for an upstream of this protocol at `addr`.
     pub fn peer_builder(&self, addr: String) -> pingora_failover::PeerBuilder {
         let b = pingora_failover::Peer::builder(addr);
+        use pingora_failover::HttpVersion;
         match self {
             Proto::H1 => b,
-            Proto::H2c => b.with_http_peer(|p| p.options.set_http_version(2, 2)),
+            Proto::H2c => b.with_http_version(HttpVersion::Http2),
             #[cfg(feature = "rustls")]
-            Proto::Tls(ca) => ca.trusting(b.with_tls("localhost")),
+            Proto::Tls(ca) | Proto::MutualTls(ca) => b.with_tls("localhost").with_ca_pem(ca.pem()),
+            #[cfg(feature = "rustls")]
+            Proto::H2Tls(ca) => b
+                .with_tls("localhost")
+                .with_ca_pem(ca.pem())
+                .with_http_version(HttpVersion::Http2),
         }
     }
 }
 
-/// Serves one h2c connection, each stream on its own task.
-pub(super) async fn serve_h2(
-    tcp: TcpStream,
+/// Serves one HTTP/2 connection, each stream on its own task.
+pub(super) async fn serve_h2<T: AsyncRead + AsyncWrite + Unpin>(
+    tcp: T,
     name: &'static str,
     mode: Arc<Mutex<Mode>>,
     state: Arc<State>,
@@ -112,11 +125,15 @@ pub(super) async fn serve_h2(
     while streams.join_next().await.is_some() {}
 }
 
-/// A private certificate authority and a certificate it signed for `localhost` and 127.0.0.1.
+/// A private certificate authority, a certificate it signed for `localhost` and 127.0.0.1, the
+/// TLS acceptors that serve it, and a client certificate it signed.
 #[cfg(feature = "rustls")]
 pub struct TestCa {
-    ca_der: Vec<u8>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    ca_pem: String,
+    h1: tokio_rustls::TlsAcceptor,
+    h2: tokio_rustls::TlsAcceptor,
+    mutual: tokio_rustls::TlsAcceptor,
+    client: (String, String),
 }
 
 #[cfg(feature = "rustls")]
@@ -124,6 +141,7 @@ impl TestCa {
     pub fn new() -> Arc<Self> {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
         use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -133,36 +151,69 @@ impl TestCa {
             .unwrap()
             .signed_by(&key, &ca)
             .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+        let client_key = KeyPair::generate().unwrap();
+        let client = CertificateParams::new(vec!["proxy.test".into()])
             .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = || {
+            rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+        };
+        let chain = || vec![leaf.der().clone()];
+        let server_key = || PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let acceptor =
+            |config: rustls::ServerConfig| tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let h1 = builder()
             .with_no_client_auth()
-            .with_single_cert(
-                vec![leaf.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-            )
+            .with_single_cert(chain(), server_key())
+            .unwrap();
+        let mut h2 = builder()
+            .with_no_client_auth()
+            .with_single_cert(chain(), server_key())
+            .unwrap();
+        h2.alpn_protocols = vec![b"h2".to_vec()];
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mutual = builder()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain(), server_key())
             .unwrap();
         Arc::new(Self {
-            ca_der: ca.der().to_vec(),
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            ca_pem: ca.pem(),
+            h1: acceptor(h1),
+            h2: acceptor(h2),
+            mutual: acceptor(mutual),
+            client: (client.pem(), client_key.serialize_pem()),
         })
     }
 
-    pub(super) fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
-        &self.acceptor
+    /// The acceptor for an upstream speaking `proto`.
+    pub(super) fn acceptor(&self, proto: &Proto) -> &tokio_rustls::TlsAcceptor {
+        match proto {
+            Proto::H2Tls(_) => &self.h2,
+            Proto::MutualTls(_) => &self.mutual,
+            _ => &self.h1,
+        }
     }
 
-    /// `builder` with this CA as its only trusted root.
-    pub fn trusting(
-        &self,
-        builder: pingora_failover::PeerBuilder,
-    ) -> pingora_failover::PeerBuilder {
-        use pingora_core::utils::tls::{parse_x509, WrappedX509};
-        let der = self.ca_der.clone();
-        builder.with_http_peer(move |p| {
-            let ca: Arc<[WrappedX509]> = Arc::from(vec![WrappedX509::new(der, parse_x509)]);
-            p.options.ca = Some(ca);
-        })
+    /// The CA's certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// A client certificate this CA signed, and its key, PEM.
+    pub fn client_cert(&self) -> (&str, &str) {
+        (&self.client.0, &self.client.1)
     }
 }
