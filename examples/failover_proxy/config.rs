@@ -1,0 +1,322 @@
+//! The reference proxy's configuration: a TOML file (`--config`), overridden by flags, checked
+//! into the crate's types. Every key is optional except the peers; an unknown key is an error
+//! that names it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pingora_failover::{
+    ConfigError, FailoverBuilder, HttpVersion, OutlierDetection, Peer, PeerBuilder, PeerSet,
+    PeersFile, RetryBudget, StandardPolicy,
+};
+use serde::Deserialize;
+
+/// The whole file. Field names are its keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the proxy listens, `IP:PORT`.
+    pub listen: Option<String>,
+    /// Worker threads.
+    pub threads: Option<usize>,
+    /// `ordered` (primary, then backups) or `round-robin` (weighted).
+    pub selector: Option<String>,
+    /// The upstreams, in priority order.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// A peers file instead (`ADDR [weight=N]` per line), read again on change and on SIGHUP.
+    pub peers_file: Option<PathBuf>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub policy: Policy,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub budget: Budget,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// A peer: `"ADDR"`, or a table with its own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PeerEntry {
+    Addr(String),
+    Table(PeerTable),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTable {
+    pub addr: String,
+    pub weight: Option<u32>,
+    /// Connect with TLS and send this server name.
+    pub tls: Option<String>,
+    /// A PEM file of CAs to trust for this peer instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// `h1` (default), `h2` (ALPN over TLS, h2c in clear) or `h2-or-h1` (TLS only).
+    pub http: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    pub connect_ms: Option<u64>,
+    pub read_ms: Option<u64>,
+    pub write_ms: Option<u64>,
+    /// An overall deadline across all attempts of a request.
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub max_attempts: Option<u32>,
+    /// Statuses that fail over (idempotent requests only, as every retry).
+    #[serde(default)]
+    pub retry_statuses: Vec<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// `false` turns ejection off.
+    pub eject: Option<bool>,
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_ms: Option<u64>,
+    pub max_ejection_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// `false` turns the retry budget off.
+    pub enabled: Option<bool>,
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Serve prometheus metrics on this `IP:PORT`.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// One line per request on stdout (default on).
+    pub access: Option<bool>,
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{key}: {reason}")]
+    Value { key: &'static str, reason: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+fn value(key: &'static str, reason: impl Into<String>) -> Invalid {
+    Invalid::Value {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    pub fn read(path: &str) -> Result<Self, Invalid> {
+        let text = std::fs::read_to_string(path).map_err(|source| Invalid::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| Invalid::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn listen(&self) -> Result<String, Invalid> {
+        let listen = self.listen.clone().unwrap_or("127.0.0.1:6188".into());
+        check_addr("listen", &listen)?;
+        Ok(listen)
+    }
+
+    pub fn threads(&self) -> Result<usize, Invalid> {
+        match self.threads.unwrap_or(1) {
+            0 => Err(value("threads", "must be at least 1")),
+            n => Ok(n),
+        }
+    }
+
+    pub fn metrics_listen(&self) -> Result<Option<String>, Invalid> {
+        if let Some(addr) = &self.metrics.listen {
+            check_addr("metrics.listen", addr)?;
+        }
+        Ok(self.metrics.listen.clone())
+    }
+
+    pub fn access_log(&self) -> bool {
+        self.log.access.unwrap_or(true)
+    }
+
+    /// The settings every peer gets, then its own.
+    fn peer_settings(&self) -> impl Fn(PeerBuilder) -> PeerBuilder + Send + Sync + 'static {
+        let t = &self.timeouts;
+        let (connect, read, write) = (t.connect_ms, t.read_ms, t.write_ms);
+        move |mut b| {
+            if let Some(ms) = connect {
+                b = b.with_connect_timeout(Duration::from_millis(ms));
+            }
+            if let Some(ms) = read {
+                b = b.with_read_timeout(Duration::from_millis(ms));
+            }
+            if let Some(ms) = write {
+                b = b.with_write_timeout(Duration::from_millis(ms));
+            }
+            b
+        }
+    }
+
+    /// The peer set, from the list or the peers file.
+    pub fn peer_set(&self) -> Result<PeerSet, Invalid> {
+        let settings = self.peer_settings();
+        match (&self.peers_file, self.peers.is_empty()) {
+            (Some(_), false) => Err(value("peers", "give peers or peers_file, not both")),
+            (None, true) => Err(value("peers", "no peers: give peers or peers_file")),
+            (Some(path), true) => {
+                let file = PeersFile::new(path)
+                    .with_peer_settings(settings)
+                    .reload_on_sighup()
+                    .on_reload(|result| match result {
+                        Ok(n) => eprintln!("failover_proxy: peers file reloaded, {n} peers"),
+                        Err(e) => eprintln!("failover_proxy: peers file kept as it was: {e}"),
+                    });
+                let set = PeerSet::new(file.load()?)?;
+                file.watch(&set)?;
+                Ok(set)
+            }
+            (None, false) => {
+                let peers = self
+                    .peers
+                    .iter()
+                    .map(|entry| peer(entry, &settings))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(PeerSet::new(peers)?)
+            }
+        }
+    }
+
+    pub fn policy(&self) -> Result<StandardPolicy, Invalid> {
+        let p = &self.policy;
+        Ok(StandardPolicy::builder()
+            .with_max_attempts(p.max_attempts.unwrap_or(3))
+            .with_retry_statuses(p.retry_statuses.iter().copied())
+            .build()?)
+    }
+
+    /// Pingora's own attempt cap: never below the policy's.
+    pub fn max_attempts(&self) -> u32 {
+        self.policy.max_attempts.unwrap_or(3)
+    }
+
+    /// Deadline, health and budget, on the engine's builder.
+    pub fn engine<S, R>(&self, b: FailoverBuilder<S, R>) -> Result<FailoverBuilder<S, R>, Invalid>
+    where
+        S: pingora_failover::PeerSelector,
+        R: pingora_failover::RetryPolicy,
+    {
+        let mut b = b;
+        if let Some(ms) = self.timeouts.deadline_ms {
+            b = b.with_deadline(Duration::from_millis(ms));
+        }
+        let h = &self.health;
+        b = if h.eject == Some(false) {
+            b.without_outlier_detection()
+        } else {
+            let mut rules = OutlierDetection::new();
+            if let Some(n) = h.consecutive_failures {
+                rules = rules.with_consecutive_failures(n);
+            }
+            if let Some(ms) = h.base_ejection_ms {
+                rules = rules.with_base_ejection(Duration::from_millis(ms));
+            }
+            if let Some(ms) = h.max_ejection_ms {
+                rules = rules.with_max_ejection(Duration::from_millis(ms));
+            }
+            b.with_outlier_detection(rules)
+        };
+        let budget = &self.budget;
+        b = if budget.enabled == Some(false) {
+            b.without_budget()
+        } else if budget.ratio.is_some() || budget.min_per_second.is_some() {
+            let ratio = budget.ratio.unwrap_or(0.2);
+            let floor = budget.min_per_second.unwrap_or(10);
+            b.with_budget(RetryBudget::new(ratio, floor, Duration::from_secs(10))?)
+        } else {
+            b
+        };
+        Ok(b)
+    }
+}
+
+fn peer(
+    entry: &PeerEntry,
+    settings: &impl Fn(PeerBuilder) -> PeerBuilder,
+) -> Result<Peer, Invalid> {
+    let t = match entry {
+        PeerEntry::Addr(addr) => return Ok(settings(Peer::builder(addr.as_str())).build()?),
+        PeerEntry::Table(t) => t,
+    };
+    let mut b = settings(Peer::builder(t.addr.as_str()));
+    if let Some(w) = t.weight {
+        b = b.with_weight(w);
+    }
+    if let Some(sni) = &t.tls {
+        b = b.with_tls(sni.as_str());
+    }
+    if let Some(path) = &t.ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| value("peers.ca_file", format!("{}: {e}", path.display())))?;
+        // Reading PEM needs a TLS feature; without one, build() says which to enable.
+        #[allow(deprecated)]
+        let with_ca = b.with_ca_pem(pem);
+        b = with_ca;
+    }
+    b = b.with_http_version(match t.http.as_deref() {
+        None | Some("h1") => HttpVersion::Http1,
+        Some("h2") => HttpVersion::Http2,
+        Some("h2-or-h1") => HttpVersion::Http2OrHttp1,
+        Some(other) => {
+            return Err(value(
+                "peers.http",
+                format!("{other:?}: use h1, h2 or h2-or-h1"),
+            ))
+        }
+    });
+    Ok(b.build()?)
+}
+
+fn check_addr(key: &'static str, addr: &str) -> Result<(), Invalid> {
+    addr.parse::<std::net::SocketAddr>().map(drop).map_err(|_| {
+        value(
+            key,
+            format!("{addr:?} is not IP:PORT (127.0.0.1:6188, [::1]:6188)"),
+        )
+    })
+}

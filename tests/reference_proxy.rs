@@ -1,0 +1,320 @@
+//! The reference proxy (`examples/failover_proxy`) run as a process: flags and its TOML file give
+//! the same failover, every request gets an access log line, bad configurations exit non-zero
+//! naming what is wrong, and `--check` validates without serving.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::{client, refused_addr, Mode, Upstream};
+
+/// The example binary, built by `cargo test` next to the test binaries.
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("failover_proxy");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo test builds it (or cargo build --example failover_proxy)",
+        bin.display()
+    );
+    bin
+}
+
+/// A file under the temp dir holding `text`, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(text: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "failover-proxy-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A loopback address free a moment ago, for the proxy to listen on.
+fn free_addr() -> String {
+    refused_addr()
+}
+
+/// A running proxy: its stdout lines arrive on `lines`; killed on drop.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    listen: String,
+}
+
+impl Running {
+    async fn start(args: &[&str], listen: &str) -> Self {
+        let mut child = Command::new(binary())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let running = Self {
+            child,
+            lines,
+            listen: listen.to_owned(),
+        };
+        // Listening is the condition; the bound only keeps a broken start from hanging.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while tokio::net::TcpStream::connect(listen).await.is_err() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the proxy never listened");
+        running
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.listen)
+    }
+
+    /// The next `n` access log lines.
+    fn log_lines(&self, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                self.lines
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("an access log line per request")
+            })
+            .collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(binary()).args(args).output().unwrap()
+}
+
+/// Three GETs through a proxy whose primary refuses: each answered by the backup, each logged,
+/// the first after failing over and the others straight to the backup (the primary ejected).
+async fn fails_over_and_logs(proxy: &Running, backup: &Upstream) {
+    let http = client();
+    for _ in 0..3 {
+        let resp = http.get(proxy.url("/items")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "backup");
+    }
+    let lines = proxy.log_lines(3);
+    let backup = backup.peer_addr();
+    for line in &lines {
+        assert!(line.contains("\"GET /items HTTP/1.1\" 200 "), "{line}");
+        assert!(line.contains(&format!("upstream={backup}")), "{line}");
+    }
+    assert!(
+        lines[0].contains("attempts=2 outcome=retried failover=\"#1 "),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("connection refused"), "{}", lines[0]);
+    assert!(lines[1].contains("attempts=1 outcome=ok"), "{}", lines[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_line_per_request() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let primary = refused_addr();
+
+    let listen = free_addr();
+    let flags = [
+        "--listen",
+        &listen,
+        "--peer",
+        &primary,
+        "--peer",
+        &backup.peer_addr(),
+        "--connect-timeout-ms",
+        "400",
+        "--max-attempts",
+        "3",
+    ];
+    let proxy = Running::start(&flags, &listen).await;
+    fails_over_and_logs(&proxy, &backup).await;
+    drop(proxy);
+
+    let listen = free_addr();
+    let file = TempFile::new(&format!(
+        "listen = \"{listen}\"\npeers = [\"{primary}\", {{ addr = \"{}\", weight = 1 }}]\n\
+         [timeouts]\nconnect_ms = 400\n[policy]\nmax_attempts = 3\n",
+        backup.peer_addr()
+    ));
+    let proxy = Running::start(&["--config", file.path()], &listen).await;
+    fails_over_and_logs(&proxy, &backup).await;
+    assert_eq!(backup.hits(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_override_the_file() {
+    let (a, b) = (
+        Upstream::start("a", Mode::Ok).await,
+        Upstream::start("b", Mode::Ok).await,
+    );
+    let listen = free_addr();
+    let file = TempFile::new(&format!(
+        "listen = \"127.0.0.1:1\"\npeers = [\"{}\"]\n",
+        a.peer_addr()
+    ));
+    let args = [
+        "--config",
+        file.path(),
+        "--listen",
+        &listen,
+        "--peer",
+        &b.peer_addr(),
+        "--quiet",
+    ];
+    let proxy = Running::start(&args, &listen).await;
+    let body = client().get(proxy.url("/")).send().await.unwrap().text();
+    assert_eq!(body.await.unwrap(), "b");
+    assert_eq!(a.hits(), 0);
+}
+
+#[test]
+fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
+    let cases = [
+        (
+            "peers = [\"127.0.0.1:1\"]\n[timeouts]\nconect_ms = 5\n",
+            "conect_ms",
+        ),
+        ("peers = [\"127.0.0.1:1\"]\nthreads = 0\n", "threads"),
+        (
+            "peers = [\"127.0.0.1:1\"]\nselector = \"random\"\n",
+            "selector",
+        ),
+        ("peers = []\n", "no peers"),
+        ("peers = [\"not an address\"]\n", "not an address"),
+        (
+            "peers = [\"127.0.0.1:1\"]\n[timeouts]\nconnect_ms = 0\n",
+            "connect timeout must be greater than zero",
+        ),
+        (
+            "peers = [{ addr = \"127.0.0.1:1\", http = \"h3\" }]\n",
+            "peers.http",
+        ),
+    ];
+    for (text, named) in cases {
+        let file = TempFile::new(text);
+        for check in [true, false] {
+            let mut args = vec!["--config", file.path()];
+            if check {
+                args.push("--check");
+            }
+            let out = run(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+            assert!(stderr.contains(named), "{text}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+    }
+    for (args, named) in [
+        (
+            &["--listen", "nonsense", "--peer", "127.0.0.1:1"][..],
+            "listen",
+        ),
+        (
+            &["--peer", "127.0.0.1:1", "--retry-status", "99999"][..],
+            "99999",
+        ),
+        (
+            &["--config", "/nonexistent/failover.toml"][..],
+            "/nonexistent/failover.toml",
+        ),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(named), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn check_accepts_the_committed_sample() {
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/failover_proxy/sample.toml"
+    );
+    let out = run(&["--config", sample, "--check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("configuration ok"), "{stdout}");
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_when_asked_for() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let (listen, metrics) = (free_addr(), free_addr());
+    let args = [
+        "--listen",
+        &listen,
+        "--peer",
+        &refused_addr(),
+        "--peer",
+        &backup.peer_addr(),
+        "--metrics",
+        &metrics,
+        "--quiet",
+    ];
+    let proxy = Running::start(&args, &listen).await;
+    let http = client();
+    assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+    let page = http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("failover_retries_total 1"),
+        "{}",
+        page.lines()
+            .filter(|l| l.starts_with("failover_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
