@@ -119,7 +119,7 @@ def main():
         return [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}",
                 "--peer", primary_addr, "--peer", backup, "--selector", "ordered",
                 "--connect-timeout-ms", "400", "--read-timeout-ms", "300",
-                "--max-attempts", "3", "--threads", "1"], port
+                "--max-attempts", "3", "--threads", "1", "--quiet"], port
 
     def bare():
         port = free_port()

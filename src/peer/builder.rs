@@ -34,6 +34,31 @@ pub enum HttpVersion {
 
 /// Builds a [`Peer`]; every setting is checked by [`build`](Self::build).
 ///
+/// # Examples
+///
+/// HTTPS with HTTP/2 by ALPN, a private CA and a client certificate; and a gRPC server in clear
+/// text, by h2c:
+///
+/// ```no_run
+/// use pingora_failover::{HttpVersion, Peer};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let ca = std::fs::read("/etc/ssl/private-ca.pem")?;
+/// let (cert, key) = (std::fs::read("client.pem")?, std::fs::read("client.key")?);
+/// let api = Peer::builder("10.0.0.1:443")
+///     .with_tls("api.internal")
+///     .with_ca_pem(ca)
+///     .with_client_cert_pem(cert, key)
+///     .with_http_version(HttpVersion::Http2)
+///     .build()?;
+/// let grpc = Peer::builder("10.0.0.2:50051")
+///     .with_http_version(HttpVersion::Http2)
+///     .build()?;
+/// # let _ = (api, grpc);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Default
 ///
 /// - weight: 1
