@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 # The optional integrations, checked and tested alongside the default build. `rustls` is the TLS
-# back-end the HTTPS tests run on (pure Rust, nothing to install).
+# back-end the HTTPS tests run on (pure Rust, nothing to install). docs.rs builds the same set.
 FEATURES := active-health discovery metrics rustls
 
 .PHONY: demo test deps bench bench-micro chaos
@@ -30,9 +30,12 @@ test: deps
 	$(CARGO) clippy --all-targets --no-default-features -- -D warnings
 	$(CARGO) clippy --all-targets --features "$(FEATURES)" -- -D warnings
 	$(CARGO) build --examples --benches --features "$(FEATURES)"
+	ci/examples-standalone.sh
 	$(CARGO) test --all-targets --features "$(FEATURES)"
 	$(CARGO) test --doc --features "$(FEATURES)"
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features "$(FEATURES)"
+	$(CARGO) publish --dry-run --allow-dirty --quiet
+	FEATURES="$(FEATURES)" ci/msrv.sh
 
 # End to end: failover_proxy against a bare pingora proxy under wrk, four scenarios (see
 # BENCHMARKS.md). Installs wrk when missing. About 2 to 3 minutes once built.

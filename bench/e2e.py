@@ -10,6 +10,11 @@ Scenarios (primary, then a healthy backup):
 
 Prints one table (requests/s, p50, p99, errors, non-2xx) and checks the targets. Every process it
 starts is stopped when it ends. Loopback only; bounded in time.
+
+Allocator comparison: ALLOCATORS="system=PATH,mimalloc=PATH,jemalloc=PATH" runs the healthy
+scenario with each failover_proxy binary given (built with that global allocator) beside the bare
+proxy, in interleaved rounds, instead of the scenarios above. BENCHMARKS.md says how the binaries
+are built.
 """
 import os
 import re
@@ -133,6 +138,17 @@ def main():
         "blackholed": lambda: failover(hole),
         "slow": lambda: failover(slow),
     }
+    allocators = os.environ.get("ALLOCATORS")
+    if allocators:
+        def healthy_with(binary):
+            def make():
+                cmd, port = failover(primary)
+                return [binary, *cmd[1:]], port
+            return make
+        scenarios = {"bare": bare}
+        for item in allocators.split(","):
+            name, binary = item.split("=", 1)
+            scenarios[f"healthy ({name})"] = healthy_with(binary)
     # Rounds interleave the scenarios so that drift in the machine's speed hits all of them alike;
     # each figure is the median of its rounds (mean of two).
     results = {name: [] for name in scenarios}
@@ -154,6 +170,13 @@ def main():
     for n, t in table.items():
         print(f"| {n} | {t['rps']:.0f} | {t['p50']:.2f} | {t['p99']:.2f} | {t['errors']:.0f} | {t['non2xx']:.0f} |")
 
+    if allocators:
+        b = table["bare"]
+        print()
+        for n, t in table.items():
+            if n != "bare":
+                print(f"{n}: {100 * t['rps'] / b['rps']:.1f}% of bare throughput, p99 {t['p99'] / b['p99']:.2f}x bare")
+        return
     h, b = table["healthy"], table["bare"]
     checks = [
         ("healthy >= 97% of bare throughput", h["rps"] >= 0.97 * b["rps"], f"{100 * h['rps'] / b['rps']:.1f}%"),

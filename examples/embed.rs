@@ -152,7 +152,7 @@ fn refusing() -> std::net::SocketAddr {
 fn drive() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let url = |path: &str| format!("http://{LISTEN}{path}");
         while http.get(url("/healthz")).send().await.is_err() {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,44 +1,100 @@
 //! Failover metrics served by pingora's own prometheus service (`pingora-prometheus`), with
-//! health events printed as they happen. Runs in-process against a refusing primary and a
-//! backup, then prints the `/metrics` lines of this crate and exits.
+//! health events printed as they happen. It starts a backup upstream on loopback, lists a
+//! primary that refuses connections before it, runs a pingora `Server` with the proxy on
+//! 127.0.0.1:6193 and the metrics on 127.0.0.1:6194, sends five requests, prints this crate's
+//! lines of `/metrics` and exits:
 //!
 //! ```text
 //! cargo run --example metrics --features metrics
 //! ```
-//! In a real `Server`, add `pingora_prometheus::prometheus_http_service()` next to the proxy
-//! service; the metrics are on prometheus's default registry.
+//!
+//! Copy it into your project with `pingora-failover` (feature `metrics`), `pingora-prometheus`,
+//! `tokio` (features `rt-multi-thread`, `macros`, `net`, `time`, `sync`), `axum` and `reqwest` as
+//! dependencies.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use std::time::Duration;
 
+use pingora_failover::pingora::Server;
 use pingora_failover::{Failover, FailoverProxy, Metrics, OrderedList, Peer, StandardPolicy};
-use support::{client, refused_addr, start_proxy, Mode, ProxyServer, Upstream};
+use tokio::sync::mpsc;
 
-#[tokio::main]
-async fn main() {
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = OrderedList::new(vec![
-        Peer::new(&refused_addr()).unwrap(),
-        Peer::new(&backup.peer_addr()).unwrap(),
-    ])
-    .unwrap();
-    let metrics = Metrics::register(prometheus::default_registry()).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default())
+const LISTEN: &str = "127.0.0.1:6193";
+const METRICS: &str = "127.0.0.1:6194";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let selector = OrderedList::new(vec![
+        Peer::new(&refusing().to_string())?,
+        Peer::new(&upstream("backup").to_string())?,
+    ])?;
+    // pingora's prometheus service serves the default registry of the prometheus crate it was
+    // built with, which `pingora_failover::prometheus` is.
+    let metrics = Metrics::register(pingora_failover::prometheus::default_registry())?;
+    let engine = Failover::builder(selector, StandardPolicy::default())
         .with_metrics(metrics)
         .on_health_change(|e| println!("health: {} {}", e.peer, e.change));
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
-    let prometheus = ProxyServer::start(pingora_prometheus::new_prometheus_server()).await;
+    let (done, finished) = mpsc::unbounded_channel();
+    let proxy = FailoverProxy::from_builder(engine)?.on_request_done(move |_, _, ctx| {
+        println!("request done: {}", ctx.summary());
+        let _ = done.send(());
+    });
 
-    let http = client();
-    for _ in 0..5 {
-        http.get(proxy.url("/")).send().await.unwrap();
-    }
-    log.wait_for(5).await;
+    let mut server = Server::new(None)?;
+    server.bootstrap();
+    let mut service = proxy.into_service(&server.configuration)?;
+    service.add_tcp(LISTEN);
+    server.add_service(service);
+    let mut prometheus = pingora_prometheus::prometheus_http_service();
+    prometheus.add_tcp(METRICS);
+    server.add_service(prometheus);
 
-    let page = http.get(prometheus.url("/metrics")).send().await.unwrap();
-    let page = page.text().await.unwrap();
-    println!("GET http://{}/metrics (failover lines):", prometheus.addr);
-    for line in page.lines().filter(|l| l.starts_with("failover_")) {
-        println!("  {line}");
-    }
+    std::thread::spawn(move || drive(finished));
+    server.run_forever()
+}
+
+/// Sends five requests through the proxy once it listens, prints the failover metrics, then ends
+/// the process.
+fn drive(mut finished: mpsc::UnboundedReceiver<()>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        while tokio::net::TcpStream::connect(LISTEN).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for _ in 0..5 {
+            http.get(format!("http://{LISTEN}/")).send().await.unwrap();
+            // The request's metrics are complete once pingora has logged it.
+            finished.recv().await;
+        }
+        let url = format!("http://{METRICS}/metrics");
+        let page = http.get(&url).send().await.unwrap().text().await.unwrap();
+        println!("GET {url} (failover lines):");
+        for line in page.lines().filter(|l| l.starts_with("failover_")) {
+            println!("  {line}");
+        }
+    });
+    std::process::exit(0);
+}
+
+/// A loopback upstream answering `name` to everything, on its own thread.
+fn upstream(name: &'static str) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(move || async move { name });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    addr
+}
+
+/// A loopback address that refuses connections: a port that was free a moment ago.
+fn refusing() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
