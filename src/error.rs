@@ -102,6 +102,16 @@ pub enum ConfigError {
         peer: String,
     },
 
+    /// TLS with an empty server name, which would turn every certificate check off.
+    #[error(
+        "peer {peer}: TLS needs a server name to verify the certificate against; an empty one \
+         turns verification off (use without_certificate_verification to mean that)"
+    )]
+    EmptySni {
+        /// The peer.
+        peer: String,
+    },
+
     /// A TLS setting on a peer that does not use TLS, or a protocol choice that needs it.
     #[error("peer {peer}: {setting} needs TLS: add with_tls(sni) to the peer")]
     TlsRequired {

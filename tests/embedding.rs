@@ -13,7 +13,7 @@ use support::{client, refused_addr, server_conf, Mode, ProxyServer, Upstream};
 /// Which of the failure hooks the proxy hands to the engine.
 #[derive(Clone, Copy, PartialEq)]
 enum Wiring {
-    /// `upstream_peer` and both failure hooks; no `logging`.
+    /// `upstream_peer` and `fail_to_connect` (the only failure these tests meet); no `logging`.
     WithoutLogging,
     /// `upstream_peer` only: failures are marked for retry by the proxy itself.
     PeerOnly,

@@ -227,3 +227,35 @@ async fn a_peer_answering_5xx_to_everything_is_ejected_and_a_5xx_probe_fails() {
     assert_eq!(ejections, 2, "{changes:?}");
     assert!(!changes.contains(&HealthChange::Readmitted), "{changes:?}");
 }
+
+/// Panic mode through the engine: a round-robin told to spread over every peer once a third is
+/// out sends the ejected peer its share, rather than having the engine's probe claim turn the
+/// choice down and hand the turn to the next peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_keeps_the_ejected_peers_share_through_the_engine() {
+    let ups = [
+        Upstream::start("a", Mode::Ok).await,
+        Upstream::start("b", Mode::Ok).await,
+        Upstream::start("c", Mode::Ok).await,
+    ];
+    let peers: Vec<Peer> = ups
+        .iter()
+        .map(|u| Peer::new(&u.peer_addr()).unwrap())
+        .collect();
+    let ejecting = OutlierDetection::new().with_base_ejection(Duration::from_secs(60));
+    ejecting
+        .record_failure(&peers[0], FailureKind::ConnectRefused)
+        .unwrap();
+    let rr = pingora_failover::RoundRobin::new(peers)
+        .unwrap()
+        .with_panic_threshold(0.3)
+        .unwrap();
+    let engine = Failover::builder(rr, StandardPolicy::default()).without_outlier_detection();
+    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..30 {
+        assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+    }
+    let hits: Vec<usize> = ups.iter().map(Upstream::hits).collect();
+    assert_eq!(hits, [10, 10, 10]);
+}

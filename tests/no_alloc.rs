@@ -4,8 +4,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use pingora_failover::{
-    Attempt, AttemptRecord, FailureKind, OrderedList, OutlierDetection, Peer, PeerSelector,
-    RetryBudget, RoundRobin,
+    Attempt, AttemptRecord, FailureKind, HashKey, HashRing, OrderedList, OutlierDetection, Peer,
+    PeerSelector, RetryBudget, RoundRobin,
 };
 
 /// Counts the allocations made by the current thread.
@@ -45,6 +45,11 @@ async fn selection_and_the_success_path_allocate_nothing() {
     }
     let rr = RoundRobin::new(peers.clone()).unwrap();
     let ordered = OrderedList::new(peers.clone()).unwrap();
+    let hash = HashRing::new(peers.clone(), HashKey::header("x-user").unwrap()).unwrap();
+    let mut req = pingora_http::RequestHeader::build("GET", b"/items", None).unwrap();
+    req.insert_header("x-user", "alice").unwrap();
+    // The ring is built on the first pick.
+    std::hint::black_box(hash.select(&Attempt::new(&[], Some(&req))));
     let budget = RetryBudget::default();
     let tried = [AttemptRecord::new(peers[1].clone())];
     let warm = rr.select(&Attempt::new(&[], None));
@@ -57,6 +62,8 @@ async fn selection_and_the_success_path_allocate_nothing() {
             std::hint::black_box(rr.select(&retry));
             std::hint::black_box(ordered.select(&first));
             std::hint::black_box(ordered.select(&retry));
+            std::hint::black_box(hash.select(&Attempt::new(&[], Some(&req))));
+            std::hint::black_box(hash.select(&Attempt::new(&tried, Some(&req))));
             budget.deposit();
             std::hint::black_box(budget.withdraw());
             std::hint::black_box(rules.record_success(&peers[1]));

@@ -137,6 +137,9 @@ async fn fails_over_and_logs(proxy: &Running, backup: &Upstream) {
     let lines = proxy.log_lines(3);
     let backup = backup.peer_addr();
     for line in &lines {
+        // nginx's combined format: `[26/Nov/2026:07:21:33 +0000]`.
+        let time = line.split(['[', ']']).nth(1).unwrap_or_default();
+        assert!(time.len() == 26 && time.ends_with(" +0000"), "{line}");
         assert!(line.contains("\"GET /items HTTP/1.1\" 200 "), "{line}");
         assert!(line.contains(&format!("upstream={backup}")), "{line}");
     }
@@ -229,6 +232,11 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
         (
             "peers = [{ addr = \"127.0.0.1:1\", http = \"h3\" }]\n",
             "peers.http",
+        ),
+        ("peers = [{ addr = \"127.0.0.1:1\", tsl = \"x\" }]\n", "tsl"),
+        (
+            "peers = [{ addr = \"127.0.0.1:1\", tls = \"\" }]\n",
+            "server name",
         ),
     ];
     for (text, named) in cases {

@@ -207,6 +207,26 @@ fn bad_tls_settings_are_typed_errors() {
             }
         );
     }
+    // A key block whose content is not a key: pingora would unwrap it when connecting.
+    let not_a_key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    invalid(
+        b().with_tls("x")
+            .with_client_cert_pem(cert, not_a_key)
+            .build(),
+        "client certificate",
+    );
+    // An empty server name would turn every check off in pingora.
+    assert_eq!(
+        b().with_tls("").build().unwrap_err(),
+        ConfigError::EmptySni {
+            peer: "127.0.0.1:443".into()
+        }
+    );
+    assert!(b()
+        .with_tls("")
+        .without_certificate_verification()
+        .build()
+        .is_ok());
     // h2c by prior knowledge needs no TLS.
     assert!(b().with_http_version(HttpVersion::Http2).build().is_ok());
 }

@@ -41,11 +41,28 @@ pub struct Config {
 }
 
 /// A peer: `"ADDR"`, or a table with its own settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum PeerEntry {
     Addr(String),
     Table(PeerTable),
+}
+
+// By hand rather than `#[serde(untagged)]`, which would hide a misspelt key in a peer's table
+// behind "did not match any variant".
+impl<'de> Deserialize<'de> for PeerEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(addr) => Ok(Self::Addr(addr)),
+            table @ toml::Value::Table(_) => {
+                table.try_into().map(Self::Table).map_err(D::Error::custom)
+            }
+            other => Err(D::Error::custom(format!(
+                "a peer is \"ADDR\" or a table {{ addr = \"ADDR\", ... }}, not a {}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

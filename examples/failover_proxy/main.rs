@@ -16,6 +16,11 @@
 //! Flags override the file. `examples/failover_proxy/sample.toml` documents every key.
 //!
 //! The binary allocates through mimalloc: BENCHMARKS.md has the measurement behind the choice.
+//!
+//! Copy it (this directory) into your project with `pingora-failover` (feature `metrics` for
+//! `--metrics`, and a TLS feature for HTTPS peers), `clap` (feature `derive`), `serde` (feature
+//! `derive`), `toml`, `thiserror` and `mimalloc` as dependencies, plus `pingora-prometheus` for
+//! `--metrics`.
 
 mod config;
 
@@ -228,9 +233,10 @@ fn add_metrics_service(server: &mut Server, addr: &str) {
 #[cfg(not(feature = "metrics"))]
 fn add_metrics_service(_: &mut Server, _: &str) {}
 
-/// One line per request, in the shape of nginx's combined log, with the failover fields added:
-/// `client - - [time] "METHOD path HTTP/x" status bytes "referer" "agent" rt=SECONDS
-/// upstream=PEER attempts=N outcome=ok|retried|failed failover="#1 ...; #2 ..."`.
+/// One line per request in nginx's combined log format, with the failover fields added:
+/// `client - - [26/Nov/2026:07:21:33 +0000] "METHOD uri HTTP/x" status bytes "referer" "agent"
+/// rt=SECONDS upstream=PEER attempts=N outcome=ok|retried|failed failover="#1 ...; #2 ..."`.
+/// Quotes and backslashes inside quoted fields are escaped, as nginx does (`\x22`).
 fn access_log(session: &Session, error: Option<&Error>, ctx: &FailoverCtx) {
     let req = session.req_header();
     let header = |name: &str| {
@@ -260,22 +266,47 @@ fn access_log(session: &Session, error: Option<&Error>, ctx: &FailoverCtx) {
          attempts={} outcome={outcome}",
         utc_now(),
         req.method,
-        req.uri,
+        Escaped(&req.uri.to_string()),
         req.version,
         session.body_bytes_sent(),
-        header("referer"),
-        header("user-agent"),
+        Escaped(header("referer")),
+        Escaped(header("user-agent")),
         ctx.elapsed().as_secs_f64(),
         attempts.len(),
     );
     if attempts.len() > 1 || !answered {
-        let _ = write!(line, " failover=\"{}\"", ctx.summary());
+        let _ = write!(
+            line,
+            " failover=\"{}\"",
+            Escaped(&ctx.summary().to_string())
+        );
     }
     println!("{line}");
 }
 
-/// The time now as `2026-11-26T07:05:42Z`.
+/// A field inside quotes: `"` and `\` written as nginx writes them (`\x22`, `\x5C`), so a
+/// log parser never sees the field end early.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\x22")?,
+                '\\' => f.write_str("\\x5C")?,
+                c if c.is_control() => write!(f, "\\x{:02X}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The time now as nginx's `$time_local` writes it, in UTC: `26/Nov/2026:07:21:33 +0000`.
 fn utc_now() -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -291,7 +322,8 @@ fn utc_now() -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[month as usize - 1],
         rem / 3600,
         rem % 3600 / 60,
         rem % 60

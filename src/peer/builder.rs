@@ -130,7 +130,9 @@ impl PeerBuilder {
     }
 
     /// Connect with TLS, sending `sni` as the server name (SNI) and verifying the certificate
-    /// against it. Needs pingora built with a TLS back-end: this crate's feature `openssl`,
+    /// against it. An empty name is refused unless verification is turned off
+    /// ([`without_certificate_verification`](Self::without_certificate_verification)): pingora
+    /// checks nothing without one. Needs pingora built with a TLS back-end: this crate's feature `openssl`,
     /// `boringssl` or `rustls` enables it.
     pub fn with_tls(mut self, sni: impl Into<String>) -> Self {
         self.tls_sni = Some(sni.into());
@@ -245,6 +247,10 @@ impl PeerBuilder {
         let tls = self.tls_sni.is_some();
         if tls && !tls::PINGORA_HAS_TLS {
             return Err(ConfigError::TlsUnavailable { peer: peer() });
+        }
+        // Pingora skips every certificate check when the server name is empty.
+        if self.tls_sni.as_deref() == Some("") && self.verify_cert {
+            return Err(ConfigError::EmptySni { peer: peer() });
         }
         if !tls {
             let setting = if self.ca_pem.is_some() {

@@ -22,8 +22,11 @@ mod backend {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-    /// Every certificate in `pem`, each checked to parse as X.509.
+    /// Every certificate in `pem`, each checked to parse as X.509 by the parser pingora's
+    /// `parse_x509` uses (it panics where this returns an error) and by webpki, which rustls
+    /// uses.
     fn certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        use x509_parser::prelude::{FromDer, X509Certificate};
         let certs = CertificateDer::pem_slice_iter(pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
@@ -32,6 +35,8 @@ mod backend {
         }
         let mut check = RootCertStore::empty();
         for cert in &certs {
+            X509Certificate::from_der(cert)
+                .map_err(|e| format!("not an X.509 certificate: {e}"))?;
             check
                 .add(cert.clone())
                 .map_err(|e| format!("not an X.509 certificate: {e}"))?;
@@ -50,7 +55,10 @@ mod backend {
     pub(crate) fn cert_key_from_pem(cert: &[u8], key: &[u8]) -> Result<Arc<CertKey>, String> {
         let certs = certificates(cert)?;
         let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("key: {e}"))?;
-        Ok(Arc::new(CertKey::new(certs, key.secret_der().to_vec())))
+        let der = key.secret_der().to_vec();
+        // What pingora's connector does with it, unwrapping (RFC 5208/5915/8017 structure).
+        PrivateKeyDer::try_from(der.as_slice()).map_err(|e| format!("key: {e}"))?;
+        Ok(Arc::new(CertKey::new(certs, der)))
     }
 }
 
@@ -95,5 +103,21 @@ mod backend {
 
     pub(crate) fn cert_key_from_pem(_: &[u8], _: &[u8]) -> Result<Arc<CertKey>, String> {
         Err(NEEDS_FEATURE.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Where this crate's features decide pingora's back-end, the detection agrees with them
+    /// (`make test` builds both ways). A pingora given TLS by another crate alone is detected
+    /// too; that build is outside this crate's own feature sets.
+    #[test]
+    fn detects_the_back_end_the_features_gave_pingora() {
+        let by_features = cfg!(any(
+            feature = "openssl",
+            feature = "boringssl",
+            feature = "rustls"
+        ));
+        assert_eq!(super::PINGORA_HAS_TLS, by_features);
     }
 }

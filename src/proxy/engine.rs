@@ -12,14 +12,14 @@ use pingora_proxy::{FailToProxy, Session};
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
-use crate::health::{Admission, HealthEvent, OutlierDetection};
+use crate::health::{Admission, HealthEvent, HealthState, OutlierDetection};
 use crate::peer::Peer;
 use crate::proxy::signals::Signals;
 use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
-/// How many times a selection is made when the peers it returns lose their claim to other
-/// requests, before the last one is sent as it is.
+/// How many times a selection is made when the half-open peers it returns lose their probe slot
+/// to other requests, before the last one is sent as it is.
 const CLAIM_ROUNDS: usize = 3;
 /// Longest overall deadline accepted.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
@@ -135,7 +135,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                         return Err(unwired(ctx));
                     }
                 }
-                let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()));
+                let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()))
+                    .with_client_ip(client_ip(session));
                 let (peer, probe) = self.choose(&attempt).ok_or_else(|| {
                     Error::explain(
                         ErrorType::HTTPStatus(503),
@@ -430,7 +431,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         left: Option<Duration>,
     ) -> std::result::Result<Next, StopReason> {
         let attempts = ctx.attempts();
-        let query = Attempt::new(attempts, Some(session.req_header()));
+        let query =
+            Attempt::new(attempts, Some(session.req_header())).with_client_ip(client_ip(session));
         if let Some((peer, probe)) = self.choose(&query) {
             return Ok(Next {
                 peer,
@@ -466,22 +468,23 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
 
     /// Asks the selector for a peer and claims it for the request about to be sent; `true`
     /// with the peer when this request took its probe slot. Selectors only query health, so
-    /// the claim is made here: a peer whose slot another request took in between is asked for
-    /// again (the selector now sees it refused), and a peer the selector returns again although
-    /// health holds it out is its deliberate choice (panic mode) and is sent as it is.
+    /// the claim is made here. A half-open peer whose slot another request took in between is
+    /// asked about again (the selector now sees it refused); a peer health holds out for any
+    /// other reason (ejected, failing its check) was the selector's deliberate choice (panic
+    /// mode) and is sent as it is.
     fn choose(&self, attempt: &Attempt<'_>) -> Option<(Peer, bool)> {
-        let mut refused: Option<Peer> = None;
+        let mut lost = None;
         for _ in 0..CLAIM_ROUNDS {
             let peer = self.selector.select(attempt)?;
             match peer.health().claim(peer.probe_window()) {
                 Admission::Probe => return Some((peer, true)),
-                Admission::Refused if !refused.as_ref().is_some_and(|r| r.same(&peer)) => {
-                    refused = Some(peer);
+                Admission::Refused if peer.health().state() == HealthState::HalfOpen => {
+                    lost = Some(peer);
                 }
                 _ => return Some((peer, false)),
             }
         }
-        refused.map(|peer| (peer, false))
+        lost.map(|peer| (peer, false))
     }
 
     /// Counts a failure of the current attempt against its peer's health.
@@ -538,6 +541,14 @@ fn unwired(ctx: &FailoverCtx) -> Box<Error> {
             ctx.summary()
         ),
     )
+}
+
+/// The client's IP address, for selectors that hash by it.
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Shortens each timeout of `peer` to at most `left`.

@@ -2,16 +2,19 @@
 //!
 //! A [`PeerSelector`] is asked once per attempt. It sees an [`Attempt`]: which attempt this is,
 //! which peers the request already tried and how they failed, and the request header (for
-//! routing by path or header). The stock selectors are [`OrderedList`] (primary, then backups)
-//! and [`RoundRobin`] (weighted, lock-free).
+//! routing by path or header). The stock selectors are [`OrderedList`] (primary, then backups),
+//! [`RoundRobin`] (weighted, lock-free) and [`HashRing`] (consistent hashing).
 
 mod cursor;
+mod hash;
 mod ordered;
 mod round_robin;
 
+pub use hash::{HashKey, HashRing};
 pub use ordered::OrderedList;
 pub use round_robin::RoundRobin;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use pingora_http::RequestHeader;
@@ -79,12 +82,29 @@ impl<T: PeerSelector + ?Sized> PeerSelector for Arc<T> {
 pub struct Attempt<'a> {
     tried: &'a [AttemptRecord],
     request: Option<&'a RequestHeader>,
+    client: Option<IpAddr>,
 }
 
 impl<'a> Attempt<'a> {
     /// An attempt that follows the `tried` ones, for `request` when there is one.
     pub fn new(tried: &'a [AttemptRecord], request: Option<&'a RequestHeader>) -> Self {
-        Self { tried, request }
+        Self {
+            tried,
+            request,
+            client: None,
+        }
+    }
+
+    /// The same attempt, for a request from `client`.
+    #[must_use]
+    pub fn with_client_ip(mut self, client: Option<IpAddr>) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// The client's IP address, when known.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client
     }
 
     /// Whether `peer` may take this attempt: not tried by this request, and healthy, or past

@@ -1,0 +1,426 @@
+//! Consistent hashing: a request key always maps to the same peer, through a Ketama ring.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::{Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use pingora_ketama::{Bucket, Continuum};
+
+use crate::error::ConfigError;
+use crate::peer::{Endpoint, Peer};
+use crate::select::{Attempt, PanicThreshold, PeerSelector};
+use crate::set::{PeerSet, Snapshot};
+
+/// What a request is hashed by: a header, the path, the URI, the client's address, or a hash of
+/// the caller's own.
+#[derive(Clone)]
+pub struct HashKey(Key);
+
+#[derive(Clone)]
+enum Key {
+    /// Lowercase, checked to be a header name.
+    Header(Box<str>),
+    Path,
+    Uri,
+    ClientIp,
+    Custom(CustomKey),
+}
+
+/// A caller's hash of an attempt.
+type CustomKey = Arc<dyn Fn(&Attempt<'_>) -> Option<u64> + Send + Sync>;
+
+impl HashKey {
+    /// The value of the request header `name`; requests without it are hashed by their path.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] when `name` is not a valid header name.
+    pub fn header(name: &str) -> Result<Self, ConfigError> {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(token) {
+            return Err(ConfigError::OutOfRange {
+                what: "hash key header name",
+                value: name.to_owned(),
+                range: "a valid HTTP header name",
+            });
+        }
+        Ok(Self(Key::Header(name.to_ascii_lowercase().into())))
+    }
+
+    /// The request path, without the query.
+    pub fn path() -> Self {
+        Self(Key::Path)
+    }
+
+    /// The path and the query.
+    pub fn uri() -> Self {
+        Self(Key::Uri)
+    }
+
+    /// The client's IP address (nginx's `hash $remote_addr consistent`); requests with no
+    /// known client address are hashed by their path.
+    pub fn client_ip() -> Self {
+        Self(Key::ClientIp)
+    }
+
+    /// A hash of the caller's choosing, computed from the attempt; `None` falls back to the
+    /// path.
+    pub fn custom(f: impl Fn(&Attempt<'_>) -> Option<u64> + Send + Sync + 'static) -> Self {
+        Self(Key::Custom(Arc::new(f)))
+    }
+
+    /// Feeds the attempt's key to `f`; nothing is allocated.
+    fn with_key<R>(&self, attempt: &Attempt<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
+        let request = attempt.request();
+        let path = || request.map_or(&b""[..], |r| r.uri.path().as_bytes());
+        match &self.0 {
+            Key::Header(name) => {
+                let value = request.and_then(|r| r.headers.get(&**name));
+                f(value.map_or_else(path, |v| v.as_bytes()))
+            }
+            Key::Path => f(path()),
+            Key::Uri => f(request.map_or(&b""[..], |r| {
+                r.uri
+                    .path_and_query()
+                    .map_or(r.uri.path().as_bytes(), |pq| pq.as_str().as_bytes())
+            })),
+            Key::ClientIp => match attempt.client_ip() {
+                Some(std::net::IpAddr::V4(ip)) => f(&ip.octets()),
+                Some(std::net::IpAddr::V6(ip)) => f(&ip.octets()),
+                None => f(path()),
+            },
+            Key::Custom(key) => match key(attempt) {
+                Some(hash) => f(&hash.to_le_bytes()),
+                None => f(path()),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Key::Header(name) => write!(f, "HashKey::header({name:?})"),
+            Key::Path => f.write_str("HashKey::path()"),
+            Key::Uri => f.write_str("HashKey::uri()"),
+            Key::ClientIp => f.write_str("HashKey::client_ip()"),
+            Key::Custom(_) => f.write_str("HashKey::custom(..)"),
+        }
+    }
+}
+
+/// The ring for one snapshot of the set: Ketama points per peer (160 per unit of weight, as
+/// nginx), and the way back from a point's address to the peer.
+struct Ring {
+    version: u64,
+    continuum: Continuum,
+    /// Ring addresses, sorted, with the index of their peer in the snapshot.
+    index: Box<[(SocketAddr, u32)]>,
+    points: usize,
+}
+
+impl Ring {
+    fn new(snapshot: &Snapshot) -> Self {
+        let mut index: Vec<(SocketAddr, u32)> = snapshot
+            .peers()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (ring_addr(p), i as u32))
+            .collect();
+        let buckets: Vec<Bucket> = snapshot
+            .peers()
+            .iter()
+            .map(|p| Bucket::new(ring_addr(p), p.weight().max(1)))
+            .collect();
+        index.sort_unstable();
+        let per_unit = pingora_ketama::DEFAULT_POINT_MULTIPLE as usize;
+        let points = snapshot
+            .peers()
+            .iter()
+            .map(|p| p.weight().max(1) as usize * per_unit)
+            .sum();
+        Self {
+            version: snapshot.version(),
+            continuum: Continuum::new(&buckets),
+            index: index.into_boxed_slice(),
+            points,
+        }
+    }
+
+    fn peer_index(&self, addr: &SocketAddr) -> Option<usize> {
+        self.index
+            .binary_search_by(|(a, _)| a.cmp(addr))
+            .ok()
+            .map(|i| self.index[i].1 as usize)
+    }
+}
+
+/// The address a peer has on the ring: its socket address, so that the ring is nginx's for the
+/// same servers; a Unix socket gets a stable stand-in (an address from its path's hash in
+/// `fd00::/8`, never connected to).
+fn ring_addr(peer: &Peer) -> SocketAddr {
+    match peer.endpoint() {
+        Endpoint::Inet(addr) => *addr,
+        other => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            other.to_string().hash(&mut h);
+            let bits = (u128::from(h.finish()) << 56) | 0xfd << 120;
+            SocketAddr::from((Ipv6Addr::from(bits), 1))
+        }
+    }
+}
+
+/// Consistent hashing over a Ketama ring (pingora-ketama; nginx's `hash ... consistent`,
+/// HAProxy's `balance uri|hdr` with `hash-type consistent`, Envoy's ring hash).
+///
+/// A request's key (see [`HashKey`]) maps to the same peer every time, for caches and sticky
+/// sessions. Each peer has 160 points on the ring per unit of weight.
+/// - **Retries** go to the next distinct peer clockwise on the ring that the request has not
+///   tried, so a key's retries are as stable as its first attempts.
+/// - **Ejection** skips the peer: only its keys move, to the peers that follow it on the ring,
+///   and they move back when it is re-admitted.
+/// - **Set changes** rebuild the ring once per change (not per request): adding or removing one
+///   of n peers moves about 1/n of the keys, and no others.
+///
+/// Selection allocates nothing.
+pub struct HashRing {
+    set: PeerSet,
+    key: HashKey,
+    ring: ArcSwapOption<Ring>,
+    panic: PanicThreshold,
+}
+
+impl fmt::Debug for HashRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HashRing")
+            .field("set", &self.set)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HashRing {
+    /// A ring over `peers`, hashing requests by `key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`PeerSet::new`].
+    pub fn new(peers: Vec<Peer>, key: HashKey) -> Result<Self, ConfigError> {
+        PeerSet::new(peers).map(|set| Self::from_set(set, key))
+    }
+
+    /// A ring over `set`, following its changes.
+    pub fn from_set(set: PeerSet, key: HashKey) -> Self {
+        Self {
+            set,
+            key,
+            ring: ArcSwapOption::empty(),
+            panic: PanicThreshold::NEVER,
+        }
+    }
+
+    /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
+    pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
+        self.panic = PanicThreshold::new(share)?;
+        Ok(self)
+    }
+
+    /// The set the ring is built from.
+    pub fn set(&self) -> &PeerSet {
+        &self.set
+    }
+
+    /// The peer `key` maps to while every peer is healthy, for tests and diagnostics.
+    pub fn owner(&self, key: &[u8]) -> Option<Peer> {
+        let snapshot = self.set.snapshot();
+        let ring = self.ring_for(&snapshot);
+        let addr = ring.continuum.node(key)?;
+        ring.peer_index(&addr).map(|i| snapshot.peers()[i].clone())
+    }
+
+    /// The ring for `snapshot`, built when the set changed since the last one.
+    fn ring_for(&self, snapshot: &Snapshot) -> Arc<Ring> {
+        if let Some(ring) = self.ring.load_full() {
+            if ring.version == snapshot.version() {
+                return ring;
+            }
+        }
+        let ring = Arc::new(Ring::new(snapshot));
+        self.ring.store(Some(ring.clone()));
+        ring
+    }
+}
+
+impl PeerSelector for HashRing {
+    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        let snapshot = self.set.snapshot();
+        let peers = snapshot.peers();
+        if peers.is_empty() {
+            return None;
+        }
+        let guard = self.ring.load();
+        let built;
+        let ring: &Ring = match &*guard {
+            Some(ring) if ring.version == snapshot.version() => ring,
+            _ => {
+                built = self.ring_for(&snapshot);
+                &built
+            }
+        };
+        let panic = self.panic.reached(peers);
+        let mut idx = self.key.with_key(attempt, |k| ring.continuum.node_idx(k));
+        // Clockwise from the key's point: the first peer that takes the attempt. Every point is
+        // visited at most once, so a ring where no peer takes it ends the walk.
+        let mut last = None;
+        for _ in 0..ring.points.max(1) {
+            let Some(addr) = ring.continuum.get_addr(&mut idx) else {
+                break;
+            };
+            if last == Some(*addr) {
+                continue;
+            }
+            last = Some(*addr);
+            if let Some(i) = ring.peer_index(addr) {
+                if attempt.takes(&peers[i], panic) {
+                    return Some(peers[i].clone());
+                }
+            }
+        }
+        attempt.best_untried(peers.iter()).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctx::AttemptRecord;
+    use crate::{FailureKind, OutlierDetection};
+    use pingora_http::RequestHeader;
+
+    fn ring(n: u16) -> HashRing {
+        let peers = (0..n)
+            .map(|i| Peer::new(&format!("127.0.0.1:{}", 2000 + i)).unwrap())
+            .collect();
+        HashRing::new(peers, HashKey::path()).unwrap()
+    }
+
+    fn request(path: &str) -> RequestHeader {
+        RequestHeader::build("GET", path.as_bytes(), None).unwrap()
+    }
+
+    fn pick(ring: &HashRing, path: &str, tried: &[AttemptRecord]) -> Peer {
+        let req = request(path);
+        ring.select(&Attempt::new(tried, Some(&req))).unwrap()
+    }
+
+    fn owners(ring: &HashRing, keys: usize) -> Vec<String> {
+        (0..keys)
+            .map(|k| pick(ring, &format!("/k{k}"), &[]).name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_key_maps_to_the_same_peer_every_time() {
+        let r = ring(5);
+        let first = owners(&r, 200);
+        assert_eq!(owners(&r, 200), first);
+        // Every peer owns some keys.
+        for p in r.set().snapshot().iter() {
+            assert!(first.iter().any(|o| o == p.name()), "{p} owns nothing");
+        }
+    }
+
+    #[test]
+    fn a_retry_goes_to_the_next_distinct_untried_peer() {
+        let r = ring(4);
+        let mut tried = Vec::new();
+        for _ in 0..4 {
+            let p = pick(&r, "/key", &tried);
+            assert!(tried.iter().all(|t: &AttemptRecord| !t.peer().same(&p)));
+            tried.push(AttemptRecord::new(p));
+        }
+        // The same order every time: a key's retries are as stable as its first attempt.
+        let again: Vec<_> = (0..4)
+            .scan(Vec::new(), |tried: &mut Vec<AttemptRecord>, _| {
+                let p = pick(&r, "/key", tried);
+                tried.push(AttemptRecord::new(p.clone()));
+                Some(p)
+            })
+            .collect();
+        let first: Vec<_> = tried.iter().map(|t| t.peer().clone()).collect();
+        assert_eq!(again, first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejecting_a_peer_moves_only_its_keys_and_readmission_moves_them_back() {
+        let r = ring(5);
+        let before = owners(&r, 500);
+        let victim = r.set().snapshot()[2].clone();
+        let t = OutlierDetection::new()
+            .record_failure(&victim, FailureKind::ConnectRefused)
+            .unwrap()
+            .time;
+        let during = owners(&r, 500);
+        for (b, d) in before.iter().zip(&during) {
+            if b == victim.name() {
+                assert_ne!(d, victim.name());
+            } else {
+                assert_eq!(b, d, "a key of a healthy peer moved");
+            }
+        }
+        tokio::time::advance(t).await;
+        assert!(victim.health().record_success());
+        assert_eq!(owners(&r, 500), before);
+    }
+
+    #[test]
+    fn removing_one_of_n_peers_moves_about_one_nth_of_the_keys_and_no_others() {
+        let r = ring(8);
+        let before = owners(&r, 2000);
+        let gone = r.set().snapshot()[5].name().to_owned();
+        assert!(r.set().remove(&gone));
+        let after = owners(&r, 2000);
+        let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        for (b, a) in before.iter().zip(&after) {
+            assert!(
+                b == a || *b == gone,
+                "{b} -> {a}: only the removed peer's keys move"
+            );
+        }
+        let owned = before.iter().filter(|b| **b == gone).count();
+        assert_eq!(moved, owned);
+        // About 1/8 of 2000, within Ketama's spread.
+        assert!((150..=350).contains(&moved), "{moved} keys moved");
+    }
+
+    #[test]
+    fn header_and_client_keys() {
+        let peers: Vec<Peer> = (0..4)
+            .map(|i| Peer::new(&format!("127.0.0.1:{}", 3000 + i)).unwrap())
+            .collect();
+        let by_user = HashRing::new(peers.clone(), HashKey::header("X-User").unwrap()).unwrap();
+        let mut req = request("/a");
+        req.insert_header("x-user", "alice").unwrap();
+        let a = by_user.select(&Attempt::new(&[], Some(&req))).unwrap();
+        let mut other = request("/b");
+        other.insert_header("x-user", "alice").unwrap();
+        assert_eq!(by_user.select(&Attempt::new(&[], Some(&other))).unwrap(), a);
+        assert!(HashKey::header("bad header").is_err());
+
+        let by_ip = HashRing::new(peers, HashKey::client_ip()).unwrap();
+        let ip = Some("10.1.2.3".parse().unwrap());
+        let first = by_ip
+            .select(&Attempt::new(&[], None).with_client_ip(ip))
+            .unwrap();
+        for _ in 0..5 {
+            let again = by_ip.select(&Attempt::new(&[], None).with_client_ip(ip));
+            assert_eq!(again.unwrap(), first);
+        }
+    }
+}
