@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora_failover::{
-    Attempt, AttemptRecord, FailureKind, OrderedList, OutlierDetection, Peer, PeerSelector,
-    PeerSet, RoundRobin,
+    Attempt, AttemptRecord, FailureKind, HashKey, HashRing, OrderedList, OutlierDetection, Peer,
+    PeerSelector, PeerSet, RoundRobin,
 };
 
 fn peers(n: usize) -> Vec<Peer> {
@@ -57,6 +57,7 @@ fn bench_selector<S: PeerSelector>(c: &mut Criterion, name: &str, make: fn(Vec<P
 fn selectors(c: &mut Criterion) {
     bench_selector(c, "ordered", |p| OrderedList::new(p).unwrap());
     bench_selector(c, "round_robin", |p| RoundRobin::new(p).unwrap());
+    bench_selector(c, "hash", |p| HashRing::new(p, HashKey::path()).unwrap());
 }
 
 /// The cost of an update of a set of 1,000 peers: the same list again from new handles (every

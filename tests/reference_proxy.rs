@@ -235,6 +235,10 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
         ),
         ("peers = [{ addr = \"127.0.0.1:1\", tsl = \"x\" }]\n", "tsl"),
         (
+            "peers = [\"127.0.0.1:1\"]\nselector = \"hash\"\nhash_key = \"cookie\"\n",
+            "hash_key",
+        ),
+        (
             "peers = [{ addr = \"127.0.0.1:1\", tls = \"\" }]\n",
             "server name",
         ),

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora_failover::{
-    ConfigError, FailoverBuilder, HttpVersion, OutlierDetection, Peer, PeerBuilder, PeerSet,
-    PeersFile, RetryBudget, StandardPolicy,
+    ConfigError, FailoverBuilder, HashKey, HttpVersion, OutlierDetection, Peer, PeerBuilder,
+    PeerSet, PeersFile, RetryBudget, StandardPolicy,
 };
 use serde::Deserialize;
 
@@ -19,8 +19,10 @@ pub struct Config {
     pub listen: Option<String>,
     /// Worker threads.
     pub threads: Option<usize>,
-    /// `ordered` (primary, then backups) or `round-robin` (weighted).
+    /// `ordered` (primary, then backups), `round-robin` (weighted) or `hash` (consistent).
     pub selector: Option<String>,
+    /// For `hash`: `header:NAME`, `path`, `uri` or `client-ip`.
+    pub hash_key: Option<String>,
     /// The upstreams, in priority order.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -172,6 +174,25 @@ impl Config {
         let listen = self.listen.clone().unwrap_or("127.0.0.1:6188".into());
         check_addr("listen", &listen)?;
         Ok(listen)
+    }
+
+    pub fn hash_key(&self) -> Result<HashKey, Invalid> {
+        let key = self.hash_key.as_deref().unwrap_or("path");
+        let bad = || {
+            value(
+                "hash_key",
+                format!("{key:?}: use header:NAME, path, uri or client-ip"),
+            )
+        };
+        match key {
+            "path" => Ok(HashKey::path()),
+            "uri" => Ok(HashKey::uri()),
+            "client-ip" => Ok(HashKey::client_ip()),
+            _ => match key.strip_prefix("header:") {
+                Some(name) => HashKey::header(name).map_err(|_| bad()),
+                None => Err(bad()),
+            },
+        }
     }
 
     pub fn threads(&self) -> Result<usize, Invalid> {

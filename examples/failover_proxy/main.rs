@@ -61,9 +61,12 @@ struct Flags {
     /// A peers file, read again on change and on SIGHUP.
     #[arg(long, value_name = "PATH", conflicts_with = "peers")]
     peers_file: Option<String>,
-    /// ordered | round-robin [default: ordered].
+    /// ordered | round-robin | hash [default: ordered].
     #[arg(long)]
     selector: Option<String>,
+    /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
+    #[arg(long, value_name = "KEY")]
+    hash_key: Option<String>,
     #[arg(long, value_name = "MS")]
     connect_timeout_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
@@ -101,6 +104,7 @@ impl Flags {
         }
         over!(self.listen => c.listen);
         over!(self.selector => c.selector);
+        over!(self.hash_key => c.hash_key);
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);
@@ -142,9 +146,15 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
     match config.selector.as_deref().unwrap_or("ordered") {
         "ordered" => serve(&config, flags.check, names, OrderedList::from_set(set)),
         "round-robin" => serve(&config, flags.check, names, RoundRobin::from_set(set)),
+        "hash" => serve(
+            &config,
+            flags.check,
+            names,
+            HashRing::from_set(set, config.hash_key()?),
+        ),
         other => Err(Invalid::Value {
             key: "selector",
-            reason: format!("{other:?}: use ordered or round-robin"),
+            reason: format!("{other:?}: use ordered, round-robin or hash"),
         }),
     }
 }

@@ -278,6 +278,7 @@ impl PeerSelector for HashRing {
         // Clockwise from the key's point: the first peer that takes the attempt. Every point is
         // visited at most once, so a ring where no peer takes it ends the walk.
         let mut last = None;
+        let mut changes = 0;
         for _ in 0..ring.points.max(1) {
             let Some(addr) = ring.continuum.get_addr(&mut idx) else {
                 break;
@@ -286,6 +287,11 @@ impl PeerSelector for HashRing {
                 continue;
             }
             last = Some(*addr);
+            changes += 1;
+            // Long past every peer's turn: stop walking if no peer can take the attempt.
+            if changes == 4 * peers.len() && !peers.iter().any(|p| attempt.takes(p, panic)) {
+                break;
+            }
             if let Some(i) = ring.peer_index(addr) {
                 if attempt.takes(&peers[i], panic) {
                     return Some(peers[i].clone());
