@@ -17,12 +17,33 @@ fn binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("examples").join("failover_proxy");
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sources = newest(&root.join("src")).max(newest(&root.join("examples/failover_proxy")));
+    // `cargo test --test reference_proxy` alone does not rebuild examples: a stale binary
+    // would test old code.
     assert!(
-        bin.exists(),
-        "{} is missing: cargo test builds it (or cargo build --example failover_proxy)",
+        built.as_ref().is_ok_and(|b| *b >= sources),
+        "{} is missing or older than the sources: cargo test --all-targets builds it \
+         (or cargo build --example failover_proxy with the same features)",
         bin.display()
     );
     bin
+}
+
+/// The newest modification time of a file under `dir`.
+fn newest(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut latest = std::time::SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).unwrap()
+        };
+        latest = latest.max(t);
+    }
+    latest
 }
 
 /// A file under the temp dir holding `text`, removed on drop.
@@ -329,4 +350,45 @@ async fn metrics_are_served_when_asked_for() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hash_selector_keeps_each_user_on_one_upstream() {
+    let ups = [
+        Upstream::start("a", Mode::Ok).await,
+        Upstream::start("b", Mode::Ok).await,
+        Upstream::start("c", Mode::Ok).await,
+    ];
+    let listen = free_addr();
+    let mut args = vec![
+        "--listen".to_owned(),
+        listen.clone(),
+        "--selector".into(),
+        "hash".into(),
+        "--hash-key".into(),
+        "header:x-user".into(),
+        "--quiet".into(),
+    ];
+    for up in &ups {
+        args.extend(["--peer".to_owned(), up.peer_addr()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proxy = Running::start(&args, &listen).await;
+    let http = client();
+    let mut seen = std::collections::HashSet::new();
+    for u in 0..12 {
+        let mut answers = std::collections::HashSet::new();
+        for _ in 0..3 {
+            let resp = http
+                .get(proxy.url("/"))
+                .header("x-user", format!("user-{u}"))
+                .send()
+                .await
+                .unwrap();
+            answers.insert(resp.text().await.unwrap());
+        }
+        assert_eq!(answers.len(), 1, "user-{u} was answered by {answers:?}");
+        seen.extend(answers);
+    }
+    assert!(seen.len() > 1, "every user on one upstream: {seen:?}");
 }

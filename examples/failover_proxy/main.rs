@@ -31,7 +31,7 @@ use std::time::SystemTime;
 use clap::Parser;
 use pingora_failover::pingora::{Error, Server, ServerConf, Session};
 use pingora_failover::{
-    FailoverCtx, FailoverProxy, OrderedList, Outcome, PeerSelector, RoundRobin,
+    FailoverCtx, FailoverProxy, HashRing, OrderedList, Outcome, PeerSelector, RoundRobin,
 };
 
 use config::{Config, Invalid, PeerEntry};
