@@ -130,6 +130,10 @@ impl PeerHealth {
     /// selector may ask it of every candidate. [`Admission::Probe`] means its ejection is over
     /// and its single probe slot is free; the engine claims the slot when it sends the request.
     pub fn admission(&self) -> Admission {
+        if self.cell.ejected_until() == 0 && !self.cell.check_failed() {
+            // The common case, without reading the clock.
+            return Admission::Healthy;
+        }
         to_admission(self.cell.admissible(self.now_ms()))
     }
 
@@ -137,6 +141,9 @@ impl PeerHealth {
     /// caller takes the probe slot for `probe_window` and gets [`Admission::Probe`]; the others
     /// are refused until the probe reports or the window ends.
     pub(crate) fn claim(&self, probe_window: Duration) -> Admission {
+        if self.cell.ejected_until() == 0 && !self.cell.check_failed() {
+            return Admission::Healthy;
+        }
         to_admission(
             self.cell
                 .claim(self.now_ms(), probe_window.as_millis() as u64),
