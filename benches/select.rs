@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora_failover::{
-    Attempt, AttemptRecord, FailureKind, HashKey, HashRing, OrderedList, OutlierDetection, Peer,
-    PeerSelector, PeerSet, RoundRobin,
+    Attempt, AttemptRecord, FailureKind, HashKey, HashRing, LeastRequest, OrderedList,
+    OutlierDetection, Peer, PeerSelector, PeerSet, RoundRobin,
 };
 
 fn peers(n: usize) -> Vec<Peer> {
@@ -58,6 +58,7 @@ fn selectors(c: &mut Criterion) {
     bench_selector(c, "ordered", |p| OrderedList::new(p).unwrap());
     bench_selector(c, "round_robin", |p| RoundRobin::new(p).unwrap());
     bench_selector(c, "hash", |p| HashRing::new(p, HashKey::path()).unwrap());
+    bench_selector(c, "least_request", |p| LeastRequest::new(p).unwrap());
 }
 
 /// The cost of an update of a set of 1,000 peers: the same list again from new handles (every

@@ -18,6 +18,8 @@ pub struct FailoverCtx {
     pub(crate) next: Option<Next>,
     /// The wait the latest response asked for in `Retry-After`.
     pub(crate) retry_after: Option<Duration>,
+    /// The current attempt, counted in flight on its peer until it fails or the request ends.
+    pub(crate) in_flight: Option<crate::health::InFlight>,
 }
 
 /// The attempt a retry decision chose: its peer, whether it is that peer's probe, how long to
@@ -79,6 +81,7 @@ impl FailoverCtx {
         // A Retry-After belongs to the response that carried it.
         self.retry_after = None;
         let started_ejected = !peer.health().is_healthy();
+        self.in_flight = Some(crate::health::InFlight::start(&peer));
         self.attempts.push(AttemptRecord {
             peer,
             started: now,

@@ -4,8 +4,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use pingora_failover::{
-    Attempt, AttemptRecord, FailureKind, HashKey, HashRing, OrderedList, OutlierDetection, Peer,
-    PeerSelector, RetryBudget, RoundRobin,
+    Attempt, AttemptRecord, FailureKind, HashKey, HashRing, LeastRequest, OrderedList,
+    OutlierDetection, Peer, PeerSelector, RetryBudget, RoundRobin,
 };
 
 /// Counts the allocations made by the current thread.
@@ -46,6 +46,7 @@ async fn selection_and_the_success_path_allocate_nothing() {
     let rr = RoundRobin::new(peers.clone()).unwrap();
     let ordered = OrderedList::new(peers.clone()).unwrap();
     let hash = HashRing::new(peers.clone(), HashKey::header("x-user").unwrap()).unwrap();
+    let least = LeastRequest::new(peers.clone()).unwrap();
     let mut req = pingora_http::RequestHeader::build("GET", b"/items", None).unwrap();
     req.insert_header("x-user", "alice").unwrap();
     // The ring is built on the first pick.
@@ -64,6 +65,8 @@ async fn selection_and_the_success_path_allocate_nothing() {
             std::hint::black_box(ordered.select(&retry));
             std::hint::black_box(hash.select(&Attempt::new(&[], Some(&req))));
             std::hint::black_box(hash.select(&Attempt::new(&tried, Some(&req))));
+            std::hint::black_box(least.select(&first));
+            std::hint::black_box(least.select(&retry));
             budget.deposit();
             std::hint::black_box(budget.withdraw());
             std::hint::black_box(rules.record_success(&peers[1]));

@@ -19,7 +19,8 @@ pub struct Config {
     pub listen: Option<String>,
     /// Worker threads.
     pub threads: Option<usize>,
-    /// `ordered` (primary, then backups), `round-robin` (weighted) or `hash` (consistent).
+    /// `ordered` (primary, then backups), `round-robin` (weighted), `least-request` (power of
+    /// two choices on requests in flight) or `hash` (consistent).
     pub selector: Option<String>,
     /// For `hash`: `header:NAME`, `path`, `uri` or `client-ip`.
     pub hash_key: Option<String>,

@@ -31,7 +31,8 @@ use std::time::SystemTime;
 use clap::Parser;
 use pingora_failover::pingora::{Error, Server, ServerConf, Session};
 use pingora_failover::{
-    FailoverCtx, FailoverProxy, HashRing, OrderedList, Outcome, PeerSelector, RoundRobin,
+    FailoverCtx, FailoverProxy, HashRing, LeastRequest, OrderedList, Outcome, PeerSelector,
+    RoundRobin,
 };
 
 use config::{Config, Invalid, PeerEntry};
@@ -61,7 +62,7 @@ struct Flags {
     /// A peers file, read again on change and on SIGHUP.
     #[arg(long, value_name = "PATH", conflicts_with = "peers")]
     peers_file: Option<String>,
-    /// ordered | round-robin | hash [default: ordered].
+    /// ordered | round-robin | least-request | hash [default: ordered].
     #[arg(long)]
     selector: Option<String>,
     /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
@@ -146,6 +147,7 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
     match config.selector.as_deref().unwrap_or("ordered") {
         "ordered" => serve(&config, flags.check, names, OrderedList::from_set(set)),
         "round-robin" => serve(&config, flags.check, names, RoundRobin::from_set(set)),
+        "least-request" => serve(&config, flags.check, names, LeastRequest::from_set(set)),
         "hash" => serve(
             &config,
             flags.check,
@@ -154,7 +156,7 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
         ),
         other => Err(Invalid::Value {
             key: "selector",
-            reason: format!("{other:?}: use ordered, round-robin or hash"),
+            reason: format!("{other:?}: use ordered, round-robin, least-request or hash"),
         }),
     }
 }

@@ -43,6 +43,8 @@ use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
 pub struct PeerHealth {
     origin: Instant,
     cell: HealthCell,
+    /// Requests sent to the peer and not finished: its load, for load-aware selectors.
+    in_flight: std::sync::atomic::AtomicU32,
 }
 
 /// An ejection made by [`OutlierDetection::record_failure`].
@@ -60,7 +62,30 @@ impl Default for PeerHealth {
         Self {
             origin: Instant::now(),
             cell: HealthCell::new(),
+            in_flight: std::sync::atomic::AtomicU32::new(0),
         }
+    }
+}
+
+/// One request counted in flight on a peer until dropped, whichever way the attempt ends.
+#[derive(Debug)]
+pub(crate) struct InFlight(crate::peer::Peer);
+
+impl InFlight {
+    pub(crate) fn start(peer: &crate::peer::Peer) -> Self {
+        peer.health()
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(peer.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .health()
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -119,6 +144,12 @@ impl PeerHealth {
                 }
             }
         }
+    }
+
+    /// Requests sent to this peer through the engine and not finished yet (a response being
+    /// streamed counts until it ends).
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the peer is healthy now (not ejected, not half-open, passing its checks).

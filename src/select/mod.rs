@@ -3,14 +3,17 @@
 //! A [`PeerSelector`] is asked once per attempt. It sees an [`Attempt`]: which attempt this is,
 //! which peers the request already tried and how they failed, and the request header (for
 //! routing by path or header). The stock selectors are [`OrderedList`] (primary, then backups),
-//! [`RoundRobin`] (weighted, lock-free) and [`HashRing`] (consistent hashing).
+//! [`RoundRobin`] (weighted, lock-free), [`HashRing`] (consistent hashing) and
+//! [`LeastRequest`] (power of two choices on requests in flight).
 
 mod cursor;
 mod hash;
+mod least_request;
 mod ordered;
 mod round_robin;
 
 pub use hash::{HashKey, HashRing};
+pub use least_request::LeastRequest;
 pub use ordered::OrderedList;
 pub use round_robin::RoundRobin;
 

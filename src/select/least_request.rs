@@ -1,0 +1,205 @@
+//! Least-request: the power of two choices on in-flight requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::error::ConfigError;
+use crate::peer::Peer;
+use crate::select::{Attempt, PanicThreshold, PeerSelector};
+use crate::set::{PeerSet, Snapshot};
+
+/// Sends each request to the less loaded of two peers drawn at random: the power of two choices
+/// (Mitzenmacher) on requests in flight, weighted (Envoy's `LEAST_REQUEST`, nginx's
+/// `least_conn`, HAProxy's `leastconn`, the P2C of Finagle and Linkerd).
+///
+/// Load is [`PeerHealth::in_flight`](crate::PeerHealth::in_flight): requests the engine sent to
+/// the peer and that have not finished, a streamed response counting until it ends. A slow peer
+/// holds its requests longer, so it is chosen less, without any latency being measured. Two
+/// random choices rather than the least loaded of all: every proxy thread acting on the same
+/// counts would herd onto the same peer, and two choices already bring the worst load down
+/// from `log n / log log n` to `log log n`.
+///
+/// Each draw starts at a random peer and takes the first from there that the attempt admits, so
+/// ejected and already-tried peers are skipped; when none is admitted, the best untried one is
+/// tried anyway (panic mode). Randomness comes from a seedable generator
+/// ([`with_seed`](Self::with_seed)); selection takes no lock and allocates nothing.
+#[derive(Debug)]
+pub struct LeastRequest {
+    set: PeerSet,
+    state: AtomicU64,
+    panic: PanicThreshold,
+}
+
+impl LeastRequest {
+    /// Least-request over `peers`, weighted by [`Peer::weight`].
+    ///
+    /// # Errors
+    ///
+    /// As [`PeerSet::new`].
+    pub fn new(peers: Vec<Peer>) -> Result<Self, ConfigError> {
+        PeerSet::new(peers).map(Self::from_set)
+    }
+
+    /// Least-request over `set`, following its changes.
+    pub fn from_set(set: PeerSet) -> Self {
+        Self {
+            set,
+            state: AtomicU64::new(0x853c_49e6_748f_ea9b),
+            panic: PanicThreshold::NEVER,
+        }
+    }
+
+    /// Seeds the random draws, for reproducible runs.
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.state.store(seed, Ordering::Relaxed);
+        self
+    }
+
+    /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
+    pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
+        self.panic = PanicThreshold::new(share)?;
+        Ok(self)
+    }
+
+    /// The peers now.
+    pub fn peers(&self) -> Arc<Snapshot> {
+        self.set.peers()
+    }
+
+    /// The set it chooses from.
+    pub fn set(&self) -> &PeerSet {
+        &self.set
+    }
+
+    /// A random number (splitmix64 over a shared counter: lock-free, and every thread gets a
+    /// different one).
+    fn random(&self) -> u64 {
+        let mut z = self
+            .state
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// The first peer from `start` on (wrapping) that takes the attempt.
+fn first_from<'p>(
+    peers: &'p [Peer],
+    start: usize,
+    attempt: &Attempt<'_>,
+    panic: bool,
+) -> Option<&'p Peer> {
+    let (head, tail) = peers.split_at(start);
+    tail.iter().chain(head).find(|p| attempt.takes(p, panic))
+}
+
+impl PeerSelector for LeastRequest {
+    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        let snapshot = self.set.snapshot();
+        let peers = snapshot.peers();
+        let n = peers.len();
+        if n == 0 {
+            return None;
+        }
+        let panic = self.panic.reached(peers);
+        let r = self.random();
+        let i = (r % n as u64) as usize;
+        let Some(a) = first_from(peers, i, attempt, panic) else {
+            return attempt.best_untried(peers.iter()).cloned();
+        };
+        if n == 1 {
+            return Some(a.clone());
+        }
+        // A second draw at another random peer.
+        let j = (i + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+        let b = first_from(peers, j, attempt, panic).unwrap_or(a);
+        // In flight per unit of weight, compared without dividing.
+        let load = |p: &Peer| u64::from(p.health().in_flight());
+        let chosen = if load(b) * u64::from(a.weight()) < load(a) * u64::from(b.weight()) {
+            b
+        } else {
+            a
+        };
+        Some(chosen.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctx::AttemptRecord;
+    use crate::health::InFlight;
+
+    fn peers(n: u16) -> Vec<Peer> {
+        (0..n)
+            .map(|i| Peer::new(&format!("127.0.0.1:{}", 4000 + i)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_less_loaded_of_two_is_chosen() {
+        let ps = peers(2);
+        let lr = LeastRequest::new(ps.clone()).unwrap().with_seed(7);
+        let _busy: Vec<_> = (0..3).map(|_| InFlight::start(&ps[0])).collect();
+        for _ in 0..100 {
+            assert_eq!(lr.select(&Attempt::new(&[], None)).unwrap(), ps[1]);
+        }
+    }
+
+    #[test]
+    fn even_load_spreads_over_every_peer() {
+        let ps = peers(4);
+        let lr = LeastRequest::new(ps.clone()).unwrap().with_seed(1);
+        let mut counts = [0; 4];
+        for _ in 0..4000 {
+            let p = lr.select(&Attempt::new(&[], None)).unwrap();
+            counts[ps.iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn weights_divide_the_load() {
+        let a = Peer::builder("127.0.0.1:4100")
+            .with_weight(4)
+            .build()
+            .unwrap();
+        let b = Peer::new("127.0.0.1:4101").unwrap();
+        let lr = LeastRequest::new(vec![a.clone(), b.clone()]).unwrap();
+        // 3 in flight on a weight of 4 is less than 1 on a weight of 1.
+        let _on_a: Vec<_> = (0..3).map(|_| InFlight::start(&a)).collect();
+        let _on_b = InFlight::start(&b);
+        assert_eq!(lr.select(&Attempt::new(&[], None)).unwrap(), a);
+    }
+
+    #[test]
+    fn a_retry_never_returns_to_a_tried_peer_while_another_is_left() {
+        let ps = peers(3);
+        let lr = LeastRequest::new(ps.clone()).unwrap();
+        for _ in 0..50 {
+            let mut tried = Vec::new();
+            for _ in 0..3 {
+                let p = lr.select(&Attempt::new(&tried, None)).unwrap();
+                assert!(tried.iter().all(|t: &AttemptRecord| !t.peer().same(&p)));
+                tried.push(AttemptRecord::new(p));
+            }
+        }
+    }
+
+    #[test]
+    fn a_finished_request_no_longer_counts() {
+        let ps = peers(1);
+        let guard = InFlight::start(&ps[0]);
+        assert_eq!(ps[0].health().in_flight(), 1);
+        drop(guard);
+        assert_eq!(ps[0].health().in_flight(), 0);
+    }
+}
