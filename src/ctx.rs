@@ -18,8 +18,15 @@ pub struct FailoverCtx {
     pub(crate) next: Option<Next>,
     /// The wait the latest response asked for in `Retry-After`.
     pub(crate) retry_after: Option<Duration>,
-    /// The current attempt, counted in flight on its peer until it fails or the request ends.
-    pub(crate) in_flight: Option<crate::health::InFlight>,
+    /// The current (last) attempt is counted in flight on its peer: until it fails, or the
+    /// context is dropped with the request, whichever way it ended.
+    in_flight: bool,
+}
+
+impl Drop for FailoverCtx {
+    fn drop(&mut self) {
+        self.end_in_flight();
+    }
 }
 
 /// The attempt a retry decision chose: its peer, whether it is that peer's probe, how long to
@@ -81,7 +88,9 @@ impl FailoverCtx {
         // A Retry-After belongs to the response that carried it.
         self.retry_after = None;
         let started_ejected = !peer.health().is_healthy();
-        self.in_flight = Some(crate::health::InFlight::start(&peer));
+        self.end_in_flight();
+        peer.health().begin_request();
+        self.in_flight = true;
         self.attempts.push(AttemptRecord {
             peer,
             started: now,
@@ -90,6 +99,15 @@ impl FailoverCtx {
             probe,
             started_ejected,
         });
+    }
+
+    /// The current attempt no longer loads its peer.
+    pub(crate) fn end_in_flight(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            if let Some(rec) = self.attempts.last() {
+                rec.peer.health().end_request();
+            }
+        }
     }
 
     pub(crate) fn current_mut(&mut self) -> Option<&mut AttemptRecord> {

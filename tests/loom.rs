@@ -84,13 +84,13 @@ fn at_most_one_probe_at_a_time() {
         // The ejection (10 ms from 1) is over at 11. One request takes the probe slot; another
         // races for it while a straggler's failure ejects the peer again.
         let probes = Arc::new(AtomicUsize::new(0));
-        if cell.claim(20, 1000) == Admit::Probe {
+        if cell.claim(|| 20, 1000) == Admit::Probe {
             probes.fetch_add(1, Ordering::Relaxed);
         }
         let racer = {
             let (cell, probes) = (cell.clone(), probes.clone());
             thread::spawn(move || {
-                if cell.claim(20, 1000) == Admit::Probe {
+                if cell.claim(|| 20, 1000) == Admit::Probe {
                     probes.fetch_add(1, Ordering::Relaxed);
                 }
             })

@@ -34,6 +34,18 @@ fn allocations_in(f: impl FnOnce()) -> usize {
     ALLOCATIONS.with(Cell::get) - before
 }
 
+/// A first attempt and a retry through each selector.
+fn select_each(
+    selectors: &[&dyn PeerSelector],
+    tried: &[AttemptRecord],
+    request: Option<&pingora_http::RequestHeader>,
+) {
+    for s in selectors {
+        std::hint::black_box(s.select(&Attempt::new(&[], request)));
+        std::hint::black_box(s.select(&Attempt::new(tried, request)));
+    }
+}
+
 #[tokio::test]
 async fn selection_and_the_success_path_allocate_nothing() {
     let peers: Vec<_> = (0..16)
@@ -57,16 +69,7 @@ async fn selection_and_the_success_path_allocate_nothing() {
 
     let n = allocations_in(|| {
         for _ in 0..1000 {
-            let first = Attempt::new(&[], None);
-            let retry = Attempt::new(&tried, None);
-            std::hint::black_box(rr.select(&first));
-            std::hint::black_box(rr.select(&retry));
-            std::hint::black_box(ordered.select(&first));
-            std::hint::black_box(ordered.select(&retry));
-            std::hint::black_box(hash.select(&Attempt::new(&[], Some(&req))));
-            std::hint::black_box(hash.select(&Attempt::new(&tried, Some(&req))));
-            std::hint::black_box(least.select(&first));
-            std::hint::black_box(least.select(&retry));
+            select_each(&[&rr, &ordered, &hash, &least], &tried, Some(&req));
             budget.deposit();
             std::hint::black_box(budget.withdraw());
             std::hint::black_box(rules.record_success(&peers[1]));
@@ -103,12 +106,7 @@ async fn selection_over_a_set_that_changed_allocates_nothing_once_it_settled() {
     let tried = [AttemptRecord::new(set.snapshot()[0].clone())];
     let n = allocations_in(|| {
         for _ in 0..1000 {
-            let first = Attempt::new(&[], None);
-            let retry = Attempt::new(&tried, None);
-            std::hint::black_box(rr.select(&first));
-            std::hint::black_box(rr.select(&retry));
-            std::hint::black_box(ordered.select(&first));
-            std::hint::black_box(ordered.select(&retry));
+            select_each(&[&rr, &ordered], &tried, None);
             std::hint::black_box(set.snapshot().len());
         }
     });

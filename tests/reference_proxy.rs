@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{client, refused_addr, Mode, Upstream};
+use support::{client, refused_addr, Mode, TempPath, Upstream};
 
 /// The example binary, built by `cargo test` next to the test binaries.
 fn binary() -> PathBuf {
@@ -46,40 +46,8 @@ fn newest(dir: &std::path::Path) -> std::time::SystemTime {
     latest
 }
 
-/// A file under the temp dir holding `text`, removed on drop.
-struct TempFile(PathBuf);
-
-impl TempFile {
-    fn new(text: &str) -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "failover-proxy-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let path = std::env::temp_dir().join(name);
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// A loopback address free a moment ago, for the proxy to listen on.
-fn free_addr() -> String {
-    refused_addr()
-}
-
-/// A running proxy: its stdout lines arrive on `lines`; killed on drop.
+/// A running proxy: its stdout lines arrive on `lines`; killed on drop. It listens on a port
+/// that was free a moment ago (`refused_addr`).
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -178,7 +146,7 @@ async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_lin
     let backup = Upstream::start("backup", Mode::Ok).await;
     let primary = refused_addr();
 
-    let listen = free_addr();
+    let listen = refused_addr();
     let flags = [
         "--listen",
         &listen,
@@ -195,13 +163,16 @@ async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_lin
     fails_over_and_logs(&proxy, &backup).await;
     drop(proxy);
 
-    let listen = free_addr();
-    let file = TempFile::new(&format!(
-        "listen = \"{listen}\"\npeers = [\"{primary}\", {{ addr = \"{}\", weight = 1 }}]\n\
+    let listen = refused_addr();
+    let file = TempPath::with_text(
+        "failover-proxy.toml",
+        &format!(
+            "listen = \"{listen}\"\npeers = [\"{primary}\", {{ addr = \"{}\", weight = 1 }}]\n\
          [timeouts]\nconnect_ms = 400\n[policy]\nmax_attempts = 3\n",
-        backup.peer_addr()
-    ));
-    let proxy = Running::start(&["--config", file.path()], &listen).await;
+            backup.peer_addr()
+        ),
+    );
+    let proxy = Running::start(&["--config", file.as_str()], &listen).await;
     fails_over_and_logs(&proxy, &backup).await;
     assert_eq!(backup.hits(), 6);
 }
@@ -212,14 +183,17 @@ async fn flags_override_the_file() {
         Upstream::start("a", Mode::Ok).await,
         Upstream::start("b", Mode::Ok).await,
     );
-    let listen = free_addr();
-    let file = TempFile::new(&format!(
-        "listen = \"127.0.0.1:1\"\npeers = [\"{}\"]\n",
-        a.peer_addr()
-    ));
+    let listen = refused_addr();
+    let file = TempPath::with_text(
+        "failover-proxy.toml",
+        &format!(
+            "listen = \"127.0.0.1:1\"\npeers = [\"{}\"]\n",
+            a.peer_addr()
+        ),
+    );
     let args = [
         "--config",
-        file.path(),
+        file.as_str(),
         "--listen",
         &listen,
         "--peer",
@@ -265,9 +239,9 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
         ),
     ];
     for (text, named) in cases {
-        let file = TempFile::new(text);
+        let file = TempPath::with_text("failover-proxy.toml", text);
         for check in [true, false] {
-            let mut args = vec!["--config", file.path()];
+            let mut args = vec!["--config", file.as_str()];
             if check {
                 args.push("--check");
             }
@@ -319,7 +293,7 @@ fn check_accepts_the_committed_sample() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_when_asked_for() {
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let (listen, metrics) = (free_addr(), free_addr());
+    let (listen, metrics) = (refused_addr(), refused_addr());
     let args = [
         "--listen",
         &listen,
@@ -359,7 +333,7 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
         Upstream::start("b", Mode::Ok).await,
         Upstream::start("c", Mode::Ok).await,
     ];
-    let listen = free_addr();
+    let listen = refused_addr();
     let mut args = vec![
         "--listen".to_owned(),
         listen.clone(),

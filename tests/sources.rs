@@ -2,31 +2,12 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pingora_failover::{OrderedList, Peer, PeerSet, PeersFile, StandardPolicy};
-use support::{client, start_failover, Mode, Upstream};
+use support::{client, start_failover, Mode, TempPath, Upstream};
 
-/// A fresh path in the temp directory, removed when dropped.
-struct TempPath(PathBuf);
-
-impl TempPath {
-    fn new(what: &str) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(std::env::temp_dir().join(format!("pf-{}-{n}-{what}", std::process::id())))
-    }
-}
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// An HTTP/1.1 upstream on a Unix socket at `path`, answering its name.
 fn serve_unix(path: &TempPath, name: &'static str) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::UnixListener::bind(&path.0).unwrap();
     let app = axum::Router::new().fallback(move || async move { name });

@@ -67,28 +67,6 @@ impl Default for PeerHealth {
     }
 }
 
-/// One request counted in flight on a peer until dropped, whichever way the attempt ends.
-#[derive(Debug)]
-pub(crate) struct InFlight(crate::peer::Peer);
-
-impl InFlight {
-    pub(crate) fn start(peer: &crate::peer::Peer) -> Self {
-        peer.health()
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(peer.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0
-            .health()
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// Whether a peer takes a request now ([`PeerHealth::admission`]); selectors ask through
 /// [`Attempt::admits`](crate::Attempt::admits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +130,17 @@ impl PeerHealth {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Counts a request sent to the peer; [`end_request`](Self::end_request) settles it.
+    pub(crate) fn begin_request(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_request(&self) {
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Whether the peer is healthy now (not ejected, not half-open, passing its checks).
     pub fn is_healthy(&self) -> bool {
         self.state() == HealthState::Healthy
@@ -161,23 +150,16 @@ impl PeerHealth {
     /// selector may ask it of every candidate. [`Admission::Probe`] means its ejection is over
     /// and its single probe slot is free; the engine claims the slot when it sends the request.
     pub fn admission(&self) -> Admission {
-        if self.cell.ejected_until() == 0 && !self.cell.check_failed() {
-            // The common case, without reading the clock.
-            return Admission::Healthy;
-        }
-        to_admission(self.cell.admissible(self.now_ms()))
+        to_admission(self.cell.admissible(|| self.now_ms()))
     }
 
     /// Claims the peer for a request about to be sent: when its ejection is over, the first
     /// caller takes the probe slot for `probe_window` and gets [`Admission::Probe`]; the others
     /// are refused until the probe reports or the window ends.
     pub(crate) fn claim(&self, probe_window: Duration) -> Admission {
-        if self.cell.ejected_until() == 0 && !self.cell.check_failed() {
-            return Admission::Healthy;
-        }
         to_admission(
             self.cell
-                .claim(self.now_ms(), probe_window.as_millis() as u64),
+                .claim(|| self.now_ms(), probe_window.as_millis() as u64),
         )
     }
 

@@ -94,14 +94,19 @@ impl HealthCell {
         self.check_failed.swap(failed, Ordering::AcqRel) != failed
     }
 
-    /// Whether the peer would take a request at `now`, without claiming anything:
+    /// Whether the peer would take a request at `now` (read only when the peer is ejected: a
+    /// healthy peer is answered without the clock), without claiming anything:
     /// [`Admit::Probe`] means its ejection is over and its probe slot is free.
-    pub(crate) fn admissible(&self, now: u64) -> Admit {
+    pub(crate) fn admissible(&self, now: impl FnOnce() -> u64) -> Admit {
         if self.check_failed() {
             return Admit::Refused;
         }
-        match self.ejected_until() {
-            0 => Admit::Healthy,
+        let until = self.ejected_until();
+        if until == 0 {
+            return Admit::Healthy;
+        }
+        let now = now();
+        match until {
             until if now < until => Admit::Refused,
             _ if self.probe_until.load(Ordering::Acquire) > now => Admit::Refused,
             _ => Admit::Probe,
@@ -111,7 +116,7 @@ impl HealthCell {
     /// Claims the peer for a request at `now`. Once its ejection is over, the first caller
     /// takes the probe slot for `window` ms; the others are refused until the probe reports or
     /// the window ends.
-    pub(crate) fn claim(&self, now: u64, window: u64) -> Admit {
+    pub(crate) fn claim(&self, now: impl FnOnce() -> u64, window: u64) -> Admit {
         if self.check_failed() {
             return Admit::Refused;
         }
@@ -119,6 +124,7 @@ impl HealthCell {
         if until == 0 {
             return Admit::Healthy;
         }
+        let now = now();
         if now < until {
             return Admit::Refused;
         }

@@ -505,8 +505,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     }
 
     fn finish(&self, ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
-        // The failed attempt no longer loads its peer.
-        ctx.in_flight = None;
+        ctx.end_in_flight();
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Failed { kind, verdict });
             self.signals.attempt(rec.peer(), &rec.outcome());

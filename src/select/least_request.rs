@@ -134,7 +134,6 @@ impl PeerSelector for LeastRequest {
 mod tests {
     use super::*;
     use crate::ctx::AttemptRecord;
-    use crate::health::InFlight;
 
     fn peers(n: u16) -> Vec<Peer> {
         (0..n)
@@ -146,7 +145,7 @@ mod tests {
     fn the_less_loaded_of_two_is_chosen() {
         let ps = peers(2);
         let lr = LeastRequest::new(ps.clone()).unwrap().with_seed(7);
-        let _busy: Vec<_> = (0..3).map(|_| InFlight::start(&ps[0])).collect();
+        (0..3).for_each(|_| ps[0].health().begin_request());
         for _ in 0..100 {
             assert_eq!(lr.select(&Attempt::new(&[], None)).unwrap(), ps[1]);
         }
@@ -175,8 +174,8 @@ mod tests {
         let b = Peer::new("127.0.0.1:4101").unwrap();
         let lr = LeastRequest::new(vec![a.clone(), b.clone()]).unwrap();
         // 3 in flight on a weight of 4 is less than 1 on a weight of 1.
-        let _on_a: Vec<_> = (0..3).map(|_| InFlight::start(&a)).collect();
-        let _on_b = InFlight::start(&b);
+        (0..3).for_each(|_| a.health().begin_request());
+        b.health().begin_request();
         assert_eq!(lr.select(&Attempt::new(&[], None)).unwrap(), a);
     }
 
@@ -197,9 +196,9 @@ mod tests {
     #[test]
     fn a_finished_request_no_longer_counts() {
         let ps = peers(1);
-        let guard = InFlight::start(&ps[0]);
+        ps[0].health().begin_request();
         assert_eq!(ps[0].health().in_flight(), 1);
-        drop(guard);
+        ps[0].health().end_request();
         assert_eq!(ps[0].health().in_flight(), 0);
     }
 }

@@ -497,16 +497,33 @@ impl ProxyServer {
 
     /// GETs `/` until upstream `want` answers (at most 10 s); how long that took.
     pub async fn until_answered_by(&self, want: &str) -> Duration {
+        self.poll_until(want, |_| ()).await
+    }
+
+    /// As [`until_answered_by`](Self::until_answered_by), with every answer meanwhile a 200:
+    /// no gap while a change takes effect.
+    pub async fn until_answered_without_gap_by(&self, want: &str) -> Duration {
+        self.poll_until(want, |status| {
+            assert_eq!(status, 200, "a gap before {want} answered")
+        })
+        .await
+    }
+
+    async fn poll_until(&self, want: &str, check: impl Fn(reqwest::StatusCode)) -> Duration {
         let http = client();
         let started = std::time::Instant::now();
-        while self.get_text(&http, "/").await != want {
+        loop {
+            let resp = http.get(self.url("/")).send().await.unwrap();
+            check(resp.status());
+            if resp.text().await.unwrap() == want {
+                return started.elapsed();
+            }
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "{want} never answered"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        started.elapsed()
     }
 
     /// POSTs an order with `x-request-id: id` to `path`, so that upstreams count its arrivals.
@@ -726,5 +743,33 @@ pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(started.elapsed() < Duration::from_secs(10), "{what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fresh path in the temp directory, removed when dropped.
+pub struct TempPath(pub std::path::PathBuf);
+
+impl TempPath {
+    pub fn new(what: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("pf-{}-{n}-{what}", std::process::id())))
+    }
+
+    /// A fresh file holding `text`.
+    pub fn with_text(what: &str, text: &str) -> Self {
+        let path = Self::new(what);
+        std::fs::write(&path.0, text).unwrap();
+        path
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
