@@ -166,9 +166,22 @@ impl AttemptRecord {
         self.outcome
     }
 
+    /// Ends the attempt. Its peer learns how long it took to answer; a failure teaches only a
+    /// wait longer than the estimate, and one after the answer (in the body) or on the client's
+    /// side teaches nothing.
     pub(crate) fn finish(&mut self, outcome: Outcome) {
+        let waited = matches!(self.outcome, Outcome::Pending);
         self.duration = Some(self.started.elapsed());
         self.outcome = outcome;
+        match outcome {
+            _ if !waited => {}
+            Outcome::Responded { .. } => self.peer.health().observe_latency(self.started, true),
+            Outcome::Failed {
+                kind: FailureKind::Downstream,
+                ..
+            } => {}
+            _ => self.peer.health().observe_latency(self.started, false),
+        }
     }
 
     /// Changes the verdict of a failed attempt, keeping its duration.

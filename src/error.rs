@@ -77,6 +77,16 @@ pub enum ConfigError {
         max: Duration,
     },
 
+    /// A priority tier whose selector does not name the peers it chooses from.
+    #[error(
+        "priority tier {tier}: its selector does not name its peers, so the tier's health is \
+         unknown; use a stock selector or implement PeerSelector::peer_set"
+    )]
+    TierWithoutPeerSet {
+        /// The tier's index, from 0.
+        tier: usize,
+    },
+
     /// A retry policy allowing zero attempts, which would never contact an upstream.
     #[error("max attempts must be at least 1 (1 means a single try and no retry)")]
     ZeroAttempts,

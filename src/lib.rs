@@ -69,7 +69,10 @@ pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };
-pub use select::{Attempt, HashKey, HashRing, LeastRequest, OrderedList, PeerSelector, RoundRobin};
+pub use select::{
+    Attempt, HashKey, HashRing, LeastRequest, OrderedList, PeakEwma, PeerSelector, PriorityTiers,
+    RoundRobin, SlowStart,
+};
 pub use set::{PeerSet, PeerSetBuilder, Snapshot};
 
 /// The pingora types this crate's API hands you, from the versions it was built with: write

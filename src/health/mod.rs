@@ -15,6 +15,7 @@
 
 #[cfg(feature = "active-health")]
 mod active;
+mod latency;
 pub(crate) mod state;
 
 #[cfg(feature = "active-health")]
@@ -29,6 +30,7 @@ use tokio::time::Instant;
 use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
+use latency::Latency;
 use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
 
 /// The health of one peer, shared by every request. Lock-free.
@@ -45,6 +47,11 @@ pub struct PeerHealth {
     cell: HealthCell,
     /// Requests sent to the peer and not finished: its load, for load-aware selectors.
     in_flight: std::sync::atomic::AtomicU32,
+    /// How long it takes to answer (peak EWMA of the time to the response header).
+    latency: Latency,
+    /// When it last joined traffic (added to a running set, or re-admitted), for slow start;
+    /// 0 when it has served from the start.
+    ramp_from: std::sync::atomic::AtomicU64,
 }
 
 /// An ejection made by [`OutlierDetection::record_failure`].
@@ -63,6 +70,8 @@ impl Default for PeerHealth {
             origin: Instant::now(),
             cell: HealthCell::new(),
             in_flight: std::sync::atomic::AtomicU32::new(0),
+            latency: Latency::new(),
+            ramp_from: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -100,8 +109,60 @@ pub enum HealthState {
 
 impl PeerHealth {
     /// Milliseconds since this peer's origin; never 0, which marks "not ejected".
-    fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64 + 1
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.origin).as_millis() as u64 + 1
+    }
+
+    /// How long the peer takes to answer, as learned from the time to each response header: a
+    /// peak EWMA (Finagle, Linkerd, tower's `PeakEwma`). A slower answer than the estimate
+    /// replaces it at once; faster ones pull it down gradually; without answers it decays
+    /// towards zero with a time constant of 10 s, so an idle peer is tried again. `None` until
+    /// the peer has answered once.
+    pub fn latency(&self) -> Option<Duration> {
+        self.latency_us_at(Instant::now())
+            .map(|us| Duration::from_nanos((us * 1_000.0) as u64))
+    }
+
+    /// [`latency`](Self::latency) in microseconds at `now`.
+    pub(crate) fn latency_us_at(&self, now: Instant) -> Option<f64> {
+        self.latency.estimate_us(self.ms_at(now))
+    }
+
+    /// Learns from an attempt that started at `started` and ended now: answered (`answered`),
+    /// or failed, when only a time longer than the estimate is learned.
+    pub(crate) fn observe_latency(&self, started: Instant, answered: bool) {
+        let now = Instant::now();
+        let us = now.saturating_duration_since(started).as_secs_f64() * 1e6;
+        self.latency.observe(us, self.ms_at(now), !answered);
+    }
+
+    /// When the peer last joined traffic, in [`now_ms`](Self::now_ms) time; `None` when it has
+    /// served from the start.
+    pub(crate) fn ramp_from(&self) -> Option<u64> {
+        match self.ramp_from.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    /// Marks the peer as joining traffic now (added to a running set, or re-admitted).
+    pub(crate) fn start_ramp(&self) {
+        self.ramp_from
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends the ramp that started at `from` (a newer one stays).
+    pub(crate) fn end_ramp(&self, from: u64) {
+        let _ = self.ramp_from.compare_exchange(
+            from,
+            0,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The state now.
@@ -177,7 +238,7 @@ impl PeerHealth {
 
     /// Records a success; `true` when it re-admitted an ejected peer.
     pub(crate) fn record_success(&self) -> bool {
-        self.cell.record_success(true, &NoTally)
+        self.record_success_counted(true, &NoTally)
     }
 
     /// Records a failure of `kind`; the ejection when it ejected the peer.
@@ -194,7 +255,11 @@ impl PeerHealth {
     /// `readmit`: the success may end an ejection (it came from the probe, or from an attempt
     /// sent while the peer was out).
     pub(crate) fn record_success_counted(&self, readmit: bool, tally: &dyn Tally) -> bool {
-        self.cell.record_success(readmit, tally)
+        let readmitted = self.cell.record_success(readmit, tally);
+        if readmitted {
+            self.start_ramp();
+        }
+        readmitted
     }
 
     /// [`record_failure`](Self::record_failure), keeping `tally` right.
@@ -221,7 +286,11 @@ impl PeerHealth {
     /// Sets the active check's verdict; `true` when it changed.
     #[cfg_attr(not(feature = "active-health"), allow(dead_code))]
     pub(crate) fn set_check_failed(&self, failed: bool) -> bool {
-        self.cell.set_check_failed(failed)
+        let changed = self.cell.set_check_failed(failed);
+        if changed && !failed {
+            self.start_ramp();
+        }
+        changed
     }
 }
 

@@ -300,6 +300,10 @@ impl PeerSelector for HashRing {
         }
         attempt.best_untried(peers.iter()).cloned()
     }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        Some(&self.set)
+    }
 }
 
 #[cfg(test)]

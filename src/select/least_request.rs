@@ -1,10 +1,11 @@
 //! Least-request: the power of two choices on in-flight requests.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::ConfigError;
 use crate::peer::Peer;
+use crate::select::p2c::{self, Rng};
+use crate::select::slow_start::{self, SlowStart};
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
 use crate::set::{PeerSet, Snapshot};
 
@@ -13,11 +14,11 @@ use crate::set::{PeerSet, Snapshot};
 /// `least_conn`, HAProxy's `leastconn`, the P2C of Finagle and Linkerd).
 ///
 /// Load is [`PeerHealth::in_flight`](crate::PeerHealth::in_flight): requests the engine sent to
-/// the peer and that have not finished, a streamed response counting until it ends. A slow peer
-/// holds its requests longer, so it is chosen less, without any latency being measured. Two
-/// random choices rather than the least loaded of all: every proxy thread acting on the same
-/// counts would herd onto the same peer, and two choices already bring the worst load down
-/// from `log n / log log n` to `log log n`.
+/// the peer and that have not finished, a streamed response counting until it ends. A peer's
+/// cost is `(in_flight + 1) / weight`. A slow peer holds its requests longer, so it is chosen
+/// less, without any latency being measured. Two random choices rather than the least loaded of
+/// all: every proxy thread acting on the same counts would herd onto the same peer, and two
+/// choices already bring the worst load down from `log n / log log n` to `log log n`.
 ///
 /// Each draw starts at a random peer and takes the first from there that the attempt admits, so
 /// ejected and already-tried peers are skipped; when none is admitted, the best untried one is
@@ -26,8 +27,9 @@ use crate::set::{PeerSet, Snapshot};
 #[derive(Debug)]
 pub struct LeastRequest {
     set: PeerSet,
-    state: AtomicU64,
+    rng: Rng,
     panic: PanicThreshold,
+    slow_start: Option<SlowStart>,
 }
 
 impl LeastRequest {
@@ -44,14 +46,15 @@ impl LeastRequest {
     pub fn from_set(set: PeerSet) -> Self {
         Self {
             set,
-            state: AtomicU64::new(0x853c_49e6_748f_ea9b),
+            rng: Rng::new(),
             panic: PanicThreshold::NEVER,
+            slow_start: None,
         }
     }
 
     /// Seeds the random draws, for reproducible runs.
     pub fn with_seed(self, seed: u64) -> Self {
-        self.state.store(seed, Ordering::Relaxed);
+        self.rng.seed(seed);
         self
     }
 
@@ -65,6 +68,12 @@ impl LeastRequest {
         Ok(self)
     }
 
+    /// Ramps up the weight of a peer that joins traffic ([`SlowStart`]).
+    pub fn with_slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.slow_start = Some(slow_start);
+        self
+    }
+
     /// The peers now.
     pub fn peers(&self) -> Arc<Snapshot> {
         self.set.peers()
@@ -75,58 +84,25 @@ impl LeastRequest {
         &self.set
     }
 
-    /// A random number (splitmix64 over a shared counter: lock-free, and every thread gets a
-    /// different one).
-    fn random(&self) -> u64 {
-        let mut z = self
-            .state
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn cost(&self, p: &Peer) -> f64 {
+        let weight = f64::from(p.weight()) * slow_start::factor(self.slow_start.as_ref(), p);
+        f64::from(p.health().in_flight() + 1) / weight
     }
-}
-
-/// The first peer from `start` on (wrapping) that takes the attempt.
-fn first_from<'p>(
-    peers: &'p [Peer],
-    start: usize,
-    attempt: &Attempt<'_>,
-    panic: bool,
-) -> Option<&'p Peer> {
-    let (head, tail) = peers.split_at(start);
-    tail.iter().chain(head).find(|p| attempt.takes(p, panic))
 }
 
 impl PeerSelector for LeastRequest {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
         let snapshot = self.set.snapshot();
         let peers = snapshot.peers();
-        let n = peers.len();
-        if n == 0 {
-            return None;
-        }
         let panic = self.panic.reached(peers);
-        let r = self.random();
-        let i = (r % n as u64) as usize;
-        let Some(a) = first_from(peers, i, attempt, panic) else {
-            return attempt.best_untried(peers.iter()).cloned();
-        };
-        if n == 1 {
-            return Some(a.clone());
-        }
-        // A second draw at another random peer.
-        let j = (i + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
-        let b = first_from(peers, j, attempt, panic).unwrap_or(a);
-        // In flight per unit of weight, compared without dividing.
-        let load = |p: &Peer| u64::from(p.health().in_flight());
-        let chosen = if load(b) * u64::from(a.weight()) < load(a) * u64::from(b.weight()) {
-            b
-        } else {
-            a
-        };
-        Some(chosen.clone())
+        p2c::choose(peers, attempt, panic, &self.rng, |a, b| {
+            (self.cost(a), self.cost(b))
+        })
+        .cloned()
+    }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        Some(&self.set)
     }
 }
 
@@ -173,7 +149,7 @@ mod tests {
             .unwrap();
         let b = Peer::new("127.0.0.1:4101").unwrap();
         let lr = LeastRequest::new(vec![a.clone(), b.clone()]).unwrap();
-        // 3 in flight on a weight of 4 is less than 1 on a weight of 1.
+        // 3 in flight on a weight of 4 costs less than 1 on a weight of 1: (3+1)/4 < (1+1)/1.
         (0..3).for_each(|_| a.health().begin_request());
         b.health().begin_request();
         assert_eq!(lr.select(&Attempt::new(&[], None)).unwrap(), a);

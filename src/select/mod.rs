@@ -3,19 +3,28 @@
 //! A [`PeerSelector`] is asked once per attempt. It sees an [`Attempt`]: which attempt this is,
 //! which peers the request already tried and how they failed, and the request header (for
 //! routing by path or header). The stock selectors are [`OrderedList`] (primary, then backups),
-//! [`RoundRobin`] (weighted, lock-free), [`HashRing`] (consistent hashing) and
-//! [`LeastRequest`] (power of two choices on requests in flight).
+//! [`RoundRobin`] (weighted, lock-free), [`HashRing`] (consistent hashing), [`LeastRequest`]
+//! (power of two choices on requests in flight), [`PeakEwma`] (power of two choices on learned
+//! latency) and [`PriorityTiers`] (groups that traffic spills over in order). The weighted ones
+//! take a [`SlowStart`].
 
 mod cursor;
+mod ewma;
 mod hash;
 mod least_request;
 mod ordered;
+mod p2c;
 mod round_robin;
+mod slow_start;
+mod tiers;
 
+pub use ewma::PeakEwma;
 pub use hash::{HashKey, HashRing};
 pub use least_request::LeastRequest;
 pub use ordered::OrderedList;
 pub use round_robin::RoundRobin;
+pub use slow_start::SlowStart;
+pub use tiers::{PriorityTiers, MAX_TIERS};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,6 +34,7 @@ use pingora_http::RequestHeader;
 use crate::ctx::AttemptRecord;
 use crate::health::Admission;
 use crate::peer::Peer;
+use crate::set::PeerSet;
 
 /// Chooses the upstream for one attempt of one request.
 ///
@@ -62,17 +72,31 @@ pub trait PeerSelector: Send + Sync + 'static {
     /// ([`Attempt::best_untried`]) rather than `None`: an ejected peer may still serve, and
     /// refusing the request is certain to fail it.
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer>;
+
+    /// The set this selector chooses from, when it chooses from one. [`PriorityTiers`] reads a
+    /// tier's health from it, so a selector must name its set to be a tier. `None` by default.
+    fn peer_set(&self) -> Option<&PeerSet> {
+        None
+    }
 }
 
 impl<T: PeerSelector + ?Sized> PeerSelector for Box<T> {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
         (**self).select(attempt)
     }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        (**self).peer_set()
+    }
 }
 
 impl<T: PeerSelector + ?Sized> PeerSelector for Arc<T> {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
         (**self).select(attempt)
+    }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        (**self).peer_set()
     }
 }
 

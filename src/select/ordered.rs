@@ -90,4 +90,8 @@ impl PeerSelector for OrderedList {
             .or_else(|| attempt.best_untried(peers.iter()))
             .cloned()
     }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        Some(&self.set)
+    }
 }

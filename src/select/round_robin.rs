@@ -5,6 +5,8 @@ use std::sync::Arc;
 use crate::error::ConfigError;
 use crate::peer::Peer;
 use crate::select::cursor::Cursor;
+use crate::select::p2c::Rng;
+use crate::select::slow_start::SlowStart;
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
 use crate::set::{PeerSet, Snapshot};
 
@@ -21,12 +23,16 @@ use crate::set::{PeerSet, Snapshot};
 /// Retries draw their turns from a cursor of their own: if they took turns from the first
 /// attempts' cursor, every retry would shift the schedule, and a dead peer would receive more
 /// than its share of first attempts (half instead of a third, with one dead peer in three).
+///
+/// With a [`SlowStart`], a peer ramping up takes its turn with a probability equal to its share
+/// so far, and passes it on otherwise.
 #[derive(Debug)]
 pub struct RoundRobin {
     set: PeerSet,
     cursor: Cursor,
     retry_cursor: Cursor,
     panic: PanicThreshold,
+    slow_start: Option<(SlowStart, Rng)>,
 }
 
 impl RoundRobin {
@@ -48,7 +54,22 @@ impl RoundRobin {
             cursor: Cursor::new(),
             retry_cursor: Cursor::new(),
             panic: PanicThreshold::NEVER,
+            slow_start: None,
         }
+    }
+
+    /// Ramps up the share of a peer that joins traffic ([`SlowStart`]).
+    pub fn with_slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.slow_start = Some((slow_start, Rng::new()));
+        self
+    }
+
+    /// Whether `peer` takes the turn it drew: always, unless it is ramping up.
+    fn takes_turn(&self, peer: &Peer) -> bool {
+        self.slow_start.as_ref().is_none_or(|(slow, rng)| {
+            let share = slow.factor(peer);
+            share >= 1.0 || rng.unit() < share
+        })
     }
 
     /// Ignores health and spreads requests over every peer once more than `share` (0.0 to 1.0)
@@ -93,7 +114,7 @@ impl PeerSelector for RoundRobin {
         // first attempt takes the first turn.
         for _ in 0..peers.len() {
             let peer = &peers[turns[cursor.draw(turns.len())] as usize];
-            if attempt.takes(peer, panic) {
+            if attempt.takes(peer, panic) && self.takes_turn(peer) {
                 return Some(peer.clone());
             }
         }
@@ -102,6 +123,10 @@ impl PeerSelector for RoundRobin {
             .find(|p| attempt.takes(p, panic))
             .or_else(|| attempt.best_untried(peers.iter()))
             .cloned()
+    }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        Some(&self.set)
     }
 }
 

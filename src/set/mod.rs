@@ -281,6 +281,11 @@ impl PeerSet {
             .filter(|q| !after.contains(&q.id()))
             .cloned()
             .collect();
+        // A peer that joins a set already serving ramps up (slow start); a first set has
+        // nothing to ramp up beside.
+        if !old.peers.is_empty() {
+            added.iter().for_each(|p| p.health().start_ramp());
+        }
         let version = old.version + 1;
         let weighted = weighted::schedule(&peers);
         self.shared.current.store(Arc::new(Snapshot {

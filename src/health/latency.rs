@@ -1,0 +1,139 @@
+//! A peer's learned latency: a peak-sensitive moving average (Finagle's and Linkerd's peak
+//! EWMA), in one atomic word.
+//!
+//! A sample above the estimate replaces it at once (the peak): a peer that turns slow is seen as
+//! slow by its first slow answer. A sample below it is blended in with a weight that grows with
+//! the time since the last sample, and with no samples at all the estimate decays towards zero,
+//! so that a peer nobody has asked for a while gets asked again. The decay is a pure function of
+//! the stored estimate, its timestamp and the time now, so reading never writes.
+//!
+//! The estimate (microseconds, `f32`) and its timestamp (milliseconds on the peer's clock, 32
+//! bits, compared with wrapping arithmetic) share one `u64`, so an update is a single
+//! compare-and-swap and a reader never sees one without the other.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How fast the estimate forgets: the time constant of its exponential decay (10 s, as in
+/// Finagle and Linkerd).
+pub(crate) const DECAY_MS: f64 = 10_000.0;
+
+/// No sample yet.
+const EMPTY: u64 = u64::MAX;
+
+#[derive(Debug)]
+pub(crate) struct Latency(AtomicU64);
+
+fn pack(us: f32, now_ms: u64) -> u64 {
+    (u64::from(us.to_bits()) << 32) | (now_ms & 0xffff_ffff)
+}
+
+fn unpack(word: u64) -> (f64, u64) {
+    (f64::from(f32::from_bits((word >> 32) as u32)), word & 0xffff_ffff)
+}
+
+/// The estimate `est` from `at`, decayed to `now` (both ms, 32-bit wrapping).
+fn decayed(est: f64, at: u64, now_ms: u64) -> f64 {
+    let elapsed = (now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff;
+    est * (-(elapsed as f64) / DECAY_MS).exp()
+}
+
+impl Latency {
+    pub(crate) fn new() -> Self {
+        Self(AtomicU64::new(EMPTY))
+    }
+
+    /// The estimate at `now_ms`, in microseconds; `None` before the first sample.
+    pub(crate) fn estimate_us(&self, now_ms: u64) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            EMPTY => None,
+            word => {
+                let (est, at) = unpack(word);
+                Some(decayed(est, at, now_ms))
+            }
+        }
+    }
+
+    /// Learns a sample of `us` microseconds taken at `now_ms`. With `peak_only`, a sample below
+    /// the estimate is ignored (a failure that came quickly says nothing about how fast the peer
+    /// answers).
+    pub(crate) fn observe(&self, us: f64, now_ms: u64, peak_only: bool) {
+        let us = us.max(1.0);
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = if word == EMPTY {
+                us
+            } else {
+                let (est, at) = unpack(word);
+                let elapsed = ((now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff) as f64;
+                let now_est = decayed(est, at, now_ms);
+                if us >= now_est {
+                    us
+                } else if peak_only {
+                    return;
+                } else {
+                    // Blended into the estimate as it stands now: the older it is, the more the
+                    // new sample weighs, and a sample below it never raises it.
+                    let keep = (-elapsed / DECAY_MS).exp();
+                    now_est * keep + us * (1.0 - keep)
+                }
+            };
+            match self.0.compare_exchange_weak(
+                word,
+                pack(next as f32, now_ms),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peak_is_taken_at_once_and_a_fall_is_blended_in() {
+        let l = Latency::new();
+        assert_eq!(l.estimate_us(1), None);
+        l.observe(1_000.0, 1, false);
+        assert_eq!(l.estimate_us(1), Some(1_000.0));
+        l.observe(20_000.0, 2, false);
+        let peak = l.estimate_us(2).unwrap();
+        assert!((peak - 20_000.0).abs() < 1.0, "{peak}");
+        // A fast answer 100 ms later: decayed by 1 %, then moved 1 % of the way to the sample.
+        l.observe(1_000.0, 102, false);
+        let est = l.estimate_us(102).unwrap();
+        assert!((19_550.0..19_700.0).contains(&est), "{est}");
+    }
+
+    #[test]
+    fn an_idle_estimate_decays_towards_zero_without_a_write() {
+        let l = Latency::new();
+        l.observe(10_000.0, 5, false);
+        let later = l.estimate_us(5 + 10_000).unwrap();
+        assert!((3_670.0..3_690.0).contains(&later), "e^-1 of it: {later}");
+        assert_eq!(l.estimate_us(5), Some(10_000.0), "reading changed nothing");
+    }
+
+    #[test]
+    fn a_quick_failure_does_not_lower_the_estimate() {
+        let l = Latency::new();
+        l.observe(5_000.0, 1, false);
+        l.observe(10.0, 2, true);
+        assert_eq!(l.estimate_us(2).map(|e| e.round()), Some(5_000.0));
+        l.observe(900_000.0, 3, true);
+        assert_eq!(l.estimate_us(3).map(|e| e.round()), Some(900_000.0));
+    }
+
+    #[test]
+    fn the_clock_may_wrap() {
+        let l = Latency::new();
+        let t = (1u64 << 32) - 10;
+        l.observe(1_000.0, t, false);
+        let est = l.estimate_us(t + 20).unwrap();
+        assert!((990.0..1_000.0).contains(&est), "{est}");
+    }
+}
