@@ -2,10 +2,37 @@
 
 use std::time::Duration;
 
+use pingora_failover::pingora::RequestHeader;
 use pingora_failover::{
-    Attempt, AttemptRecord, Backoff, OrderedList, Peer, PeerSelector, RoundRobin,
+    Attempt, AttemptRecord, Backoff, FailureKind, HashKey, HashRing, LeastRequest, OrderedList,
+    OutlierDetection, PeakEwma, Peer, PeerSelector, PriorityTiers, RoundRobin,
 };
 use proptest::prelude::*;
+
+/// Every stock selector over `peers` (tiers: the first half, then the rest, each round-robin).
+fn every_selector(peers: &[Peer]) -> Vec<(&'static str, Box<dyn PeerSelector>)> {
+    let half = peers.len().div_ceil(2);
+    let mut tiers: Vec<Box<dyn PeerSelector>> =
+        vec![Box::new(RoundRobin::new(peers[..half].to_vec()).unwrap())];
+    if half < peers.len() {
+        tiers.push(Box::new(RoundRobin::new(peers[half..].to_vec()).unwrap()));
+    }
+    vec![
+        ("ordered", Box::new(OrderedList::new(peers.to_vec()).unwrap())),
+        ("round-robin", Box::new(RoundRobin::new(peers.to_vec()).unwrap())),
+        ("least-request", Box::new(LeastRequest::new(peers.to_vec()).unwrap())),
+        ("ewma", Box::new(PeakEwma::new(peers.to_vec()).unwrap())),
+        (
+            "hash",
+            Box::new(HashRing::new(peers.to_vec(), HashKey::path()).unwrap()),
+        ),
+        ("tiers", Box::new(PriorityTiers::new(tiers).unwrap())),
+    ]
+}
+
+fn get(path: &str) -> RequestHeader {
+    RequestHeader::build("GET", path.as_bytes(), None).unwrap()
+}
 
 proptest! {
     /// Every delay lies in [0, min(cap, base * 2^(n-1))], the ceiling never shrinks, and it
@@ -40,13 +67,14 @@ proptest! {
         }
     }
 
-    /// Whatever was tried, both stock selectors return an untried peer while one remains, and
+    /// Whatever was tried, every stock selector returns an untried peer while one remains, and
     /// nothing once every peer was tried.
     #[test]
     fn selectors_never_repeat_a_peer_while_another_remains(
         weights in prop::collection::vec(1u32..5, 1..12),
         tried_mask in any::<u16>(),
         spins in 0usize..20,
+        key in "/[a-z]{1,8}",
     ) {
         let peers: Vec<Peer> = weights.iter().enumerate().map(|(i, w)| {
             Peer::builder(format!("127.0.0.1:{}", 2000 + i)).with_weight(*w).build().unwrap()
@@ -55,17 +83,16 @@ proptest! {
             .filter(|(i, _)| tried_mask & (1 << i) != 0)
             .map(|(_, p)| AttemptRecord::new(p.clone()))
             .collect();
-        let rr = RoundRobin::new(peers.clone()).unwrap();
-        let ol = OrderedList::new(peers.clone()).unwrap();
-        for _ in 0..spins {
-            rr.select(&Attempt::new(&[], None));
-        }
-        let attempt = Attempt::new(&tried, None);
+        let req = get(&key);
         let all_tried = tried.len() == peers.len();
-        for chosen in [rr.select(&attempt), ol.select(&attempt)] {
-            match chosen {
-                Some(p) => prop_assert!(!attempt.has_tried(&p)),
-                None => prop_assert!(all_tried),
+        for (name, selector) in every_selector(&peers) {
+            for _ in 0..spins {
+                selector.select(&Attempt::new(&[], Some(&req)));
+            }
+            let attempt = Attempt::new(&tried, Some(&req));
+            match selector.select(&attempt) {
+                Some(p) => prop_assert!(!attempt.has_tried(&p), "{name} repeated {p}"),
+                None => prop_assert!(all_tried, "{name} gave up with an untried peer left"),
             }
         }
     }
@@ -101,21 +128,18 @@ proptest! {
     fn attempts_cover_every_peer_once_whatever_the_health(
         n in 1usize..10,
         events in prop::collection::vec((0usize..10, any::<bool>()), 0..60),
-        round_robin in any::<bool>(),
+        which in 0usize..6,
     ) {
         let peers = make_peers(n);
         apply(&peers, &events);
-        let selector: Box<dyn PeerSelector> = if round_robin {
-            Box::new(RoundRobin::new(peers.clone()).unwrap())
-        } else {
-            Box::new(OrderedList::new(peers.clone()).unwrap())
-        };
+        let (name, selector) = every_selector(&peers).swap_remove(which);
+        let req = get("/k");
         let mut tried: Vec<AttemptRecord> = Vec::new();
-        while let Some(p) = selector.select(&Attempt::new(&tried, None)) {
-            prop_assert!(!tried.iter().any(|r| r.peer() == &p), "{p} chosen twice");
+        while let Some(p) = selector.select(&Attempt::new(&tried, Some(&req))) {
+            prop_assert!(!tried.iter().any(|r| r.peer() == &p), "{name} chose {p} twice");
             tried.push(AttemptRecord::new(p));
         }
-        prop_assert_eq!(tried.len(), n, "stopped before every peer was tried");
+        prop_assert_eq!(tried.len(), n, "{} stopped before every peer was tried", name);
     }
 
     /// Round-robin gives every healthy peer the same share, skipping the ejected ones.
@@ -142,3 +166,136 @@ proptest! {
         }
     }
 }
+
+/// A share of keys, as a count out of `KEYS`.
+const KEYS: usize = 4000;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Removing one of n peers moves the keys it had, about 1/n of them, and no others; putting
+    /// it back moves them back.
+    #[test]
+    fn removing_a_peer_remaps_only_its_keys(n in 3usize..16, gone in 0usize..16) {
+        let gone = gone % n;
+        let peers = make_peers(n);
+        let ring = HashRing::new(peers.clone(), HashKey::path()).unwrap();
+        let pick = |k: usize| {
+            let req = get(&format!("/key/{k}"));
+            ring.select(&Attempt::new(&[], Some(&req))).unwrap()
+        };
+        let before: Vec<Peer> = (0..KEYS).map(pick).collect();
+        let mut rest = peers.clone();
+        rest.remove(gone);
+        ring.set().replace(rest).unwrap();
+        let after: Vec<Peer> = (0..KEYS).map(pick).collect();
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b.same(&peers[gone]) {
+                moved += 1;
+                prop_assert!(!a.same(&peers[gone]));
+            } else {
+                prop_assert!(b.same(a), "a key of {} moved to {}", b, a);
+            }
+        }
+        let share = moved as f64 / KEYS as f64;
+        let fair = 1.0 / n as f64;
+        prop_assert!(share > fair * 0.5 && share < fair * 1.6, "{share} moved, 1/n = {fair}");
+        ring.set().replace(peers.clone()).unwrap();
+        let back: Vec<Peer> = (0..KEYS).map(pick).collect();
+        prop_assert!(back.iter().zip(&before).all(|(x, y)| x.same(y)), "keys did not return");
+    }
+
+    /// Ejecting peers one by one moves traffic down the tiers in order, and re-admitting them
+    /// brings it back up: each change moves traffic only towards the tier that changed, and
+    /// while the tiers together are healthy enough, the tiers before the last that takes traffic
+    /// take their whole health.
+    #[test]
+    fn tiers_spill_in_order_and_come_back_in_order(
+        sizes in prop::collection::vec(1usize..6, 2..5),
+        order in prop::collection::vec(any::<prop::sample::Index>(), 30),
+    ) {
+        let mut port = 7000;
+        let tiers: Vec<Vec<Peer>> = sizes.iter().map(|&n| {
+            port += 10;
+            (0..n).map(|i| Peer::new(&format!("127.0.0.1:{}", port + i)).unwrap()).collect()
+        }).collect();
+        let t = PriorityTiers::new(tiers.iter().map(|ps| {
+            Box::new(RoundRobin::new(ps.clone()).unwrap()) as Box<dyn PeerSelector>
+        }).collect()).unwrap();
+        let all: Vec<(usize, Peer)> = tiers.iter().enumerate()
+            .flat_map(|(i, ps)| ps.iter().map(move |p| (i, p.clone()))).collect();
+        let rules = OutlierDetection::new()
+            .with_base_ejection(Duration::from_secs(3600))
+            .with_max_ejection(Duration::from_secs(3600));
+        let cumulative = |loads: &[f64], upto: usize| loads[..=upto].iter().sum::<f64>();
+        let check = |loads: &[f64]| -> Result<(), TestCaseError> {
+            let total: f64 = loads.iter().sum();
+            prop_assert!(total == 0.0 || (total - 1.0).abs() < 1e-9, "{loads:?}");
+            Ok(())
+        };
+        // Out, in a random order, then back in another.
+        let mut out: Vec<(usize, Peer)> = Vec::new();
+        let mut left = all.clone();
+        for ix in &order {
+            if left.is_empty() { break; }
+            let (tier, p) = left.remove(ix.index(left.len()));
+            let before = t.loads();
+            rules.record_failure(&p, FailureKind::ConnectRefused);
+            let after = t.loads();
+            check(&after)?;
+            if after.iter().sum::<f64>() > 0.0 {
+                prop_assert!(cumulative(&after, tier) <= cumulative(&before, tier) + 1e-9,
+                    "ejecting from tier {tier}: {before:?} -> {after:?}");
+                // Spilled in order: the last tier with traffic is the first that is not full.
+                let last = after.iter().rposition(|l| *l > 0.0).unwrap();
+                let healthy = |i: usize| tiers[i].iter().filter(|p| p.health().is_healthy()).count();
+                let sum_health: f64 = (0..tiers.len())
+                    .map(|i| (1.4 * healthy(i) as f64 / tiers[i].len() as f64).min(1.0)).sum();
+                if sum_health >= 1.0 {
+                    for i in 0..last {
+                        let h = (1.4 * healthy(i) as f64 / tiers[i].len() as f64).min(1.0);
+                        prop_assert!((after[i] - h).abs() < 1e-9, "tier {i} of {after:?}");
+                    }
+                }
+            }
+            out.push((tier, p));
+        }
+        for ix in order.iter().rev() {
+            if out.is_empty() { break; }
+            let (tier, p) = out.remove(ix.index(out.len()));
+            let before = t.loads();
+            rules.record_success(&p);
+            let after = t.loads();
+            check(&after)?;
+            if before.iter().sum::<f64>() > 0.0 {
+                prop_assert!(cumulative(&after, tier) + 1e-9 >= cumulative(&before, tier),
+                    "re-admitting into tier {tier}: {before:?} -> {after:?}");
+            }
+        }
+    }
+
+    /// An ordered list and tiers of one peer each make the same choices, whatever the health
+    /// and whatever was tried.
+    #[test]
+    fn an_ordered_list_is_tiers_of_one_peer(
+        n in 1usize..8,
+        events in prop::collection::vec((0usize..8, any::<bool>()), 0..40),
+    ) {
+        let peers = make_peers(n);
+        apply(&peers, &events);
+        let list = OrderedList::new(peers.clone()).unwrap();
+        let tiers = PriorityTiers::new(peers.iter().map(|p| {
+            Box::new(OrderedList::new(vec![p.clone()]).unwrap()) as Box<dyn PeerSelector>
+        }).collect()).unwrap();
+        let mut tried = Vec::new();
+        loop {
+            let attempt = Attempt::new(&tried, None);
+            let (a, b) = (list.select(&attempt), tiers.select(&attempt));
+            prop_assert_eq!(&a, &b);
+            let Some(p) = a else { break };
+            tried.push(AttemptRecord::new(p));
+        }
+    }
+}
+
