@@ -1,0 +1,77 @@
+//! Peak EWMA end to end: a peer that turns 20x slower loses its traffic at once, where
+//! round-robin keeps sending it half.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use pingora_failover::{PeakEwma, Peer, PeerSelector, RoundRobin, StandardPolicy};
+use support::{client, start_failover, Mode, Upstream};
+
+const FAST: Duration = Duration::from_millis(5);
+const SLOW: Duration = Duration::from_millis(100);
+
+/// Closed-loop load through `proxy` from `clients` clients for `time` (at most 5,000 requests
+/// each).
+async fn load(proxy: &support::ProxyServer, clients: usize, time: Duration) {
+    let http = client();
+    let end = Instant::now() + time;
+    join_all((0..clients).map(|_| async {
+        for _ in 0..5_000 {
+            if Instant::now() >= end {
+                break;
+            }
+            let resp = http.get(proxy.url("/")).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "no request fails");
+        }
+    }))
+    .await;
+}
+
+/// The share of requests the slowed peer received in the 2 s after it slowed down, under
+/// `clients` closed-loop clients.
+async fn share_after_slowdown<S: PeerSelector>(
+    clients: usize,
+    make: impl FnOnce(Vec<Peer>) -> S,
+) -> f64 {
+    let steady = Upstream::start("steady", Mode::Slow(FAST)).await;
+    let slowed = Upstream::start("slowed", Mode::Slow(FAST)).await;
+    let peers = vec![
+        Peer::new(&steady.peer_addr()).unwrap(),
+        Peer::new(&slowed.peer_addr()).unwrap(),
+    ];
+    let (proxy, _log) = start_failover(make(peers), StandardPolicy::default()).await;
+    load(&proxy, clients, Duration::from_millis(500)).await;
+    assert!(slowed.hits() > 0, "both peers served before the slowdown");
+    let (a, b) = (steady.hits(), slowed.hits());
+    slowed.set_mode(Mode::Slow(SLOW));
+    load(&proxy, clients, Duration::from_secs(2)).await;
+    let (a, b) = (steady.hits() - a, slowed.hits() - b);
+    b as f64 / (a + b) as f64
+}
+
+/// With one client, nothing is ever in flight when a peer is chosen, so load cannot tell the
+/// peers apart (least-request sends half): only the learned latency can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_slowed_20x_loses_its_traffic_within_2_s_where_round_robin_keeps_half() {
+    let ewma = share_after_slowdown(1, |p| PeakEwma::new(p).unwrap().with_seed(11)).await;
+    let rr = share_after_slowdown(1, |p| RoundRobin::new(p).unwrap()).await;
+    println!(
+        "one client, the slowed peer's share over 2 s: peak EWMA {:.1} %, round-robin {:.1} %",
+        ewma * 100.0,
+        rr * 100.0
+    );
+    assert!(ewma < 0.10, "peak EWMA sent {:.1} %", ewma * 100.0);
+    assert!(rr > 0.45, "round-robin sent {:.1} %", rr * 100.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_concurrent_load_too() {
+    let ewma = share_after_slowdown(8, |p| PeakEwma::new(p).unwrap().with_seed(12)).await;
+    println!(
+        "8 clients, the slowed peer's share over 2 s: peak EWMA {:.1} %",
+        ewma * 100.0
+    );
+    assert!(ewma < 0.10, "peak EWMA sent {:.1} %", ewma * 100.0);
+}
