@@ -18,9 +18,18 @@ fn every_selector(peers: &[Peer]) -> Vec<(&'static str, Box<dyn PeerSelector>)> 
         tiers.push(Box::new(RoundRobin::new(peers[half..].to_vec()).unwrap()));
     }
     vec![
-        ("ordered", Box::new(OrderedList::new(peers.to_vec()).unwrap())),
-        ("round-robin", Box::new(RoundRobin::new(peers.to_vec()).unwrap())),
-        ("least-request", Box::new(LeastRequest::new(peers.to_vec()).unwrap())),
+        (
+            "ordered",
+            Box::new(OrderedList::new(peers.to_vec()).unwrap()),
+        ),
+        (
+            "round-robin",
+            Box::new(RoundRobin::new(peers.to_vec()).unwrap()),
+        ),
+        (
+            "least-request",
+            Box::new(LeastRequest::new(peers.to_vec()).unwrap()),
+        ),
         ("ewma", Box::new(PeakEwma::new(peers.to_vec()).unwrap())),
         (
             "hash",
@@ -298,4 +307,3 @@ proptest! {
         }
     }
 }
-

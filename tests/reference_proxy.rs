@@ -32,14 +32,17 @@ fn binary() -> PathBuf {
 }
 
 /// The newest modification time of a file under `dir`.
+/// The newest Rust source under `dir` (a sample file beside them is not built into anything).
 fn newest(dir: &std::path::Path) -> std::time::SystemTime {
     let mut latest = std::time::SystemTime::UNIX_EPOCH;
     for entry in std::fs::read_dir(dir).unwrap().flatten() {
         let path = entry.path();
         let t = if path.is_dir() {
             newest(&path)
-        } else {
+        } else if path.extension().is_some_and(|e| e == "rs") {
             entry.metadata().and_then(|m| m.modified()).unwrap()
+        } else {
+            continue;
         };
         latest = latest.max(t);
     }
@@ -237,6 +240,14 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
             "peers = [{ addr = \"127.0.0.1:1\", tls = \"\" }]\n",
             "server name",
         ),
+        (
+            "peers = [\"127.0.0.1:1\"]\nslow_start_ms = 30000\n",
+            "slow_start_ms",
+        ),
+        (
+            "peers = [\"127.0.0.1:1\"]\nselector = \"ewma\"\nslow_start_ms = 0\n",
+            "slow start window must be greater than zero",
+        ),
     ];
     for (text, named) in cases {
         let file = TempPath::with_text("failover-proxy.toml", text);
@@ -365,4 +376,32 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
         seen.extend(answers);
     }
     assert!(seen.len() > 1, "every user on one upstream: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
+    let fast = Upstream::start("fast", Mode::Ok).await;
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(50))).await;
+    let listen = refused_addr();
+    let args = [
+        "--listen",
+        &listen,
+        "--selector",
+        "ewma",
+        "--slow-start-ms",
+        "10000",
+        "--peer",
+        &fast.peer_addr(),
+        "--peer",
+        &slow.peer_addr(),
+        "--quiet",
+    ];
+    let proxy = Running::start(&args, &listen).await;
+    let http = client();
+    for _ in 0..60 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // Round-robin would send it 30; peak EWMA learns from its first answer or two.
+    assert!(slow.hits() <= 3, "the slow upstream got {} of 60", slow.hits());
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pingora_failover::{
     ConfigError, FailoverBuilder, HashKey, HttpVersion, OutlierDetection, Peer, PeerBuilder,
-    PeerSet, PeersFile, RetryBudget, StandardPolicy,
+    PeerSet, PeersFile, RetryBudget, SlowStart, StandardPolicy,
 };
 use serde::Deserialize;
 
@@ -20,10 +20,14 @@ pub struct Config {
     /// Worker threads.
     pub threads: Option<usize>,
     /// `ordered` (primary, then backups), `round-robin` (weighted), `least-request` (power of
-    /// two choices on requests in flight) or `hash` (consistent).
+    /// two choices on requests in flight), `ewma` (power of two choices on learned latency) or
+    /// `hash` (consistent).
     pub selector: Option<String>,
     /// For `hash`: `header:NAME`, `path`, `uri` or `client-ip`.
     pub hash_key: Option<String>,
+    /// For `round-robin`, `least-request` and `ewma`: a peer that joins traffic ramps up over
+    /// this many milliseconds.
+    pub slow_start_ms: Option<u64>,
     /// The upstreams, in priority order.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -193,6 +197,21 @@ impl Config {
                 Some(name) => HashKey::header(name).map_err(|_| bad()),
                 None => Err(bad()),
             },
+        }
+    }
+
+    pub fn slow_start(&self) -> Result<Option<SlowStart>, Invalid> {
+        let Some(ms) = self.slow_start_ms else {
+            return Ok(None);
+        };
+        match self.selector.as_deref().unwrap_or("ordered") {
+            "round-robin" | "least-request" | "ewma" => {
+                Ok(Some(SlowStart::new(Duration::from_millis(ms))?))
+            }
+            other => Err(value(
+                "slow_start_ms",
+                format!("the {other} selector has no weights to ramp: use round-robin, least-request or ewma"),
+            )),
         }
     }
 

@@ -31,8 +31,8 @@ use std::time::SystemTime;
 use clap::Parser;
 use pingora_failover::pingora::{Error, Server, ServerConf, Session};
 use pingora_failover::{
-    FailoverCtx, FailoverProxy, HashRing, LeastRequest, OrderedList, Outcome, PeerSelector,
-    RoundRobin,
+    FailoverCtx, FailoverProxy, HashRing, LeastRequest, OrderedList, Outcome, PeakEwma,
+    PeerSelector, RoundRobin,
 };
 
 use config::{Config, Invalid, PeerEntry};
@@ -62,12 +62,16 @@ struct Flags {
     /// A peers file, read again on change and on SIGHUP.
     #[arg(long, value_name = "PATH", conflicts_with = "peers")]
     peers_file: Option<String>,
-    /// ordered | round-robin | least-request | hash [default: ordered].
+    /// ordered | round-robin | least-request | ewma | hash [default: ordered].
     #[arg(long)]
     selector: Option<String>,
     /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
     #[arg(long, value_name = "KEY")]
     hash_key: Option<String>,
+    /// For round-robin, least-request and ewma: a peer that joins traffic (added, or
+    /// re-admitted) ramps up over this many milliseconds [default: none].
+    #[arg(long, value_name = "MS")]
+    slow_start_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
     connect_timeout_ms: Option<u64>,
     #[arg(long, value_name = "MS")]
@@ -106,6 +110,7 @@ impl Flags {
         over!(self.listen => c.listen);
         over!(self.selector => c.selector);
         over!(self.hash_key => c.hash_key);
+        over!(self.slow_start_ms => c.slow_start_ms);
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);
@@ -144,10 +149,35 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
     let config = flags.config()?;
     let set = config.peer_set()?;
     let names: Vec<_> = set.snapshot().iter().map(|p| p.name().to_owned()).collect();
+    let slow = config.slow_start()?;
+    macro_rules! ramped {
+        ($selector:expr) => {
+            match slow {
+                Some(slow) => $selector.with_slow_start(slow),
+                None => $selector,
+            }
+        };
+    }
     match config.selector.as_deref().unwrap_or("ordered") {
         "ordered" => serve(&config, flags.check, names, OrderedList::from_set(set)),
-        "round-robin" => serve(&config, flags.check, names, RoundRobin::from_set(set)),
-        "least-request" => serve(&config, flags.check, names, LeastRequest::from_set(set)),
+        "round-robin" => serve(
+            &config,
+            flags.check,
+            names,
+            ramped!(RoundRobin::from_set(set)),
+        ),
+        "least-request" => serve(
+            &config,
+            flags.check,
+            names,
+            ramped!(LeastRequest::from_set(set)),
+        ),
+        "ewma" => serve(
+            &config,
+            flags.check,
+            names,
+            ramped!(PeakEwma::from_set(set)),
+        ),
         "hash" => serve(
             &config,
             flags.check,
@@ -156,7 +186,7 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
         ),
         other => Err(Invalid::Value {
             key: "selector",
-            reason: format!("{other:?}: use ordered, round-robin, least-request or hash"),
+            reason: format!("{other:?}: use ordered, round-robin, least-request, ewma or hash"),
         }),
     }
 }

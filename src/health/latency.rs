@@ -28,7 +28,10 @@ fn pack(us: f32, now_ms: u64) -> u64 {
 }
 
 fn unpack(word: u64) -> (f64, u64) {
-    (f64::from(f32::from_bits((word >> 32) as u32)), word & 0xffff_ffff)
+    (
+        f64::from(f32::from_bits((word >> 32) as u32)),
+        word & 0xffff_ffff,
+    )
 }
 
 /// The estimate `est` from `at`, decayed to `now` (both ms, 32-bit wrapping).
