@@ -50,6 +50,15 @@ fn single_thread(c: &mut Criterion) {
     c.bench_function("health/failure", |b| {
         b.iter(|| black_box(rules.record_failure(&peer, FailureKind::HeaderTimeout)))
     });
+    // Alternating samples, so that both the peak and the blend are taken.
+    let mut n = 0u64;
+    c.bench_function("health/learn_latency", |b| {
+        b.iter(|| {
+            n += 1;
+            peer.health()
+                .record_latency(black_box(Duration::from_micros(500 + (n & 1) * 900)))
+        })
+    });
 }
 
 /// Runs `op` on `threads` threads at once, `iters` times each, and returns the wall time of the
@@ -85,7 +94,7 @@ fn contention(c: &mut Criterion) {
     let rr = RoundRobin::new(peers.clone()).unwrap();
     let budget = RetryBudget::default();
     let rules = OutlierDetection::new();
-    let ops: [(&str, &(dyn Fn() + Sync)); 3] = [
+    let ops: [(&str, &(dyn Fn() + Sync)); 4] = [
         ("round_robin/select", &|| {
             black_box(rr.select(&Attempt::new(&[], None)));
         }),
@@ -95,6 +104,12 @@ fn contention(c: &mut Criterion) {
         }),
         ("health/success", &|| {
             black_box(rules.record_success(&peers[0]));
+        }),
+        // Every thread's answers from one peer: the compare-and-swap contended.
+        ("health/learn_latency", &|| {
+            peers[0]
+                .health()
+                .record_latency(black_box(Duration::from_micros(700)));
         }),
     ];
     // One thread per core: more would measure the scheduler rather than the contention.

@@ -1,4 +1,4 @@
-//! `select()` on the stock selectors, for 2, 16 and 256 peers, with none, one and half of the
+//! `select()` on the stock selectors (and two tiers of round-robin), for 2, 16 and 256 peers, with none, one and half of the
 //! peers ejected: a first attempt, and a retry after one failed peer. And the cost of updating a
 //! peer set of 1,000 peers.
 //!
@@ -11,18 +11,32 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora_failover::{
     Attempt, AttemptRecord, FailureKind, HashKey, HashRing, LeastRequest, OrderedList,
-    OutlierDetection, Peer, PeerSelector, PeerSet, RoundRobin,
+    OutlierDetection, PeakEwma, Peer, PeerSelector, PeerSet, PriorityTiers, RoundRobin, SlowStart,
 };
 
+/// Weighted peers, each with a learned latency.
 fn peers(n: usize) -> Vec<Peer> {
     (0..n)
         .map(|i| {
-            Peer::builder(format!("127.0.0.1:{}", 10_000 + i))
+            let p = Peer::builder(format!("127.0.0.1:{}", 10_000 + i))
                 .with_weight(1 + (i % 4) as u32)
                 .build()
-                .unwrap()
+                .unwrap();
+            p.health()
+                .record_latency(std::time::Duration::from_micros(800 + 10 * i as u64));
+            p
         })
         .collect()
+}
+
+/// Two tiers of round-robin: the first half of the peers, then the rest.
+fn two_tiers(p: Vec<Peer>) -> PriorityTiers {
+    let half = p.len() / 2;
+    PriorityTiers::new(vec![
+        Box::new(RoundRobin::new(p[..half].to_vec()).unwrap()),
+        Box::new(RoundRobin::new(p[half..].to_vec()).unwrap()),
+    ])
+    .unwrap()
 }
 
 /// Ejects `count` peers spread over the list, the first one included.
@@ -59,6 +73,14 @@ fn selectors(c: &mut Criterion) {
     bench_selector(c, "round_robin", |p| RoundRobin::new(p).unwrap());
     bench_selector(c, "hash", |p| HashRing::new(p, HashKey::path()).unwrap());
     bench_selector(c, "least_request", |p| LeastRequest::new(p).unwrap());
+    bench_selector(c, "ewma", |p| PeakEwma::new(p).unwrap());
+    bench_selector(c, "tiers", two_tiers);
+    // Slow start configured, no peer ramping: the steady state's extra cost.
+    bench_selector(c, "round_robin_slow_start", |p| {
+        RoundRobin::new(p)
+            .unwrap()
+            .with_slow_start(SlowStart::new(std::time::Duration::from_secs(30)).unwrap())
+    });
 }
 
 /// The cost of an update of a set of 1,000 peers: the same list again from new handles (every

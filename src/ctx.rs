@@ -171,16 +171,17 @@ impl AttemptRecord {
     /// side teaches nothing.
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         let waited = matches!(self.outcome, Outcome::Pending);
-        self.duration = Some(self.started.elapsed());
+        let took = self.started.elapsed();
+        self.duration = Some(took);
         self.outcome = outcome;
         match outcome {
             _ if !waited => {}
-            Outcome::Responded { .. } => self.peer.health().observe_latency(self.started, true),
+            Outcome::Responded { .. } => self.peer.health().learn_latency(took, true),
             Outcome::Failed {
                 kind: FailureKind::Downstream,
                 ..
             } => {}
-            _ => self.peer.health().observe_latency(self.started, false),
+            _ => self.peer.health().learn_latency(took, false),
         }
     }
 

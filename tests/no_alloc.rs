@@ -1,11 +1,14 @@
-//! Selection and the success path do not allocate: counted by a global allocator.
+//! Selection, the success path and latency learning do not allocate: counted by a global
+//! allocator.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::time::Duration;
 
 use pingora_failover::{
     Attempt, AttemptRecord, FailureKind, HashKey, HashRing, LeastRequest, OrderedList,
-    OutlierDetection, Peer, PeerSelector, RetryBudget, RoundRobin,
+    OutlierDetection, PeakEwma, Peer, PeerSelector, PriorityTiers, RetryBudget, RoundRobin,
+    SlowStart,
 };
 
 /// Counts the allocations made by the current thread.
@@ -59,6 +62,27 @@ async fn selection_and_the_success_path_allocate_nothing() {
     let ordered = OrderedList::new(peers.clone()).unwrap();
     let hash = HashRing::new(peers.clone(), HashKey::header("x-user").unwrap()).unwrap();
     let least = LeastRequest::new(peers.clone()).unwrap();
+    let slow = SlowStart::new(Duration::from_secs(30)).unwrap();
+    let ewma = PeakEwma::new(peers.clone()).unwrap().with_slow_start(slow);
+    let tiers = PriorityTiers::new(vec![
+        Box::new(
+            RoundRobin::new(peers[..8].to_vec())
+                .unwrap()
+                .with_slow_start(slow),
+        ),
+        Box::new(
+            LeastRequest::new(peers[8..].to_vec())
+                .unwrap()
+                .with_slow_start(slow),
+        ),
+    ])
+    .unwrap();
+    // Some peers have answered, one is ramping up after its re-admission.
+    for (i, p) in peers.iter().enumerate().take(10) {
+        p.health()
+            .record_latency(Duration::from_micros(500 * i as u64 + 100));
+    }
+    rules.record_success(&peers[2]);
     let mut req = pingora_http::RequestHeader::build("GET", b"/items", None).unwrap();
     req.insert_header("x-user", "alice").unwrap();
     // The ring is built on the first pick.
@@ -69,10 +93,15 @@ async fn selection_and_the_success_path_allocate_nothing() {
 
     let n = allocations_in(|| {
         for _ in 0..1000 {
-            select_each(&[&rr, &ordered, &hash, &least], &tried, Some(&req));
+            select_each(
+                &[&rr, &ordered, &hash, &least, &ewma, &tiers],
+                &tried,
+                Some(&req),
+            );
             budget.deposit();
             std::hint::black_box(budget.withdraw());
             std::hint::black_box(rules.record_success(&peers[1]));
+            peers[1].health().record_latency(Duration::from_micros(700));
             std::hint::black_box(rules.record_failure(&peers[3], FailureKind::Io));
         }
     });

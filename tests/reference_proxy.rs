@@ -403,5 +403,9 @@ async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
         assert_eq!(resp.status(), 200);
     }
     // Round-robin would send it 30; peak EWMA learns from its first answer or two.
-    assert!(slow.hits() <= 3, "the slow upstream got {} of 60", slow.hits());
+    assert!(
+        slow.hits() <= 3,
+        "the slow upstream got {} of 60",
+        slow.hits()
+    );
 }

@@ -132,12 +132,17 @@ impl PeerHealth {
         self.latency.estimate_us(self.ms_at(now))
     }
 
-    /// Learns from an attempt that started at `started` and ended now: answered (`answered`),
-    /// or failed, when only a time longer than the estimate is learned.
-    pub(crate) fn observe_latency(&self, started: Instant, answered: bool) {
-        let now = Instant::now();
-        let us = now.saturating_duration_since(started).as_secs_f64() * 1e6;
-        self.latency.observe(us, self.ms_at(now), !answered);
+    /// Teaches [`latency`](Self::latency) an answer that took `took`, ending now. The engine
+    /// does this for every response header; call it to feed latency measured elsewhere.
+    pub fn record_latency(&self, took: Duration) {
+        self.learn_latency(took, true);
+    }
+
+    /// Learns from an attempt that took `took`, ending now: answered, or failed, when only a
+    /// wait longer than the estimate is learned.
+    pub(crate) fn learn_latency(&self, took: Duration, answered: bool) {
+        let us = took.as_secs_f64() * 1e6;
+        self.latency.observe(us, self.now_ms(), !answered);
     }
 
     /// When the peer last joined traffic, in [`now_ms`](Self::now_ms) time; `None` when it has
