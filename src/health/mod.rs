@@ -207,9 +207,10 @@ impl PeerHealth {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether the peer is healthy now (not ejected, not half-open, passing its checks).
+    /// Whether the peer is healthy now (not ejected, not half-open, passing its checks). Two
+    /// loads, no clock: selectors ask it of every peer.
     pub fn is_healthy(&self) -> bool {
-        self.state() == HealthState::Healthy
+        !self.cell.check_failed() && self.cell.ejected_until() == 0
     }
 
     /// Whether the peer would take a request now. A pure query: it claims nothing, so a

@@ -30,6 +30,22 @@ pub const MAX_TIERS: usize = 16;
 /// [`OrderedList`](crate::OrderedList) is the case of one peer per tier: with one peer a tier
 /// is fully healthy or not at all, so each request goes to the first healthy peer it has not
 /// tried, which is the list's rule (a property test holds the two to the same choices).
+///
+/// # Examples
+///
+/// ```
+/// use pingora_failover::{ConfigError, LeastRequest, Peer, PriorityTiers, RoundRobin};
+///
+/// /// The local zone while it is healthy enough; what it cannot carry spills to the remote one.
+/// fn zones() -> Result<PriorityTiers, ConfigError> {
+///     let local = RoundRobin::new(vec![Peer::new("127.0.0.1:8080")?, Peer::new("127.0.0.1:8081")?])?;
+///     let remote =
+///         LeastRequest::new(vec![Peer::new("127.0.0.1:9080")?, Peer::new("127.0.0.1:9081")?])?;
+///     PriorityTiers::new(vec![Box::new(local), Box::new(remote)])
+/// }
+/// assert_eq!(zones()?.loads(), [1.0, 0.0]);
+/// # Ok::<(), ConfigError>(())
+/// ```
 pub struct PriorityTiers {
     tiers: Box<[Box<dyn PeerSelector>]>,
     overprovisioning: f64,
