@@ -61,7 +61,9 @@ pub use discovery::{Discovered, LoadBalancerSelector};
 pub use error::ConfigError;
 #[cfg(feature = "active-health")]
 pub use health::ActiveHealthCheck;
-pub use health::{Admission, HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth};
+pub use health::{
+    Admission, HealthChange, HealthEvent, HealthState, OutlierDetection, PeerHealth, RecoveryProbe,
+};
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use peer::{Endpoint, HttpVersion, Peer, PeerBuilder};

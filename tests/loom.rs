@@ -64,7 +64,7 @@ fn ejection_and_readmission_keep_the_count_of_ejected_peers_non_negative() {
         let ok = {
             let (cell, gauge) = (cell.clone(), gauge.clone());
             thread::spawn(move || {
-                cell.record_success(true, &*gauge);
+                cell.record_success(|| 2, true, &*gauge);
             })
         };
         fail.join().unwrap();

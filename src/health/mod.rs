@@ -16,10 +16,12 @@
 #[cfg(feature = "active-health")]
 mod active;
 mod latency;
+pub(crate) mod recovery;
 pub(crate) mod state;
 
 #[cfg(feature = "active-health")]
 pub use active::ActiveHealthCheck;
+pub use recovery::RecoveryProbe;
 
 use std::fmt;
 use std::sync::Arc;
@@ -207,6 +209,29 @@ impl PeerHealth {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the peer is ejected (its ejection time may be over, waiting for a probe).
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.cell.ejected_until() != 0
+    }
+
+    /// How much of its ejection time is left, in ms (0 when it is over or not ejected).
+    pub(crate) fn ejection_left_ms(&self) -> u64 {
+        match self.cell.ejected_until() {
+            0 => 0,
+            until => until.saturating_sub(self.now_ms()),
+        }
+    }
+
+    /// Makes a background prober the owner of this peer's probe; `false` when one already is.
+    pub(crate) fn take_background(&self) -> bool {
+        self.cell.set_background(true)
+    }
+
+    /// The background prober gives up its ownership: a request may probe again.
+    pub(crate) fn release_background(&self) {
+        self.cell.set_background(false);
+    }
+
     /// Whether the peer is healthy now (not ejected, not half-open, passing its checks). Two
     /// loads, no clock: selectors ask it of every peer.
     pub fn is_healthy(&self) -> bool {
@@ -261,7 +286,7 @@ impl PeerHealth {
     /// `readmit`: the success may end an ejection (it came from the probe, or from an attempt
     /// sent while the peer was out).
     pub(crate) fn record_success_counted(&self, readmit: bool, tally: &dyn Tally) -> bool {
-        let readmitted = self.cell.record_success(readmit, tally);
+        let readmitted = self.cell.record_success(|| self.now_ms(), readmit, tally);
         if readmitted {
             self.start_ramp();
         }
@@ -309,9 +334,16 @@ impl PeerHealth {
 ///   peer that answers 500 to everything is ejected, and a probe answered with a 5xx fails
 /// - consecutive connect failures: 1 (nginx's `max_fails=1`; Finagle's fail-fast): a refused or
 ///   timed-out connect is unambiguous, and every request that meets it pays for it
-/// - base ejection time: 10 s (nginx's `fail_timeout`), growing by itself with each ejection in a
-///   row (Envoy's rule)
+/// - base ejection time: 1 s, growing by itself with each ejection in a row (Envoy's rule); a
+///   peer ejected again before it has stayed healthy for as long as it was last out is in the
+///   same row (flapping)
 /// - maximum ejection time: 300 s (Envoy's `max_ejection_time`)
+/// - recovery: probed in the background ([`RecoveryProbe`]'s defaults: `GET /` every 250 ms) from
+///   the end of its ejection time, and re-admitted by the first probe that passes; no request
+///   is the probe. The ejection time is the quiet spell before probing, hence short. Without a
+///   background probe ([`without_recovery_probe`](Self::without_recovery_probe)), the first
+///   request after the ejection time is the probe; 10 s (nginx's `fail_timeout`) then suits
+///   better, since each such probe of a broken peer costs a request its timeout.
 #[derive(Debug, Clone)]
 pub struct OutlierDetection {
     consecutive_failures: u32,
@@ -319,6 +351,7 @@ pub struct OutlierDetection {
     consecutive_connect_failures: u32,
     base_ejection: Duration,
     max_ejection: Duration,
+    recovery: Option<RecoveryProbe>,
 }
 
 impl Default for OutlierDetection {
@@ -327,8 +360,9 @@ impl Default for OutlierDetection {
             consecutive_failures: 5,
             count_5xx: true,
             consecutive_connect_failures: 1,
-            base_ejection: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(300),
+            recovery: Some(RecoveryProbe::default()),
         }
     }
 }
@@ -378,6 +412,25 @@ impl OutlierDetection {
     pub fn with_max_ejection(mut self, time: Duration) -> Self {
         self.max_ejection = time;
         self
+    }
+
+    /// How ejected peers are probed in the background ([`RecoveryProbe`]).
+    #[must_use]
+    pub fn with_recovery_probe(mut self, probe: RecoveryProbe) -> Self {
+        self.recovery = Some(probe);
+        self
+    }
+
+    /// No background probing: the first request after a peer's ejection time is its probe.
+    #[must_use]
+    pub fn without_recovery_probe(mut self) -> Self {
+        self.recovery = None;
+        self
+    }
+
+    /// The background probe, when there is one.
+    pub(crate) fn recovery(&self) -> Option<&RecoveryProbe> {
+        self.recovery.as_ref()
     }
 
     /// Records a failure of `kind` against `peer` under these rules; the ejection when it
@@ -458,7 +511,8 @@ pub enum HealthChange {
         /// The failure that tipped it.
         after: FailureKind,
     },
-    /// A request is probing the peer after its ejection.
+    /// The peer is being probed after its ejection time: by a request, or in the background
+    /// ([`RecoveryProbe`]), where the event comes once when probing starts.
     Probing,
     /// The probe succeeded: the peer takes traffic again.
     Readmitted,
@@ -551,11 +605,19 @@ mod tests {
         }
         let s = Duration::from_secs;
         assert_eq!(times, [s(10), s(20), s(25), s(25)]);
-        // The probe succeeds: re-admitted, and the next ejection starts from the base again.
+        // The probe succeeds: re-admitted. Ejected again at once, it is flapping: the next
+        // ejection is longer still (capped). After a quiet spell as long as its last ejection,
+        // it starts from the base again.
         assert!(h.record_success());
         assert_eq!(h.claim(window), Admission::Healthy);
         let again = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
-        assert_eq!((again.time, again.repeat), (s(10), false));
+        assert_eq!((again.time, again.repeat), (s(25), false));
+        tokio::time::advance(again.time).await;
+        assert_eq!(h.claim(window), Admission::Probe);
+        assert!(h.record_success());
+        tokio::time::advance(s(25)).await;
+        let quiet = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+        assert_eq!((quiet.time, quiet.repeat), (s(10), false));
     }
 
     #[tokio::test(start_paused = true)]

@@ -57,8 +57,13 @@ pub(crate) struct Ejected {
 pub(crate) struct HealthCell {
     failures: AtomicU32,
     connect_failures: AtomicU32,
-    /// Ejections in a row, reset on re-admission.
+    /// Ejections in a row: a peer ejected again before it has stayed healthy for as long as it
+    /// was last out is flapping, and its next ejection is longer.
     ejections: AtomicU32,
+    /// When it was last re-admitted (0: never).
+    readmitted_at: AtomicU64,
+    /// A background prober owns the probe of this ejected peer: no request probes it.
+    background: AtomicBool,
     /// The time until which the peer is ejected; 0 when it is not.
     ejected_until: AtomicU64,
     /// The time until which a probe holds the half-open slot; 0 when none does.
@@ -73,6 +78,8 @@ impl HealthCell {
             failures: AtomicU32::new(0),
             connect_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
+            readmitted_at: AtomicU64::new(0),
+            background: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
             probe_until: AtomicU64::new(0),
             check_failed: AtomicBool::new(false),
@@ -86,6 +93,12 @@ impl HealthCell {
 
     pub(crate) fn check_failed(&self) -> bool {
         self.check_failed.load(Ordering::Acquire)
+    }
+
+    /// Marks a background prober as owning (or no longer owning) this peer's probe; `true` when
+    /// the caller took ownership (no other prober had it).
+    pub(crate) fn set_background(&self, owned: bool) -> bool {
+        self.background.swap(owned, Ordering::AcqRel) != owned
     }
 
     /// Sets the active check's verdict; `true` when it changed.
@@ -105,6 +118,9 @@ impl HealthCell {
         if until == 0 {
             return Admit::Healthy;
         }
+        if self.background.load(Ordering::Acquire) {
+            return Admit::Refused;
+        }
         let now = now();
         match until {
             until if now < until => Admit::Refused,
@@ -123,6 +139,9 @@ impl HealthCell {
         let until = self.ejected_until();
         if until == 0 {
             return Admit::Healthy;
+        }
+        if self.background.load(Ordering::Acquire) {
+            return Admit::Refused;
         }
         let now = now();
         if now < until {
@@ -151,9 +170,15 @@ impl HealthCell {
         Admit::Probe
     }
 
-    /// Records a success; `true` when it re-admitted an ejected peer. Only a success with
-    /// `readmit` ends an ejection: one from a request sent before the peer was ejected does not.
-    pub(crate) fn record_success(&self, readmit: bool, tally: &dyn Tally) -> bool {
+    /// Records a success; `true` when it re-admitted an ejected peer (at `now`, read only
+    /// then). Only a success with `readmit` ends an ejection: one from a request sent before the
+    /// peer was ejected does not.
+    pub(crate) fn record_success(
+        &self,
+        now: impl FnOnce() -> u64,
+        readmit: bool,
+        tally: &dyn Tally,
+    ) -> bool {
         if !readmit && self.ejected_until() != 0 {
             return false;
         }
@@ -167,7 +192,8 @@ impl HealthCell {
         }
         if self.ejected_until() != 0 && self.ejected_until.swap(0, Ordering::AcqRel) != 0 {
             self.probe_until.store(0, Ordering::Release);
-            self.ejections.store(0, Ordering::Relaxed);
+            // The count of ejections in a row stays: it is reset by a quiet spell (`eject`).
+            self.readmitted_at.store(now(), Ordering::Relaxed);
             tally.add(-1);
             return true;
         }
@@ -208,9 +234,16 @@ impl HealthCell {
 
     /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
     fn eject(&self, now: u64, seen: u64, rules: &Thresholds, tally: &dyn Tally) -> Option<Ejected> {
-        let k = u64::from(self.ejections.load(Ordering::Relaxed)) + 1;
-        let ms = rules.base_ms.saturating_mul(k).min(rules.max_ms);
         let fresh = seen == 0;
+        let mut before = u64::from(self.ejections.load(Ordering::Relaxed));
+        // A peer that stayed healthy for as long as it was last out starts again from the base;
+        // one ejected again sooner is flapping, and is kept out for longer each time.
+        let last_out = rules.base_ms.saturating_mul(before).min(rules.max_ms);
+        if fresh && now.saturating_sub(self.readmitted_at.load(Ordering::Relaxed)) >= last_out {
+            before = 0;
+        }
+        let k = before + 1;
+        let ms = rules.base_ms.saturating_mul(k).min(rules.max_ms);
         if fresh {
             tally.add(1);
         }

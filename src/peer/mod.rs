@@ -78,6 +78,11 @@ struct Inner {
 }
 
 impl Peer {
+    /// Whether this handle is the peer's last: every set and request has let it go.
+    pub(crate) fn is_orphan(&self) -> bool {
+        Arc::strong_count(&self.inner) == 1
+    }
+
     /// A peer at `addr` with default settings: `IP:PORT`, `[IPv6]:PORT`, `unix:/path`,
     /// `host:PORT` or `_service._proto.name` (see [`Endpoint`]).
     ///

@@ -55,7 +55,8 @@ pub struct Failover<S, R> {
     budget: Option<Arc<RetryBudget>>,
     outliers: Option<OutlierDetection>,
     max_retry_after: Duration,
-    signals: Signals,
+    /// Shared with the background probers of ejected peers.
+    signals: Arc<Signals>,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
@@ -290,7 +291,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 && rec
                     .peer()
                     .health()
-                    .record_success_counted(readmit, &self.signals)
+                    .record_success_counted(readmit, &*self.signals)
             {
                 self.signals.readmitted(rec.peer());
             }
@@ -498,9 +499,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let peer = rec.peer();
         if let Some(ejection) = peer
             .health()
-            .record_failure_counted(kind, rules, &self.signals)
+            .record_failure_counted(kind, rules, &*self.signals)
         {
             self.signals.ejected(peer, ejection, kind);
+            if let Some(probe) = rules.recovery() {
+                crate::health::recovery::start(peer, probe, &self.signals);
+            }
         }
     }
 
@@ -682,7 +686,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             budget: self.budget.map(Arc::new),
             outliers,
             max_retry_after: self.max_retry_after,
-            signals: self.signals,
+            signals: Arc::new(self.signals),
         })
     }
 }

@@ -37,6 +37,16 @@ impl Tally for Signals {
     }
 }
 
+impl crate::health::recovery::Reports for Signals {
+    fn probing(&self, peer: &Peer) {
+        Signals::probing(self, peer);
+    }
+
+    fn readmitted(&self, peer: &Peer) {
+        Signals::readmitted(self, peer);
+    }
+}
+
 impl Signals {
     fn health(&self, peer: &Peer, change: HealthChange) {
         if let Some(observe) = &self.observer {
