@@ -98,6 +98,7 @@ impl FailoverCtx {
             outcome: Outcome::Pending,
             probe,
             started_ejected,
+            cut: false,
         });
     }
 
@@ -126,6 +127,11 @@ pub struct AttemptRecord {
     /// The peer was held out by health when the attempt started (panic mode, or a retry that
     /// returned to it).
     pub(crate) started_ejected: bool,
+    /// Its read timeout was lowered below the configured one ([`AdaptiveTimeouts`]): a header
+    /// timeout is then the engine's cut, not a measure of the peer.
+    ///
+    /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
+    pub(crate) cut: bool,
 }
 
 impl AttemptRecord {
@@ -138,6 +144,7 @@ impl AttemptRecord {
             outcome: Outcome::Pending,
             probe: false,
             started_ejected: false,
+            cut: false,
         }
     }
 
@@ -181,6 +188,10 @@ impl AttemptRecord {
                 kind: FailureKind::Downstream,
                 ..
             } => {}
+            Outcome::Failed {
+                kind: FailureKind::HeaderTimeout,
+                ..
+            } if self.cut => {}
             _ => self.peer.health().learn_latency(took, false),
         }
     }

@@ -67,7 +67,7 @@ pub use health::{
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use peer::{Endpoint, HttpVersion, Peer, PeerBuilder};
-pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
+pub use proxy::{AdaptiveTimeouts, Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };

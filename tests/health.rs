@@ -1,5 +1,6 @@
 //! Peer health end to end: ejection, the half-open probe and re-admission, panic mode, events,
-//! metrics.
+//! metrics. The probe here is a request (`without_recovery_probe`); background probing, the
+//! default, is in `recovery.rs`.
 
 mod support;
 
@@ -11,7 +12,8 @@ use pingora_failover::{
 };
 use support::{client, refused_addr, start_proxy, Events, Mode, ProxyServer, RequestLog, Upstream};
 
-/// A proxy over `primary` then `backup`, ejecting for `base` at first and reporting to `events`.
+/// A proxy over `primary` then `backup`, ejecting for `base` at first, with requests as probes,
+/// and reporting to `events`.
 async fn start_ejecting(
     primary: &Peer,
     backup: &Upstream,
@@ -23,7 +25,11 @@ async fn start_ejecting(
         Peer::new(&backup.peer_addr()).unwrap(),
     ]);
     let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
-        .with_outlier_detection(OutlierDetection::new().with_base_ejection(base))
+        .with_outlier_detection(
+            OutlierDetection::new()
+                .with_base_ejection(base)
+                .without_recovery_probe(),
+        )
         .on_health_change(events.observer());
     start_proxy(FailoverProxy::from_builder(engine).unwrap()).await
 }

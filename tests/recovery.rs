@@ -75,7 +75,11 @@ async fn a_crashed_primary_comes_back_by_a_background_probe_and_no_request_probe
         let peers: Vec<String> = attempts.iter().map(|a| a.peer().to_string()).collect();
         assert_eq!(peers, [backup.peer_addr()], "request {i}");
     }
-    assert_eq!(live_ids(&primary, 1..40), 0, "a request reached the primary");
+    assert_eq!(
+        live_ids(&primary, 1..40),
+        0,
+        "a request reached the primary"
+    );
     assert_eq!(live_ids(&backup, 1..40), 39);
     assert!(primary.hits() >= 2, "the probe reached the primary");
     assert_eq!(get(&proxy, 40).await, (200, "primary".into()), "back");

@@ -245,6 +245,14 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
             "slow_start_ms",
         ),
         (
+            "peers = [\"127.0.0.1:1\"]\n[health]\nrecovery_probe = \"sometimes\"\n",
+            "recovery_probe",
+        ),
+        (
+            "peers = [\"127.0.0.1:1\"]\n[health]\nprobe_interval_ms = 0\n",
+            "recovery probe interval must be greater than zero",
+        ),
+        (
             "peers = [\"127.0.0.1:1\"]\nselector = \"ewma\"\nslow_start_ms = 0\n",
             "slow start window must be greater than zero",
         ),

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora_failover::{
-    ConfigError, FailoverBuilder, HashKey, HttpVersion, OutlierDetection, Peer, PeerBuilder,
-    PeerSet, PeersFile, RetryBudget, SlowStart, StandardPolicy,
+    AdaptiveTimeouts, ConfigError, FailoverBuilder, HashKey, HttpVersion, OutlierDetection, Peer,
+    PeerBuilder, PeerSet, PeersFile, RecoveryProbe, RetryBudget, SlowStart, StandardPolicy,
 };
 use serde::Deserialize;
 
@@ -93,6 +93,13 @@ pub struct Timeouts {
     pub write_ms: Option<u64>,
     /// An overall deadline across all attempts of a request.
     pub deadline_ms: Option<u64>,
+    /// `false`: connects always get `connect_ms`, instead of being abandoned far past the
+    /// peer's learned connect time.
+    pub adaptive_connect: Option<bool>,
+    /// Cut an idempotent request's attempt whose header is this many ms late (and 10 times the
+    /// peer's learned answer time), and retry it elsewhere. Off by default: it also bounds pauses
+    /// in the response body.
+    pub stall_cut_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +119,10 @@ pub struct Health {
     pub consecutive_failures: Option<u32>,
     pub base_ejection_ms: Option<u64>,
     pub max_ejection_ms: Option<u64>,
+    /// How an ejected peer is probed in the background: a path (`GET` it; below 500 passes),
+    /// `connect`, or `off` (the first request after the ejection time probes it instead).
+    pub recovery_probe: Option<String>,
+    pub probe_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +314,15 @@ impl Config {
         if let Some(ms) = self.timeouts.deadline_ms {
             b = b.with_deadline(Duration::from_millis(ms));
         }
+        let t = &self.timeouts;
+        let mut adaptive = AdaptiveTimeouts::new();
+        if t.adaptive_connect == Some(false) {
+            adaptive = adaptive.without_connect();
+        }
+        if let Some(ms) = t.stall_cut_ms {
+            adaptive = adaptive.with_stall_cut(10.0, Duration::from_millis(ms))?;
+        }
+        b = b.with_adaptive_timeouts(adaptive);
         let h = &self.health;
         b = if h.eject == Some(false) {
             b.without_outlier_detection()
@@ -317,6 +337,25 @@ impl Config {
             if let Some(ms) = h.max_ejection_ms {
                 rules = rules.with_max_ejection(Duration::from_millis(ms));
             }
+            let probe = match h.recovery_probe.as_deref() {
+                Some("off") => None,
+                Some("connect") => Some(RecoveryProbe::connect()),
+                Some(path) if path.starts_with('/') => Some(RecoveryProbe::http(path)?),
+                Some(other) => {
+                    return Err(value(
+                        "recovery_probe",
+                        format!("{other:?}: use a path (/healthz), connect or off"),
+                    ))
+                }
+                None => Some(RecoveryProbe::default()),
+            };
+            rules = match (probe, h.probe_interval_ms) {
+                (None, _) => rules.without_recovery_probe(),
+                (Some(p), None) => rules.with_recovery_probe(p),
+                (Some(p), Some(ms)) => {
+                    rules.with_recovery_probe(p.with_interval(Duration::from_millis(ms))?)
+                }
+            };
             b.with_outlier_detection(rules)
         };
         let budget = &self.budget;

@@ -68,6 +68,10 @@ struct Flags {
     /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
     #[arg(long, value_name = "KEY")]
     hash_key: Option<String>,
+    /// Cut an idempotent request's attempt whose header is this many ms late (and 10 times the
+    /// peer's learned answer time) and retry it elsewhere [default: off].
+    #[arg(long, value_name = "MS")]
+    stall_cut_ms: Option<u64>,
     /// For round-robin, least-request and ewma: a peer that joins traffic (added, or
     /// re-admitted) ramps up over this many milliseconds [default: none].
     #[arg(long, value_name = "MS")]
@@ -111,6 +115,7 @@ impl Flags {
         over!(self.selector => c.selector);
         over!(self.hash_key => c.hash_key);
         over!(self.slow_start_ms => c.slow_start_ms);
+        over!(self.stall_cut_ms => c.timeouts.stall_cut_ms);
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);

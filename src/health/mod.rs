@@ -51,6 +51,8 @@ pub struct PeerHealth {
     in_flight: std::sync::atomic::AtomicU32,
     /// How long it takes to answer (peak EWMA of the time to the response header).
     latency: Latency,
+    /// How long a new connection to it takes (peak EWMA).
+    connect: Latency,
     /// When it last joined traffic (added to a running set, or re-admitted), for slow start;
     /// 0 when it has served from the start.
     ramp_from: std::sync::atomic::AtomicU64,
@@ -73,6 +75,7 @@ impl Default for PeerHealth {
             cell: HealthCell::new(),
             in_flight: std::sync::atomic::AtomicU32::new(0),
             latency: Latency::new(),
+            connect: Latency::new(),
             ramp_from: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -145,6 +148,21 @@ impl PeerHealth {
     pub(crate) fn learn_latency(&self, took: Duration, answered: bool) {
         let us = took.as_secs_f64() * 1e6;
         self.latency.observe(us, self.now_ms(), !answered);
+    }
+
+    /// How long a new connection to the peer takes (TCP, and TLS for a TLS peer), learned as
+    /// [`latency`](Self::latency) is, from each new connection the engine makes (pooled ones are
+    /// not counted). `None` until the first.
+    pub fn connect_time(&self) -> Option<Duration> {
+        self.connect
+            .estimate_us(self.now_ms())
+            .map(|us| Duration::from_nanos((us * 1_000.0) as u64))
+    }
+
+    /// Learns a new connection that took `took`, ending now.
+    pub(crate) fn learn_connect(&self, took: Duration) {
+        self.connect
+            .observe(took.as_secs_f64() * 1e6, self.now_ms(), false);
     }
 
     /// When the peer last joined traffic, in [`now_ms`](Self::now_ms) time; `None` when it has

@@ -177,7 +177,7 @@ pub(crate) fn start(peer: &Peer, probe: &RecoveryProbe, reports: &Arc<impl Repor
             run(&peer, &probe, &*reports).await;
             peer.health().release_background();
             // An ejection that came as this prober was leaving found it still in charge: take it.
-            if !peer.health().is_ejected() || !peer.health().take_background() {
+            if peer.is_orphan() || !peer.health().is_ejected() || !peer.health().take_background() {
                 return;
             }
         }

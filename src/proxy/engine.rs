@@ -14,6 +14,7 @@ use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict}
 use crate::error::{check_timeout, ConfigError};
 use crate::health::{Admission, HealthEvent, HealthState, OutlierDetection};
 use crate::peer::Peer;
+use crate::proxy::adaptive::AdaptiveTimeouts;
 use crate::proxy::signals::Signals;
 use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
@@ -55,6 +56,7 @@ pub struct Failover<S, R> {
     budget: Option<Arc<RetryBudget>>,
     outliers: Option<OutlierDetection>,
     max_retry_after: Duration,
+    adaptive: Option<AdaptiveTimeouts>,
     /// Shared with the background probers of ejected peers.
     signals: Arc<Signals>,
 }
@@ -79,6 +81,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             budget: Some(RetryBudget::default()),
             outliers: Some(OutlierDetection::default()),
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            adaptive: Some(AdaptiveTimeouts::default()),
             signals: Signals::default(),
         }
     }
@@ -167,11 +170,35 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             paid.spend();
         }
         let mut http_peer = Box::new(next.peer.http_peer().clone());
+        // The last attempt a request is allowed gets the configured timeouts in full.
+        let last = ctx.attempts().len() as u32 + 1 >= self.policy.max_attempts();
+        let cut = match &self.adaptive {
+            Some(adaptive) if !last => {
+                let idempotent = session.req_header().method.is_idempotent();
+                adaptive.apply(&next.peer, &mut http_peer, idempotent)
+            }
+            _ => false,
+        };
         ctx.start_attempt(next.peer, next.probe);
+        if let Some(rec) = ctx.current_mut() {
+            rec.cut = cut;
+        }
         if let Some(left) = self.time_left(ctx) {
             clamp_timeouts(&mut http_peer, left.max(Duration::from_millis(1)));
         }
         Ok(http_peer)
+    }
+
+    /// For `ProxyHttp::connected_to_upstream`: the peer learns its connect time from a new
+    /// connection (`reused == false`), for [`AdaptiveTimeouts`]. Without this call, connects
+    /// always get the configured timeout.
+    pub fn connected_to_upstream(&self, reused: bool, ctx: &mut FailoverCtx) {
+        if reused {
+            return;
+        }
+        if let Some(rec) = ctx.attempts().last() {
+            rec.peer().health().learn_connect(rec.started().elapsed());
+        }
     }
 
     /// For `ProxyHttp::fail_to_connect`: classifies the failure and marks the error for retry
@@ -577,7 +604,9 @@ fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
 ///   attempts by the policy)
 /// - retry budget: [`RetryBudget::default`] (20 % of requests plus 10 per second, over 10 s)
 /// - outlier ejection: [`OutlierDetection::default`] (1 connect failure or 5 failures in a row;
-///   10 s, growing to 300 s)
+///   out for 1 s, then probed in the background until a probe passes)
+/// - adaptive timeouts: [`AdaptiveTimeouts::default`] (a connect is abandoned after 10 times the
+///   peer's learned connect time, at least 50 ms, except on a request's last attempt)
 /// - longest `Retry-After` honoured: [`DEFAULT_MAX_RETRY_AFTER`] (3 s)
 /// - health observer and metrics: none
 #[derive(Debug)]
@@ -589,10 +618,23 @@ pub struct FailoverBuilder<S, R> {
     budget: Option<RetryBudget>,
     outliers: Option<OutlierDetection>,
     max_retry_after: Duration,
+    adaptive: Option<AdaptiveTimeouts>,
     signals: Signals,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
+    /// Timeouts learned per peer ([`AdaptiveTimeouts`]).
+    pub fn with_adaptive_timeouts(mut self, adaptive: AdaptiveTimeouts) -> Self {
+        self.adaptive = Some(adaptive);
+        self
+    }
+
+    /// Every attempt gets the configured timeouts.
+    pub fn without_adaptive_timeouts(mut self) -> Self {
+        self.adaptive = None;
+        self
+    }
+
     /// An overall deadline across all attempts of a request, backoff included. No retry starts
     /// after it, and each attempt's timeouts are shortened to what is left of it.
     pub fn with_deadline(mut self, deadline: Duration) -> Self {
@@ -686,6 +728,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             budget: self.budget.map(Arc::new),
             outliers,
             max_retry_after: self.max_retry_after,
+            adaptive: self.adaptive,
             signals: Arc::new(self.signals),
         })
     }

@@ -1,7 +1,10 @@
 //! `FailoverProxy`: a complete `ProxyHttp`, and the engine it is built on.
 
+mod adaptive;
 mod engine;
 mod signals;
+
+pub use adaptive::AdaptiveTimeouts;
 
 pub use engine::{Failover, FailoverBuilder, DEFAULT_MAX_RETRY_AFTER};
 
@@ -163,6 +166,20 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
         ctx: &mut FailoverCtx,
     ) -> FailToProxy {
         self.engine.fail_to_proxy(session, e, ctx).await
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut FailoverCtx,
+    ) -> Result<()> {
+        self.engine.connected_to_upstream(reused, ctx);
+        Ok(())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut FailoverCtx) {

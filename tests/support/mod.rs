@@ -251,6 +251,13 @@ async fn handle(
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         *state.ids.lock().unwrap().entry(id.to_owned()).or_default() += 1;
     }
+    // A request can ask to be answered late, whatever the mode: a legitimately slow request.
+    if let Some(ms) = headers
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();

@@ -1,0 +1,136 @@
+//! Timeouts learned per peer: a connect, or an answer, that runs far past what the peer has
+//! shown is abandoned early, and the request goes to the next peer.
+
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::error::{check_timeout, ConfigError};
+use crate::peer::Peer;
+
+/// How far past a peer's learned times an attempt is abandoned.
+///
+/// A peer's connect time ([`PeerHealth::connect_time`](crate::PeerHealth::connect_time)) and
+/// answer time ([`PeerHealth::latency`](crate::PeerHealth::latency)) are learned from its
+/// traffic. A connect that takes `factor` times the learned connect time (but at least
+/// `floor`) is abandoned: a host that vanished leaves connects hanging, and waiting out the
+/// configured connect timeout there only delays the failover that follows. Nothing was sent,
+/// so this is safe for any request. The configured timeout stays the upper bound, and the last
+/// attempt a request is allowed always gets it in full.
+///
+/// Cutting a stalled answer (`with_stall_cut`) does the same with the time to the response
+/// header, for idempotent requests only, and is off by default: pingora 0.9 applies a peer's
+/// read timeout to every read of the response, its body included, and offers no hook to lift
+/// it once the header has come. A cut attempt whose header came in time but whose body then
+/// pauses longer than the cut (a stream of server-sent events, a long poll answering in parts)
+/// would fail after the header went to the client, where nothing can be retried. Turn it on
+/// for upstreams whose bodies follow their headers without pauses.
+///
+/// # Default
+///
+/// - connect: abandoned after 10 times the learned connect time, at least 50 ms (a SYN lost on
+///   a LAN is resent after 1 s: a connect that slow goes to the next peer instead)
+/// - stall cut: off
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveTimeouts {
+    connect: Option<Bound>,
+    header: Option<Bound>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    factor: f64,
+    floor: Duration,
+}
+
+impl Bound {
+    fn new(factor: f64, floor: Duration) -> Result<Self, ConfigError> {
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(ConfigError::OutOfRange {
+                what: "adaptive timeout factor",
+                value: factor.to_string(),
+                range: "1.0 or more",
+            });
+        }
+        check_timeout("adaptive timeout floor", floor, Duration::from_secs(3600))?;
+        Ok(Self { factor, floor })
+    }
+
+    /// The timeout for a peer that has shown `learned`, under the `configured` one.
+    fn limit(&self, learned: Duration, configured: Duration) -> Duration {
+        learned.mul_f64(self.factor).max(self.floor).min(configured)
+    }
+}
+
+impl Default for AdaptiveTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Some(Bound {
+                factor: 10.0,
+                floor: Duration::from_millis(50),
+            }),
+            header: None,
+        }
+    }
+}
+
+impl AdaptiveTimeouts {
+    /// The defaults (see `# Default`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Abandons a connect after `factor` times the peer's learned connect time, at least
+    /// `floor`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a factor below 1; a timeout error for a zero floor.
+    pub fn with_connect(mut self, factor: f64, floor: Duration) -> Result<Self, ConfigError> {
+        self.connect = Some(Bound::new(factor, floor)?);
+        Ok(self)
+    }
+
+    /// Connects always get the configured timeout.
+    #[must_use]
+    pub fn without_connect(mut self) -> Self {
+        self.connect = None;
+        self
+    }
+
+    /// Cuts an idempotent request's attempt whose response header takes `factor` times the
+    /// peer's learned answer time, at least `floor`, and retries it on another peer (see the
+    /// type's documentation for why this is off by default).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a factor below 1; a timeout error for a zero floor.
+    pub fn with_stall_cut(mut self, factor: f64, floor: Duration) -> Result<Self, ConfigError> {
+        self.header = Some(Bound::new(factor, floor)?);
+        Ok(self)
+    }
+
+    /// Lowers `target`'s timeouts for an attempt to `peer` that is not the request's last;
+    /// `true` when the read timeout was lowered (the attempt may be cut).
+    pub(crate) fn apply(&self, peer: &Peer, target: &mut HttpPeer, idempotent: bool) -> bool {
+        let options = &mut target.options;
+        if let (Some(bound), Some(configured), Some(learned)) = (
+            self.connect,
+            options.connection_timeout,
+            peer.health().connect_time(),
+        ) {
+            options.connection_timeout = Some(bound.limit(learned, configured));
+        }
+        if !idempotent {
+            return false;
+        }
+        if let (Some(bound), Some(configured), Some(learned)) =
+            (self.header, options.read_timeout, peer.health().latency())
+        {
+            let limit = bound.limit(learned, configured);
+            options.read_timeout = Some(limit);
+            return limit < configured;
+        }
+        false
+    }
+}
