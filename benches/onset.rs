@@ -8,14 +8,16 @@
 //! - slow: the primary answers after 1 s;
 //! - 503: the primary answers 503.
 //!
-//! Each fault is run against `failover_proxy` (ordered list: primary, then backup) and against
-//! bare pingora with the usual hand-written failover (a try counter in `CTX`, one retry of a
-//! connect failure on the backup), both with one worker thread, a 400 ms connect timeout and a
-//! 1 s read timeout (300 ms for slow). Reported per run:
+//! Each fault is run against `failover_proxy` (ordered list: primary, then backup) with its
+//! defaults, again with `--stall-cut-ms 20` (`failover-cut`), and against bare pingora with the
+//! usual hand-written failover (a try counter in `CTX`, one retry of a connect failure on the
+//! backup), all with one worker thread, a 400 ms connect timeout and a 1 s read timeout (300 ms
+//! for slow). Reported per run:
 //! - failed GETs and POSTs (an error or a 5xx), and POSTs that reached the upstreams twice;
 //! - requests slower than 50 ms, and the slowest;
-//! - onset: from the fault until the last request slower than 50 ms ended (within the fault
-//!   window): how long clients kept waiting on the primary;
+//! - onset: from the fault until the last GET slower than 50 ms ended (within the fault
+//!   window): how long clients kept waiting on the primary (a POST, once sent, waits for its
+//!   answer or its timeout whatever a proxy does);
 //! - p99 in the fault window, corrected for coordinated omission as wrk does (each stall adds the
 //!   requests its connection would have sent meanwhile, at the healthy interval);
 //! - throughput in the fault window;
@@ -27,7 +29,8 @@
 //! cargo bench --bench onset
 //! ```
 //!
-//! `ONSET_FAULTS=crash,blackhole,slow,503` chooses faults; `ONSET_PROXIES=failover,bare` proxies.
+//! `ONSET_FAULTS=crash,blackhole,slow,503` chooses faults;
+//! `ONSET_PROXIES=bare,failover,failover-cut` proxies.
 //! Loopback only; every process it starts is killed when it ends.
 
 use std::collections::HashMap;
@@ -389,8 +392,8 @@ async fn start_proxy(
     let listen = free_port();
     let read_ms = if slow { "300" } else { "1000" };
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
-    let args: Vec<&str> = match kind {
-        "failover" => vec![
+    let mut args: Vec<&str> = match kind {
+        "failover" | "failover-cut" => vec![
             "--listen",
             &l,
             "--peer",
@@ -426,10 +429,13 @@ async fn start_proxy(
             read_ms,
         ],
     };
-    let name = if kind == "failover" {
-        "failover_proxy"
-    } else {
+    if kind == "failover-cut" {
+        args.extend(["--stall-cut-ms", "20"]);
+    }
+    let name = if kind == "bare" {
         "bare_proxy"
+    } else {
+        "failover_proxy"
     };
     let child = Command::new(binary(name))
         .args(&args)
@@ -482,9 +488,11 @@ fn analyse(records: &[Record], twice: usize) -> Row {
         .get(((window.len() as f64) * 0.99) as usize)
         .copied()
         .unwrap_or(0.0);
+    // A POST sent to the primary cannot be moved once sent: it waits its answer or timeout
+    // whatever the proxy does, so the onset is the GETs'.
     let onset = records
         .iter()
-        .filter(|r| r.latency > STALL || r.failed())
+        .filter(|r| !r.post && (r.latency > STALL || r.failed()))
         .map(|r| r.start + r.latency)
         .filter(|end| *end > FAULT_AT && *end < HEAL_AT + STALL)
         .max()
@@ -565,7 +573,7 @@ fn main() {
     };
     let proxies: Vec<String> = pick("ONSET_PROXIES")
         .map(|l| l.split(',').map(str::to_owned).collect())
-        .unwrap_or_else(|| vec!["bare".into(), "failover".into()]);
+        .unwrap_or_else(|| vec!["bare".into(), "failover".into(), "failover-cut".into()]);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

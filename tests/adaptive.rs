@@ -156,3 +156,48 @@ async fn a_peer_serving_some_legitimately_slow_requests_is_never_held_out() {
         events.all()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_stall_cut_a_late_header_is_cut_and_retried_and_a_post_is_not() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peers = vec![
+        peer(&primary.peer_addr(), CONFIGURED),
+        peer(&backup.peer_addr(), CONFIGURED),
+    ];
+    let list = OrderedList::new(peers.clone()).unwrap();
+    let cut = AdaptiveTimeouts::new()
+        .with_stall_cut(10.0, Duration::from_millis(50))
+        .unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default()).with_adaptive_timeouts(cut);
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    primary.set_mode(Mode::Slow(Duration::from_secs(3)));
+    let resp = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "backup", "cut and retried");
+    let records = log.wait_for(21).await;
+    let first = &records[20][0];
+    assert!(
+        matches!(
+            first.outcome(),
+            Outcome::Failed {
+                kind: FailureKind::HeaderTimeout,
+                ..
+            }
+        ),
+        "{:?}",
+        first.outcome()
+    );
+    assert!(
+        first.duration().unwrap() < Duration::from_secs(3),
+        "{:?}",
+        first.duration()
+    );
+    // A POST is never cut: it waits for the primary's answer.
+    let resp = http.post(proxy.url("/")).body("x").send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "primary");
+}

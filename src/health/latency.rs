@@ -20,6 +20,9 @@ pub(crate) const DECAY_MS: f64 = 10_000.0;
 /// No sample yet.
 const EMPTY: u64 = u64::MAX;
 
+/// The weight of a new sample in a plain moving average: about the last 20 samples count.
+const MEAN_WEIGHT: f64 = 0.05;
+
 #[derive(Debug)]
 pub(crate) struct Latency(AtomicU64);
 
@@ -93,6 +96,40 @@ impl Latency {
     }
 }
 
+impl Latency {
+    /// Learns a sample of `us` microseconds into a plain moving average (no peak, no decay):
+    /// what the peer typically takes.
+    pub(crate) fn observe_mean(&self, us: f64) {
+        let us = us.max(1.0);
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            let next = if word == EMPTY {
+                us
+            } else {
+                let (est, _) = unpack(word);
+                est + (us - est) * MEAN_WEIGHT
+            };
+            match self.0.compare_exchange_weak(
+                word,
+                pack(next as f32, 0),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => word = seen,
+            }
+        }
+    }
+
+    /// The plain moving average, in microseconds; `None` before the first sample.
+    pub(crate) fn mean_us(&self) -> Option<f64> {
+        match self.0.load(Ordering::Relaxed) {
+            EMPTY => None,
+            word => Some(unpack(word).0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +166,15 @@ mod tests {
         assert_eq!(l.estimate_us(2).map(|e| e.round()), Some(5_000.0));
         l.observe(900_000.0, 3, true);
         assert_eq!(l.estimate_us(3).map(|e| e.round()), Some(900_000.0));
+    }
+
+    #[test]
+    fn the_mean_moves_a_twentieth_of_the_way_and_does_not_decay() {
+        let l = Latency::new();
+        assert_eq!(l.mean_us(), None);
+        l.observe_mean(1_000.0);
+        l.observe_mean(21_000.0);
+        assert_eq!(l.mean_us(), Some(2_000.0));
     }
 
     #[test]

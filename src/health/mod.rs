@@ -53,6 +53,8 @@ pub struct PeerHealth {
     latency: Latency,
     /// How long a new connection to it takes (peak EWMA).
     connect: Latency,
+    /// What an answer typically takes: a plain moving average of the time to the header.
+    typical: Latency,
     /// When it last joined traffic (added to a running set, or re-admitted), for slow start;
     /// 0 when it has served from the start.
     ramp_from: std::sync::atomic::AtomicU64,
@@ -76,6 +78,7 @@ impl Default for PeerHealth {
             in_flight: std::sync::atomic::AtomicU32::new(0),
             latency: Latency::new(),
             connect: Latency::new(),
+            typical: Latency::new(),
             ramp_from: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -148,6 +151,17 @@ impl PeerHealth {
     pub(crate) fn learn_latency(&self, took: Duration, answered: bool) {
         let us = took.as_secs_f64() * 1e6;
         self.latency.observe(us, self.now_ms(), !answered);
+        if answered {
+            self.typical.observe_mean(us);
+        }
+    }
+
+    /// What an answer typically takes: a moving average of about the last 20 times to the
+    /// response header (no peak, no decay). `None` until the first answer.
+    pub(crate) fn typical_latency(&self) -> Option<Duration> {
+        self.typical
+            .mean_us()
+            .map(|us| Duration::from_nanos((us * 1_000.0) as u64))
     }
 
     /// How long a new connection to the peer takes (TCP, and TLS for a TLS peer), learned as

@@ -105,14 +105,18 @@ impl RecoveryProbe {
         Ok(self)
     }
 
-    /// Whether `peer` passes one probe.
+    /// Whether `peer` passes one probe. The probe is never more patient than a request: its
+    /// timeouts are the probe's, or the peer's own where they are shorter (a peer too slow for
+    /// its requests must not pass its probe).
     async fn passes(&self, peer: &Peer) -> bool {
         let mut target = peer.http_peer().clone();
         let options = &mut target.options;
-        options.connection_timeout = Some(self.timeout);
-        options.total_connection_timeout = Some(self.timeout);
-        options.read_timeout = Some(self.timeout);
-        options.write_timeout = Some(self.timeout);
+        let within =
+            |own: Option<Duration>| Some(own.map_or(self.timeout, |t| t.min(self.timeout)));
+        options.connection_timeout = within(options.connection_timeout);
+        options.total_connection_timeout = within(options.total_connection_timeout);
+        options.read_timeout = within(options.read_timeout);
+        options.write_timeout = within(options.write_timeout);
         // Bounded as a whole too, whatever the transport does.
         let limit = self.timeout * 3;
         match &self.check {
@@ -141,6 +145,9 @@ async fn http_status(
     static CONNECTOR: OnceLock<Connector> = OnceLock::new();
     let connector = CONNECTOR.get_or_init(|| Connector::new(None));
     let (mut session, _) = connector.get_http_session(target).await.ok()?;
+    // The connector applies the connect timeouts only.
+    session.set_write_timeout(target.options.write_timeout);
+    session.set_read_timeout(target.options.read_timeout);
     let mut req = RequestHeader::build("GET", path.as_bytes(), None).ok()?;
     let host = if target.sni.is_empty() {
         name

@@ -19,7 +19,9 @@ use crate::peer::Peer;
 /// attempt a request is allowed always gets it in full.
 ///
 /// Cutting a stalled answer (`with_stall_cut`) does the same with the time to the response
-/// header, for idempotent requests only, and is off by default: pingora 0.9 applies a peer's
+/// header, against what the peer typically takes (a moving average of its last 20 or so
+/// answers: the peak-sensitive estimate that balancing uses holds a spike for seconds, and
+/// would hold the cut back with it), for idempotent requests only. It is off by default: pingora 0.9 applies a peer's
 /// read timeout to every read of the response, its body included, and offers no hook to lift
 /// it once the header has come. A cut attempt whose header came in time but whose body then
 /// pauses longer than the cut (a stream of server-sent events, a long poll answering in parts)
@@ -124,9 +126,11 @@ impl AdaptiveTimeouts {
         if !idempotent {
             return false;
         }
-        if let (Some(bound), Some(configured), Some(learned)) =
-            (self.header, options.read_timeout, peer.health().latency())
-        {
+        if let (Some(bound), Some(configured), Some(learned)) = (
+            self.header,
+            options.read_timeout,
+            peer.health().typical_latency(),
+        ) {
             let limit = bound.limit(learned, configured);
             options.read_timeout = Some(limit);
             return limit < configured;
