@@ -37,8 +37,9 @@ test: deps
 	$(CARGO) publish --dry-run --allow-dirty --quiet
 	FEATURES="$(FEATURES)" ci/msrv.sh
 
-# End to end: failover_proxy against a bare pingora proxy under wrk, four scenarios (see
-# BENCHMARKS.md). Installs wrk when missing. About 2 to 3 minutes once built.
+# End to end (see BENCHMARKS.md): failover_proxy against a bare pingora proxy under wrk in the
+# steady state, four scenarios; then the onset of four faults mid-run (bench onset, about 3
+# minutes); then balancing around a slowed peer (bench balance, 20 s). Installs wrk when missing.
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -46,6 +47,8 @@ bench: deps
 	  else echo "the benchmark needs wrk: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)"; exit 1; fi; }
 	$(CARGO) build --release --example failover_proxy --example bare_proxy --example bench_upstream
 	python3 bench/e2e.py
+	$(CARGO) bench --bench onset
+	$(CARGO) bench --bench balance
 
 # Micro-benchmarks (criterion): selection, policy, budget, health.
 bench-micro: deps

@@ -33,355 +33,29 @@
 //! `ONSET_PROXIES=bare,failover,failover-cut` proxies.
 //! Loopback only; every process it starts is killed when it ends.
 
-use std::collections::HashMap;
-use std::io;
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use common::{
+    corrected, free_port, load, ms, quantile, spawn_proxy, Mode, Proxy, Record, Upstream,
+};
 
 const CLIENTS: usize = 32;
 const FAULT_AT: Duration = Duration::from_secs(2);
 const HEAL_AT: Duration = Duration::from_secs(8);
 const END_AT: Duration = Duration::from_secs(14);
-const SLOW_ANSWER: Duration = Duration::from_secs(1);
 const STALL: Duration = Duration::from_millis(50);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    Up,
-    Crash,
-    Blackhole,
-    Slow,
-    Unavailable,
-}
 
 const FAULTS: [(&str, Mode); 4] = [
     ("crash", Mode::Crash),
     ("blackhole", Mode::Blackhole),
-    ("slow", Mode::Slow),
+    ("slow", Mode::Slow(Duration::from_secs(1))),
     ("503", Mode::Unavailable),
 ];
-
-/// An HTTP/1.1 upstream that answers with its name, and can break in each of the modes.
-struct Upstream {
-    addr: SocketAddr,
-    mode: watch::Sender<Mode>,
-    /// POST ids received, and how many times.
-    posts: Arc<Mutex<HashMap<u64, u32>>>,
-}
-
-impl Upstream {
-    async fn start(name: &'static str) -> Self {
-        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (mode, rx) = watch::channel(Mode::Up);
-        let posts = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(serve(name, listener, rx, posts.clone()));
-        Self { addr, mode, posts }
-    }
-}
-
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = TcpSocket::new_v4()?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
-}
-
-/// Accepts while the mode lets it: no listener while crashed, a full backlog while blackholed.
-async fn serve(
-    name: &'static str,
-    first: TcpListener,
-    mut mode: watch::Receiver<Mode>,
-    posts: Arc<Mutex<HashMap<u64, u32>>>,
-) {
-    let addr = first.local_addr().unwrap();
-    let mut listener = Some(first);
-    loop {
-        let now = *mode.borrow_and_update();
-        match now {
-            Mode::Crash => listener = None,
-            Mode::Blackhole => {
-                listener = None;
-                let _hole = blackhole(addr).await;
-                let _ = mode.changed().await;
-                continue;
-            }
-            _ => {
-                if listener.is_none() {
-                    listener = Some(bind(addr, 1024).expect("the port is ours again"));
-                }
-            }
-        }
-        let Some(l) = &listener else {
-            if mode.changed().await.is_err() {
-                return;
-            }
-            continue;
-        };
-        tokio::select! {
-            accepted = l.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let _ = stream.set_nodelay(true);
-                    // Dropped in a crash: reset, not closed. (A zero linger does not block on
-                    // drop, which is what the deprecation warns of.)
-                    #[allow(deprecated)]
-                    let _ = stream.set_linger(Some(Duration::ZERO));
-                    tokio::spawn(connection(name, stream, mode.clone(), posts.clone()));
-                }
-            }
-            changed = mode.changed() => if changed.is_err() { return },
-        }
-    }
-}
-
-/// A listener on `addr` whose backlog is full: further connects hang. Both halves must be kept.
-async fn blackhole(addr: SocketAddr) -> (TcpListener, Vec<TcpStream>) {
-    let hole = bind(addr, 0).expect("the port is ours again");
-    let mut fillers = Vec::new();
-    let connect = || tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr));
-    while let Ok(Ok(filler)) = connect().await {
-        fillers.push(filler);
-    }
-    (hole, fillers)
-}
-
-async fn connection(
-    name: &'static str,
-    stream: TcpStream,
-    mut mode: watch::Receiver<Mode>,
-    posts: Arc<Mutex<HashMap<u64, u32>>>,
-) {
-    let serving = answer_all(name, stream, mode.clone(), posts);
-    let crash = async {
-        let _ = mode.wait_for(|m| *m == Mode::Crash).await;
-    };
-    tokio::select! {
-        _ = serving => {}
-        _ = crash => {}
-    }
-}
-
-async fn answer_all(
-    name: &'static str,
-    stream: TcpStream,
-    mut mode: watch::Receiver<Mode>,
-    posts: Arc<Mutex<HashMap<u64, u32>>>,
-) -> io::Result<()> {
-    let mut stream = BufReader::new(stream);
-    loop {
-        let head = read_head(&mut stream).await?;
-        let mut body = vec![0; head.length];
-        stream.read_exact(&mut body).await?;
-        let now = *mode.borrow_and_update();
-        let status = match now {
-            Mode::Blackhole => {
-                // Stall until healed, then hang up without answering.
-                let _ = mode.wait_for(|m| *m == Mode::Up).await;
-                return Ok(());
-            }
-            Mode::Slow => {
-                tokio::time::sleep(SLOW_ANSWER).await;
-                200
-            }
-            Mode::Unavailable => 503,
-            Mode::Up | Mode::Crash => 200,
-        };
-        if status == 200 {
-            if let Some(id) = head.id {
-                *posts.lock().unwrap().entry(id).or_default() += 1;
-            }
-        }
-        let reply = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{name}",
-            name.len()
-        );
-        stream.get_mut().write_all(reply.as_bytes()).await?;
-    }
-}
-
-struct Head {
-    status: u16,
-    length: usize,
-    id: Option<u64>,
-    close: bool,
-}
-
-/// Reads a request or response head: the status of a response, the body length, an `x-id`.
-async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Head> {
-    let mut head = Head {
-        status: 0,
-        length: 0,
-        id: None,
-        close: false,
-    };
-    let mut line = String::new();
-    let mut first = true;
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if first {
-            first = false;
-            if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
-                head.status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
-            }
-            continue;
-        }
-        if l.is_empty() {
-            return Ok(head);
-        }
-        let (k, v) = l.split_once(':').unwrap_or((l, ""));
-        let v = v.trim();
-        match k.to_ascii_lowercase().as_str() {
-            "content-length" => head.length = v.parse().unwrap_or(0),
-            "x-id" => head.id = v.parse().ok(),
-            "connection" => head.close = v.eq_ignore_ascii_case("close"),
-            _ => {}
-        }
-    }
-}
-
-/// One request as the client saw it.
-#[derive(Debug, Clone, Copy)]
-struct Record {
-    /// When it was sent, from the start of the run.
-    start: Duration,
-    latency: Duration,
-    /// 0 when it failed without a response.
-    status: u16,
-    by_primary: bool,
-    post: bool,
-}
-
-impl Record {
-    fn failed(&self) -> bool {
-        self.status == 0 || self.status >= 500
-    }
-}
-
-/// A keep-alive client connection that sends one request at a time.
-struct Client {
-    proxy: SocketAddr,
-    conn: Option<BufReader<TcpStream>>,
-}
-
-impl Client {
-    async fn send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
-        // A connection the proxy closed while idle fails before any byte comes back: that
-        // request was not taken, so it is sent again on a new connection, as browsers do.
-        let reused = self.conn.is_some();
-        match self.try_send(post).await {
-            Err(e) if reused && e.kind() == io::ErrorKind::UnexpectedEof => {
-                self.try_send(post).await
-            }
-            other => other,
-        }
-    }
-
-    async fn try_send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect(self.proxy).await?;
-            s.set_nodelay(true)?;
-            self.conn = Some(BufReader::new(s));
-        }
-        let conn = self.conn.as_mut().unwrap();
-        let request = match post {
-            Some(id) => format!(
-                "POST /order HTTP/1.1\r\nhost: bench\r\nx-id: {id}\r\ncontent-length: 2\r\n\r\n{{}}"
-            ),
-            None => "GET /item HTTP/1.1\r\nhost: bench\r\n\r\n".to_owned(),
-        };
-        let result = async {
-            conn.get_mut().write_all(request.as_bytes()).await?;
-            let head = read_head(conn).await?;
-            let mut body = vec![0; head.length];
-            conn.read_exact(&mut body).await?;
-            Ok::<_, io::Error>((head, body))
-        }
-        .await;
-        match result {
-            Ok((head, body)) => {
-                // An error page's framing is the proxy's: start afresh after one.
-                if head.close || head.status >= 500 {
-                    self.conn = None;
-                }
-                Ok((head.status, body == b"primary"))
-            }
-            Err(e) => {
-                self.conn = None;
-                Err(e)
-            }
-        }
-    }
-}
-
-async fn load(proxy: SocketAddr, t0: Instant, ids: Arc<AtomicU64>) -> Vec<Record> {
-    let mut client = Client { proxy, conn: None };
-    let mut records = Vec::new();
-    let mut n = 0u64;
-    while t0.elapsed() < END_AT {
-        n += 1;
-        let post = (n % 8 == 0).then(|| ids.fetch_add(1, Ordering::Relaxed));
-        let start = t0.elapsed();
-        let sent = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(10), client.send(post)).await;
-        let (status, by_primary) = match result {
-            Ok(Ok(answer)) => answer,
-            _ => {
-                client.conn = None;
-                (0, false)
-            }
-        };
-        records.push(Record {
-            start,
-            latency: sent.elapsed(),
-            status,
-            by_primary,
-            post: post.is_some(),
-        });
-    }
-    records
-}
-
-/// A proxy process, killed on drop.
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let path = dir.join("release").join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: cargo build --release --example failover_proxy --example bare_proxy",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 async fn start_proxy(
     kind: &str,
@@ -437,19 +111,7 @@ async fn start_proxy(
     } else {
         "failover_proxy"
     };
-    let child = Command::new(binary(name))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the proxy starts");
-    let proxy = Proxy(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).await.is_err() {
-        assert!(Instant::now() < deadline, "{name} never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (proxy, listen)
+    (spawn_proxy(name, &args, listen).await, listen)
 }
 
 struct Row {
@@ -474,20 +136,10 @@ fn analyse(records: &[Record], twice: usize) -> Row {
     let in_window = |r: &&Record| r.start >= FAULT_AT && r.start < HEAL_AT;
     let mut window: Vec<f64> = Vec::new();
     for r in records.iter().filter(in_window) {
-        let l = r.latency.as_secs_f64();
-        window.push(l);
-        // wrk's correction: the requests this connection did not send while it waited.
-        let mut missing = l - interval;
-        while interval > 0.0 && missing >= interval {
-            window.push(missing);
-            missing -= interval;
-        }
+        corrected(r.latency.as_secs_f64(), interval, &mut window);
     }
     window.sort_by(f64::total_cmp);
-    let p99 = window
-        .get(((window.len() as f64) * 0.99) as usize)
-        .copied()
-        .unwrap_or(0.0);
+    let p99 = quantile(&window, 0.99);
     // A POST sent to the primary cannot be moved once sent: it waits its answer or timeout
     // whatever the proxy does, so the onset is the GETs'.
     let onset = records
@@ -506,7 +158,7 @@ fn analyse(records: &[Record], twice: usize) -> Row {
             .iter()
             .filter(|r| r.start >= t && r.start < t + Duration::from_millis(100))
             .collect();
-        let primary = bucket.iter().filter(|r| r.by_primary).count();
+        let primary = bucket.iter().filter(|r| r.marked).count();
         if !bucket.is_empty() && primary * 10 >= bucket.len() * 9 {
             back = Some(t + Duration::from_millis(100) - HEAL_AT);
             break;
@@ -527,13 +179,14 @@ fn analyse(records: &[Record], twice: usize) -> Row {
 }
 
 async fn run(kind: &str, fault: Mode) -> Row {
-    let primary = Upstream::start("primary").await;
-    let backup = Upstream::start("backup").await;
-    let (_proxy, addr) = start_proxy(kind, primary.addr, backup.addr, fault == Mode::Slow).await;
+    let primary = Upstream::start("primary", Mode::Up).await;
+    let backup = Upstream::start("backup", Mode::Up).await;
+    let slow = matches!(fault, Mode::Slow(_));
+    let (_proxy, addr) = start_proxy(kind, primary.addr, backup.addr, slow).await;
     let t0 = Instant::now();
     let ids = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|_| tokio::spawn(load(addr, t0, ids.clone())))
+        .map(|_| tokio::spawn(load(addr, t0, END_AT, Some(ids.clone()), b"primary")))
         .collect();
     tokio::time::sleep_until((t0 + FAULT_AT).into()).await;
     primary.mode.send_replace(fault);
@@ -549,10 +202,6 @@ async fn run(kind: &str, fault: Mode) -> Row {
     }
     let twice = posts.values().filter(|n| **n > 1).count();
     analyse(&records, twice)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1000.0)
 }
 
 fn main() {

@@ -1,0 +1,402 @@
+//! What the end-to-end benchmarks share: an HTTP/1.1 upstream that can break in several ways,
+//! closed-loop clients that record every request, and the proxies under test as processes.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Up,
+    Crash,
+    Blackhole,
+    /// Answers after this long.
+    Slow(Duration),
+    Unavailable,
+}
+
+/// An HTTP/1.1 upstream that answers with its name, and can break in each of the modes.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub mode: watch::Sender<Mode>,
+    /// POST ids received, and how many times.
+    pub posts: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str, mode: Mode) -> Self {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, rx) = watch::channel(mode);
+        let posts = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(serve(name, listener, rx, posts.clone()));
+        Self { addr, mode, posts }
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Accepts while the mode lets it: no listener while crashed, a full backlog while blackholed.
+async fn serve(
+    name: &'static str,
+    first: TcpListener,
+    mut mode: watch::Receiver<Mode>,
+    posts: Arc<Mutex<HashMap<u64, u32>>>,
+) {
+    let addr = first.local_addr().unwrap();
+    let mut listener = Some(first);
+    loop {
+        let now = *mode.borrow_and_update();
+        match now {
+            Mode::Crash => listener = None,
+            Mode::Blackhole => {
+                listener = None;
+                let _hole = blackhole(addr).await;
+                let _ = mode.changed().await;
+                continue;
+            }
+            _ => {
+                if listener.is_none() {
+                    listener = Some(bind(addr, 1024).expect("the port is ours again"));
+                }
+            }
+        }
+        let Some(l) = &listener else {
+            if mode.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        tokio::select! {
+            accepted = l.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    let _ = stream.set_nodelay(true);
+                    // Dropped in a crash: reset, not closed. (A zero linger does not block on
+                    // drop, which is what the deprecation warns of.)
+                    #[allow(deprecated)]
+                    let _ = stream.set_linger(Some(Duration::ZERO));
+                    tokio::spawn(connection(name, stream, mode.clone(), posts.clone()));
+                }
+            }
+            changed = mode.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// A listener on `addr` whose backlog is full: further connects hang. Both halves must be kept.
+async fn blackhole(addr: SocketAddr) -> (TcpListener, Vec<TcpStream>) {
+    let hole = bind(addr, 0).expect("the port is ours again");
+    let mut fillers = Vec::new();
+    let connect = || tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr));
+    while let Ok(Ok(filler)) = connect().await {
+        fillers.push(filler);
+    }
+    (hole, fillers)
+}
+
+async fn connection(
+    name: &'static str,
+    stream: TcpStream,
+    mut mode: watch::Receiver<Mode>,
+    posts: Arc<Mutex<HashMap<u64, u32>>>,
+) {
+    let serving = answer_all(name, stream, mode.clone(), posts);
+    let crash = async {
+        let _ = mode.wait_for(|m| *m == Mode::Crash).await;
+    };
+    tokio::select! {
+        _ = serving => {}
+        _ = crash => {}
+    }
+}
+
+async fn answer_all(
+    name: &'static str,
+    stream: TcpStream,
+    mut mode: watch::Receiver<Mode>,
+    posts: Arc<Mutex<HashMap<u64, u32>>>,
+) -> io::Result<()> {
+    let mut stream = BufReader::new(stream);
+    loop {
+        let head = read_head(&mut stream).await?;
+        let mut body = vec![0; head.length];
+        stream.read_exact(&mut body).await?;
+        let now = *mode.borrow_and_update();
+        let status = match now {
+            Mode::Blackhole => {
+                // Stall until healed, then hang up without answering.
+                let _ = mode.wait_for(|m| *m == Mode::Up).await;
+                return Ok(());
+            }
+            Mode::Slow(delay) => {
+                tokio::time::sleep(delay).await;
+                200
+            }
+            Mode::Unavailable => 503,
+            Mode::Up | Mode::Crash => 200,
+        };
+        if status == 200 {
+            if let Some(id) = head.id {
+                *posts.lock().unwrap().entry(id).or_default() += 1;
+            }
+        }
+        let reply = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{name}",
+            name.len()
+        );
+        stream.get_mut().write_all(reply.as_bytes()).await?;
+    }
+}
+
+struct Head {
+    status: u16,
+    length: usize,
+    id: Option<u64>,
+    close: bool,
+}
+
+/// Reads a request or response head: the status of a response, the body length, an `x-id`.
+async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Head> {
+    let mut head = Head {
+        status: 0,
+        length: 0,
+        id: None,
+        close: false,
+    };
+    let mut line = String::new();
+    let mut first = true;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if first {
+            first = false;
+            if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
+                head.status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+            }
+            continue;
+        }
+        if l.is_empty() {
+            return Ok(head);
+        }
+        let (k, v) = l.split_once(':').unwrap_or((l, ""));
+        let v = v.trim();
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => head.length = v.parse().unwrap_or(0),
+            "x-id" => head.id = v.parse().ok(),
+            "connection" => head.close = v.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+}
+
+/// One request as the client saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    /// When it was sent, from the start of the run.
+    pub start: Duration,
+    pub latency: Duration,
+    /// 0 when it failed without a response.
+    pub status: u16,
+    /// Answered by the upstream the load marks (its name is the body).
+    pub marked: bool,
+    pub post: bool,
+}
+
+impl Record {
+    pub fn failed(&self) -> bool {
+        self.status == 0 || self.status >= 500
+    }
+}
+
+/// A keep-alive client connection that sends one request at a time.
+struct Client {
+    proxy: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+    /// The body of the upstream whose answers are marked.
+    mark: &'static [u8],
+}
+
+impl Client {
+    async fn send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
+        // A connection the proxy closed while idle fails before any byte comes back: that
+        // request was not taken, so it is sent again on a new connection, as browsers do.
+        let reused = self.conn.is_some();
+        match self.try_send(post).await {
+            Err(e) if reused && e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.try_send(post).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.proxy).await?;
+            s.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().unwrap();
+        let request = match post {
+            Some(id) => format!(
+                "POST /order HTTP/1.1\r\nhost: bench\r\nx-id: {id}\r\ncontent-length: 2\r\n\r\n{{}}"
+            ),
+            None => "GET /item HTTP/1.1\r\nhost: bench\r\n\r\n".to_owned(),
+        };
+        let result = async {
+            conn.get_mut().write_all(request.as_bytes()).await?;
+            let head = read_head(conn).await?;
+            let mut body = vec![0; head.length];
+            conn.read_exact(&mut body).await?;
+            Ok::<_, io::Error>((head, body))
+        }
+        .await;
+        match result {
+            Ok((head, body)) => {
+                // An error page's framing is the proxy's: start afresh after one.
+                if head.close || head.status >= 500 {
+                    self.conn = None;
+                }
+                Ok((head.status, body == self.mark))
+            }
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// One client's closed loop through `proxy` until `end` after `t0`: one request at a time, one
+/// in eight a POST carrying a fresh id from `ids` (when `posts`). Answers from the upstream
+/// whose body is `mark` are marked.
+pub async fn load(
+    proxy: SocketAddr,
+    t0: Instant,
+    end: Duration,
+    posts: Option<Arc<AtomicU64>>,
+    mark: &'static [u8],
+) -> Vec<Record> {
+    let mut client = Client {
+        proxy,
+        conn: None,
+        mark,
+    };
+    let mut records = Vec::new();
+    let mut n = 0u64;
+    while t0.elapsed() < end {
+        n += 1;
+        let post = posts
+            .as_ref()
+            .filter(|_| n % 8 == 0)
+            .map(|ids| ids.fetch_add(1, Ordering::Relaxed));
+        let start = t0.elapsed();
+        let sent = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(10), client.send(post)).await;
+        let (status, marked) = match result {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                client.conn = None;
+                (0, false)
+            }
+        };
+        records.push(Record {
+            start,
+            latency: sent.elapsed(),
+            status,
+            marked,
+            post: post.is_some(),
+        });
+    }
+    records
+}
+
+/// A proxy process, killed on drop.
+pub struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir.join("release").join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: cargo build --release --example failover_proxy --example bare_proxy",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Starts the release example `name` with `args` (which make it listen on `listen`), and waits
+/// until it listens.
+pub async fn spawn_proxy(name: &str, args: &[&str], listen: SocketAddr) -> Proxy {
+    let child = Command::new(binary(name))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the proxy starts");
+    let proxy = Proxy(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(listen).await.is_err() {
+        assert!(Instant::now() < deadline, "{name} never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy
+}
+
+/// The `q` quantile of `sorted` (seconds).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64) * q) as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// wrk's correction for coordinated omission: `latency`, and the requests its connection did not
+/// send while it waited, at the healthy `interval` (all in seconds).
+pub fn corrected(latency: f64, interval: f64, into: &mut Vec<f64>) {
+    into.push(latency);
+    let mut missing = latency - interval;
+    while interval > 0.0 && missing >= interval {
+        into.push(missing);
+        missing -= interval;
+    }
+}
+
+/// Milliseconds, rounded.
+pub fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
