@@ -89,7 +89,7 @@ impl FailoverCtx {
         self.retry_after = None;
         let started_ejected = !peer.health().is_healthy();
         self.end_in_flight();
-        peer.health().begin_request();
+        peer.health().begin_request_at(now);
         self.in_flight = true;
         self.attempts.push(AttemptRecord {
             peer,

@@ -55,10 +55,17 @@ pub struct PeerHealth {
     connect: Latency,
     /// What an answer typically takes: a plain moving average of the time to the header.
     typical: Latency,
+    /// Requests begun since its last answer, and when the first of them began (ms): a peer that
+    /// answers nothing while requests wait on it is suspected.
+    begun: std::sync::atomic::AtomicU32,
+    waiting_since: std::sync::atomic::AtomicU64,
     /// When it last joined traffic (added to a running set, or re-admitted), for slow start;
     /// 0 when it has served from the start.
     ramp_from: std::sync::atomic::AtomicU64,
 }
+
+/// The shortest wait without an answer that makes a busy peer suspected.
+const SUSPECT_AFTER: Duration = Duration::from_millis(100);
 
 /// An ejection made by [`OutlierDetection::record_failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +86,8 @@ impl Default for PeerHealth {
             latency: Latency::new(),
             connect: Latency::new(),
             typical: Latency::new(),
+            begun: std::sync::atomic::AtomicU32::new(0),
+            waiting_since: std::sync::atomic::AtomicU64::new(0),
             ramp_from: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -94,7 +103,8 @@ pub enum Admission {
     /// Its ejection is over and its single probe slot is free: yes, as the probe. The engine
     /// claims the slot when it sends the request, so only one request probes.
     Probe,
-    /// Ejected, failed its active check, or another request is probing it: no.
+    /// Ejected, failed its active check, suspected of stalling
+    /// ([`PeerHealth::is_suspected`]), or another request is probing it: no.
     Refused,
 }
 
@@ -153,6 +163,9 @@ impl PeerHealth {
         self.latency.observe(us, self.now_ms(), !answered);
         if answered {
             self.typical.observe_mean(us);
+            if self.begun.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+                self.begun.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -232,13 +245,42 @@ impl PeerHealth {
 
     /// Counts a request sent to the peer; [`end_request`](Self::end_request) settles it.
     pub(crate) fn begin_request(&self) {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.begin_request_at(Instant::now());
+    }
+
+    /// [`begin_request`](Self::begin_request) for a request sent at `now`.
+    pub(crate) fn begin_request_at(&self, now: Instant) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_flight.fetch_add(1, Relaxed);
+        if self.begun.fetch_add(1, Relaxed) == 0 {
+            self.waiting_since.store(self.ms_at(now), Relaxed);
+        }
     }
 
     pub(crate) fn end_request(&self) {
-        self.in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.fetch_sub(1, Relaxed) == 1 && self.begun.load(Relaxed) != 0 {
+            // Nothing waits on it any more: nothing to suspect it of.
+            self.begun.store(0, Relaxed);
+        }
+    }
+
+    /// Whether the peer is suspected of stalling: two or more requests were sent to it since
+    /// it last answered, some are still waiting, and the first of them has waited longer than
+    /// 10 times what the peer typically takes to answer, and at least 100 ms. Selectors avoid a
+    /// suspected peer (it does not [admit](Self::admission) requests) before any timeout fires;
+    /// it is not ejected, and its first answer clears it. A peer that keeps answering is never
+    /// suspected, however slow some of its requests are.
+    pub fn is_suspected(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.begun.load(Relaxed) < 2 || self.in_flight() == 0 {
+            return false;
+        }
+        let since = self.waiting_since.load(Relaxed);
+        let limit = self
+            .typical_latency()
+            .map_or(SUSPECT_AFTER, |t| (t * 10).max(SUSPECT_AFTER));
+        self.now_ms().saturating_sub(since) > limit.as_millis() as u64
     }
 
     /// Whether the peer is ejected (its ejection time may be over, waiting for a probe).
@@ -274,7 +316,10 @@ impl PeerHealth {
     /// selector may ask it of every candidate. [`Admission::Probe`] means its ejection is over
     /// and its single probe slot is free; the engine claims the slot when it sends the request.
     pub fn admission(&self) -> Admission {
-        to_admission(self.cell.admissible(|| self.now_ms()))
+        match to_admission(self.cell.admissible(|| self.now_ms())) {
+            Admission::Healthy if self.is_suspected() => Admission::Refused,
+            other => other,
+        }
     }
 
     /// Claims the peer for a request about to be sent: when its ejection is over, the first

@@ -134,8 +134,10 @@ impl<'a> Attempt<'a> {
         self.client
     }
 
-    /// Whether `peer` may take this attempt: not tried by this request, and healthy, or past
-    /// its ejection with its probe slot free (this attempt would be its probe). A pure query.
+    /// Whether `peer` may take this attempt: not tried by this request, and healthy (not
+    /// ejected, passing its checks, not [suspected](crate::PeerHealth::is_suspected) of
+    /// stalling), or past its ejection with its probe slot free (this attempt would be its
+    /// probe). A pure query.
     pub fn admits(&self, peer: &Peer) -> bool {
         !self.has_tried(peer) && peer.health().admission() != Admission::Refused
     }

@@ -1,0 +1,54 @@
+//! In-flight suspicion: a peer that answers nothing while requests wait on it is avoided by new
+//! requests before any timeout fires; its first answer clears it.
+
+mod support;
+
+use std::time::Duration;
+
+use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, StandardPolicy};
+use support::{client, start_proxy, Mode, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let read = Duration::from_secs(5);
+    let peer = |addr: &str| Peer::builder(addr).with_read_timeout(read).build().unwrap();
+    let p = peer(&primary.peer_addr());
+    let list = OrderedList::new(vec![p.clone(), peer(&backup.peer_addr())]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    assert!(!p.health().is_suspected());
+
+    // The primary stops answering; two requests wait on it.
+    primary.set_mode(Mode::Slow(Duration::from_secs(2)));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (http.clone(), proxy.url("/"));
+            tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
+        })
+        .collect();
+    support::eventually("the primary suspected", || p.health().is_suspected()).await;
+    primary.set_mode(Mode::Ok);
+    // New requests go straight to the backup: one attempt each, no timeout waited out.
+    for _ in 0..3 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "backup");
+    }
+    let records = log.wait_for(8).await;
+    for attempts in &records[5..8] {
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+    }
+    // The waiting requests get their (slow) answers from the primary, which clears it.
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), "primary");
+    }
+    assert!(!p.health().is_suspected());
+    let resp = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "primary");
+}
