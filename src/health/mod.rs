@@ -243,12 +243,14 @@ impl PeerHealth {
         self.in_flight.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Counts a request sent to the peer; [`end_request`](Self::end_request) settles it.
+    /// Counts a request sent now (tests; the engine passes the time it read).
+    #[cfg(test)]
     pub(crate) fn begin_request(&self) {
         self.begin_request_at(Instant::now());
     }
 
-    /// [`begin_request`](Self::begin_request) for a request sent at `now`.
+    /// Counts a request sent to the peer at `now`; [`end_request`](Self::end_request) settles
+    /// it.
     pub(crate) fn begin_request_at(&self, now: Instant) {
         use std::sync::atomic::Ordering::Relaxed;
         self.in_flight.fetch_add(1, Relaxed);
