@@ -19,7 +19,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{corrected, free_port, load, ms, quantile, spawn_proxy, Mode, Record, Upstream};
+use common::{
+    corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy, Mode, Record,
+    Upstream,
+};
 
 const CLIENTS: usize = 32;
 const SLOW_AT: Duration = Duration::from_secs(1);
@@ -73,12 +76,7 @@ async fn run(selector: &str) -> Row {
 }
 
 fn analyse(records: &[Record]) -> Row {
-    let before: Vec<&Record> = records
-        .iter()
-        .filter(|r| r.start + r.latency < SLOW_AT)
-        .collect();
-    let interval =
-        before.iter().map(|r| r.latency.as_secs_f64()).sum::<f64>() / before.len().max(1) as f64;
+    let interval = mean_latency_before(records, SLOW_AT);
     let after: Vec<&Record> = records.iter().filter(|r| r.start >= SLOW_AT).collect();
     let share = |upto: Duration| {
         let window: Vec<&&Record> = after.iter().filter(|r| r.start < upto).collect();

@@ -41,7 +41,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    corrected, free_port, load, ms, quantile, spawn_proxy, Mode, Proxy, Record, Upstream,
+    corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy, Mode, Proxy,
+    Record, Upstream,
 };
 
 const CLIENTS: usize = 32;
@@ -127,12 +128,7 @@ struct Row {
 }
 
 fn analyse(records: &[Record], twice: usize) -> Row {
-    let healthy: Vec<&Record> = records
-        .iter()
-        .filter(|r| r.start + r.latency < FAULT_AT)
-        .collect();
-    let interval =
-        healthy.iter().map(|r| r.latency.as_secs_f64()).sum::<f64>() / healthy.len().max(1) as f64;
+    let interval = mean_latency_before(records, FAULT_AT);
     let in_window = |r: &&Record| r.start >= FAULT_AT && r.start < HEAL_AT;
     let mut window: Vec<f64> = Vec::new();
     for r in records.iter().filter(in_window) {

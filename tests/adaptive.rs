@@ -23,8 +23,17 @@ fn peer(addr: &str, read: Duration) -> Peer {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connect_far_past_the_learned_time_is_abandoned_before_the_configured_timeout() {
+/// A primary and a backup with the configured timeouts, the peers in that order, and a proxy
+/// over them with `adaptive`.
+async fn primary_and_backup(
+    adaptive: AdaptiveTimeouts,
+) -> (
+    Upstream,
+    Upstream,
+    Vec<Peer>,
+    support::ProxyServer,
+    support::RequestLog,
+) {
     let primary = Upstream::start("primary", Mode::Ok).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
     let peers = vec![
@@ -32,8 +41,15 @@ async fn a_connect_far_past_the_learned_time_is_abandoned_before_the_configured_
         peer(&backup.peer_addr(), CONFIGURED),
     ];
     let list = OrderedList::new(peers.clone()).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default());
+    let engine =
+        Failover::builder(list, StandardPolicy::default()).with_adaptive_timeouts(adaptive);
     let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    (primary, backup, peers, proxy, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_far_past_the_learned_time_is_abandoned_before_the_configured_timeout() {
+    let (primary, _backup, peers, proxy, log) = primary_and_backup(AdaptiveTimeouts::new()).await;
     let http = client();
     assert_eq!(
         http.get(proxy.url("/"))
@@ -159,18 +175,10 @@ async fn a_peer_serving_some_legitimately_slow_requests_is_never_held_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_stall_cut_a_late_header_is_cut_and_retried_and_a_post_is_not() {
-    let primary = Upstream::start("primary", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let peers = vec![
-        peer(&primary.peer_addr(), CONFIGURED),
-        peer(&backup.peer_addr(), CONFIGURED),
-    ];
-    let list = OrderedList::new(peers.clone()).unwrap();
     let cut = AdaptiveTimeouts::new()
         .with_stall_cut(10.0, Duration::from_millis(50))
         .unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default()).with_adaptive_timeouts(cut);
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (primary, _backup, _peers, proxy, log) = primary_and_backup(cut).await;
     let http = client();
     for _ in 0..20 {
         let resp = http.get(proxy.url("/")).send().await.unwrap();

@@ -21,6 +21,25 @@ async fn get(proxy: &support::ProxyServer, id: usize) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
+/// A proxy over `primary` then `backup` under `rules` and `policy`, reporting to the events.
+async fn start(
+    primary: &Upstream,
+    backup: &Upstream,
+    rules: OutlierDetection,
+    policy: StandardPolicy,
+) -> (support::ProxyServer, support::RequestLog, Events) {
+    let events = Events::default();
+    let list = ordered(
+        &[primary.peer_addr(), backup.peer_addr()],
+        Duration::from_secs(2),
+    );
+    let engine = Failover::builder(list, policy)
+        .with_outlier_detection(rules)
+        .on_health_change(events.observer());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    (proxy, log, events)
+}
+
 fn live_ids(up: &Upstream, range: std::ops::Range<usize>) -> usize {
     let ids = up.ids();
     range
@@ -32,11 +51,6 @@ fn live_ids(up: &Upstream, range: std::ops::Range<usize>) -> usize {
 async fn a_crashed_primary_comes_back_by_a_background_probe_and_no_request_probes_it() {
     let mut primary = Upstream::start("primary", Mode::Ok).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let events = Events::default();
-    let list = ordered(
-        &[primary.peer_addr(), backup.peer_addr()],
-        Duration::from_secs(2),
-    );
     let rules = OutlierDetection::new()
         .with_base_ejection(Duration::from_millis(200))
         .with_recovery_probe(
@@ -45,10 +59,7 @@ async fn a_crashed_primary_comes_back_by_a_background_probe_and_no_request_probe
                 .with_interval(Duration::from_millis(50))
                 .unwrap(),
         );
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_outlier_detection(rules)
-        .on_health_change(events.observer());
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (proxy, log, events) = start(&primary, &backup, rules, StandardPolicy::default()).await;
     assert_eq!(get(&proxy, 0).await, (200, "primary".into()));
 
     primary.stop_and_wait().await;
@@ -89,11 +100,6 @@ async fn a_crashed_primary_comes_back_by_a_background_probe_and_no_request_probe
 async fn a_primary_answering_503_stays_out_until_its_probe_passes() {
     let primary = Upstream::start("primary", Mode::Status(503)).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let events = Events::default();
-    let list = ordered(
-        &[primary.peer_addr(), backup.peer_addr()],
-        Duration::from_secs(2),
-    );
     let rules = OutlierDetection::new()
         .with_base_ejection(Duration::from_millis(100))
         .with_recovery_probe(
@@ -105,10 +111,7 @@ async fn a_primary_answering_503_stays_out_until_its_probe_passes() {
         .with_retry_statuses([503])
         .build()
         .unwrap();
-    let engine = Failover::builder(list, policy)
-        .with_outlier_detection(rules)
-        .on_health_change(events.observer());
-    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (proxy, _log, events) = start(&primary, &backup, rules, policy).await;
     // Five 503s in a row eject it; every GET is answered by the backup.
     for id in 0..5 {
         assert_eq!(get(&proxy, id).await, (200, "backup".into()));
@@ -138,18 +141,10 @@ async fn a_primary_answering_503_stays_out_until_its_probe_passes() {
 async fn without_a_background_probe_a_request_probes_after_the_ejection_time() {
     let mut primary = Upstream::start("primary", Mode::Ok).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let events = Events::default();
-    let list = ordered(
-        &[primary.peer_addr(), backup.peer_addr()],
-        Duration::from_secs(2),
-    );
     let rules = OutlierDetection::new()
         .with_base_ejection(Duration::from_millis(100))
         .without_recovery_probe();
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_outlier_detection(rules)
-        .on_health_change(events.observer());
-    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (proxy, _log, events) = start(&primary, &backup, rules, StandardPolicy::default()).await;
     primary.stop_and_wait().await;
     assert_eq!(get(&proxy, 0).await, (200, "backup".into()));
     primary.restart().await;

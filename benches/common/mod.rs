@@ -385,6 +385,18 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The mean latency (seconds) of the requests that ended before `t`: a closed-loop
+/// connection's interval between requests while all was well.
+pub fn mean_latency_before(records: &[Record], t: Duration) -> f64 {
+    let (sum, n) = records
+        .iter()
+        .filter(|r| r.start + r.latency < t)
+        .fold((0.0, 0usize), |(sum, n), r| {
+            (sum + r.latency.as_secs_f64(), n + 1)
+        });
+    sum / n.max(1) as f64
+}
+
 /// wrk's correction for coordinated omission: `latency`, and the requests its connection did not
 /// send while it waited, at the healthy `interval` (all in seconds).
 pub fn corrected(latency: f64, interval: f64, into: &mut Vec<f64>) {

@@ -64,28 +64,35 @@ impl Latency {
     /// answers).
     pub(crate) fn observe(&self, us: f64, now_ms: u64, peak_only: bool) {
         let us = us.max(1.0);
-        let mut word = self.0.load(Ordering::Relaxed);
-        loop {
-            let next = if word == EMPTY {
-                us
+        self.update(now_ms, |word| {
+            if word == EMPTY {
+                return Some(us);
+            }
+            let (est, at) = unpack(word);
+            let elapsed = ((now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff) as f64;
+            let now_est = decayed(est, at, now_ms);
+            if us >= now_est {
+                Some(us)
+            } else if peak_only {
+                None
             } else {
-                let (est, at) = unpack(word);
-                let elapsed = ((now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff) as f64;
-                let now_est = decayed(est, at, now_ms);
-                if us >= now_est {
-                    us
-                } else if peak_only {
-                    return;
-                } else {
-                    // Blended into the estimate as it stands now: the older it is, the more the
-                    // new sample weighs, and a sample below it never raises it.
-                    let keep = (-elapsed / DECAY_MS).exp();
-                    now_est * keep + us * (1.0 - keep)
-                }
-            };
+                // Blended into the estimate as it stands now: the older it is, the more the new
+                // sample weighs, and a sample below it never raises it.
+                let keep = (-elapsed / DECAY_MS).exp();
+                Some(now_est * keep + us * (1.0 - keep))
+            }
+        });
+    }
+
+    /// Replaces the estimate with what `next` makes of the current word (nothing when it
+    /// returns `None`), stamped `now_ms`: one compare-and-swap, retried if another thread wrote
+    /// in between.
+    fn update(&self, now_ms: u64, next: impl Fn(u64) -> Option<f64>) {
+        let mut word = self.0.load(Ordering::Relaxed);
+        while let Some(est) = next(word) {
             match self.0.compare_exchange_weak(
                 word,
-                pack(next as f32, now_ms),
+                pack(est as f32, now_ms),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
@@ -101,24 +108,13 @@ impl Latency {
     /// what the peer typically takes.
     pub(crate) fn observe_mean(&self, us: f64) {
         let us = us.max(1.0);
-        let mut word = self.0.load(Ordering::Relaxed);
-        loop {
-            let next = if word == EMPTY {
-                us
-            } else {
+        self.update(0, |word| match word {
+            EMPTY => Some(us),
+            _ => {
                 let (est, _) = unpack(word);
-                est + (us - est) * MEAN_WEIGHT
-            };
-            match self.0.compare_exchange_weak(
-                word,
-                pack(next as f32, 0),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(seen) => word = seen,
+                Some(est + (us - est) * MEAN_WEIGHT)
             }
-        }
+        });
     }
 
     /// The plain moving average, in microseconds; `None` before the first sample.

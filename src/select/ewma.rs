@@ -6,9 +6,8 @@ use tokio::time::Instant;
 
 use crate::error::ConfigError;
 use crate::peer::Peer;
-use crate::select::p2c::{self, Rng};
-use crate::select::slow_start::{self, SlowStart};
-use crate::select::{Attempt, PanicThreshold, PeerSelector};
+use crate::select::p2c::TwoChoices;
+use crate::select::{Attempt, PanicThreshold, PeerSelector, SlowStart};
 use crate::set::{PeerSet, Snapshot};
 
 /// Sends each request to the cheaper of two peers drawn at random, where a peer's cost is its
@@ -32,10 +31,7 @@ use crate::set::{PeerSet, Snapshot};
 /// panic mode takes the best untried peer, and selection takes no lock and allocates nothing.
 #[derive(Debug)]
 pub struct PeakEwma {
-    set: PeerSet,
-    rng: Rng,
-    panic: PanicThreshold,
-    slow_start: Option<SlowStart>,
+    inner: TwoChoices,
 }
 
 impl PeakEwma {
@@ -51,16 +47,13 @@ impl PeakEwma {
     /// Peak EWMA over `set`, following its changes.
     pub fn from_set(set: PeerSet) -> Self {
         Self {
-            set,
-            rng: Rng::new(),
-            panic: PanicThreshold::NEVER,
-            slow_start: None,
+            inner: TwoChoices::new(set),
         }
     }
 
     /// Seeds the random draws, for reproducible runs.
     pub fn with_seed(self, seed: u64) -> Self {
-        self.rng.seed(seed);
+        self.inner.seed(seed);
         self
     }
 
@@ -70,24 +63,24 @@ impl PeakEwma {
     ///
     /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
     pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
-        self.panic = PanicThreshold::new(share)?;
+        self.inner.panic = PanicThreshold::new(share)?;
         Ok(self)
     }
 
     /// Ramps up the weight of a peer that joins traffic ([`SlowStart`]).
     pub fn with_slow_start(mut self, slow_start: SlowStart) -> Self {
-        self.slow_start = Some(slow_start);
+        self.inner.slow_start = Some(slow_start);
         self
     }
 
     /// The peers now.
     pub fn peers(&self) -> Arc<Snapshot> {
-        self.set.peers()
+        self.inner.set.peers()
     }
 
     /// The set it chooses from.
     pub fn set(&self) -> &PeerSet {
-        &self.set
+        &self.inner.set
     }
 
     /// The costs of `a` and `b` compared now.
@@ -103,22 +96,18 @@ impl PeakEwma {
     }
 
     fn cost(&self, p: &Peer, latency_us: f64) -> f64 {
-        let weight = f64::from(p.weight()) * slow_start::factor(self.slow_start.as_ref(), p);
         // A latency of zero (an estimate long decayed) would make load count for nothing.
-        latency_us.max(1.0) * f64::from(p.health().in_flight() + 1) / weight
+        latency_us.max(1.0) * f64::from(p.health().in_flight() + 1) / self.inner.weight(p)
     }
 }
 
 impl PeerSelector for PeakEwma {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let snapshot = self.set.snapshot();
-        let peers = snapshot.peers();
-        let panic = self.panic.reached(peers);
-        p2c::choose(peers, attempt, panic, &self.rng, |a, b| self.costs(a, b)).cloned()
+        self.inner.select(attempt, |a, b| self.costs(a, b))
     }
 
     fn peer_set(&self) -> Option<&PeerSet> {
-        Some(&self.set)
+        Some(&self.inner.set)
     }
 }
 

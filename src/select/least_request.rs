@@ -4,9 +4,8 @@ use std::sync::Arc;
 
 use crate::error::ConfigError;
 use crate::peer::Peer;
-use crate::select::p2c::{self, Rng};
-use crate::select::slow_start::{self, SlowStart};
-use crate::select::{Attempt, PanicThreshold, PeerSelector};
+use crate::select::p2c::TwoChoices;
+use crate::select::{Attempt, PanicThreshold, PeerSelector, SlowStart};
 use crate::set::{PeerSet, Snapshot};
 
 /// Sends each request to the less loaded of two peers drawn at random: the power of two choices
@@ -26,10 +25,7 @@ use crate::set::{PeerSet, Snapshot};
 /// ([`with_seed`](Self::with_seed)); selection takes no lock and allocates nothing.
 #[derive(Debug)]
 pub struct LeastRequest {
-    set: PeerSet,
-    rng: Rng,
-    panic: PanicThreshold,
-    slow_start: Option<SlowStart>,
+    inner: TwoChoices,
 }
 
 impl LeastRequest {
@@ -45,16 +41,13 @@ impl LeastRequest {
     /// Least-request over `set`, following its changes.
     pub fn from_set(set: PeerSet) -> Self {
         Self {
-            set,
-            rng: Rng::new(),
-            panic: PanicThreshold::NEVER,
-            slow_start: None,
+            inner: TwoChoices::new(set),
         }
     }
 
     /// Seeds the random draws, for reproducible runs.
     pub fn with_seed(self, seed: u64) -> Self {
-        self.rng.seed(seed);
+        self.inner.seed(seed);
         self
     }
 
@@ -64,45 +57,39 @@ impl LeastRequest {
     ///
     /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
     pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
-        self.panic = PanicThreshold::new(share)?;
+        self.inner.panic = PanicThreshold::new(share)?;
         Ok(self)
     }
 
     /// Ramps up the weight of a peer that joins traffic ([`SlowStart`]).
     pub fn with_slow_start(mut self, slow_start: SlowStart) -> Self {
-        self.slow_start = Some(slow_start);
+        self.inner.slow_start = Some(slow_start);
         self
     }
 
     /// The peers now.
     pub fn peers(&self) -> Arc<Snapshot> {
-        self.set.peers()
+        self.inner.set.peers()
     }
 
     /// The set it chooses from.
     pub fn set(&self) -> &PeerSet {
-        &self.set
+        &self.inner.set
     }
 
     fn cost(&self, p: &Peer) -> f64 {
-        let weight = f64::from(p.weight()) * slow_start::factor(self.slow_start.as_ref(), p);
-        f64::from(p.health().in_flight() + 1) / weight
+        f64::from(p.health().in_flight() + 1) / self.inner.weight(p)
     }
 }
 
 impl PeerSelector for LeastRequest {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let snapshot = self.set.snapshot();
-        let peers = snapshot.peers();
-        let panic = self.panic.reached(peers);
-        p2c::choose(peers, attempt, panic, &self.rng, |a, b| {
-            (self.cost(a), self.cost(b))
-        })
-        .cloned()
+        self.inner
+            .select(attempt, |a, b| (self.cost(a), self.cost(b)))
     }
 
     fn peer_set(&self) -> Option<&PeerSet> {
-        Some(&self.set)
+        Some(&self.inner.set)
     }
 }
 

@@ -4,7 +4,51 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::peer::Peer;
-use crate::select::Attempt;
+use crate::select::slow_start::{self, SlowStart};
+use crate::select::{Attempt, PanicThreshold};
+use crate::set::PeerSet;
+
+/// What the power-of-two-choices selectors share: their set, their random draws, panic mode and
+/// slow start. Each brings its own cost.
+#[derive(Debug)]
+pub(crate) struct TwoChoices {
+    pub(crate) set: PeerSet,
+    rng: Rng,
+    pub(crate) panic: PanicThreshold,
+    pub(crate) slow_start: Option<SlowStart>,
+}
+
+impl TwoChoices {
+    pub(crate) fn new(set: PeerSet) -> Self {
+        Self {
+            set,
+            rng: Rng::new(),
+            panic: PanicThreshold::NEVER,
+            slow_start: None,
+        }
+    }
+
+    pub(crate) fn seed(&self, seed: u64) {
+        self.rng.seed(seed);
+    }
+
+    /// `p`'s weight now: slow start ramps it.
+    pub(crate) fn weight(&self, p: &Peer) -> f64 {
+        f64::from(p.weight()) * slow_start::factor(self.slow_start.as_ref(), p)
+    }
+
+    /// The cheaper by `cost` of two peers of the set drawn for `attempt`.
+    pub(crate) fn select(
+        &self,
+        attempt: &Attempt<'_>,
+        cost: impl Fn(&Peer, &Peer) -> (f64, f64),
+    ) -> Option<Peer> {
+        let snapshot = self.set.snapshot();
+        let peers = snapshot.peers();
+        let panic = self.panic.reached(peers);
+        choose(peers, attempt, panic, &self.rng, cost).cloned()
+    }
+}
 
 /// Random numbers for selection: splitmix64 over a shared counter. Lock-free, and racing threads
 /// each get a different number.
@@ -51,7 +95,7 @@ fn first_from<'p>(
 /// Of two peers drawn at random, the one of lower `cost`. Each draw starts at a random peer and
 /// takes the first from there that the attempt admits, so ejected and already-tried peers are
 /// skipped; when none is admitted, the best untried peer (panic mode).
-pub(crate) fn choose<'p>(
+fn choose<'p>(
     peers: &'p [Peer],
     attempt: &Attempt<'_>,
     panic: bool,
