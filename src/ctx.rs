@@ -98,14 +98,16 @@ impl FailoverCtx {
             outcome: Outcome::Pending,
             probe,
             started_ejected,
-            cut: false,
+            cut: crate::proxy::Cut::default(),
+            waiting: true,
         });
     }
 
     /// The current attempt no longer loads its peer.
     pub(crate) fn end_in_flight(&mut self) {
         if std::mem::take(&mut self.in_flight) {
-            if let Some(rec) = self.attempts.last() {
+            if let Some(rec) = self.attempts.last_mut() {
+                rec.stop_waiting();
                 rec.peer.health().end_request();
             }
         }
@@ -127,11 +129,13 @@ pub struct AttemptRecord {
     /// The peer was held out by health when the attempt started (panic mode, or a retry that
     /// returned to it).
     pub(crate) started_ejected: bool,
-    /// Its read timeout was lowered below the configured one ([`AdaptiveTimeouts`]): a header
+    /// Which of its timeouts were lowered below the configured ones ([`AdaptiveTimeouts`]): a
     /// timeout is then the engine's cut, not a measure of the peer.
     ///
     /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
-    pub(crate) cut: bool,
+    pub(crate) cut: crate::proxy::Cut,
+    /// It counts among its peer's requests waiting for a header.
+    waiting: bool,
 }
 
 impl AttemptRecord {
@@ -144,7 +148,8 @@ impl AttemptRecord {
             outcome: Outcome::Pending,
             probe: false,
             started_ejected: false,
-            cut: false,
+            cut: crate::proxy::Cut::default(),
+            waiting: false,
         }
     }
 
@@ -178,12 +183,15 @@ impl AttemptRecord {
     /// side teaches nothing.
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         let waited = matches!(self.outcome, Outcome::Pending);
-        let took = self.started.elapsed();
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.started);
         self.duration = Some(took);
         self.outcome = outcome;
+        self.stop_waiting();
+        let health = self.peer.health();
         match outcome {
             _ if !waited => {}
-            Outcome::Responded { .. } => self.peer.health().learn_latency(took, true),
+            Outcome::Responded { .. } => health.learn_latency(took, true, now),
             Outcome::Failed {
                 kind: FailureKind::Downstream,
                 ..
@@ -191,8 +199,20 @@ impl AttemptRecord {
             Outcome::Failed {
                 kind: FailureKind::HeaderTimeout,
                 ..
-            } if self.cut => {}
-            _ => self.peer.health().learn_latency(took, false),
+            } if self.cut.header => {}
+            // An abandoned connect teaches the connect time it was given, and nothing else.
+            Outcome::Failed {
+                kind: FailureKind::ConnectTimeout,
+                ..
+            } if self.cut.connect => health.learn_connect(took),
+            _ => health.learn_latency(took, false, now),
+        }
+    }
+
+    /// The attempt no longer waits for its header (once).
+    fn stop_waiting(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.peer.health().header_done();
         }
     }
 

@@ -122,6 +122,42 @@ async fn the_last_attempt_keeps_the_configured_connect_timeout() {
     assert!(took >= configured, "cut after {took:?} on the only attempt");
 }
 
+/// A cut where no retry could follow would turn a slow connect into an error: a policy that does
+/// not retry connect timeouts gets the configured timeout on every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_connect_is_cut_when_the_policy_would_not_retry_it() {
+    let up = Upstream::start("only", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let configured = Duration::from_millis(400);
+    let only = Peer::builder(up.peer_addr())
+        .with_connect_timeout(configured)
+        .build()
+        .unwrap();
+    let list =
+        OrderedList::new(vec![only.clone(), Peer::new(&backup.peer_addr()).unwrap()]).unwrap();
+    let policy = StandardPolicy::builder()
+        .without_retry_on(FailureKind::ConnectTimeout)
+        .build()
+        .unwrap();
+    let engine = Failover::builder(list, policy);
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    assert_eq!(
+        client().get(proxy.url("/")).send().await.unwrap().status(),
+        200
+    );
+    assert!(only.health().connect_time().is_some());
+    up.stop_and_wait().await;
+    let _hole = Blackhole::on(up.addr).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 504, "not retried, as the policy says");
+    let records = log.wait_for(2).await;
+    let took = records[1][0].duration().unwrap();
+    assert!(
+        took >= configured,
+        "cut after {took:?} with no retry to follow"
+    );
+}
+
 /// 5 % of requests take 2 s (a report, an export), the rest answer at once; the read timeout is
 /// 5 s. The peer keeps completing requests, so it is never held out, and every slow request
 /// gets its answer from it.

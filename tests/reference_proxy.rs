@@ -253,6 +253,10 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
             "recovery probe interval must be greater than zero",
         ),
         (
+            "peers = [\"127.0.0.1:1\"]\n[health]\nrecovery_probe = \"off\"\nprobe_interval_ms = 100\n",
+            "probe_interval_ms",
+        ),
+        (
             "peers = [\"127.0.0.1:1\"]\nselector = \"ewma\"\nslow_start_ms = 0\n",
             "slow start window must be greater than zero",
         ),

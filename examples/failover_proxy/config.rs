@@ -324,6 +324,13 @@ impl Config {
         }
         b = b.with_adaptive_timeouts(adaptive);
         let h = &self.health;
+        let probing_off = h.eject == Some(false) || h.recovery_probe.as_deref() == Some("off");
+        if probing_off && h.probe_interval_ms.is_some() {
+            return Err(value(
+                "probe_interval_ms",
+                "there is no background probe to space out (eject = false or recovery_probe = \"off\")",
+            ));
+        }
         b = if h.eject == Some(false) {
             b.without_outlier_detection()
         } else {

@@ -37,10 +37,20 @@ fn unpack(word: u64) -> (f64, u64) {
     )
 }
 
+/// Milliseconds from `at` to `now_ms` on the 32-bit wrapping clock; 0 when `at` is later (a
+/// racing thread stamped a later millisecond than this one read).
+fn since(at: u64, now_ms: u64) -> f64 {
+    let elapsed = (now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff;
+    if elapsed >= 1 << 31 {
+        0.0
+    } else {
+        elapsed as f64
+    }
+}
+
 /// The estimate `est` from `at`, decayed to `now` (both ms, 32-bit wrapping).
 fn decayed(est: f64, at: u64, now_ms: u64) -> f64 {
-    let elapsed = (now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff;
-    est * (-(elapsed as f64) / DECAY_MS).exp()
+    est * (-since(at, now_ms) / DECAY_MS).exp()
 }
 
 impl Latency {
@@ -69,7 +79,7 @@ impl Latency {
                 return Some(us);
             }
             let (est, at) = unpack(word);
-            let elapsed = ((now_ms & 0xffff_ffff).wrapping_sub(at) & 0xffff_ffff) as f64;
+            let elapsed = since(at, now_ms);
             let now_est = decayed(est, at, now_ms);
             if us >= now_est {
                 Some(us)
@@ -85,14 +95,19 @@ impl Latency {
     }
 
     /// Replaces the estimate with what `next` makes of the current word (nothing when it
-    /// returns `None`), stamped `now_ms`: one compare-and-swap, retried if another thread wrote
-    /// in between.
+    /// returns `None`), stamped `now_ms` (or the word's own stamp, if a racing thread left a
+    /// later one): one compare-and-swap, retried if another thread wrote in between.
     fn update(&self, now_ms: u64, next: impl Fn(u64) -> Option<f64>) {
         let mut word = self.0.load(Ordering::Relaxed);
         while let Some(est) = next(word) {
+            let stamp = match word {
+                EMPTY => now_ms,
+                _ if since(word & 0xffff_ffff, now_ms) == 0.0 => word & 0xffff_ffff,
+                _ => now_ms,
+            };
             match self.0.compare_exchange_weak(
                 word,
-                pack(est as f32, now_ms),
+                pack(est as f32, stamp),
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {

@@ -8,8 +8,10 @@
 //!   is unambiguous);
 //! - a success resets the counts;
 //! - the ejection lasts `base * k` for the `k`-th ejection in a row, up to a cap;
-//! - when it ends, a single request probes the peer (half-open) while the others keep going to
-//!   healthy peers; success re-admits it, failure ejects it again, for longer;
+//! - when it ends, the peer is probed in the background until a probe passes, which re-admits
+//!   it ([`RecoveryProbe`]); without a background probe, a single request probes it (half-open)
+//!   while the others keep going to healthy peers, and a failed probe ejects it again, for
+//!   longer; a peer ejected again soon after its re-admission is flapping and is kept out longer;
 //! - an ejected peer is still tried when no other candidate is left (panic mode): a selector
 //!   never refuses a request while some peer might serve it.
 
@@ -18,6 +20,7 @@ mod active;
 mod latency;
 pub(crate) mod recovery;
 pub(crate) mod state;
+mod waiting;
 
 #[cfg(feature = "active-health")]
 pub use active::ActiveHealthCheck;
@@ -34,6 +37,7 @@ use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
 use latency::Latency;
 use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
+use waiting::Waiting;
 
 /// The health of one peer, shared by every request. Lock-free.
 ///
@@ -55,10 +59,9 @@ pub struct PeerHealth {
     connect: Latency,
     /// What an answer typically takes: a plain moving average of the time to the header.
     typical: Latency,
-    /// Requests begun since its last answer, and when the first of them began (ms): a peer that
-    /// answers nothing while requests wait on it is suspected.
-    begun: std::sync::atomic::AtomicU32,
-    waiting_since: std::sync::atomic::AtomicU64,
+    /// Requests waiting for their header, and when it last answered: a peer that answers
+    /// nothing while requests wait on it is suspected.
+    waiting: Waiting,
     /// When it last joined traffic (added to a running set, or re-admitted), for slow start;
     /// 0 when it has served from the start.
     ramp_from: std::sync::atomic::AtomicU64,
@@ -86,8 +89,7 @@ impl Default for PeerHealth {
             latency: Latency::new(),
             connect: Latency::new(),
             typical: Latency::new(),
-            begun: std::sync::atomic::AtomicU32::new(0),
-            waiting_since: std::sync::atomic::AtomicU64::new(0),
+            waiting: Waiting::default(),
             ramp_from: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -153,19 +155,18 @@ impl PeerHealth {
     /// Teaches [`latency`](Self::latency) an answer that took `took`, ending now. The engine
     /// does this for every response header; call it to feed latency measured elsewhere.
     pub fn record_latency(&self, took: Duration) {
-        self.learn_latency(took, true);
+        self.learn_latency(took, true, Instant::now());
     }
 
-    /// Learns from an attempt that took `took`, ending now: answered, or failed, when only a
-    /// wait longer than the estimate is learned.
-    pub(crate) fn learn_latency(&self, took: Duration, answered: bool) {
+    /// Learns from an attempt that took `took`, ending at `now`: answered, or failed, when only
+    /// a wait longer than the estimate is learned.
+    pub(crate) fn learn_latency(&self, took: Duration, answered: bool, now: Instant) {
         let us = took.as_secs_f64() * 1e6;
-        self.latency.observe(us, self.now_ms(), !answered);
+        let now_ms = self.ms_at(now);
+        self.latency.observe(us, now_ms, !answered);
         if answered {
             self.typical.observe_mean(us);
-            if self.begun.load(std::sync::atomic::Ordering::Relaxed) != 0 {
-                self.begun.store(0, std::sync::atomic::Ordering::Relaxed);
-            }
+            self.waiting.answered(now_ms);
         }
     }
 
@@ -182,14 +183,14 @@ impl PeerHealth {
     /// not counted). `None` until the first.
     pub fn connect_time(&self) -> Option<Duration> {
         self.connect
-            .estimate_us(self.now_ms())
+            .mean_us()
             .map(|us| Duration::from_nanos((us * 1_000.0) as u64))
     }
 
-    /// Learns a new connection that took `took`, ending now.
+    /// Learns a connect that took `took` (one that was abandoned counts with the time it was
+    /// given).
     pub(crate) fn learn_connect(&self, took: Duration) {
-        self.connect
-            .observe(took.as_secs_f64() * 1e6, self.now_ms(), false);
+        self.connect.observe_mean(took.as_secs_f64() * 1e6);
     }
 
     /// When the peer last joined traffic, in [`now_ms`](Self::now_ms) time; `None` when it has
@@ -249,40 +250,40 @@ impl PeerHealth {
         self.begin_request_at(Instant::now());
     }
 
-    /// Counts a request sent to the peer at `now`; [`end_request`](Self::end_request) settles
-    /// it.
+    /// Counts a request sent to the peer at `now`, waiting for its header;
+    /// [`header_done`](Self::header_done) and [`end_request`](Self::end_request) settle it.
     pub(crate) fn begin_request_at(&self, now: Instant) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.in_flight.fetch_add(1, Relaxed);
-        if self.begun.fetch_add(1, Relaxed) == 0 {
-            self.waiting_since.store(self.ms_at(now), Relaxed);
-        }
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.waiting.start(self.ms_at(now));
+    }
+
+    /// The request no longer waits for its header: it came, or the attempt ended without it.
+    pub(crate) fn header_done(&self) {
+        self.waiting.stop();
     }
 
     pub(crate) fn end_request(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.in_flight.fetch_sub(1, Relaxed) == 1 && self.begun.load(Relaxed) != 0 {
-            // Nothing waits on it any more: nothing to suspect it of.
-            self.begun.store(0, Relaxed);
-        }
+        self.in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether the peer is suspected of stalling: two or more requests were sent to it since
-    /// it last answered, some are still waiting, and the first of them has waited longer than
-    /// 10 times what the peer typically takes to answer, and at least 100 ms. Selectors avoid a
-    /// suspected peer (it does not [admit](Self::admission) requests) before any timeout fires;
-    /// it is not ejected, and its first answer clears it. A peer that keeps answering is never
-    /// suspected, however slow some of its requests are.
+    /// Whether the peer is suspected of stalling: two or more requests wait on it for their
+    /// headers, and it has answered nothing for longer than 10 times what it typically takes to
+    /// answer, and at least 100 ms (counted from when they began waiting, or from its last
+    /// answer if later). Selectors avoid a suspected peer (it does not
+    /// [admit](Self::admission) requests) before any timeout fires; it is not ejected, and its
+    /// next answer, or the waiting requests ending, clears it. A peer that keeps answering is
+    /// never suspected, however slow some of its requests are, and a request whose header came
+    /// (a long stream) is not waiting.
     pub fn is_suspected(&self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.begun.load(Relaxed) < 2 || self.in_flight() == 0 {
+        let Some(stalled) = self.waiting.stalled_for(|| self.now_ms()) else {
             return false;
-        }
-        let since = self.waiting_since.load(Relaxed);
+        };
         let limit = self
             .typical_latency()
             .map_or(SUSPECT_AFTER, |t| (t * 10).max(SUSPECT_AFTER));
-        self.now_ms().saturating_sub(since) > limit.as_millis() as u64
+        stalled > limit.as_millis() as u64
     }
 
     /// Whether the peer is ejected (its ejection time may be over, waiting for a probe).
@@ -379,9 +380,20 @@ impl PeerHealth {
         rules: &OutlierDetection,
         tally: &dyn Tally,
     ) -> Option<Ejection> {
+        self.record_failure_as(kind.is_connect(), rules, tally)
+    }
+
+    /// Records a failure, as a connect failure (`connect`: nothing was sent, and its own
+    /// threshold applies) or as any other.
+    pub(crate) fn record_failure_as(
+        &self,
+        connect: bool,
+        rules: &OutlierDetection,
+        tally: &dyn Tally,
+    ) -> Option<Ejection> {
         let thresholds = rules.thresholds();
         self.cell
-            .record_failure(self.now_ms(), kind.is_connect(), &thresholds, tally)
+            .record_failure(self.now_ms(), connect, &thresholds, tally)
             .map(|e| Ejection {
                 time: Duration::from_millis(e.ms),
                 repeat: e.repeat,
@@ -510,6 +522,12 @@ impl OutlierDetection {
     /// The background probe, when there is one.
     pub(crate) fn recovery(&self) -> Option<&RecoveryProbe> {
         self.recovery.as_ref()
+    }
+
+    /// The longest ejection; also how long background probes may fail before a request probes
+    /// the peer instead.
+    pub(crate) fn max_ejection(&self) -> Duration {
+        self.max_ejection
     }
 
     /// Records a failure of `kind` against `peer` under these rules; the ejection when it

@@ -171,7 +171,15 @@ pub(crate) trait Reports: Tally + Send + Sync + 'static {
 
 /// Starts probing `peer` in the background unless a prober already owns it. Without a tokio
 /// runtime to run on, nothing starts, and the peer is probed by a request as without a prober.
-pub(crate) fn start(peer: &Peer, probe: &RecoveryProbe, reports: &Arc<impl Reports>) {
+/// A prober whose probes have failed for `give_up` hands the peer back to request probes: a
+/// probe that fails by design (a health path the peer does not serve) must not keep a working
+/// peer out for good.
+pub(crate) fn start(
+    peer: &Peer,
+    probe: &RecoveryProbe,
+    give_up: Duration,
+    reports: &Arc<impl Reports>,
+) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
@@ -181,7 +189,11 @@ pub(crate) fn start(peer: &Peer, probe: &RecoveryProbe, reports: &Arc<impl Repor
     let (peer, probe, reports) = (peer.clone(), probe.clone(), reports.clone());
     runtime.spawn(async move {
         loop {
-            run(&peer, &probe, &*reports).await;
+            if !run(&peer, &probe, give_up, &*reports).await {
+                // Gave up: requests probe it from now on.
+                peer.health().release_background();
+                return;
+            }
             peer.health().release_background();
             // An ejection that came as this prober was leaving found it still in charge: take it.
             if peer.is_orphan() || !peer.health().is_ejected() || !peer.health().take_background() {
@@ -191,13 +203,20 @@ pub(crate) fn start(peer: &Peer, probe: &RecoveryProbe, reports: &Arc<impl Repor
     });
 }
 
-/// Probes `peer` until it is re-admitted, is no longer ejected, or has left every set.
-async fn run(peer: &Peer, probe: &RecoveryProbe, reports: &impl Reports) {
+/// Probes `peer` until it is re-admitted, is no longer ejected, or has left every set; `false`
+/// when its probes kept failing for `give_up`.
+async fn run(
+    peer: &Peer,
+    probe: &RecoveryProbe,
+    give_up: Duration,
+    reports: &impl Reports,
+) -> bool {
     let mut announced = false;
+    let mut probing_since = None;
     loop {
         let health = peer.health();
         if !health.is_ejected() || peer.is_orphan() {
-            return;
+            return true;
         }
         let wait = health.ejection_left_ms();
         if wait > 0 {
@@ -213,11 +232,15 @@ async fn run(peer: &Peer, probe: &RecoveryProbe, reports: &impl Reports) {
             reports.probing(peer);
             announced = true;
         }
+        let since = *probing_since.get_or_insert_with(tokio::time::Instant::now);
         if probe.passes(peer).await {
             if health.record_success_counted(true, reports) {
                 reports.readmitted(peer);
             }
-            return;
+            return true;
+        }
+        if since.elapsed() >= give_up {
+            return false;
         }
         tokio::time::sleep(probe.interval).await;
     }

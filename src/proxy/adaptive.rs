@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 
+use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
 
@@ -33,6 +34,13 @@ use crate::peer::Peer;
 /// - connect: abandoned after 10 times the learned connect time, at least 50 ms (a SYN lost on
 ///   a LAN is resent after 1 s: a connect that slow goes to the next peer instead)
 /// - stall cut: off
+///
+/// Neither cut is made where no retry could follow it: on the last attempt a request is
+/// allowed, when the retry budget is spent, when the deadline leaves less than the configured
+/// timeout, when the policy would not retry that failure, and, for the stall cut, for a
+/// non-idempotent request or a body too large (or of unknown size) to be replayed. An abandoned
+/// connect counts against its peer as any failure does, not as a connect failure (one of which
+/// ejects): the peer may only be slower than it was.
 #[derive(Debug, Clone, Copy)]
 pub struct AdaptiveTimeouts {
     connect: Option<Bound>,
@@ -47,11 +55,11 @@ struct Bound {
 
 impl Bound {
     fn new(factor: f64, floor: Duration) -> Result<Self, ConfigError> {
-        if !(factor.is_finite() && factor >= 1.0) {
+        if !(1.0..=1000.0).contains(&factor) {
             return Err(ConfigError::OutOfRange {
                 what: "adaptive timeout factor",
                 value: factor.to_string(),
-                range: "1.0 or more",
+                range: "1.0..=1000.0",
             });
         }
         check_timeout("adaptive timeout floor", floor, Duration::from_secs(3600))?;
@@ -60,7 +68,10 @@ impl Bound {
 
     /// The timeout for a peer that has shown `learned`, under the `configured` one.
     fn limit(&self, learned: Duration, configured: Duration) -> Duration {
-        learned.mul_f64(self.factor).max(self.floor).min(configured)
+        Duration::try_from_secs_f64(learned.as_secs_f64() * self.factor)
+            .unwrap_or(configured)
+            .max(self.floor)
+            .min(configured)
     }
 }
 
@@ -112,19 +123,27 @@ impl AdaptiveTimeouts {
         Ok(self)
     }
 
-    /// Lowers `target`'s timeouts for an attempt to `peer` that is not the request's last;
-    /// `true` when the read timeout was lowered (the attempt may be cut).
-    pub(crate) fn apply(&self, peer: &Peer, target: &mut HttpPeer, idempotent: bool) -> bool {
+    /// Lowers `target`'s timeouts for an attempt to `peer`, where `retry_after` says that a
+    /// failure of that kind, cutting that configured timeout short, would be retried (a cut
+    /// where no retry can follow would turn a slow answer into an error); which were lowered.
+    pub(crate) fn apply(
+        &self,
+        peer: &Peer,
+        target: &mut HttpPeer,
+        retry_after: impl Fn(FailureKind, Duration) -> bool,
+    ) -> Cut {
+        let mut cut = Cut::default();
         let options = &mut target.options;
         if let (Some(bound), Some(configured), Some(learned)) = (
             self.connect,
             options.connection_timeout,
             peer.health().connect_time(),
         ) {
-            options.connection_timeout = Some(bound.limit(learned, configured));
-        }
-        if !idempotent {
-            return false;
+            let limit = bound.limit(learned, configured);
+            if limit < configured && retry_after(FailureKind::ConnectTimeout, configured) {
+                options.connection_timeout = Some(limit);
+                cut.connect = true;
+            }
         }
         if let (Some(bound), Some(configured), Some(learned)) = (
             self.header,
@@ -132,9 +151,18 @@ impl AdaptiveTimeouts {
             peer.health().typical_latency(),
         ) {
             let limit = bound.limit(learned, configured);
-            options.read_timeout = Some(limit);
-            return limit < configured;
+            if limit < configured && retry_after(FailureKind::HeaderTimeout, configured) {
+                options.read_timeout = Some(limit);
+                cut.header = true;
+            }
         }
-        false
+        cut
     }
+}
+
+/// Which of an attempt's timeouts [`AdaptiveTimeouts`] lowered.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Cut {
+    pub(crate) connect: bool,
+    pub(crate) header: bool,
 }

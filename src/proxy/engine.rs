@@ -14,7 +14,7 @@ use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict}
 use crate::error::{check_timeout, ConfigError};
 use crate::health::{Admission, HealthEvent, HealthState, OutlierDetection};
 use crate::peer::Peer;
-use crate::proxy::adaptive::AdaptiveTimeouts;
+use crate::proxy::adaptive::{AdaptiveTimeouts, Cut};
 use crate::proxy::signals::Signals;
 use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
@@ -22,6 +22,8 @@ use crate::select::{Attempt, PeerSelector};
 /// How many times a selection is made when the half-open peers it returns lose their probe slot
 /// to other requests, before the last one is sent as it is.
 const CLAIM_ROUNDS: usize = 3;
+/// The request body pingora keeps to replay on a retry (its `BODY_BUF_LIMIT`).
+const REPLAY_LIMIT: usize = 64 * 1024;
 /// Longest overall deadline accepted.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// The longest `Retry-After` honoured by default when a retry returns to a peer already tried.
@@ -170,14 +172,13 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             paid.spend();
         }
         let mut http_peer = Box::new(next.peer.http_peer().clone());
-        // The last attempt a request is allowed gets the configured timeouts in full.
-        let last = ctx.attempts().len() as u32 + 1 >= self.policy.max_attempts();
         let cut = match &self.adaptive {
-            Some(adaptive) if !last => {
-                let idempotent = session.req_header().method.is_idempotent();
-                adaptive.apply(&next.peer, &mut http_peer, idempotent)
+            Some(adaptive) => {
+                let retry_after =
+                    |kind, configured| self.retry_after(session, ctx, &next.peer, kind, configured);
+                adaptive.apply(&next.peer, &mut http_peer, retry_after)
             }
-            _ => false,
+            None => Cut::default(),
         };
         ctx.start_attempt(next.peer, next.probe);
         if let Some(rec) = ctx.current_mut() {
@@ -515,7 +516,41 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         lost.map(|peer| (peer, false))
     }
 
-    /// Counts a failure of the current attempt against its peer's health.
+    /// Whether a failure of `kind` of the attempt about to go to `peer`, cutting its
+    /// `configured` timeout short, would be retried: never on the last attempt, with the budget
+    /// spent, with less than `configured` left before the deadline, when the policy would not,
+    /// or, once the request was sent, for a request that cannot be replayed.
+    fn retry_after(
+        &self,
+        session: &Session,
+        ctx: &FailoverCtx,
+        peer: &Peer,
+        kind: FailureKind,
+        configured: Duration,
+    ) -> bool {
+        let attempt = ctx.attempts().len() as u32 + 1;
+        let request = session.req_header();
+        let replayable = !kind.is_connect() && {
+            let length = request
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let chunked = request.headers.contains_key("transfer-encoding");
+            request.method.is_idempotent() && !chunked && length.unwrap_or(0) <= REPLAY_LIMIT
+        };
+        attempt < self.policy.max_attempts()
+            && (kind.is_connect() || replayable)
+            && self.time_left(ctx).is_none_or(|left| left > configured)
+            && self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
+            && self
+                .policy
+                .decide(&Failure::new(kind, attempt, request, peer))
+                == RetryDecision::Retry
+    }
+
+    /// Counts a failure of the current attempt against its peer's health. An abandoned connect
+    /// ([`AdaptiveTimeouts`]) counts as any failure, not as a connect failure: the peer may
+    /// only be slower than it was.
     fn record_health(&self, ctx: &FailoverCtx, kind: FailureKind) {
         let (Some(rules), Some(rec)) = (&self.outliers, ctx.attempts().last()) else {
             return;
@@ -524,13 +559,16 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return;
         }
         let peer = rec.peer();
+        let connect =
+            kind.is_connect() && !(kind == FailureKind::ConnectTimeout && rec.cut.connect);
         if let Some(ejection) = peer
             .health()
-            .record_failure_counted(kind, rules, &*self.signals)
+            .record_failure_as(connect, rules, &*self.signals)
         {
             self.signals.ejected(peer, ejection, kind);
             if let Some(probe) = rules.recovery() {
-                crate::health::recovery::start(peer, probe, &self.signals);
+                let give_up = rules.max_ejection();
+                crate::health::recovery::start(peer, probe, give_up, &self.signals);
             }
         }
     }

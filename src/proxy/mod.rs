@@ -5,6 +5,7 @@ mod engine;
 mod signals;
 
 pub use adaptive::AdaptiveTimeouts;
+pub(crate) use adaptive::Cut;
 
 pub use engine::{Failover, FailoverBuilder, DEFAULT_MAX_RETRY_AFTER};
 

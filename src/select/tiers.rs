@@ -23,8 +23,8 @@ pub const MAX_TIERS: usize = 16;
 /// when all tiers together are less than fully healthy, each takes its health over their sum.
 /// As a tier recovers, traffic comes back to it from the tiers after it, in order.
 ///
-/// A retry asks the tier its request was drawn into first, so it stays there while that tier
-/// has an untried healthy peer, then the other tiers in priority order. When no tier offers an
+/// A retry draws its tier as a first attempt does (so with a healthy first tier it stays there
+/// while the tier has an untried healthy peer), then asks the other tiers in priority order. When no tier offers an
 /// untried healthy peer, the untried peer that will be healthy first is tried (panic mode).
 ///
 /// [`OrderedList`](crate::OrderedList) is the case of one peer per tier: with one peer a tier
