@@ -20,8 +20,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy, Mode, Record,
-    Upstream,
+    bench_runtime, corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy,
+    Mode, Record, Upstream,
 };
 
 const CLIENTS: usize = 32;
@@ -101,16 +101,9 @@ fn analyse(records: &[Record]) -> Row {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("balance: run by cargo bench (make bench), not by cargo test");
+    let Some(runtime) = bench_runtime("balance") else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     println!(
         "balance: {CLIENTS} closed-loop connections; both peers answer in {} ms, one in {} ms \
          from {} s; end at {} s",

@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy, Mode, Proxy,
-    Record, Upstream,
+    bench_runtime, corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy,
+    Mode, Proxy, Record, Upstream,
 };
 
 const CLIENTS: usize = 32;
@@ -202,12 +202,9 @@ async fn run(kind: &str, fault: Mode) -> Row {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this without it, where a
-    // two-minute benchmark against release binaries has no place.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!("onset: run by cargo bench (make bench), not by cargo test");
+    let Some(runtime) = bench_runtime("onset") else {
         return;
-    }
+    };
     let pick = |var: &str| std::env::var(var).ok();
     let faults: Vec<(&str, Mode)> = match pick("ONSET_FAULTS") {
         Some(list) => FAULTS
@@ -220,11 +217,6 @@ fn main() {
     let proxies: Vec<String> = pick("ONSET_PROXIES")
         .map(|l| l.split(',').map(str::to_owned).collect())
         .unwrap_or_else(|| vec!["bare".into(), "failover".into(), "failover-cut".into()]);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     println!(
         "onset: {CLIENTS} closed-loop connections; fault at {} s, heal at {} s, end at {} s",
         FAULT_AT.as_secs(),

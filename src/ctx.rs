@@ -99,16 +99,19 @@ impl FailoverCtx {
             probe,
             started_ejected,
             cut: crate::proxy::Cut::default(),
-            waiting: true,
         });
     }
 
-    /// The current attempt no longer loads its peer.
+    /// The current attempt no longer loads its peer (nor waits on it for a header, if it still
+    /// did: an attempt waits from its start until its outcome is known or it ends without one).
     pub(crate) fn end_in_flight(&mut self) {
         if std::mem::take(&mut self.in_flight) {
-            if let Some(rec) = self.attempts.last_mut() {
-                rec.stop_waiting();
-                rec.peer.health().end_request();
+            if let Some(rec) = self.attempts.last() {
+                let health = rec.peer.health();
+                if matches!(rec.outcome, Outcome::Pending) {
+                    health.header_done();
+                }
+                health.end_request();
             }
         }
     }
@@ -134,8 +137,6 @@ pub struct AttemptRecord {
     ///
     /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
     pub(crate) cut: crate::proxy::Cut,
-    /// It counts among its peer's requests waiting for a header.
-    waiting: bool,
 }
 
 impl AttemptRecord {
@@ -149,7 +150,6 @@ impl AttemptRecord {
             probe: false,
             started_ejected: false,
             cut: crate::proxy::Cut::default(),
-            waiting: false,
         }
     }
 
@@ -187,8 +187,10 @@ impl AttemptRecord {
         let took = now.saturating_duration_since(self.started);
         self.duration = Some(took);
         self.outcome = outcome;
-        self.stop_waiting();
         let health = self.peer.health();
+        if waited {
+            health.header_done();
+        }
         match outcome {
             _ if !waited => {}
             Outcome::Responded { .. } => health.learn_latency(took, true, now),
@@ -206,13 +208,6 @@ impl AttemptRecord {
                 ..
             } if self.cut.connect => health.learn_connect(took),
             _ => health.learn_latency(took, false, now),
-        }
-    }
-
-    /// The attempt no longer waits for its header (once).
-    fn stop_waiting(&mut self) {
-        if std::mem::take(&mut self.waiting) {
-            self.peer.health().header_done();
         }
     }
 

@@ -93,19 +93,21 @@ async fn a_connect_far_past_the_learned_time_is_abandoned_before_the_configured_
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_attempt_keeps_the_configured_connect_timeout() {
+/// A peer with a learned connect time, and a 400 ms connect timeout, whose host then vanishes
+/// (connects hang), alone or before a healthy backup, under `policy`: the status of the
+/// request sent then, and how long its attempt to the peer took.
+async fn connect_to_a_vanished_host(backup: bool, policy: StandardPolicy) -> (u16, Duration) {
     let up = Upstream::start("only", Mode::Ok).await;
-    let configured = Duration::from_millis(400);
+    let spare = Upstream::start("backup", Mode::Ok).await;
     let only = Peer::builder(up.peer_addr())
-        .with_connect_timeout(configured)
+        .with_connect_timeout(CUT_FREE)
         .build()
         .unwrap();
-    let list = OrderedList::new(vec![only.clone()]).unwrap();
-    let policy = StandardPolicy::builder()
-        .with_max_attempts(1)
-        .build()
-        .unwrap();
+    let mut peers = vec![only.clone()];
+    if backup {
+        peers.push(Peer::new(&spare.peer_addr()).unwrap());
+    }
+    let list = OrderedList::new(peers).unwrap();
     let engine = Failover::builder(list, policy).with_adaptive_timeouts(AdaptiveTimeouts::new());
     let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     assert_eq!(
@@ -115,45 +117,37 @@ async fn the_last_attempt_keeps_the_configured_connect_timeout() {
     assert!(only.health().connect_time().is_some());
     up.stop_and_wait().await;
     let _hole = Blackhole::on(up.addr).await;
-    let resp = client().get(proxy.url("/")).send().await.unwrap();
-    assert_eq!(resp.status(), 504);
+    let status = client().get(proxy.url("/")).send().await.unwrap().status();
     let records = log.wait_for(2).await;
-    let took = records[1][0].duration().unwrap();
-    assert!(took >= configured, "cut after {took:?} on the only attempt");
+    (status.as_u16(), records[1][0].duration().unwrap())
+}
+
+/// The connect timeout of [`connect_to_a_vanished_host`].
+const CUT_FREE: Duration = Duration::from_millis(400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_attempt_keeps_the_configured_connect_timeout() {
+    let policy = StandardPolicy::builder()
+        .with_max_attempts(1)
+        .build()
+        .unwrap();
+    let (status, took) = connect_to_a_vanished_host(false, policy).await;
+    assert_eq!(status, 504);
+    assert!(took >= CUT_FREE, "cut after {took:?} on the only attempt");
 }
 
 /// A cut where no retry could follow would turn a slow connect into an error: a policy that does
 /// not retry connect timeouts gets the configured timeout on every attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connect_is_cut_when_the_policy_would_not_retry_it() {
-    let up = Upstream::start("only", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let configured = Duration::from_millis(400);
-    let only = Peer::builder(up.peer_addr())
-        .with_connect_timeout(configured)
-        .build()
-        .unwrap();
-    let list =
-        OrderedList::new(vec![only.clone(), Peer::new(&backup.peer_addr()).unwrap()]).unwrap();
     let policy = StandardPolicy::builder()
         .without_retry_on(FailureKind::ConnectTimeout)
         .build()
         .unwrap();
-    let engine = Failover::builder(list, policy);
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
-    assert_eq!(
-        client().get(proxy.url("/")).send().await.unwrap().status(),
-        200
-    );
-    assert!(only.health().connect_time().is_some());
-    up.stop_and_wait().await;
-    let _hole = Blackhole::on(up.addr).await;
-    let resp = client().get(proxy.url("/")).send().await.unwrap();
-    assert_eq!(resp.status(), 504, "not retried, as the policy says");
-    let records = log.wait_for(2).await;
-    let took = records[1][0].duration().unwrap();
+    let (status, took) = connect_to_a_vanished_host(true, policy).await;
+    assert_eq!(status, 504, "not retried, as the policy says");
     assert!(
-        took >= configured,
+        took >= CUT_FREE,
         "cut after {took:?} with no retry to follow"
     );
 }

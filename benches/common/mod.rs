@@ -408,6 +408,22 @@ pub fn corrected(latency: f64, interval: f64, into: &mut Vec<f64>) {
     }
 }
 
+/// The runtime `name` runs on under `cargo bench`; `None` (after saying so) under
+/// `cargo test --all-targets`, which runs benches without `--bench` and where a benchmark of
+/// minutes against release binaries has no place.
+pub fn bench_runtime(name: &str) -> Option<tokio::runtime::Runtime> {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("{name}: run by cargo bench (make bench), not by cargo test");
+        return None;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    Some(runtime)
+}
+
 /// Milliseconds, rounded.
 pub fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)

@@ -107,20 +107,27 @@ impl HealthCell {
         self.check_failed.swap(failed, Ordering::AcqRel) != failed
     }
 
+    /// The end of the ejection that a request could probe, or the answer when there is none to
+    /// probe: healthy, or refused (failing its check, or probed in the background).
+    fn ejection(&self) -> Result<u64, Admit> {
+        if self.check_failed() {
+            return Err(Admit::Refused);
+        }
+        match self.ejected_until() {
+            0 => Err(Admit::Healthy),
+            _ if self.background.load(Ordering::Acquire) => Err(Admit::Refused),
+            until => Ok(until),
+        }
+    }
+
     /// Whether the peer would take a request at `now` (read only when the peer is ejected: a
     /// healthy peer is answered without the clock), without claiming anything:
     /// [`Admit::Probe`] means its ejection is over and its probe slot is free.
     pub(crate) fn admissible(&self, now: impl FnOnce() -> u64) -> Admit {
-        if self.check_failed() {
-            return Admit::Refused;
-        }
-        let until = self.ejected_until();
-        if until == 0 {
-            return Admit::Healthy;
-        }
-        if self.background.load(Ordering::Acquire) {
-            return Admit::Refused;
-        }
+        let until = match self.ejection() {
+            Ok(until) => until,
+            Err(answer) => return answer,
+        };
         let now = now();
         match until {
             until if now < until => Admit::Refused,
@@ -133,16 +140,10 @@ impl HealthCell {
     /// takes the probe slot for `window` ms; the others are refused until the probe reports or
     /// the window ends.
     pub(crate) fn claim(&self, now: impl FnOnce() -> u64, window: u64) -> Admit {
-        if self.check_failed() {
-            return Admit::Refused;
-        }
-        let until = self.ejected_until();
-        if until == 0 {
-            return Admit::Healthy;
-        }
-        if self.background.load(Ordering::Acquire) {
-            return Admit::Refused;
-        }
+        let until = match self.ejection() {
+            Ok(until) => until,
+            Err(answer) => return answer,
+        };
         let now = now();
         if now < until {
             return Admit::Refused;

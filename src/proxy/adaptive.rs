@@ -132,32 +132,45 @@ impl AdaptiveTimeouts {
         target: &mut HttpPeer,
         retry_after: impl Fn(FailureKind, Duration) -> bool,
     ) -> Cut {
-        let mut cut = Cut::default();
         let options = &mut target.options;
-        if let (Some(bound), Some(configured), Some(learned)) = (
-            self.connect,
-            options.connection_timeout,
-            peer.health().connect_time(),
-        ) {
-            let limit = bound.limit(learned, configured);
-            if limit < configured && retry_after(FailureKind::ConnectTimeout, configured) {
-                options.connection_timeout = Some(limit);
-                cut.connect = true;
-            }
+        let health = peer.health();
+        Cut {
+            connect: lower(
+                self.connect,
+                &mut options.connection_timeout,
+                || health.connect_time(),
+                |configured| retry_after(FailureKind::ConnectTimeout, configured),
+            ),
+            header: lower(
+                self.header,
+                &mut options.read_timeout,
+                || health.typical_latency(),
+                |configured| retry_after(FailureKind::HeaderTimeout, configured),
+            ),
         }
-        if let (Some(bound), Some(configured), Some(learned)) = (
-            self.header,
-            options.read_timeout,
-            peer.health().typical_latency(),
-        ) {
-            let limit = bound.limit(learned, configured);
-            if limit < configured && retry_after(FailureKind::HeaderTimeout, configured) {
-                options.read_timeout = Some(limit);
-                cut.header = true;
-            }
-        }
-        cut
     }
+}
+
+/// Lowers `timeout` to what `bound` makes of the peer's `learned` time, when that is shorter and
+/// a failure cutting the configured timeout short would be `retried`; whether it did.
+fn lower(
+    bound: Option<Bound>,
+    timeout: &mut Option<Duration>,
+    learned: impl FnOnce() -> Option<Duration>,
+    retried: impl FnOnce(Duration) -> bool,
+) -> bool {
+    let (Some(bound), Some(configured)) = (bound, *timeout) else {
+        return false;
+    };
+    let Some(learned) = learned() else {
+        return false;
+    };
+    let limit = bound.limit(learned, configured);
+    if limit < configured && retried(configured) {
+        *timeout = Some(limit);
+        return true;
+    }
+    false
 }
 
 /// Which of an attempt's timeouts [`AdaptiveTimeouts`] lowered.

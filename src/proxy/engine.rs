@@ -541,11 +541,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         attempt < self.policy.max_attempts()
             && (kind.is_connect() || replayable)
             && self.time_left(ctx).is_none_or(|left| left > configured)
-            && self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
             && self
                 .policy
                 .decide(&Failure::new(kind, attempt, request, peer))
                 == RetryDecision::Retry
+            // Last: it reads the clock.
+            && self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
     }
 
     /// Counts a failure of the current attempt against its peer's health. An abandoned connect
@@ -574,11 +575,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     }
 
     fn finish(&self, ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
-        ctx.end_in_flight();
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Failed { kind, verdict });
             self.signals.attempt(rec.peer(), &rec.outcome());
         }
+        ctx.end_in_flight();
     }
 
     fn time_left(&self, ctx: &FailoverCtx) -> Option<Duration> {
