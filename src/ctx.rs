@@ -25,6 +25,9 @@ pub struct FailoverCtx {
 
 impl Drop for FailoverCtx {
     fn drop(&mut self) {
+        if let Some(rec) = self.attempts.last() {
+            rec.end_wait();
+        }
         self.end_in_flight();
     }
 }
@@ -182,6 +185,7 @@ impl AttemptRecord {
     /// wait longer than the estimate, and one after the answer (in the body) or on the client's
     /// side teaches nothing.
     pub(crate) fn finish(&mut self, outcome: Outcome) {
+        self.end_wait();
         let waited = matches!(self.outcome, Outcome::Pending);
         let now = Instant::now();
         let took = now.saturating_duration_since(self.started);
@@ -201,7 +205,7 @@ impl AttemptRecord {
             Outcome::Failed {
                 kind: FailureKind::HeaderTimeout,
                 ..
-            } if self.cut.header => {}
+            } if self.cut.header_cut() => {}
             // An abandoned connect teaches the connect time it was given, and nothing else.
             Outcome::Failed {
                 kind: FailureKind::ConnectTimeout,
@@ -209,6 +213,11 @@ impl AttemptRecord {
             } if self.cut.connect => health.learn_connect(took),
             _ => health.learn_latency(took, false, now),
         }
+    }
+
+    /// Ends the stall cut's watch over the wait for the header: whether it had cut the attempt.
+    pub(crate) fn end_wait(&self) -> bool {
+        self.cut.watch.as_ref().is_some_and(|w| w.end())
     }
 
     /// Changes the verdict of a failed attempt, keeping its duration.

@@ -46,6 +46,11 @@ impl Waiting {
         self.answered_at.store(now_ms, Ordering::Relaxed);
     }
 
+    /// When the peer last answered (ms), 0 before its first answer.
+    pub(crate) fn answered_at(&self) -> u64 {
+        self.answered_at.load(Ordering::Relaxed)
+    }
+
     /// How long, at `now_ms`, two or more requests have waited without the peer answering
     /// anything; `None` when fewer than two wait.
     pub(crate) fn stalled_for(&self, now: impl FnOnce() -> u64) -> Option<u64> {

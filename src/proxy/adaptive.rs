@@ -19,21 +19,29 @@ use crate::peer::Peer;
 /// so this is safe for any request. The configured timeout stays the upper bound, and the last
 /// attempt a request is allowed always gets it in full.
 ///
-/// Cutting a stalled answer (`with_stall_cut`) does the same with the time to the response
-/// header, against what the peer typically takes (a moving average of its last 20 or so
-/// answers: the peak-sensitive estimate that balancing uses holds a spike for seconds, and
-/// would hold the cut back with it), for idempotent requests only. It is off by default: pingora 0.9 applies a peer's
-/// read timeout to every read of the response, its body included, and offers no hook to lift
-/// it once the header has come. A cut attempt whose header came in time but whose body then
-/// pauses longer than the cut (a stream of server-sent events, a long poll answering in parts)
-/// would fail after the header went to the client, where nothing can be retried. Turn it on
-/// for upstreams whose bodies follow their headers without pauses.
+/// The stall cut does the same with the time to the response header, for idempotent requests
+/// whose body can be replayed: when the header is `factor` times later than the peer typically
+/// answers (a moving average of its last 20 or so answers: the peak-sensitive estimate that
+/// balancing uses holds a spike for seconds, and would hold the cut back with it), at least
+/// `floor`, and the peer has answered nothing else for that long, the attempt is cut and the
+/// request goes to the next peer. A peer that keeps answering is alive, and a slow request there
+/// keeps its full timeout. Only the wait for the header is cut: once it has come, the body
+/// takes the time it takes (a stream of server-sent events, a long poll answering in parts).
+/// A cut counts against its peer only when the retry then answered within the time the cut
+/// peer was given: a request that is slow everywhere (a report, an export) is slow, not a sign
+/// of a broken peer. (The cut shuts the attempt's connection down, from outside pingora, which
+/// offers no hook while a request waits; it works on HTTP/1 connections, where a connection
+/// carries one request at a time, and is what [`Failover::connected_to_upstream`] arms.)
+///
+/// [`Failover::connected_to_upstream`]: crate::Failover::connected_to_upstream
 ///
 /// # Default
 ///
 /// - connect: abandoned after 10 times the learned connect time, at least 50 ms (a SYN lost on
 ///   a LAN is resent after 1 s: a connect that slow goes to the next peer instead)
-/// - stall cut: off
+/// - stall cut: after 10 times what the peer typically takes to answer, at least 50 ms, while
+///   it answers nothing else (so a broken peer costs a client about 50 ms, not the read
+///   timeout)
 ///
 /// Neither cut is made where no retry could follow it: on the last attempt a request is
 /// allowed, when the retry budget is spent, when the deadline leaves less than the configured
@@ -82,7 +90,10 @@ impl Default for AdaptiveTimeouts {
                 factor: 10.0,
                 floor: Duration::from_millis(50),
             }),
-            header: None,
+            header: Some(Bound {
+                factor: 10.0,
+                floor: Duration::from_millis(50),
+            }),
         }
     }
 }
@@ -111,9 +122,9 @@ impl AdaptiveTimeouts {
         self
     }
 
-    /// Cuts an idempotent request's attempt whose response header takes `factor` times the
-    /// peer's learned answer time, at least `floor`, and retries it on another peer (see the
-    /// type's documentation for why this is off by default).
+    /// Cuts an idempotent request's attempt whose response header takes `factor` times what
+    /// the peer typically takes, at least `floor`, while the peer answers nothing else, and
+    /// retries it on another peer.
     ///
     /// # Errors
     ///
@@ -123,9 +134,17 @@ impl AdaptiveTimeouts {
         Ok(self)
     }
 
-    /// Lowers `target`'s timeouts for an attempt to `peer`, where `retry_after` says that a
-    /// failure of that kind, cutting that configured timeout short, would be retried (a cut
-    /// where no retry can follow would turn a slow answer into an error); which were lowered.
+    /// Response headers always get the configured read timeout.
+    #[must_use]
+    pub fn without_stall_cut(mut self) -> Self {
+        self.header = None;
+        self
+    }
+
+    /// Lowers `target`'s connect timeout for an attempt to `peer`, and sets the limit of its
+    /// wait for the header, where `retry_after` says that a failure of that kind, cutting that
+    /// configured timeout short, would be retried (a cut where no retry can follow would turn a
+    /// slow answer into an error).
     pub(crate) fn apply(
         &self,
         peer: &Peer,
@@ -141,12 +160,13 @@ impl AdaptiveTimeouts {
                 || health.connect_time(),
                 |configured| retry_after(FailureKind::ConnectTimeout, configured),
             ),
-            header: lower(
+            header: limit(
                 self.header,
-                &mut options.read_timeout,
+                options.read_timeout,
                 || health.typical_latency(),
                 |configured| retry_after(FailureKind::HeaderTimeout, configured),
             ),
+            watch: None,
         }
     }
 }
@@ -159,23 +179,42 @@ fn lower(
     learned: impl FnOnce() -> Option<Duration>,
     retried: impl FnOnce(Duration) -> bool,
 ) -> bool {
-    let (Some(bound), Some(configured)) = (bound, *timeout) else {
-        return false;
-    };
-    let Some(learned) = learned() else {
-        return false;
-    };
-    let limit = bound.limit(learned, configured);
-    if limit < configured && retried(configured) {
-        *timeout = Some(limit);
-        return true;
+    match limit(bound, *timeout, learned, retried) {
+        Some(limit) => {
+            *timeout = Some(limit);
+            true
+        }
+        None => false,
     }
-    false
 }
 
-/// Which of an attempt's timeouts [`AdaptiveTimeouts`] lowered.
-#[derive(Debug, Clone, Copy, Default)]
+/// What `bound` makes of the peer's `learned` time, when that is shorter than the `configured`
+/// timeout and a failure cutting it short would be `retried`.
+fn limit(
+    bound: Option<Bound>,
+    configured: Option<Duration>,
+    learned: impl FnOnce() -> Option<Duration>,
+    retried: impl FnOnce(Duration) -> bool,
+) -> Option<Duration> {
+    let (Some(bound), Some(configured)) = (bound, configured) else {
+        return None;
+    };
+    let limit = bound.limit(learned()?, configured);
+    (limit < configured && retried(configured)).then_some(limit)
+}
+
+/// What [`AdaptiveTimeouts`] did to an attempt: whether it lowered the connect timeout, the
+/// limit of the wait for the header, and the watch that holds the attempt to it.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Cut {
     pub(crate) connect: bool,
-    pub(crate) header: bool,
+    pub(crate) header: Option<Duration>,
+    pub(crate) watch: Option<std::sync::Arc<super::stall::Watch>>,
+}
+
+impl Cut {
+    /// Whether the watch cut the wait for the header.
+    pub(crate) fn header_cut(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.fired())
+    }
 }

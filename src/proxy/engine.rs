@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::ResponseHeader;
@@ -16,6 +17,7 @@ use crate::health::{Admission, HealthEvent, HealthState, OutlierDetection};
 use crate::peer::Peer;
 use crate::proxy::adaptive::{AdaptiveTimeouts, Cut};
 use crate::proxy::signals::Signals;
+use crate::proxy::stall::Watchdog;
 use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
@@ -61,6 +63,8 @@ pub struct Failover<S, R> {
     adaptive: Option<AdaptiveTimeouts>,
     /// Shared with the background probers of ejected peers.
     signals: Arc<Signals>,
+    /// Cuts the attempts whose header stalls ([`AdaptiveTimeouts`]' stall cut).
+    watchdog: Watchdog,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
@@ -190,16 +194,31 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Ok(http_peer)
     }
 
-    /// For `ProxyHttp::connected_to_upstream`: the peer learns its connect time from a new
-    /// connection (`reused == false`), for [`AdaptiveTimeouts`]. Without this call, connects
-    /// always get the configured timeout.
-    pub fn connected_to_upstream(&self, reused: bool, ctx: &mut FailoverCtx) {
-        if reused {
+    /// For `ProxyHttp::connected_to_upstream`, with the hook's arguments: the peer learns its
+    /// connect time from a new connection (`reused == false`), and the attempt's wait for its
+    /// header is watched on the connection, for [`AdaptiveTimeouts`]. Without this call,
+    /// connects and headers always get the configured timeouts.
+    pub fn connected_to_upstream(
+        &self,
+        reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        ctx: &mut FailoverCtx,
+    ) {
+        let Some(rec) = ctx.current_mut() else {
             return;
-        }
-        if let Some(rec) = ctx.attempts().last() {
+        };
+        if !reused {
             rec.peer().health().learn_connect(rec.started().elapsed());
         }
+        // One request at a time on the connection: an HTTP/2 one carries others.
+        #[cfg(unix)]
+        if let (Some(limit), ALPN::H1) = (rec.cut.header, &peer.options.alpn) {
+            rec.cut.watch = self.watchdog.arm(fd, rec.peer(), limit);
+        }
+        #[cfg(windows)]
+        let _ = peer;
     }
 
     /// For `ProxyHttp::fail_to_connect`: classifies the failure and marks the error for retry
@@ -229,6 +248,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         // Rule: ReusedOnly is resolved before anything can read the retry flag.
         let reused_only = matches!(e.retry, RetryType::ReusedOnly);
         e.retry.decide_reuse(client_reused);
+        // The stall cut shut the connection down: the attempt timed out waiting for its header.
+        if ctx.attempts().last().is_some_and(AttemptRecord::end_wait) {
+            e = Error::because(ErrorType::ReadTimedout, "response header stalled: cut", e)
+                .into_up();
+        }
 
         // A retriable status whose retry upstream_response_filter already decided.
         if let (ErrorType::HTTPStatus(_), Some(rec)) = (e.etype(), ctx.attempts().last()) {
@@ -266,6 +290,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let status = response.status.as_u16();
         if status < 200 || ctx.attempts().is_empty() {
             return Ok(());
+        }
+        if ctx.attempts().last().is_some_and(AttemptRecord::end_wait) {
+            // The header came as the stall cut shut its connection down: the body is lost.
+            // `error_while_proxy` judges it.
+            let e = Error::explain(ErrorType::ReadTimedout, "response header stalled: cut");
+            return Err(e.into_up());
         }
         let kind = if self.policy.is_retriable_status(status) {
             Some(FailureKind::Status(status))
@@ -306,8 +336,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 rec.finish(Outcome::Responded { status });
                 self.signals.attempt(rec.peer(), &rec.outcome());
             }
+            self.blame_cuts(ctx);
             return Ok(());
         }
+        self.blame_cuts(ctx);
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Responded { status });
             self.signals.attempt(rec.peer(), &rec.outcome());
@@ -553,7 +585,31 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// ([`AdaptiveTimeouts`]) counts as any failure, not as a connect failure: the peer may
     /// only be slower than it was.
     fn record_health(&self, ctx: &FailoverCtx, kind: FailureKind) {
-        let (Some(rules), Some(rec)) = (&self.outliers, ctx.attempts().last()) else {
+        if let Some(rec) = ctx.attempts().last() {
+            // A cut wait is judged by the retry that follows it (`blame_cuts`).
+            if !(kind == FailureKind::HeaderTimeout && rec.cut.header_cut()) {
+                self.record_failure(rec, kind);
+            }
+        }
+    }
+
+    /// Counts the stall cuts of this request against their peers, now that its last attempt
+    /// answered in `took`: a cut whose limit was longer than that stalled on a peer where
+    /// another answered in time. A request slow everywhere blames no one.
+    fn blame_cuts(&self, ctx: &FailoverCtx) {
+        let Some((last, earlier)) = ctx.attempts().split_last() else {
+            return;
+        };
+        let took = last.started().elapsed();
+        for rec in earlier {
+            if rec.cut.header_cut() && rec.cut.header.is_some_and(|limit| took < limit) {
+                self.record_failure(rec, FailureKind::HeaderTimeout);
+            }
+        }
+    }
+
+    fn record_failure(&self, rec: &AttemptRecord, kind: FailureKind) {
+        let Some(rules) = &self.outliers else {
             return;
         };
         if !kind.counts_against_peer() {
@@ -769,6 +825,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             max_retry_after: self.max_retry_after,
             adaptive: self.adaptive,
             signals: Arc::new(self.signals),
+            watchdog: Watchdog::default(),
         })
     }
 }

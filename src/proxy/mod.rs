@@ -3,6 +3,7 @@
 mod adaptive;
 mod engine;
 mod signals;
+mod stall;
 
 pub use adaptive::AdaptiveTimeouts;
 pub(crate) use adaptive::Cut;
@@ -173,13 +174,16 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
         &self,
         _session: &mut Session,
         reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
-        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut FailoverCtx,
     ) -> Result<()> {
-        self.engine.connected_to_upstream(reused, ctx);
+        #[cfg(unix)]
+        self.engine.connected_to_upstream(reused, peer, fd, ctx);
+        #[cfg(windows)]
+        self.engine.connected_to_upstream(reused, peer, sock, ctx);
         Ok(())
     }
 
