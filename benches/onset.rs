@@ -9,7 +9,7 @@
 //! - 503: the primary answers 503.
 //!
 //! Each fault is run against `failover_proxy` (ordered list: primary, then backup) with its
-//! defaults, again with `--stall-cut-ms 20` (`failover-cut`), and against bare pingora with the
+//! defaults, again with `--no-stall-cut` (`failover-no-cut`), and against bare pingora with the
 //! usual hand-written failover (a try counter in `CTX`, one retry of a connect failure on the
 //! backup), all with one worker thread, a 400 ms connect timeout and a 1 s read timeout (300 ms
 //! for slow). Reported per run:
@@ -31,7 +31,7 @@
 //! ```
 //!
 //! `ONSET_FAULTS=crash,blackhole,slow,503` chooses faults;
-//! `ONSET_PROXIES=bare,failover,failover-cut` proxies.
+//! `ONSET_PROXIES=bare,failover,failover-no-cut` proxies.
 //! Loopback only; every process it starts is killed when it ends.
 
 mod common;
@@ -69,7 +69,7 @@ async fn start_proxy(
     let read_ms = if slow { "300" } else { "1000" };
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
     let mut args: Vec<&str> = match kind {
-        "failover" | "failover-cut" => vec![
+        "failover" | "failover-no-cut" => vec![
             "--listen",
             &l,
             "--peer",
@@ -105,8 +105,8 @@ async fn start_proxy(
             read_ms,
         ],
     };
-    if kind == "failover-cut" {
-        args.extend(["--stall-cut-ms", "20"]);
+    if kind == "failover-no-cut" {
+        args.push("--no-stall-cut");
     }
     let name = if kind == "bare" {
         "bare_proxy"
@@ -216,7 +216,7 @@ fn main() {
     };
     let proxies: Vec<String> = pick("ONSET_PROXIES")
         .map(|l| l.split(',').map(str::to_owned).collect())
-        .unwrap_or_else(|| vec!["bare".into(), "failover".into(), "failover-cut".into()]);
+        .unwrap_or_else(|| vec!["bare".into(), "failover".into(), "failover-no-cut".into()]);
     println!(
         "onset: {CLIENTS} closed-loop connections; fault at {} s, heal at {} s, end at {} s",
         FAULT_AT.as_secs(),

@@ -6,8 +6,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use pingora_failover::{PeakEwma, Peer, PeerSelector, RoundRobin, StandardPolicy};
-use support::{client, start_failover, Mode, Upstream};
+use pingora_failover::{
+    AdaptiveTimeouts, Failover, FailoverProxy, PeakEwma, Peer, PeerSelector, RoundRobin,
+    StandardPolicy,
+};
+use support::{client, start_proxy, Mode, Upstream};
 
 const FAST: Duration = Duration::from_millis(5);
 const SLOW: Duration = Duration::from_millis(100);
@@ -41,7 +44,11 @@ async fn share_after_slowdown<S: PeerSelector>(
         Peer::new(&steady.peer_addr()).unwrap(),
         Peer::new(&slowed.peer_addr()).unwrap(),
     ];
-    let (proxy, _log) = start_failover(make(peers), StandardPolicy::default()).await;
+    // Balancing alone: the stall cut would also take the slowed peer's late answers elsewhere.
+    let adaptive = AdaptiveTimeouts::new().without_stall_cut();
+    let engine = Failover::builder(make(peers), StandardPolicy::default())
+        .with_adaptive_timeouts(adaptive);
+    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     load(&proxy, clients, Duration::from_millis(500)).await;
     assert!(slowed.hits() > 0, "both peers served before the slowdown");
     let (a, b) = (steady.hits(), slowed.hits());

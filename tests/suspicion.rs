@@ -25,12 +25,16 @@ async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
     }
     assert!(!p.health().is_suspected());
 
-    // The primary stops answering; two requests wait on it.
+    // The primary stops answering; two POSTs wait on it (a GET would be cut and retried first,
+    // a POST never is).
     primary.set_mode(Mode::Slow(Duration::from_secs(2)));
     let waiting: Vec<_> = (0..2)
         .map(|_| {
             let (http, url) = (http.clone(), proxy.url("/"));
-            tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
+            tokio::spawn(async move {
+                let resp = http.post(url).body("x").send().await.unwrap();
+                resp.text().await.unwrap()
+            })
         })
         .collect();
     support::eventually("the primary suspected", || p.health().is_suspected()).await;

@@ -96,9 +96,12 @@ pub struct Timeouts {
     /// `false`: connects always get `connect_ms`, instead of being abandoned far past the
     /// peer's learned connect time.
     pub adaptive_connect: Option<bool>,
-    /// Cut an idempotent request's attempt whose header is this many ms late (and 10 times the
-    /// peer's learned answer time), and retry it elsewhere. Off by default: it also bounds pauses
-    /// in the response body.
+    /// `false`: response headers always get `read_ms`, instead of an idempotent request's
+    /// attempt being cut when its header is far later than the peer typically answers, while
+    /// the peer answers nothing else.
+    pub stall_cut: Option<bool>,
+    /// The least wait the stall cut allows a header (it also waits 10 times what the peer
+    /// typically takes) [default: 50].
     pub stall_cut_ms: Option<u64>,
 }
 
@@ -319,8 +322,15 @@ impl Config {
         if t.adaptive_connect == Some(false) {
             adaptive = adaptive.without_connect();
         }
-        if let Some(ms) = t.stall_cut_ms {
-            adaptive = adaptive.with_stall_cut(10.0, Duration::from_millis(ms))?;
+        match (t.stall_cut, t.stall_cut_ms) {
+            (Some(false), Some(_)) => {
+                return Err(value("stall_cut_ms", "the stall cut is off (stall_cut = false)"))
+            }
+            (Some(false), None) => adaptive = adaptive.without_stall_cut(),
+            (_, Some(ms)) => {
+                adaptive = adaptive.with_stall_cut(10.0, Duration::from_millis(ms))?;
+            }
+            _ => {}
         }
         b = b.with_adaptive_timeouts(adaptive);
         let h = &self.health;

@@ -68,10 +68,14 @@ struct Flags {
     /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
     #[arg(long, value_name = "KEY")]
     hash_key: Option<String>,
-    /// Cut an idempotent request's attempt whose header is this many ms late (and 10 times the
-    /// peer's learned answer time) and retry it elsewhere [default: off].
-    #[arg(long, value_name = "MS")]
+    /// The least wait before an idempotent request's attempt whose header is late (10 times
+    /// what the peer typically takes) is cut while the peer answers nothing else, and retried
+    /// elsewhere [default: 50].
+    #[arg(long, value_name = "MS", conflicts_with = "no_stall_cut")]
     stall_cut_ms: Option<u64>,
+    /// Response headers always get the read timeout: no stall cut.
+    #[arg(long)]
+    no_stall_cut: bool,
     /// For round-robin, least-request and ewma: a peer that joins traffic (added, or
     /// re-admitted) ramps up over this many milliseconds [default: none].
     #[arg(long, value_name = "MS")]
@@ -116,6 +120,12 @@ impl Flags {
         over!(self.hash_key => c.hash_key);
         over!(self.slow_start_ms => c.slow_start_ms);
         over!(self.stall_cut_ms => c.timeouts.stall_cut_ms);
+        if self.no_stall_cut {
+            c.timeouts.stall_cut = Some(false);
+            c.timeouts.stall_cut_ms = None;
+        } else if self.stall_cut_ms.is_some() {
+            c.timeouts.stall_cut = Some(true);
+        }
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);
