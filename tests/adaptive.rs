@@ -322,3 +322,27 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
     assert_eq!(resp.text().await.unwrap(), "backup");
     assert_eq!(primary.hits(), before, "an ejected peer gets no request");
 }
+
+/// Only the wait for the header is cut: a body that pauses for 10 times the cut after its
+/// header (a stream, a long poll answering in parts) comes whole from the first peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_pauses_after_its_header_is_never_cut() {
+    let (primary, backup, _peers, proxy, log) = primary_and_backup(AdaptiveTimeouts::new()).await;
+    let http = client();
+    for _ in 0..20 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    let resp = http
+        .get(proxy.url("/"))
+        .header("x-pause-body-ms", "500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "primary first rest");
+    let records = log.wait_for(21).await;
+    assert_eq!(records[20].len(), 1, "{:?}", records[20]);
+    assert_eq!(backup.hits(), 0);
+    assert_eq!(primary.hits(), 21);
+}

@@ -230,3 +230,31 @@ fn bad_tls_settings_are_typed_errors() {
     // h2c by prior knowledge needs no TLS.
     assert!(b().with_http_version(HttpVersion::Http2).build().is_ok());
 }
+
+/// The stall cut works under TLS: a GET whose header stalls on an HTTPS primary that answers
+/// nothing else is cut and answered by the backup, well before the 5 s read timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_header_over_tls_is_cut_and_retried() {
+    let ca = TestCa::new();
+    let primary = Upstream::start_with("primary", Mode::Ok, Proto::Tls(ca.clone())).await;
+    let backup = Upstream::start_with("backup", Mode::Ok, Proto::Tls(ca)).await;
+    let read = std::time::Duration::from_secs(5);
+    let peers = vec![
+        primary.peer_builder().with_read_timeout(read).build().unwrap(),
+        backup.peer_builder().with_read_timeout(read).build().unwrap(),
+    ];
+    let (proxy, log) =
+        start_failover(OrderedList::new(peers).unwrap(), StandardPolicy::default()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    }
+    primary.set_mode(Mode::Hang);
+    assert_eq!(proxy.get_text(&http, "/").await, "backup");
+    let attempts = log.wait_for(21).await.remove(20);
+    assert_eq!(
+        attempts[0].outcome(),
+        failed(FailureKind::HeaderTimeout, Verdict::Retried)
+    );
+    assert!(attempts[0].duration().unwrap() < read / 5, "{attempts:?}");
+}

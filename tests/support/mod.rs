@@ -258,6 +258,23 @@ async fn handle(
     {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    // Or to pause its body this long after the header and a first part (a stream, a long poll).
+    if let Some(ms) = headers
+        .get("x-pause-body-ms")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+    {
+        let first = futures_util::stream::once(async move {
+            Ok::<_, Infallible>(Bytes::from(format!("{name} first ")))
+        });
+        let rest = futures_util::stream::once(async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok::<_, Infallible>(Bytes::from("rest"))
+        });
+        return Response::builder()
+            .header("x-upstream", name)
+            .body(Body::from_stream(futures_util::StreamExt::chain(first, rest)))
+            .unwrap();
+    }
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
