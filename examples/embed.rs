@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pingora_failover::pingora::{
-    async_trait, http_proxy_service, Error, FailToProxy, HttpPeer, ProxyHttp, ResponseHeader,
-    Result, Server, Session,
+    async_trait, http_proxy_service, Digest, Error, FailToProxy, HttpPeer, ProxyHttp,
+    ResponseHeader, Result, Server, Session,
 };
 use pingora_failover::{Failover, FailoverCtx, OrderedList, Peer, StandardPolicy};
 
@@ -88,6 +88,26 @@ impl ProxyHttp for MyProxy {
     ) -> Box<Error> {
         self.failover
             .error_while_proxy(peer, session, e, &mut ctx.failover, client_reused)
+    }
+
+    // Learns connect times, and watches the wait for the response header (the stall cut).
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut MyCtx,
+    ) -> Result<()> {
+        #[cfg(unix)]
+        self.failover
+            .connected_to_upstream(reused, peer, fd, &mut ctx.failover);
+        #[cfg(windows)]
+        self.failover
+            .connected_to_upstream(reused, peer, sock, &mut ctx.failover);
+        Ok(())
     }
 
     async fn upstream_response_filter(

@@ -83,6 +83,7 @@ pub use set::{PeerSet, PeerSetBuilder, Snapshot};
 /// hooks and embed the engine without naming four pingora crates (and matching their versions)
 /// yourself.
 pub mod pingora {
+    pub use pingora_core::protocols::Digest;
     pub use pingora_core::server::configuration::ServerConf;
     pub use pingora_core::server::Server;
     pub use pingora_core::upstreams::peer::HttpPeer;

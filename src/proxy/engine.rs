@@ -37,6 +37,7 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// already has its own `ProxyHttp` embeds the engine instead: keep a [`FailoverCtx`] in its
 /// `CTX` and call the engine's method of the same name from each of these hooks:
 /// [`upstream_peer`](Self::upstream_peer), [`fail_to_connect`](Self::fail_to_connect),
+/// [`connected_to_upstream`](Self::connected_to_upstream),
 /// [`error_while_proxy`](Self::error_while_proxy),
 /// [`upstream_response_filter`](Self::upstream_response_filter),
 /// [`fail_to_proxy`](Self::fail_to_proxy) and [`logging`](Self::logging). The `embed` example
