@@ -46,8 +46,8 @@ async fn share_after_slowdown<S: PeerSelector>(
     ];
     // Balancing alone: the stall cut would also take the slowed peer's late answers elsewhere.
     let adaptive = AdaptiveTimeouts::new().without_stall_cut();
-    let engine = Failover::builder(make(peers), StandardPolicy::default())
-        .with_adaptive_timeouts(adaptive);
+    let engine =
+        Failover::builder(make(peers), StandardPolicy::default()).with_adaptive_timeouts(adaptive);
     let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     load(&proxy, clients, Duration::from_millis(500)).await;
     assert!(slowed.hits() > 0, "both peers served before the slowdown");

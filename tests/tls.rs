@@ -240,8 +240,16 @@ async fn a_stalled_header_over_tls_is_cut_and_retried() {
     let backup = Upstream::start_with("backup", Mode::Ok, Proto::Tls(ca)).await;
     let read = std::time::Duration::from_secs(5);
     let peers = vec![
-        primary.peer_builder().with_read_timeout(read).build().unwrap(),
-        backup.peer_builder().with_read_timeout(read).build().unwrap(),
+        primary
+            .peer_builder()
+            .with_read_timeout(read)
+            .build()
+            .unwrap(),
+        backup
+            .peer_builder()
+            .with_read_timeout(read)
+            .build()
+            .unwrap(),
     ];
     let (proxy, log) =
         start_failover(OrderedList::new(peers).unwrap(), StandardPolicy::default()).await;

@@ -324,7 +324,10 @@ impl Config {
         }
         match (t.stall_cut, t.stall_cut_ms) {
             (Some(false), Some(_)) => {
-                return Err(value("stall_cut_ms", "the stall cut is off (stall_cut = false)"))
+                return Err(value(
+                    "stall_cut_ms",
+                    "the stall cut is off (stall_cut = false)",
+                ))
             }
             (Some(false), None) => adaptive = adaptive.without_stall_cut(),
             (_, Some(ms)) => {

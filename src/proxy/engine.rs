@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_core::server::configuration::ServerConf;
 use pingora_core::protocols::ALPN;
+use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::ResponseHeader;
@@ -289,14 +289,16 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &mut FailoverCtx,
     ) -> Result<()> {
         let status = response.status.as_u16();
-        if status < 200 || ctx.attempts().is_empty() {
-            return Ok(());
-        }
+        // Any header ends the wait the stall cut watches, a 101 (the connection is now a
+        // tunnel, however quiet) or a 100 included.
         if ctx.attempts().last().is_some_and(AttemptRecord::end_wait) {
             // The header came as the stall cut shut its connection down: the body is lost.
             // `error_while_proxy` judges it.
             let e = Error::explain(ErrorType::ReadTimedout, "response header stalled: cut");
             return Err(e.into_up());
+        }
+        if status < 200 || ctx.attempts().is_empty() {
+            return Ok(());
         }
         let kind = if self.policy.is_retriable_status(status) {
             Some(FailureKind::Status(status))

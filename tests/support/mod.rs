@@ -272,7 +272,9 @@ async fn handle(
         });
         return Response::builder()
             .header("x-upstream", name)
-            .body(Body::from_stream(futures_util::StreamExt::chain(first, rest)))
+            .body(Body::from_stream(futures_util::StreamExt::chain(
+                first, rest,
+            )))
             .unwrap();
     }
     let body = axum::body::to_bytes(body, usize::MAX)
