@@ -1,7 +1,9 @@
 //! Failover, watched request by request: two upstreams in-process, a pingora proxy in front on
-//! 127.0.0.1:6191, then the primary refuses connections, is blackholed (connect hangs), is slow,
-//! and comes back. Each time one request pays for finding out; the primary is then ejected and
-//! skipped, and once the ejection (1 s here) is over, one request probes it.
+//! 127.0.0.1:6191, then the primary crashes (refuses connections), is blackholed (connects
+//! hang), turns slow, and is healed after each. A crash costs a request one refused connect; a
+//! hanging connect or a late answer costs it about 50 ms (10 times what the primary has shown,
+//! at least 50 ms), not the configured 400 ms and 300 ms timeouts. An ejected primary is probed
+//! in the background, never with a request, and takes traffic again once a probe passes.
 //!
 //! Needs nothing else running and exits on its own:
 //! ```text
@@ -89,25 +91,27 @@ fn drive(
         println!("\n1. all healthy");
         requests(&http, &mut attempts).await;
 
-        println!("\n2. the primary refuses connections (port closed)");
+        println!("\n2. the primary crashes (connections refused)");
         running.stop().await;
         requests(&http, &mut attempts).await;
+        let running = Primary::serve(TcpListener::bind(addr).await.unwrap(), slow.clone());
+        healed(&peer).await;
+        requests(&http, &mut attempts).await;
 
-        println!("\n3. the primary is blackholed (connect hangs until the timeout)");
+        println!("\n3. the primary is blackholed (connects hang; the connect timeout is 400 ms)");
+        running.stop().await;
         let hole = blackhole(addr).await;
-        ejection_over(&peer).await;
         requests(&http, &mut attempts).await;
         drop(hole);
-
-        println!("\n4. the primary is slow (answers after 1 s)");
-        slow.store(true, Ordering::Relaxed);
-        let _back = Primary::serve(TcpListener::bind(addr).await.unwrap(), slow.clone());
-        ejection_over(&peer).await;
+        let _running = Primary::serve(TcpListener::bind(addr).await.unwrap(), slow.clone());
+        healed(&peer).await;
         requests(&http, &mut attempts).await;
 
-        println!("\n5. the primary is back");
+        println!("\n4. the primary turns slow (answers after 1 s; the read timeout is 300 ms)");
+        slow.store(true, Ordering::Relaxed);
+        requests(&http, &mut attempts).await;
         slow.store(false, Ordering::Relaxed);
-        ejection_over(&peer).await;
+        healed(&peer).await;
         requests(&http, &mut attempts).await;
     });
     std::process::exit(0);
@@ -143,12 +147,18 @@ fn attempt_path(ctx: &FailoverCtx) -> String {
     path.join(", then ")
 }
 
-/// Waits until the primary's ejection is over, so that the next request probes it.
-async fn ejection_over(peer: &Peer) {
-    while matches!(peer.health().state(), HealthState::Ejected { .. }) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Says the primary is healed, and waits until it takes traffic again (re-admitted by a
+/// background probe if it was ejected).
+async fn healed(peer: &Peer) {
+    let healed = Instant::now();
+    println!("  (healed)");
+    while !matches!(peer.health().state(), HealthState::Healthy) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!("  (ejection over: the next request probes the primary)");
+    println!(
+        "  (taking traffic again {} ms after the heal)",
+        healed.elapsed().as_millis()
+    );
 }
 
 /// The primary: answers its name, after 1 s while `slow` is set.
