@@ -98,15 +98,15 @@ impl ProxyHttp for MyProxy {
         peer: &HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] sock: std::os::windows::io::RawSocket,
-        _digest: Option<&Digest>,
+        digest: Option<&Digest>,
         ctx: &mut MyCtx,
     ) -> Result<()> {
         #[cfg(unix)]
         self.failover
-            .connected_to_upstream(reused, peer, fd, &mut ctx.failover);
+            .connected_to_upstream(reused, peer, fd, digest, &mut ctx.failover);
         #[cfg(windows)]
         self.failover
-            .connected_to_upstream(reused, peer, sock, &mut ctx.failover);
+            .connected_to_upstream(reused, peer, sock, digest, &mut ctx.failover);
         Ok(())
     }
 

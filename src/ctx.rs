@@ -205,7 +205,7 @@ impl AttemptRecord {
             Outcome::Failed {
                 kind: FailureKind::HeaderTimeout,
                 ..
-            } if self.cut.header_cut() => {}
+            } if self.stall_cut(FailureKind::HeaderTimeout) => {}
             // An abandoned connect teaches the connect time it was given, and nothing else.
             Outcome::Failed {
                 kind: FailureKind::ConnectTimeout,
@@ -218,6 +218,11 @@ impl AttemptRecord {
     /// Ends the stall cut's watch over the wait for the header: whether it had cut the attempt.
     pub(crate) fn end_wait(&self) -> bool {
         self.cut.watch.as_ref().is_some_and(|w| w.end())
+    }
+
+    /// Whether a failure of `kind` was the stall cut's (the engine's, not a measure of the peer).
+    pub(crate) fn stall_cut(&self, kind: FailureKind) -> bool {
+        kind == FailureKind::HeaderTimeout && self.cut.header_cut()
     }
 
     /// Changes the verdict of a failed attempt, keeping its duration.

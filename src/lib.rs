@@ -36,7 +36,7 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-// Unsafe code is denied everywhere but in the three system calls of the stall cut
+// Unsafe code is denied everywhere but where the stall cut borrows a descriptor
 // (`proxy::stall::sys`).
 #![deny(unsafe_code)]
 

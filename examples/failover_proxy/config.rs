@@ -96,9 +96,9 @@ pub struct Timeouts {
     /// `false`: connects always get `connect_ms`, instead of being abandoned far past the
     /// peer's learned connect time.
     pub adaptive_connect: Option<bool>,
-    /// `false`: response headers always get `read_ms`, instead of an idempotent request's
-    /// attempt being cut when its header is far later than the peer typically answers, while
-    /// the peer answers nothing else.
+    /// `false`: response headers always get `read_ms`, instead of a safe request's attempt
+    /// (GET, HEAD, OPTIONS, TRACE, without a body) being cut when its header is far later than
+    /// the peer typically answers, while the peer answers nothing else.
     pub stall_cut: Option<bool>,
     /// The least wait the stall cut allows a header (it also waits 10 times what the peer
     /// typically takes) [default: 50].

@@ -68,9 +68,9 @@ struct Flags {
     /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
     #[arg(long, value_name = "KEY")]
     hash_key: Option<String>,
-    /// The least wait before an idempotent request's attempt whose header is late (10 times
-    /// what the peer typically takes) is cut while the peer answers nothing else, and retried
-    /// elsewhere [default: 50].
+    /// The least wait before a safe request's attempt whose header is late (10 times what the
+    /// peer typically takes) is cut while the peer answers nothing else, and retried elsewhere
+    /// [default: 50].
     #[arg(long, value_name = "MS", conflicts_with = "no_stall_cut")]
     stall_cut_ms: Option<u64>,
     /// Response headers always get the read timeout: no stall cut.

@@ -258,12 +258,12 @@ impl PeerHealth {
         self.waiting.start(self.ms_at(now));
     }
 
-    /// The request no longer waits for its header: it came, or the attempt ended without it.
     /// When the peer last answered (ms on its clock), 0 before its first answer.
     pub(crate) fn answered_at_ms(&self) -> u64 {
         self.waiting.answered_at()
     }
 
+    /// The request no longer waits for its header: it came, or the attempt ended without it.
     pub(crate) fn header_done(&self) {
         self.waiting.stop();
     }

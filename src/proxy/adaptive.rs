@@ -19,19 +19,23 @@ use crate::peer::Peer;
 /// so this is safe for any request. The configured timeout stays the upper bound, and the last
 /// attempt a request is allowed always gets it in full.
 ///
-/// The stall cut does the same with the time to the response header, for idempotent requests
-/// whose body can be replayed: when the header is `factor` times later than the peer typically
-/// answers (a moving average of its last 20 or so answers: the peak-sensitive estimate that
-/// balancing uses holds a spike for seconds, and would hold the cut back with it), at least
-/// `floor`, and the peer has answered nothing else for that long, the attempt is cut and the
-/// request goes to the next peer. A peer that keeps answering is alive, and a slow request there
-/// keeps its full timeout. Only the wait for the header is cut: once it has come, the body
-/// takes the time it takes (a stream of server-sent events, a long poll answering in parts).
-/// A cut counts against its peer only when the retry then answered within the time the cut
-/// peer was given: a request that is slow everywhere (a report, an export) is slow, not a sign
-/// of a broken peer. (The cut shuts the attempt's connection down, from outside pingora, which
-/// offers no hook while a request waits; it works on HTTP/1 connections, where a connection
-/// carries one request at a time, and is what [`Failover::connected_to_upstream`] arms.)
+/// The stall cut does the same with the time to the response header, for safe requests (GET,
+/// HEAD, OPTIONS, TRACE) without a body: when the header is `factor` times later than the peer
+/// typically answers (a moving average of its last 20 or so answers: the peak-sensitive
+/// estimate that balancing uses holds a spike for seconds, and would hold the cut back with
+/// it), at least `floor`, and the peer has answered nothing else for that long, the attempt is
+/// cut and the request goes to the next peer. Safe requests only, because the cut attempt may
+/// run on upstream beside its retry (a PUT or a DELETE overlapping its own replay could undo a
+/// later write); without a body, because the wait would count the time a body takes to send. A
+/// peer that keeps answering is alive, and a slow request there keeps its full timeout. Only
+/// the wait for the header is cut: once it has come, the body takes the time it takes (a
+/// stream of server-sent events, a long poll answering in parts). A cut counts against its peer
+/// only when the retry then answered within the time the cut peer was given: a request that is
+/// slow everywhere (a report, an export) is slow, not a sign of a broken peer. The cut takes its
+/// retry from the budget as it cuts, and makes no cut when the budget is spent. (It shuts the
+/// attempt's connection down, from outside pingora, which offers no hook while a request waits;
+/// it applies to peers that speak HTTP/1 only, where a connection carries one request at a
+/// time, and [`Failover::connected_to_upstream`] arms it.)
 ///
 /// [`Failover::connected_to_upstream`]: crate::Failover::connected_to_upstream
 ///
@@ -44,9 +48,8 @@ use crate::peer::Peer;
 ///   timeout)
 ///
 /// Neither cut is made where no retry could follow it: on the last attempt a request is
-/// allowed, when the retry budget is spent, when the deadline leaves less than the configured
-/// timeout, when the policy would not retry that failure, and, for the stall cut, for a
-/// non-idempotent request or a body too large (or of unknown size) to be replayed. An abandoned
+/// allowed, when the retry budget is spent, when the deadline would leave the retry less than
+/// the configured timeout, or when the policy would not retry that failure. An abandoned
 /// connect counts against its peer as any failure does, not as a connect failure (one of which
 /// ejects): the peer may only be slower than it was.
 #[derive(Debug, Clone, Copy)]
@@ -122,9 +125,9 @@ impl AdaptiveTimeouts {
         self
     }
 
-    /// Cuts an idempotent request's attempt whose response header takes `factor` times what
-    /// the peer typically takes, at least `floor`, while the peer answers nothing else, and
-    /// retries it on another peer.
+    /// Cuts a safe request's attempt whose response header takes `factor` times what the peer
+    /// typically takes, at least `floor`, while the peer answers nothing else, and retries it
+    /// on another peer.
     ///
     /// # Errors
     ///
@@ -149,7 +152,7 @@ impl AdaptiveTimeouts {
         &self,
         peer: &Peer,
         target: &mut HttpPeer,
-        retry_after: impl Fn(FailureKind, Duration) -> bool,
+        retry_after: impl Fn(FailureKind, Duration, Duration) -> bool,
     ) -> Cut {
         let options = &mut target.options;
         let health = peer.health();
@@ -158,13 +161,13 @@ impl AdaptiveTimeouts {
                 self.connect,
                 &mut options.connection_timeout,
                 || health.connect_time(),
-                |configured| retry_after(FailureKind::ConnectTimeout, configured),
+                |configured, limit| retry_after(FailureKind::ConnectTimeout, configured, limit),
             ),
             header: limit(
                 self.header,
                 options.read_timeout,
                 || health.typical_latency(),
-                |configured| retry_after(FailureKind::HeaderTimeout, configured),
+                |configured, limit| retry_after(FailureKind::HeaderTimeout, configured, limit),
             ),
             watch: None,
         }
@@ -177,7 +180,7 @@ fn lower(
     bound: Option<Bound>,
     timeout: &mut Option<Duration>,
     learned: impl FnOnce() -> Option<Duration>,
-    retried: impl FnOnce(Duration) -> bool,
+    retried: impl FnOnce(Duration, Duration) -> bool,
 ) -> bool {
     match limit(bound, *timeout, learned, retried) {
         Some(limit) => {
@@ -194,13 +197,13 @@ fn limit(
     bound: Option<Bound>,
     configured: Option<Duration>,
     learned: impl FnOnce() -> Option<Duration>,
-    retried: impl FnOnce(Duration) -> bool,
+    retried: impl FnOnce(Duration, Duration) -> bool,
 ) -> Option<Duration> {
     let (Some(bound), Some(configured)) = (bound, configured) else {
         return None;
     };
     let limit = bound.limit(learned()?, configured);
-    (limit < configured && retried(configured)).then_some(limit)
+    (limit < configured && retried(configured, limit)).then_some(limit)
 }
 
 /// What [`AdaptiveTimeouts`] did to an attempt: whether it lowered the connect timeout, the

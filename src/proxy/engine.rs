@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pingora_core::protocols::ALPN;
+use pingora_core::protocols::{Digest, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result, RetryType};
+use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 
@@ -17,15 +17,15 @@ use crate::health::{Admission, HealthEvent, HealthState, OutlierDetection};
 use crate::peer::Peer;
 use crate::proxy::adaptive::{AdaptiveTimeouts, Cut};
 use crate::proxy::signals::Signals;
-use crate::proxy::stall::Watchdog;
+use crate::proxy::stall::{Armed, Watchdog};
 use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
 use crate::select::{Attempt, PeerSelector};
 
 /// How many times a selection is made when the half-open peers it returns lose their probe slot
 /// to other requests, before the last one is sent as it is.
 const CLAIM_ROUNDS: usize = 3;
-/// The request body pingora keeps to replay on a retry (its `BODY_BUF_LIMIT`).
-const REPLAY_LIMIT: usize = 64 * 1024;
+/// The error of an attempt the stall cut ended.
+const STALL_CUT: &str = "response header stalled: cut";
 /// Longest overall deadline accepted.
 const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 /// The longest `Retry-After` honoured by default when a retry returns to a peer already tried.
@@ -179,8 +179,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let mut http_peer = Box::new(next.peer.http_peer().clone());
         let cut = match &self.adaptive {
             Some(adaptive) => {
-                let retry_after =
-                    |kind, configured| self.retry_after(session, ctx, &next.peer, kind, configured);
+                let body_empty = session.is_body_empty();
+                let retry_after = |kind, configured, limit| {
+                    let peer = &next.peer;
+                    self.retry_after(session, body_empty, ctx, peer, kind, configured, limit)
+                };
                 adaptive.apply(&next.peer, &mut http_peer, retry_after)
             }
             None => Cut::default(),
@@ -198,13 +201,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// For `ProxyHttp::connected_to_upstream`, with the hook's arguments: the peer learns its
     /// connect time from a new connection (`reused == false`), and the attempt's wait for its
     /// header is watched on the connection, for [`AdaptiveTimeouts`]. Without this call,
-    /// connects and headers always get the configured timeouts.
+    /// connects and headers always get the configured timeouts. (The stall cut also needs
+    /// `upstream_response_filter`, from which peers learn how long they take to answer.)
     pub fn connected_to_upstream(
         &self,
         reused: bool,
         peer: &HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&Digest>,
         ctx: &mut FailoverCtx,
     ) {
         let Some(rec) = ctx.current_mut() else {
@@ -215,11 +220,24 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         // One request at a time on the connection: an HTTP/2 one carries others.
         #[cfg(unix)]
-        if let (Some(limit), ALPN::H1) = (rec.cut.header, &peer.options.alpn) {
-            rec.cut.watch = self.watchdog.arm(fd, rec.peer(), limit);
+        if matches!(peer.options.alpn, ALPN::H1) {
+            let armed = rec.cut.header.and_then(|limit| {
+                let socket = digest?.socket_digest.as_ref()?;
+                let ends = (
+                    *socket.local_addr()?.as_inet()?,
+                    *socket.peer_addr()?.as_inet()?,
+                );
+                Some(Armed {
+                    ends,
+                    peer: rec.peer(),
+                    limit,
+                })
+            });
+            let watch = self.watchdog.handed(fd, armed);
+            rec.cut.watch = watch;
         }
         #[cfg(windows)]
-        let _ = peer;
+        let _ = (peer, digest);
     }
 
     /// For `ProxyHttp::fail_to_connect`: classifies the failure and marks the error for retry
@@ -249,10 +267,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         // Rule: ReusedOnly is resolved before anything can read the retry flag.
         let reused_only = matches!(e.retry, RetryType::ReusedOnly);
         e.retry.decide_reuse(client_reused);
-        // The stall cut shut the connection down: the attempt timed out waiting for its header.
-        if ctx.attempts().last().is_some_and(AttemptRecord::end_wait) {
-            e = Error::because(ErrorType::ReadTimedout, "response header stalled: cut", e)
-                .into_up();
+        // The stall cut shut the connection down: the attempt timed out waiting for its header
+        // (unless the client side failed at that moment).
+        if ctx.attempts().last().is_some_and(AttemptRecord::end_wait)
+            && *e.esource() != ErrorSource::Downstream
+        {
+            e = Error::because(ErrorType::ReadTimedout, STALL_CUT, e).into_up();
         }
 
         // A retriable status whose retry upstream_response_filter already decided.
@@ -294,12 +314,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if ctx.attempts().last().is_some_and(AttemptRecord::end_wait) {
             // The header came as the stall cut shut its connection down: the body is lost.
             // `error_while_proxy` judges it.
-            let e = Error::explain(ErrorType::ReadTimedout, "response header stalled: cut");
-            return Err(e.into_up());
+            return Err(Error::explain(ErrorType::ReadTimedout, STALL_CUT).into_up());
         }
         if status < 200 || ctx.attempts().is_empty() {
             return Ok(());
         }
+        self.blame_cuts(ctx);
         let kind = if self.policy.is_retriable_status(status) {
             Some(FailureKind::Status(status))
         } else {
@@ -339,10 +359,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 rec.finish(Outcome::Responded { status });
                 self.signals.attempt(rec.peer(), &rec.outcome());
             }
-            self.blame_cuts(ctx);
             return Ok(());
         }
-        self.blame_cuts(ctx);
         if let Some(rec) = ctx.current_mut() {
             rec.finish(Outcome::Responded { status });
             self.signals.attempt(rec.peer(), &rec.outcome());
@@ -475,7 +493,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if left.is_some_and(|left| left.is_zero()) {
             return Err(StopReason::Deadline);
         }
-        let Some(paid) = Withdrawn::from(self.budget.as_ref()) else {
+        // A stall cut took its retry from the budget when it cut.
+        let paid = rec.cut.watch.as_ref().and_then(|w| w.take_paid());
+        let Some(paid) = paid.or_else(|| Withdrawn::from(self.budget.as_ref())) else {
             self.signals.budget_refused();
             return Err(StopReason::Budget);
         };
@@ -552,30 +572,29 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     }
 
     /// Whether a failure of `kind` of the attempt about to go to `peer`, cutting its
-    /// `configured` timeout short, would be retried: never on the last attempt, with the budget
-    /// spent, with less than `configured` left before the deadline, when the policy would not,
-    /// or, once the request was sent, for a request that cannot be replayed.
+    /// `configured` timeout short at `limit`, would be retried: never on the last attempt, with
+    /// the budget spent, when the deadline would leave the retry less than `configured`, or when
+    /// the policy would not. A header is cut only for a safe request (GET, HEAD, OPTIONS, TRACE)
+    /// without a body (`body_empty`): the cut attempt may run on upstream beside its retry, and
+    /// the wait would count the time a body takes to send.
+    #[allow(clippy::too_many_arguments)]
     fn retry_after(
         &self,
         session: &Session,
+        body_empty: bool,
         ctx: &FailoverCtx,
         peer: &Peer,
         kind: FailureKind,
         configured: Duration,
+        limit: Duration,
     ) -> bool {
         let attempt = ctx.attempts().len() as u32 + 1;
         let request = session.req_header();
-        let replayable = !kind.is_connect() && {
-            let length = request
-                .headers
-                .get("content-length")
-                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-            let chunked = request.headers.contains_key("transfer-encoding");
-            request.method.is_idempotent() && !chunked && length.unwrap_or(0) <= REPLAY_LIMIT
-        };
         attempt < self.policy.max_attempts()
-            && (kind.is_connect() || replayable)
-            && self.time_left(ctx).is_none_or(|left| left > configured)
+            && (kind.is_connect() || (request.method.is_safe() && body_empty))
+            && self
+                .time_left(ctx)
+                .is_none_or(|left| left > configured + limit)
             && self
                 .policy
                 .decide(&Failure::new(kind, attempt, request, peer))
@@ -590,14 +609,14 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     fn record_health(&self, ctx: &FailoverCtx, kind: FailureKind) {
         if let Some(rec) = ctx.attempts().last() {
             // A cut wait is judged by the retry that follows it (`blame_cuts`).
-            if !(kind == FailureKind::HeaderTimeout && rec.cut.header_cut()) {
+            if !rec.stall_cut(kind) {
                 self.record_failure(rec, kind);
             }
         }
     }
 
     /// Counts the stall cuts of this request against their peers, now that its last attempt
-    /// answered in `took`: a cut whose limit was longer than that stalled on a peer where
+    /// answered: a cut whose limit was longer than that answer took stalled on a peer where
     /// another answered in time. A request slow everywhere blames no one.
     fn blame_cuts(&self, ctx: &FailoverCtx) {
         let Some((last, earlier)) = ctx.attempts().split_last() else {
@@ -704,7 +723,9 @@ fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
 /// - outlier ejection: [`OutlierDetection::default`] (1 connect failure or 5 failures in a row;
 ///   out for 1 s, then probed in the background until a probe passes)
 /// - adaptive timeouts: [`AdaptiveTimeouts::default`] (a connect is abandoned after 10 times the
-///   peer's learned connect time, at least 50 ms, except on a request's last attempt)
+///   peer's learned connect time, at least 50 ms; a safe request's response header, after 10
+///   times what the peer typically takes, at least 50 ms, while the peer answers nothing else;
+///   never on a request's last attempt)
 /// - longest `Retry-After` honoured: [`DEFAULT_MAX_RETRY_AFTER`] (3 s)
 /// - health observer and metrics: none
 #[derive(Debug)]
@@ -819,16 +840,17 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             check_timeout("overall deadline", d, MAX_DEADLINE)?;
         }
         let outliers = self.outliers.map(OutlierDetection::validate).transpose()?;
+        let budget = self.budget.map(Arc::new);
         Ok(Failover {
             selector: self.selector,
             policy: self.policy,
             deadline: self.deadline,
-            budget: self.budget.map(Arc::new),
+            budget: budget.clone(),
             outliers,
             max_retry_after: self.max_retry_after,
             adaptive: self.adaptive,
             signals: Arc::new(self.signals),
-            watchdog: Watchdog::default(),
+            watchdog: Watchdog::new(budget),
         })
     }
 }

@@ -177,13 +177,15 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
         peer: &HttpPeer,
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] sock: std::os::windows::io::RawSocket,
-        _digest: Option<&pingora_core::protocols::Digest>,
+        digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut FailoverCtx,
     ) -> Result<()> {
         #[cfg(unix)]
-        self.engine.connected_to_upstream(reused, peer, fd, ctx);
+        self.engine
+            .connected_to_upstream(reused, peer, fd, digest, ctx);
         #[cfg(windows)]
-        self.engine.connected_to_upstream(reused, peer, sock, ctx);
+        self.engine
+            .connected_to_upstream(reused, peer, sock, digest, ctx);
         Ok(())
     }
 
