@@ -144,6 +144,11 @@ impl AdaptiveTimeouts {
         self
     }
 
+    /// Whether the stall cut is on.
+    pub(crate) fn cuts_stalls(&self) -> bool {
+        self.header.is_some()
+    }
+
     /// Lowers `target`'s connect timeout for an attempt to `peer`, and sets the limit of its
     /// wait for the header, where `retry_after` says that a failure of that kind, cutting that
     /// configured timeout short, would be retried (a cut where no retry can follow would turn a

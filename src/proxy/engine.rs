@@ -220,7 +220,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         // One request at a time on the connection: an HTTP/2 one carries others.
         #[cfg(unix)]
-        if matches!(peer.options.alpn, ALPN::H1) {
+        if matches!(peer.options.alpn, ALPN::H1)
+            && self
+                .adaptive
+                .as_ref()
+                .is_some_and(AdaptiveTimeouts::cuts_stalls)
+        {
             let armed = rec.cut.header.and_then(|limit| {
                 let socket = digest?.socket_digest.as_ref()?;
                 let ends = (
