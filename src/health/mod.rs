@@ -133,7 +133,8 @@ impl PeerHealth {
         self.ms_at(Instant::now())
     }
 
-    fn ms_at(&self, t: Instant) -> u64 {
+    /// `t` in milliseconds on this peer's clock.
+    pub(crate) fn ms_at(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.origin).as_millis() as u64 + 1
     }
 

@@ -174,13 +174,14 @@ impl Watchdog {
     /// when there is none (or outside a tokio runtime).
     pub(crate) fn handed(&self, fd: i32, armed: Option<Armed<'_>>) -> Option<Arc<Watch>> {
         let runtime = tokio::runtime::Handle::try_current().ok();
+        let now = Instant::now();
         let watch = match (armed, &runtime) {
             (Some(a), Some(_)) => Some(Arc::new(Watch {
                 state: AtomicU8::new(WAITING),
                 fd,
                 ends: a.ends,
                 peer: a.peer.clone(),
-                since_ms: a.peer.health().now_ms(),
+                since_ms: a.peer.health().ms_at(now),
                 limit: a.limit,
                 paid: Mutex::new(None),
             })),
@@ -197,7 +198,7 @@ impl Watchdog {
                 None => w.by_fd.remove(&fd),
             };
             let earliest = watch.as_ref().map(|watch| {
-                let at = Instant::now() + watch.limit;
+                let at = now + watch.limit;
                 let earliest = w.due.peek().is_none_or(|d| at < d.at);
                 w.due.push(Due {
                     at,
