@@ -205,7 +205,7 @@ impl AttemptRecord {
             Outcome::Failed {
                 kind: FailureKind::HeaderTimeout,
                 ..
-            } if self.stall_cut(FailureKind::HeaderTimeout) => {}
+            } if self.cut.header_cut() => {}
             // An abandoned connect teaches the connect time it was given, and nothing else.
             Outcome::Failed {
                 kind: FailureKind::ConnectTimeout,

@@ -1,12 +1,9 @@
 //! Least-request: the power of two choices on in-flight requests.
 
-use std::sync::Arc;
-
-use crate::error::ConfigError;
 use crate::peer::Peer;
-use crate::select::p2c::TwoChoices;
-use crate::select::{Attempt, PanicThreshold, PeerSelector, SlowStart};
-use crate::set::{PeerSet, Snapshot};
+use crate::select::p2c::{two_choices_api, TwoChoices};
+use crate::select::{Attempt, PeerSelector};
+use crate::set::PeerSet;
 
 /// Sends each request to the less loaded of two peers drawn at random: the power of two choices
 /// (Mitzenmacher) on requests in flight, weighted (Envoy's `LEAST_REQUEST`, nginx's
@@ -28,55 +25,9 @@ pub struct LeastRequest {
     inner: TwoChoices,
 }
 
+two_choices_api!(LeastRequest, "Least-request");
+
 impl LeastRequest {
-    /// Least-request over `peers`, weighted by [`Peer::weight`].
-    ///
-    /// # Errors
-    ///
-    /// As [`PeerSet::new`].
-    pub fn new(peers: Vec<Peer>) -> Result<Self, ConfigError> {
-        PeerSet::new(peers).map(Self::from_set)
-    }
-
-    /// Least-request over `set`, following its changes.
-    pub fn from_set(set: PeerSet) -> Self {
-        Self {
-            inner: TwoChoices::new(set),
-        }
-    }
-
-    /// Seeds the random draws, for reproducible runs.
-    pub fn with_seed(self, seed: u64) -> Self {
-        self.inner.seed(seed);
-        self
-    }
-
-    /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::OutOfRange`] for a share outside 0.0..=1.0.
-    pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, ConfigError> {
-        self.inner.panic = PanicThreshold::new(share)?;
-        Ok(self)
-    }
-
-    /// Ramps up the weight of a peer that joins traffic ([`SlowStart`]).
-    pub fn with_slow_start(mut self, slow_start: SlowStart) -> Self {
-        self.inner.slow_start = Some(slow_start);
-        self
-    }
-
-    /// The peers now.
-    pub fn peers(&self) -> Arc<Snapshot> {
-        self.inner.set.peers()
-    }
-
-    /// The set it chooses from.
-    pub fn set(&self) -> &PeerSet {
-        &self.inner.set
-    }
-
     fn cost(&self, p: &Peer) -> f64 {
         f64::from(p.health().in_flight() + 1) / self.inner.weight(p)
     }

@@ -8,6 +8,70 @@ use crate::select::slow_start::{self, SlowStart};
 use crate::select::{Attempt, PanicThreshold};
 use crate::set::PeerSet;
 
+/// The constructors, settings and accessors of a selector built on [`TwoChoices`] (a field
+/// `inner`), alike for each; `$what` begins their documentation.
+macro_rules! two_choices_api {
+    ($ty:ident, $what:literal) => {
+        impl $ty {
+            #[doc = concat!($what, " over `peers`, weighted by [`Peer::weight`](crate::Peer::weight).")]
+            ///
+            /// # Errors
+            ///
+            /// As [`PeerSet::new`](crate::PeerSet::new).
+            pub fn new(
+                peers: Vec<$crate::Peer>,
+            ) -> Result<Self, $crate::error::ConfigError> {
+                $crate::PeerSet::new(peers).map(Self::from_set)
+            }
+
+            #[doc = concat!($what, " over `set`, following its changes.")]
+            pub fn from_set(set: $crate::PeerSet) -> Self {
+                Self {
+                    inner: $crate::select::p2c::TwoChoices::new(set),
+                }
+            }
+
+            /// Seeds the random draws, for reproducible runs.
+            pub fn with_seed(self, seed: u64) -> Self {
+                self.inner.seed(seed);
+                self
+            }
+
+            /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
+            ///
+            /// # Errors
+            ///
+            /// [`ConfigError::OutOfRange`](crate::ConfigError::OutOfRange) for a share outside
+            /// 0.0..=1.0.
+            pub fn with_panic_threshold(
+                mut self,
+                share: f64,
+            ) -> Result<Self, $crate::error::ConfigError> {
+                self.inner.panic = $crate::select::PanicThreshold::new(share)?;
+                Ok(self)
+            }
+
+            /// Ramps up the weight of a peer that joins traffic
+            /// ([`SlowStart`](crate::SlowStart)).
+            pub fn with_slow_start(mut self, slow_start: $crate::SlowStart) -> Self {
+                self.inner.slow_start = Some(slow_start);
+                self
+            }
+
+            /// The peers now.
+            pub fn peers(&self) -> std::sync::Arc<$crate::set::Snapshot> {
+                self.inner.set.peers()
+            }
+
+            /// The set it chooses from.
+            pub fn set(&self) -> &$crate::PeerSet {
+                &self.inner.set
+            }
+        }
+    };
+}
+pub(crate) use two_choices_api;
+
 /// What the power-of-two-choices selectors share: their set, their random draws, panic mode and
 /// slow start. Each brings its own cost.
 #[derive(Debug)]
