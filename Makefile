@@ -20,6 +20,11 @@ deps:
 	  fi; \
 	fi
 	@command -v cc >/dev/null 2>&1 || { echo "pingora needs a C compiler: install gcc or clang"; exit 1; }
+	@# The test of a blackholed upstream drops its packets on loopback with iptables (as root).
+	@if ! command -v iptables >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing iptables (the blackhole test drops packets on loopback)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; \
+	fi
 
 demo: deps
 	$(CARGO) run --example demo

@@ -21,6 +21,8 @@ pub struct FailoverCtx {
     /// The current (last) attempt is counted in flight on its peer: until it fails, or the
     /// context is dropped with the request, whichever way it ended.
     in_flight: bool,
+    /// The request's kind, for learning what it typically takes.
+    pub(crate) route: Option<crate::cut::RouteKey>,
 }
 
 impl Drop for FailoverCtx {
@@ -101,7 +103,7 @@ impl FailoverCtx {
             outcome: Outcome::Pending,
             probe,
             started_ejected,
-            cut: crate::proxy::Cut::default(),
+            cut: crate::cut::Cut::default(),
         });
     }
 
@@ -139,7 +141,7 @@ pub struct AttemptRecord {
     /// timeout is then the engine's cut, not a measure of the peer.
     ///
     /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
-    pub(crate) cut: crate::proxy::Cut,
+    pub(crate) cut: crate::cut::Cut,
 }
 
 impl AttemptRecord {
@@ -152,7 +154,7 @@ impl AttemptRecord {
             outcome: Outcome::Pending,
             probe: false,
             started_ejected: false,
-            cut: crate::proxy::Cut::default(),
+            cut: crate::cut::Cut::default(),
         }
     }
 
@@ -181,48 +183,22 @@ impl AttemptRecord {
         self.outcome
     }
 
-    /// Ends the attempt. Its peer learns how long it took to answer; a failure teaches only a
-    /// wait longer than the estimate, and one after the answer (in the body) or on the client's
-    /// side teaches nothing.
+    /// Ends the attempt with `outcome` (what its peer learns from it is the engine's feed).
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         self.end_wait();
-        let waited = matches!(self.outcome, Outcome::Pending);
-        let now = Instant::now();
-        let took = now.saturating_duration_since(self.started);
-        self.duration = Some(took);
+        self.duration = Some(self.started.elapsed());
         self.outcome = outcome;
-        let health = self.peer.health();
-        if waited {
-            health.header_done();
-        }
-        match outcome {
-            _ if !waited => {}
-            Outcome::Responded { .. } => health.learn_latency(took, true, now),
-            Outcome::Failed {
-                kind: FailureKind::Downstream,
-                ..
-            } => {}
-            Outcome::Failed {
-                kind: FailureKind::HeaderTimeout,
-                ..
-            } if self.cut.header_cut() => {}
-            // An abandoned connect teaches the connect time it was given, and nothing else.
-            Outcome::Failed {
-                kind: FailureKind::ConnectTimeout,
-                ..
-            } if self.cut.connect => health.learn_connect(took),
-            _ => health.learn_latency(took, false, now),
-        }
     }
 
     /// Ends the stall cut's watch over the wait for the header: whether it had cut the attempt.
     pub(crate) fn end_wait(&self) -> bool {
-        self.cut.watch.as_ref().is_some_and(|w| w.end())
+        self.cut.end_wait()
     }
 
     /// Whether a failure of `kind` was the stall cut's (the engine's, not a measure of the peer).
     pub(crate) fn stall_cut(&self, kind: FailureKind) -> bool {
-        kind == FailureKind::HeaderTimeout && self.cut.header_cut()
+        matches!(kind, FailureKind::HeaderTimeout | FailureKind::Unprocessed)
+            && self.cut.header_cut()
     }
 
     /// Changes the verdict of a failed attempt, keeping its duration.

@@ -36,12 +36,13 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-// Unsafe code is denied everywhere but where the stall cut borrows a descriptor
-// (`proxy::stall::sys`).
+// Unsafe code is denied everywhere but in the platform part of the cut (`cut::sys`), which
+// borrows a connection's descriptor.
 #![deny(unsafe_code)]
 
 pub mod classify;
 pub mod ctx;
+mod cut;
 pub mod discovery;
 pub mod error;
 pub mod health;
@@ -55,6 +56,7 @@ pub mod set;
 mod sync;
 
 pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
+pub use cut::AdaptiveTimeouts;
 pub use discovery::PeersFile;
 #[cfg(feature = "dns")]
 pub use discovery::Resolver;
@@ -69,7 +71,7 @@ pub use health::{
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use peer::{Endpoint, HttpVersion, Peer, PeerBuilder};
-pub use proxy::{AdaptiveTimeouts, Failover, FailoverBuilder, FailoverProxy};
+pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };

@@ -20,7 +20,7 @@ mod active;
 mod latency;
 pub(crate) mod recovery;
 pub(crate) mod state;
-mod waiting;
+pub(crate) mod suspicion;
 
 #[cfg(feature = "active-health")]
 pub use active::ActiveHealthCheck;
@@ -37,7 +37,7 @@ use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
 use latency::Latency;
 use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
-use waiting::Waiting;
+use suspicion::Waiting;
 
 /// The health of one peer, shared by every request. Lock-free.
 ///
@@ -66,9 +66,6 @@ pub struct PeerHealth {
     /// 0 when it has served from the start.
     ramp_from: std::sync::atomic::AtomicU64,
 }
-
-/// The shortest wait without an answer that makes a busy peer suspected.
-const SUSPECT_AFTER: Duration = Duration::from_millis(100);
 
 /// An ejection made by [`OutlierDetection::record_failure`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,22 +271,22 @@ impl PeerHealth {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Whether the peer is suspected of stalling: two or more requests wait on it for their
-    /// headers, and it has answered nothing for longer than 10 times what it typically takes to
-    /// answer, and at least 100 ms (counted from when they began waiting, or from its last
-    /// answer if later). Selectors avoid a suspected peer (it does not
-    /// [admit](Self::admission) requests) before any timeout fires; it is not ejected, and its
-    /// next answer, or the waiting requests ending, clears it. A peer that keeps answering is
-    /// never suspected, however slow some of its requests are, and a request whose header came
-    /// (a long stream) is not waiting.
+    /// Whether the peer is suspected of stalling: requests wait on it for their headers, and
+    /// the evidence the engine gathers while they wait showed it stuck since its last answer
+    /// (none of a request acknowledged by its kernel, or a liveness check on another connection
+    /// unanswered; see [`AdaptiveTimeouts`](crate::AdaptiveTimeouts)). Selectors avoid a
+    /// suspected peer (it does not [admit](Self::admission) requests) before any timeout fires;
+    /// it is not ejected, and its next answer, a passing check, or the waiting requests ending,
+    /// clears it. A peer that is only slow to answer some requests, a proxy that stalled with
+    /// the answers in its sockets, an upgraded connection (a WebSocket) and an upload still
+    /// sending its body are never evidence.
     pub fn is_suspected(&self) -> bool {
-        let Some(stalled) = self.waiting.stalled_for(|| self.now_ms()) else {
-            return false;
-        };
-        let limit = self
-            .typical_latency()
-            .map_or(SUSPECT_AFTER, |t| (t * 10).max(SUSPECT_AFTER));
-        stalled > limit.as_millis() as u64
+        self.waiting.suspected()
+    }
+
+    /// The suspicion state: waiting requests, answers, liveness checks.
+    pub(crate) fn suspicion(&self) -> &Waiting {
+        &self.waiting
     }
 
     /// Whether the peer is ejected (its ejection time may be over, waiting for a probe).

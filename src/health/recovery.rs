@@ -109,16 +109,23 @@ impl RecoveryProbe {
     /// timeouts are the probe's, or the peer's own where they are shorter (a peer too slow for
     /// its requests must not pass its probe).
     async fn passes(&self, peer: &Peer) -> bool {
+        self.passes_within(peer, self.timeout).await
+    }
+
+    /// Whether `peer` passes one probe with `timeout` for its connect and for its answer: the
+    /// liveness check of a peer a request waits on ([`AdaptiveTimeouts`]).
+    ///
+    /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
+    pub(crate) async fn passes_within(&self, peer: &Peer, timeout: Duration) -> bool {
         let mut target = peer.http_peer().clone();
         let options = &mut target.options;
-        let within =
-            |own: Option<Duration>| Some(own.map_or(self.timeout, |t| t.min(self.timeout)));
+        let within = |own: Option<Duration>| Some(own.map_or(timeout, |t| t.min(timeout)));
         options.connection_timeout = within(options.connection_timeout);
         options.total_connection_timeout = within(options.total_connection_timeout);
         options.read_timeout = within(options.read_timeout);
         options.write_timeout = within(options.write_timeout);
         // Bounded as a whole too, whatever the transport does.
-        let limit = self.timeout * 3;
+        let limit = timeout * 3;
         match &self.check {
             Check::Connect => {
                 static CONNECTOR: OnceLock<TransportConnector> = OnceLock::new();

@@ -10,15 +10,16 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::{FailToProxy, Session};
 
+use super::builder::FailoverBuilder;
+use super::feed::Feed;
+use super::rules::{self, Facts};
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
-use crate::error::{check_timeout, ConfigError};
-use crate::health::{Admission, HealthEvent, HealthState, OutlierDetection};
+use crate::cut::{AdaptiveTimeouts, Armed, Cut, Watchdog};
+use crate::error::ConfigError;
+use crate::health::{Admission, HealthState};
 use crate::peer::Peer;
-use crate::proxy::adaptive::{AdaptiveTimeouts, Cut};
-use crate::proxy::signals::Signals;
-use crate::proxy::stall::{Armed, Watchdog};
-use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn, MAX_ATTEMPTS};
+use crate::retry::{Failure, RetryBudget, RetryDecision, RetryPolicy, Withdrawn};
 use crate::select::{Attempt, PeerSelector};
 
 /// How many times a selection is made when the half-open peers it returns lose their probe slot
@@ -26,8 +27,10 @@ use crate::select::{Attempt, PeerSelector};
 const CLAIM_ROUNDS: usize = 3;
 /// The error of an attempt the stall cut ended.
 const STALL_CUT: &str = "response header stalled: cut";
-/// Longest overall deadline accepted.
-const MAX_DEADLINE: Duration = Duration::from_secs(3600);
+/// The error of an attempt the stall cut ended before its peer received any of it.
+const UNDELIVERED_CUT: &str = "request never acknowledged by the upstream: cut and aborted";
+/// Pingora's request body replay buffer: a longer body cannot be sent again.
+const REPLAY_BUFFER: usize = 64 * 1024;
 /// The longest `Retry-After` honoured by default when a retry returns to a peer already tried.
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 
@@ -55,17 +58,16 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// It resolves pingora's `RetryType::ReusedOnly` before anything reads the retry flag.
 #[derive(Debug)]
 pub struct Failover<S, R> {
-    selector: S,
-    policy: R,
-    deadline: Option<Duration>,
-    budget: Option<Arc<RetryBudget>>,
-    outliers: Option<OutlierDetection>,
-    max_retry_after: Duration,
-    adaptive: Option<AdaptiveTimeouts>,
-    /// Shared with the background probers of ejected peers.
-    signals: Arc<Signals>,
-    /// Cuts the attempts whose header stalls ([`AdaptiveTimeouts`]' stall cut).
-    watchdog: Watchdog,
+    pub(super) selector: S,
+    pub(super) policy: R,
+    pub(super) deadline: Option<Duration>,
+    pub(super) budget: Option<Arc<RetryBudget>>,
+    pub(super) max_retry_after: Duration,
+    pub(super) adaptive: Option<AdaptiveTimeouts>,
+    /// What each finished attempt teaches its peer; reports health events and metrics.
+    pub(super) feed: Feed,
+    /// Watches each attempt's wait for its header ([`AdaptiveTimeouts`]' stall cut).
+    pub(super) watchdog: Watchdog,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
@@ -81,16 +83,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
 
     /// A builder for an engine.
     pub fn builder(selector: S, policy: R) -> FailoverBuilder<S, R> {
-        FailoverBuilder {
-            selector,
-            policy,
-            deadline: None,
-            budget: Some(RetryBudget::default()),
-            outliers: Some(OutlierDetection::default()),
-            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
-            adaptive: Some(AdaptiveTimeouts::default()),
-            signals: Signals::default(),
-        }
+        FailoverBuilder::new(selector, policy)
     }
 
     /// The selector.
@@ -163,7 +156,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             }
         };
         if next.probe {
-            self.signals.probing(&next.peer);
+            self.feed.signals.probing(&next.peer);
         }
         if ctx.attempts().is_empty() {
             if let Some(budget) = &self.budget {
@@ -179,12 +172,16 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let mut http_peer = Box::new(next.peer.http_peer().clone());
         let cut = match &self.adaptive {
             Some(adaptive) => {
+                let route = *ctx
+                    .route
+                    .get_or_insert_with(|| self.feed.routes.key(session.req_header()));
                 let body_empty = session.is_body_empty();
-                let retry_after = |kind, configured, limit| {
-                    let peer = &next.peer;
-                    self.retry_after(session, body_empty, ctx, peer, kind, configured, limit)
+                let safe = session.req_header().method.is_safe() && body_empty;
+                let retried = |kind, configured, limit| {
+                    self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
                 };
-                adaptive.apply(&next.peer, &mut http_peer, retry_after)
+                let typical = self.feed.routes.typical(route);
+                adaptive.apply(&next.peer, typical, safe, &mut http_peer, retried)
             }
             None => Cut::default(),
         };
@@ -220,12 +217,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         // One request at a time on the connection: an HTTP/2 one carries others.
         #[cfg(unix)]
-        if matches!(peer.options.alpn, ALPN::H1)
-            && self
-                .adaptive
-                .as_ref()
-                .is_some_and(AdaptiveTimeouts::cuts_stalls)
-        {
+        if matches!(peer.options.alpn, ALPN::H1) && self.adaptive.is_some() {
             let armed = rec.cut.header.and_then(|limit| {
                 let socket = digest?.socket_digest.as_ref()?;
                 let ends = (
@@ -236,6 +228,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     ends,
                     peer: rec.peer(),
                     limit,
+                    may_cut: rec.cut.may_cut,
                 })
             });
             let watch = self.watchdog.handed(fd, armed);
@@ -274,10 +267,16 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         e.retry.decide_reuse(client_reused);
         // The stall cut shut the connection down: the attempt timed out waiting for its header
         // (unless the client side failed at that moment).
-        if ctx.attempts().last().is_some_and(AttemptRecord::end_wait)
-            && *e.esource() != ErrorSource::Downstream
-        {
-            e = Error::because(ErrorType::ReadTimedout, STALL_CUT, e).into_up();
+        if let Some(rec) = ctx.attempts().last() {
+            if rec.end_wait() && *e.esource() != ErrorSource::Downstream {
+                if rec.cut.undelivered() {
+                    // The peer never received it: nothing was processed, whatever the method.
+                    let kind = FailureKind::Unprocessed;
+                    e = Error::because(ErrorType::ConnectionClosed, UNDELIVERED_CUT, e).into_up();
+                    return self.after_failure(session, ctx, e, kind);
+                }
+                e = Error::because(ErrorType::ReadTimedout, STALL_CUT, e).into_up();
+            }
         }
 
         // A retriable status whose retry upstream_response_filter already decided.
@@ -321,10 +320,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             // `error_while_proxy` judges it.
             return Err(Error::explain(ErrorType::ReadTimedout, STALL_CUT).into_up());
         }
-        if status < 200 || ctx.attempts().is_empty() {
+        // A 100 is followed by the real header; a 101 is the answer (the connection is now a
+        // tunnel, and no longer waits for anything).
+        if (status < 200 && status != 101) || ctx.attempts().is_empty() {
             return Ok(());
         }
-        self.blame_cuts(ctx);
+        self.feed.blame_cuts(ctx);
         let kind = if self.policy.is_retriable_status(status) {
             Some(FailureKind::Status(status))
         } else {
@@ -333,7 +334,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 .map(FailureKind::GrpcStatus)
         };
         if let Some(kind) = kind {
-            self.record_health(ctx, kind);
+            self.feed.failed(ctx, kind);
             ctx.retry_after = classify::retry_after(response);
             match self.judge(session, ctx, kind, false, None) {
                 Ok(next) => {
@@ -352,36 +353,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 }
             }
         }
-        // Health judges the response on its own terms: a 5xx counts against the peer even when
-        // the policy does not retry it (and a probe answered with one fails).
-        if self
-            .outliers
-            .as_ref()
-            .is_some_and(|rules| rules.counts_status(status))
-        {
-            self.record_health(ctx, FailureKind::Status(status));
-            if let Some(rec) = ctx.current_mut() {
-                rec.finish(Outcome::Responded { status });
-                self.signals.attempt(rec.peer(), &rec.outcome());
-            }
-            return Ok(());
-        }
-        if let Some(rec) = ctx.current_mut() {
-            rec.finish(Outcome::Responded { status });
-            self.signals.attempt(rec.peer(), &rec.outcome());
-            // A success re-admits an ejected peer only when the attempt was sent knowing it was
-            // ejected (its probe, or panic mode): a request already in flight when the peer was
-            // ejected proves nothing about it now.
-            let readmit = rec.is_probe() || rec.started_ejected;
-            if self.outliers.is_some()
-                && rec
-                    .peer()
-                    .health()
-                    .record_success_counted(readmit, &*self.signals)
-            {
-                self.signals.readmitted(rec.peer());
-            }
-        }
+        self.feed.answered(ctx, status);
         Ok(())
     }
 
@@ -429,7 +401,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             // Not an attempt this engine started: leave pingora's decision alone.
             return e;
         }
-        self.record_health(ctx, kind);
+        self.feed.failed(ctx, kind);
         // Read only after `decide_reuse`, which every caller has done.
         let pingora_retriable = e.retry();
         match self.judge(session, ctx, kind, pingora_retriable, Some(&e)) {
@@ -462,6 +434,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     ) -> std::result::Result<Next, StopReason> {
         let attempts = ctx.attempts();
         let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
+        let left = self.time_left(ctx);
         let failure = Failure {
             kind,
             attempt: attempts.len() as u32,
@@ -473,41 +446,30 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             pingora_retriable,
             error,
         };
-        if kind == FailureKind::Downstream {
-            return Err(StopReason::ClientGone);
-        }
-        if session.response_written().is_some() {
-            return Err(StopReason::ResponseStarted);
-        }
-        if failure.may_have_processed()
-            && !failure.is_idempotent()
-            && !self.policy.replay_non_idempotent(&failure)
-        {
-            return Err(StopReason::NotIdempotent);
-        }
-        if failure.sent_upstream && !failure.body_replayable {
-            return Err(StopReason::BodyNotReplayable);
-        }
-        if self.policy.decide(&failure) != RetryDecision::Retry {
-            return Err(StopReason::Policy);
-        }
-        if failure.attempt >= self.policy.max_attempts() {
-            return Err(StopReason::MaxAttempts);
-        }
-        let left = self.time_left(ctx);
-        if left.is_some_and(|left| left.is_zero()) {
-            return Err(StopReason::Deadline);
+        let facts = Facts {
+            kind,
+            attempt: failure.attempt,
+            max_attempts: self.policy.max_attempts(),
+            response_started: session.response_written().is_some(),
+            idempotent: failure.is_idempotent(),
+            replay_opt_in: !failure.is_idempotent() && self.policy.replay_non_idempotent(&failure),
+            body_replayable: failure.body_replayable,
+            policy_retries: self.policy.decide(&failure) == RetryDecision::Retry,
+            time_left: left,
+        };
+        if let Some(reason) = rules::stop(&facts) {
+            return Err(reason);
         }
         // A stall cut took its retry from the budget when it cut.
-        let paid = rec.cut.watch.as_ref().and_then(|w| w.take_paid());
+        let paid = rec.cut.take_paid();
         let Some(paid) = paid.or_else(|| Withdrawn::from(self.budget.as_ref())) else {
-            self.signals.budget_refused();
+            self.feed.signals.budget_refused();
             return Err(StopReason::Budget);
         };
         // Without a peer, `paid` is dropped here and the retry goes back to the budget.
         let mut next = self.next_peer(ctx, session, failure.attempt, left)?;
         next.paid = Some(paid);
-        self.signals.retry();
+        self.feed.signals.retry();
         Ok(next)
     }
 
@@ -576,92 +538,38 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         lost.map(|peer| (peer, false))
     }
 
-    /// Whether a failure of `kind` of the attempt about to go to `peer`, cutting its
-    /// `configured` timeout short at `limit`, would be retried: never on the last attempt, with
-    /// the budget spent, when the deadline would leave the retry less than `configured`, or when
-    /// the policy would not. A header is cut only for a safe request (GET, HEAD, OPTIONS, TRACE)
-    /// without a body (`body_empty`): the cut attempt may run on upstream beside its retry, and
-    /// the wait would count the time a body takes to send.
-    #[allow(clippy::too_many_arguments)]
-    fn retry_after(
+    /// Whether a cut of the attempt about to be made, failing as `kind` after `limit` of its
+    /// `configured` timeout, would be retried: the safety rules over what is known before the
+    /// attempt ([`rules::cut_is_retried`]), with the policy asked through
+    /// [`RetryPolicy::would_retry`], and a retry left in the budget.
+    fn cut_is_retried(
         &self,
         session: &Session,
         body_empty: bool,
         ctx: &FailoverCtx,
-        peer: &Peer,
         kind: FailureKind,
         configured: Duration,
         limit: Duration,
     ) -> bool {
-        let attempt = ctx.attempts().len() as u32 + 1;
         let request = session.req_header();
-        attempt < self.policy.max_attempts()
-            && (kind.is_connect() || (request.method.is_safe() && body_empty))
-            && self
-                .time_left(ctx)
-                .is_none_or(|left| left > configured + limit)
-            && self
-                .policy
-                .decide(&Failure::new(kind, attempt, request, peer))
-                == RetryDecision::Retry
+        let facts = Facts {
+            kind,
+            attempt: ctx.attempts().len() as u32 + 1,
+            max_attempts: self.policy.max_attempts(),
+            response_started: false,
+            idempotent: request.method.is_idempotent(),
+            replay_opt_in: false,
+            body_replayable: body_empty || body_fits_replay(session),
+            policy_retries: self.policy.would_retry(kind, request),
+            time_left: self.time_left(ctx),
+        };
+        rules::cut_is_retried(&facts, configured, limit)
             // Last: it reads the clock.
             && self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
     }
 
-    /// Counts a failure of the current attempt against its peer's health. An abandoned connect
-    /// ([`AdaptiveTimeouts`]) counts as any failure, not as a connect failure: the peer may
-    /// only be slower than it was.
-    fn record_health(&self, ctx: &FailoverCtx, kind: FailureKind) {
-        if let Some(rec) = ctx.attempts().last() {
-            // A cut wait is judged by the retry that follows it (`blame_cuts`).
-            if !rec.stall_cut(kind) {
-                self.record_failure(rec, kind);
-            }
-        }
-    }
-
-    /// Counts the stall cuts of this request against their peers, now that its last attempt
-    /// answered: a cut whose limit was longer than that answer took stalled on a peer where
-    /// another answered in time. A request slow everywhere blames no one.
-    fn blame_cuts(&self, ctx: &FailoverCtx) {
-        let Some((last, earlier)) = ctx.attempts().split_last() else {
-            return;
-        };
-        let took = last.started().elapsed();
-        for rec in earlier {
-            if rec.cut.header_cut() && rec.cut.header.is_some_and(|limit| took < limit) {
-                self.record_failure(rec, FailureKind::HeaderTimeout);
-            }
-        }
-    }
-
-    fn record_failure(&self, rec: &AttemptRecord, kind: FailureKind) {
-        let Some(rules) = &self.outliers else {
-            return;
-        };
-        if !kind.counts_against_peer() {
-            return;
-        }
-        let peer = rec.peer();
-        let connect =
-            kind.is_connect() && !(kind == FailureKind::ConnectTimeout && rec.cut.connect);
-        if let Some(ejection) = peer
-            .health()
-            .record_failure_as(connect, rules, &*self.signals)
-        {
-            self.signals.ejected(peer, ejection, kind);
-            if let Some(probe) = rules.recovery() {
-                let give_up = rules.max_ejection();
-                crate::health::recovery::start(peer, probe, give_up, &self.signals);
-            }
-        }
-    }
-
     fn finish(&self, ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
-        if let Some(rec) = ctx.current_mut() {
-            rec.finish(Outcome::Failed { kind, verdict });
-            self.signals.attempt(rec.peer(), &rec.outcome());
-        }
+        self.feed.finish(ctx, Outcome::Failed { kind, verdict });
         ctx.end_in_flight();
     }
 
@@ -697,6 +605,16 @@ fn unwired(ctx: &FailoverCtx) -> Box<Error> {
     )
 }
 
+/// Whether the request's body, announced by its `Content-Length`, fits pingora's replay buffer.
+fn body_fits_replay(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|n| n <= REPLAY_BUFFER)
+}
+
 /// The client's IP address, for selectors that hash by it.
 fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
     session
@@ -715,147 +633,5 @@ fn clamp_timeouts(peer: &mut HttpPeer, left: Duration) {
         &mut o.write_timeout,
     ] {
         *t = Some(t.map_or(left, |t| t.min(left)));
-    }
-}
-
-/// Builds a [`Failover`] engine.
-///
-/// # Default
-///
-/// - overall deadline: none (each attempt is bounded by its peer's timeouts, and the number of
-///   attempts by the policy)
-/// - retry budget: [`RetryBudget::default`] (20 % of requests plus 10 per second, over 10 s)
-/// - outlier ejection: [`OutlierDetection::default`] (1 connect failure or 5 failures in a row;
-///   out for 1 s, then probed in the background until a probe passes)
-/// - adaptive timeouts: [`AdaptiveTimeouts::default`] (a connect is abandoned after 10 times the
-///   peer's learned connect time, at least 50 ms; a safe request's response header, after 10
-///   times what the peer typically takes, at least 50 ms, while the peer answers nothing else;
-///   never on a request's last attempt)
-/// - longest `Retry-After` honoured: [`DEFAULT_MAX_RETRY_AFTER`] (3 s)
-/// - health observer and metrics: none
-#[derive(Debug)]
-#[must_use]
-pub struct FailoverBuilder<S, R> {
-    selector: S,
-    policy: R,
-    deadline: Option<Duration>,
-    budget: Option<RetryBudget>,
-    outliers: Option<OutlierDetection>,
-    max_retry_after: Duration,
-    adaptive: Option<AdaptiveTimeouts>,
-    signals: Signals,
-}
-
-impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
-    /// Timeouts learned per peer ([`AdaptiveTimeouts`]).
-    pub fn with_adaptive_timeouts(mut self, adaptive: AdaptiveTimeouts) -> Self {
-        self.adaptive = Some(adaptive);
-        self
-    }
-
-    /// Every attempt gets the configured timeouts.
-    pub fn without_adaptive_timeouts(mut self) -> Self {
-        self.adaptive = None;
-        self
-    }
-
-    /// An overall deadline across all attempts of a request, backoff included. No retry starts
-    /// after it, and each attempt's timeouts are shortened to what is left of it.
-    pub fn with_deadline(mut self, deadline: Duration) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-
-    /// The retry budget shared by all requests through this engine.
-    pub fn with_budget(mut self, budget: RetryBudget) -> Self {
-        self.budget = Some(budget);
-        self
-    }
-
-    /// No retry budget: only the attempt cap limits retries.
-    pub fn without_budget(mut self) -> Self {
-        self.budget = None;
-        self
-    }
-
-    /// The longest `Retry-After` (in seconds) the engine waits for when a retriable status
-    /// carries one and the retry would return to a peer already tried. A longer wait, or one that
-    /// would pass the overall deadline, stops the retries and passes the upstream's answer, with
-    /// its `Retry-After`, to the client.
-    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
-        self.max_retry_after = max;
-        self
-    }
-
-    /// The rules for ejecting failing peers.
-    pub fn with_outlier_detection(mut self, rules: OutlierDetection) -> Self {
-        self.outliers = Some(rules);
-        self
-    }
-
-    /// No outlier ejection: attempts do not change peer health (active checks still do).
-    pub fn without_outlier_detection(mut self) -> Self {
-        self.outliers = None;
-        self
-    }
-
-    /// Calls `f` on every health change this engine causes: ejected, probing, re-admitted.
-    pub fn on_health_change(mut self, f: impl Fn(&HealthEvent) + Send + Sync + 'static) -> Self {
-        self.signals.observer = Some(Arc::new(f));
-        self
-    }
-
-    /// Reports attempts, retries, budget refusals and ejections to `metrics`.
-    #[cfg(feature = "metrics")]
-    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
-        self.signals.metrics = Some(metrics);
-        self
-    }
-
-    /// Checks the settings against each other and against the configuration of the pingora
-    /// server the engine will run in, and builds the engine. The server's configuration is
-    /// required here so that its check cannot be forgotten: pingora stops retrying at
-    /// `ServerConf::max_retries` attempts whatever the engine decides.
-    ///
-    /// # Errors
-    ///
-    /// [`ConfigError::ZeroAttempts`] or [`ConfigError::TooManyAttempts`] for the policy's attempt
-    /// cap; [`ConfigError::ZeroTimeout`] or [`ConfigError::TimeoutTooLong`] for the deadline;
-    /// [`ConfigError::PingoraRetryCapTooLow`] when `conf.max_retries` would cut the policy short.
-    pub fn build(self, conf: &ServerConf) -> Result<Failover<S, R>, ConfigError> {
-        let engine = self.validate()?;
-        engine.check_server_conf(conf)?;
-        Ok(engine)
-    }
-
-    /// Checks the settings and builds the engine, leaving the server's configuration to be
-    /// checked by [`FailoverProxy`](crate::FailoverProxy) when it becomes a service.
-    pub(crate) fn validate(self) -> Result<Failover<S, R>, ConfigError> {
-        match self.policy.max_attempts() {
-            0 => return Err(ConfigError::ZeroAttempts),
-            n if n > MAX_ATTEMPTS => {
-                return Err(ConfigError::TooManyAttempts {
-                    value: n,
-                    max: MAX_ATTEMPTS,
-                })
-            }
-            _ => {}
-        }
-        if let Some(d) = self.deadline {
-            check_timeout("overall deadline", d, MAX_DEADLINE)?;
-        }
-        let outliers = self.outliers.map(OutlierDetection::validate).transpose()?;
-        let budget = self.budget.map(Arc::new);
-        Ok(Failover {
-            selector: self.selector,
-            policy: self.policy,
-            deadline: self.deadline,
-            budget: budget.clone(),
-            outliers,
-            max_retry_after: self.max_retry_after,
-            adaptive: self.adaptive,
-            signals: Arc::new(self.signals),
-            watchdog: Watchdog::new(budget),
-        })
     }
 }

@@ -1,14 +1,13 @@
 //! `FailoverProxy`: a complete `ProxyHttp`, and the engine it is built on.
 
-mod adaptive;
+mod builder;
 mod engine;
+mod feed;
+mod rules;
 mod signals;
-mod stall;
 
-pub use adaptive::AdaptiveTimeouts;
-pub(crate) use adaptive::Cut;
-
-pub use engine::{Failover, FailoverBuilder, DEFAULT_MAX_RETRY_AFTER};
+pub use builder::FailoverBuilder;
+pub use engine::{Failover, DEFAULT_MAX_RETRY_AFTER};
 
 use std::fmt;
 use std::sync::Arc;

@@ -38,6 +38,23 @@ pub trait RetryPolicy: Send + Sync + 'static {
     /// Whether to try again after `failure`.
     fn decide(&self, failure: &Failure<'_>) -> RetryDecision;
 
+    /// Whether a failure of `kind` of `request` would be retried: asked before an attempt is
+    /// made, where the engine may end a slow attempt early ([`AdaptiveTimeouts`]) with a failure
+    /// of that kind, and only does so when the retry would follow. A cut where no retry follows
+    /// turns a slow answer into an error.
+    ///
+    /// A question about the policy's rules, not a decision: it is asked of requests that then
+    /// succeed, so it must not count anything, and must answer as [`decide`](Self::decide)
+    /// would for that kind at any time and attempt. [`decide`](Self::decide) itself sees real
+    /// failures only. `false` by default: a policy that does not say gets no early cuts, and its
+    /// requests keep their full timeouts.
+    ///
+    /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
+    fn would_retry(&self, kind: FailureKind, request: &RequestHeader) -> bool {
+        let _ = (kind, request);
+        false
+    }
+
     /// The most attempts (first try included) a request may make. The proxy stops at this cap
     /// whatever [`decide`](Self::decide) says, and checks it against pingora's
     /// `ServerConf::max_retries`.
@@ -83,6 +100,9 @@ impl<T: RetryPolicy + ?Sized> RetryPolicy for Box<T> {
     fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
         (**self).decide(failure)
     }
+    fn would_retry(&self, kind: FailureKind, request: &RequestHeader) -> bool {
+        (**self).would_retry(kind, request)
+    }
     fn max_attempts(&self) -> u32 {
         (**self).max_attempts()
     }
@@ -103,6 +123,9 @@ impl<T: RetryPolicy + ?Sized> RetryPolicy for Box<T> {
 impl<T: RetryPolicy + ?Sized> RetryPolicy for Arc<T> {
     fn decide(&self, failure: &Failure<'_>) -> RetryDecision {
         (**self).decide(failure)
+    }
+    fn would_retry(&self, kind: FailureKind, request: &RequestHeader) -> bool {
+        (**self).would_retry(kind, request)
     }
     fn max_attempts(&self) -> u32 {
         (**self).max_attempts()

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use pingora_http::RequestHeader;
+
 use crate::error::ConfigError;
 use crate::retry::{
     Backoff, Failure, FailureKind, RetryDecision, RetryPolicy, DEFAULT_MAX_ATTEMPTS, MAX_ATTEMPTS,
@@ -104,6 +106,10 @@ impl RetryPolicy for StandardPolicy {
         } else {
             RetryDecision::Stop
         }
+    }
+
+    fn would_retry(&self, kind: FailureKind, _request: &RequestHeader) -> bool {
+        self.retries_on(kind)
     }
 
     fn max_attempts(&self) -> u32 {

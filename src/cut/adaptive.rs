@@ -1,0 +1,306 @@
+//! Timeouts learned per peer: a connect, or an answer, that runs far past what the peer has
+//! shown is abandoned early, and the request goes to the next peer.
+
+use std::time::Duration;
+
+use pingora_core::upstreams::peer::HttpPeer;
+
+use super::watch::{MayCut, Watch};
+use crate::classify::FailureKind;
+use crate::error::{check_timeout, ConfigError};
+use crate::peer::Peer;
+
+/// How far past a peer's learned times an attempt is abandoned.
+///
+/// A peer's connect time ([`PeerHealth::connect_time`](crate::PeerHealth::connect_time)) and
+/// answer time ([`PeerHealth::latency`](crate::PeerHealth::latency)) are learned from its
+/// traffic. A connect that takes `factor` times the learned connect time (but at least
+/// `floor`) is abandoned: a host that vanished leaves connects hanging, and waiting out the
+/// configured connect timeout there only delays the failover that follows. Nothing was sent,
+/// so this is safe for any request. The configured timeout stays the upper bound, and the last
+/// attempt a request is allowed always gets it in full.
+///
+/// The stall cut does the same with the time to the response header, but only on evidence that
+/// the peer is stuck, never because one request is slow. A wait is looked at once it passes
+/// `factor` times what the peer, or this kind of request (method and path, learned across
+/// peers), typically takes to answer, and at least `floor`; the larger of the two counts, so a
+/// report that always takes 300 ms gets ten times that. Then, in this order:
+/// - the attempt's transport (Linux `TCP_INFO`): an answer already received means the proxy is
+///   the one that stalled, and a request still being sent (an upload) is not waiting for its
+///   header: neither is cut. A request none of whose bytes the peer's kernel acknowledged shows
+///   the peer unreachable;
+/// - answers to other requests: a peer that answered anything in the last `limit` is alive;
+/// - a liveness check on another connection (the recovery probe's request, or a connect when
+///   there is none), one per peer at a time, shared by every request waiting on it, started at
+///   half the limit: answered within the limit, the peer is alive, and the slow request keeps
+///   its full timeout; unanswered, the peer is stuck.
+///
+/// When the peer is stuck, it is suspected ([`PeerHealth::is_suspected`]) and a safe request
+/// (GET, HEAD, OPTIONS, TRACE) without a body is cut and goes to the next peer: the cut attempt
+/// may still run on upstream beside its retry, and a PUT or a DELETE overlapping its own replay
+/// could undo a later write. Any other request is cut only when its peer never received it, and
+/// only with [`with_undelivered_retry`](Self::with_undelivered_retry). Only the wait for the
+/// header is cut: once it has come, the body takes the time it takes. A cut counts against its
+/// peer only when the retry then answered within the time the cut peer was given. The cut takes
+/// its retry from the budget as it cuts, and makes no cut when the budget is spent. (It works
+/// from outside pingora, which offers no hook while a request waits: a watch on the attempt's
+/// connection, on a thread of the engine's own. It applies to HTTP/1 connections over TCP,
+/// where a connection carries one request at a time; [`Failover::connected_to_upstream`] arms
+/// it.)
+///
+/// With the stall cut off, the evidence is still gathered, for suspicion alone (with a floor of
+/// 100 ms).
+///
+/// [`PeerHealth::is_suspected`]: crate::PeerHealth::is_suspected
+/// [`Failover::connected_to_upstream`]: crate::Failover::connected_to_upstream
+///
+/// # Default
+///
+/// - connect: abandoned after 10 times the learned connect time, at least 50 ms (a SYN lost on
+///   a LAN is resent after 1 s: a connect that slow goes to the next peer instead)
+/// - stall cut: looked at after 10 times what the peer or the request typically takes to answer,
+///   at least 50 ms, and made on evidence that the peer is stuck (so a broken peer costs a
+///   client 50 to 100 ms, not the read timeout, and a slow request on a live peer runs once)
+/// - a request whose peer never received it (none of it acknowledged): moved only when safe,
+///   unless [`with_undelivered_retry`](Self::with_undelivered_retry)
+///
+/// Neither cut is made where no retry could follow it: on the last attempt a request is
+/// allowed, when the retry budget is spent, when the deadline would leave the retry less than
+/// the configured timeout, or when the policy would not retry that failure. An abandoned
+/// connect counts against its peer as any failure does, not as a connect failure (one of which
+/// ejects): the peer may only be slower than it was.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveTimeouts {
+    connect: Option<Bound>,
+    header: Option<Bound>,
+    undelivered: bool,
+}
+
+/// The evidence gathered for suspicion alone, with the stall cut off.
+const SUSPECT: Bound = Bound {
+    factor: 10.0,
+    floor: Duration::from_millis(100),
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    factor: f64,
+    floor: Duration,
+}
+
+impl Bound {
+    fn new(factor: f64, floor: Duration) -> Result<Self, ConfigError> {
+        if !(1.0..=1000.0).contains(&factor) {
+            return Err(ConfigError::OutOfRange {
+                what: "adaptive timeout factor",
+                value: factor.to_string(),
+                range: "1.0..=1000.0",
+            });
+        }
+        check_timeout("adaptive timeout floor", floor, Duration::from_secs(3600))?;
+        Ok(Self { factor, floor })
+    }
+
+    /// The timeout for a peer that has shown `learned`, under the `configured` one.
+    fn limit(&self, learned: Duration, configured: Duration) -> Duration {
+        Duration::try_from_secs_f64(learned.as_secs_f64() * self.factor)
+            .unwrap_or(configured)
+            .max(self.floor)
+            .min(configured)
+    }
+}
+
+impl Default for AdaptiveTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Some(Bound {
+                factor: 10.0,
+                floor: Duration::from_millis(50),
+            }),
+            header: Some(Bound {
+                factor: 10.0,
+                floor: Duration::from_millis(50),
+            }),
+            undelivered: false,
+        }
+    }
+}
+
+impl AdaptiveTimeouts {
+    /// The defaults (see `# Default`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Abandons a connect after `factor` times the peer's learned connect time, at least
+    /// `floor`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a factor below 1; a timeout error for a zero floor.
+    pub fn with_connect(mut self, factor: f64, floor: Duration) -> Result<Self, ConfigError> {
+        self.connect = Some(Bound::new(factor, floor)?);
+        Ok(self)
+    }
+
+    /// Connects always get the configured timeout.
+    #[must_use]
+    pub fn without_connect(mut self) -> Self {
+        self.connect = None;
+        self
+    }
+
+    /// Cuts a safe request's attempt whose response header takes `factor` times what the peer
+    /// typically takes, at least `floor`, while the peer answers nothing else, and retries it
+    /// on another peer.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a factor below 1; a timeout error for a zero floor.
+    pub fn with_stall_cut(mut self, factor: f64, floor: Duration) -> Result<Self, ConfigError> {
+        self.header = Some(Bound::new(factor, floor)?);
+        Ok(self)
+    }
+
+    /// Response headers always get the configured read timeout.
+    #[must_use]
+    pub fn without_stall_cut(mut self) -> Self {
+        self.header = None;
+        self
+    }
+
+    /// Also moves a request that is not safe to repeat (a POST, a PATCH, a PUT, a DELETE) off a
+    /// peer that never received it: one none of whose bytes the peer's kernel acknowledged by
+    /// the cut (Linux only). The cut aborts the attempt's connection first, so that the kernel
+    /// sends none of it later, and the request is sent once more, elsewhere.
+    ///
+    /// Off by default, for one residual risk: a copy of the request delayed in the network
+    /// (rather than dropped) for longer than the cut's limit may still reach the peer before the
+    /// abort does, and then the request runs twice. On a path that drops rather than delays
+    /// (a host gone, a blackholed route, a full queue on the far side), this does not happen.
+    #[must_use]
+    pub fn with_undelivered_retry(mut self) -> Self {
+        self.undelivered = true;
+        self
+    }
+
+    /// Lowers `target`'s connect timeout for an attempt to `peer`, and sets the limit of its
+    /// wait for the header and what a cut may do there. `route` is what this kind of request
+    /// typically takes (on any peer); `safe` says the request may run twice (a safe method, no
+    /// body); `retried` says whether a failure of that kind, cutting that configured timeout
+    /// short at that limit, would be retried (a cut where no retry can follow would turn a slow
+    /// answer into an error).
+    pub(crate) fn apply(
+        &self,
+        peer: &Peer,
+        route: Option<Duration>,
+        safe: bool,
+        target: &mut HttpPeer,
+        retried: impl Fn(FailureKind, Duration, Duration) -> bool,
+    ) -> Cut {
+        let options = &mut target.options;
+        let health = peer.health();
+        let connect = lower(
+            self.connect,
+            &mut options.connection_timeout,
+            || health.connect_time(),
+            |configured, limit| retried(FailureKind::ConnectTimeout, configured, limit),
+        );
+        let learned = match (health.typical_latency(), route) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let bound = self.header.unwrap_or(SUSPECT);
+        let header = match (options.read_timeout, learned) {
+            (Some(configured), Some(learned)) => {
+                Some(bound.limit(learned, configured)).filter(|l| *l < configured)
+            }
+            _ => None,
+        };
+        let may_cut = match (header, self.header, options.read_timeout) {
+            (Some(limit), Some(_), Some(configured)) => {
+                if safe && retried(FailureKind::HeaderTimeout, configured, limit) {
+                    MayCut::Always
+                } else if self.undelivered && retried(FailureKind::Unprocessed, configured, limit) {
+                    MayCut::IfUndelivered
+                } else {
+                    MayCut::Never
+                }
+            }
+            _ => MayCut::Never,
+        };
+        Cut {
+            connect,
+            header,
+            may_cut,
+            watch: None,
+        }
+    }
+}
+
+/// Lowers `timeout` to what `bound` makes of the peer's `learned` time, when that is shorter and
+/// a failure cutting the configured timeout short would be `retried`; whether it did.
+fn lower(
+    bound: Option<Bound>,
+    timeout: &mut Option<Duration>,
+    learned: impl FnOnce() -> Option<Duration>,
+    retried: impl FnOnce(Duration, Duration) -> bool,
+) -> bool {
+    let (Some(bound), Some(configured)) = (bound, *timeout) else {
+        return false;
+    };
+    let Some(learned) = learned() else {
+        return false;
+    };
+    let limit = bound.limit(learned, configured);
+    if limit < configured && retried(configured, limit) {
+        *timeout = Some(limit);
+        true
+    } else {
+        false
+    }
+}
+
+/// What [`AdaptiveTimeouts`] did to an attempt: whether it lowered the connect timeout, the
+/// limit of the wait for the header, what a cut may do, and the watch that holds the attempt
+/// to it.
+#[derive(Debug, Clone)]
+pub(crate) struct Cut {
+    pub(crate) connect: bool,
+    pub(crate) header: Option<Duration>,
+    pub(crate) may_cut: MayCut,
+    pub(crate) watch: Option<std::sync::Arc<Watch>>,
+}
+
+impl Default for Cut {
+    fn default() -> Self {
+        Self {
+            connect: false,
+            header: None,
+            may_cut: MayCut::Never,
+            watch: None,
+        }
+    }
+}
+
+impl Cut {
+    /// Whether the watch cut the wait for the header.
+    pub(crate) fn header_cut(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.fired())
+    }
+
+    /// Whether the watch cut the wait because the peer never received the request.
+    pub(crate) fn undelivered(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.undelivered())
+    }
+
+    /// Ends the watch over the wait for the header: whether it had cut the attempt.
+    pub(crate) fn end_wait(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.end())
+    }
+
+    /// The retry the cut paid for, if it made one.
+    pub(crate) fn take_paid(&self) -> Option<crate::retry::Withdrawn> {
+        self.watch.as_ref().and_then(|w| w.take_paid())
+    }
+}

@@ -1,0 +1,214 @@
+//! Whether a late header is the peer's fault: the rules the watchdog applies to what it can see
+//! of one waiting attempt. Plain data in, a verdict out.
+//!
+//! A wait that runs past its limit proves nothing by itself: the request may be slow by nature
+//! (a report, an export), or the proxy itself may have stalled with the answer already in its
+//! socket. So a cut needs evidence that the *peer* is stuck, taken in this order:
+//! 1. **The attempt's own transport** (Linux `TCP_INFO`, counted from when the attempt took the
+//!    connection): bytes received mean the answer has come and the stall is the proxy's own;
+//!    nothing sent yet, or a request still being sent (an upload), is not a wait for a header;
+//!    sent but none of it acknowledged means the peer is unreachable, and also that it never
+//!    received the request, so that even a non-idempotent request may move (once the connection
+//!    is aborted).
+//! 2. **Answers to other requests**: a peer that answered anything since the wait began (or in
+//!    the last `limit`) is alive.
+//! 3. **The peer's liveness on another path**: one check per peer at a time (the recovery
+//!    probe's request, on a connection of its own), shared by every request waiting on it. A
+//!    check that began after this wait and passed shows the peer alive, so the request is slow,
+//!    and keeps its full timeout; one that failed shows the peer stuck.
+
+use std::time::Duration;
+
+use super::sys::Counters;
+
+/// What the watchdog sees of one waiting attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Look {
+    /// How long the peer has answered nothing: since the wait began, or its last answer if
+    /// later.
+    pub(crate) quiet: Duration,
+    /// The cut's limit for this attempt.
+    pub(crate) limit: Duration,
+    /// The connection's counters since the attempt took it, and whether more was sent since
+    /// the last look; `None` where the platform does not tell.
+    pub(crate) transport: Option<(Counters, bool)>,
+    /// What the peer's liveness checks say about the time since the wait began.
+    pub(crate) liveness: Live,
+}
+
+/// The liveness checks of a peer, as they bear on one wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// A check that began after the wait began passed: the peer is alive.
+    Passed,
+    /// A check that began after the wait began failed: the peer is stuck.
+    Failed,
+    /// A check is running.
+    Checking,
+    /// No check since the wait began.
+    Unknown,
+}
+
+/// The watchdog's verdict on one waiting attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Look again after this long.
+    Later(Duration),
+    /// Start a liveness check of the peer, and look again after this long.
+    Check(Duration),
+    /// The peer is stuck: cut the attempt if its request allows it. `undelivered`: the
+    /// transport shows the peer never received any of the request.
+    Stuck {
+        /// The peer acknowledged none of the request.
+        undelivered: bool,
+    },
+    /// The peer is alive and the request slow: leave it to its full timeout.
+    Leave,
+}
+
+/// How often a pending check is looked at.
+const CHECK_POLL: Duration = Duration::from_millis(5);
+
+/// The verdict on `look`. A liveness check starts at half the limit, so that its answer is in
+/// by the time the limit passes.
+pub(crate) fn judge(look: &Look) -> Verdict {
+    let half = look.limit / 2;
+    if look.quiet < half {
+        return Verdict::Later(half - look.quiet);
+    }
+    let until_limit = look.limit.saturating_sub(look.quiet);
+    if let Some((moved, sending)) = look.transport {
+        if moved.received > 0 || moved.sent == 0 || sending {
+            // The answer has come and waits to be read (the stall is the proxy's own), or the
+            // request is not yet, or not yet fully, sent: no wait for a header to judge yet.
+            return Verdict::Later(look.limit);
+        }
+        if moved.acked == 0 {
+            // Sent, and none of it acknowledged: the peer is unreachable.
+            return if until_limit.is_zero() {
+                Verdict::Stuck { undelivered: true }
+            } else {
+                Verdict::Later(until_limit)
+            };
+        }
+    }
+    match look.liveness {
+        Live::Passed => Verdict::Leave,
+        Live::Failed if until_limit.is_zero() => Verdict::Stuck { undelivered: false },
+        Live::Failed => Verdict::Later(until_limit),
+        Live::Checking => Verdict::Later(CHECK_POLL),
+        Live::Unknown => Verdict::Check(CHECK_POLL),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn look(quiet: u64, transport: Option<(Counters, bool)>, liveness: Live) -> Look {
+        Look {
+            quiet: MS(quiet),
+            limit: MS(100),
+            transport,
+            liveness,
+        }
+    }
+
+    fn moved(sent: u64, acked: u64, received: u64) -> Option<(Counters, bool)> {
+        Some((
+            Counters {
+                sent,
+                acked,
+                received,
+            },
+            false,
+        ))
+    }
+
+    #[test]
+    fn nothing_is_judged_before_half_the_limit() {
+        assert_eq!(judge(&look(20, None, Live::Failed)), Verdict::Later(MS(30)));
+    }
+
+    #[test]
+    fn an_answer_in_the_socket_is_the_proxys_stall() {
+        let v = judge(&look(500, moved(100, 100, 1), Live::Failed));
+        assert_eq!(v, Verdict::Later(MS(100)));
+    }
+
+    #[test]
+    fn a_request_not_yet_sent_or_still_sending_is_not_waiting() {
+        assert_eq!(
+            judge(&look(500, moved(0, 0, 0), Live::Failed)),
+            Verdict::Later(MS(100))
+        );
+        let sending = Some((
+            Counters {
+                sent: 10,
+                acked: 10,
+                received: 0,
+            },
+            true,
+        ));
+        assert_eq!(
+            judge(&look(500, sending, Live::Failed)),
+            Verdict::Later(MS(100))
+        );
+    }
+
+    #[test]
+    fn nothing_acknowledged_past_the_limit_is_undelivered() {
+        assert_eq!(
+            judge(&look(100, moved(80, 0, 0), Live::Unknown)),
+            Verdict::Stuck { undelivered: true }
+        );
+        assert_eq!(
+            judge(&look(60, moved(80, 0, 0), Live::Unknown)),
+            Verdict::Later(MS(40))
+        );
+    }
+
+    #[test]
+    fn an_acknowledged_request_needs_a_failed_check_to_be_cut() {
+        let acked = moved(80, 80, 0);
+        assert_eq!(
+            judge(&look(60, acked, Live::Unknown)),
+            Verdict::Check(CHECK_POLL)
+        );
+        assert_eq!(
+            judge(&look(60, acked, Live::Checking)),
+            Verdict::Later(CHECK_POLL)
+        );
+        assert_eq!(
+            judge(&look(60, acked, Live::Failed)),
+            Verdict::Later(MS(40))
+        );
+        assert_eq!(
+            judge(&look(100, acked, Live::Failed)),
+            Verdict::Stuck { undelivered: false }
+        );
+    }
+
+    #[test]
+    fn a_peer_alive_on_another_path_leaves_a_slow_request_alone() {
+        assert_eq!(
+            judge(&look(900, moved(80, 80, 0), Live::Passed)),
+            Verdict::Leave
+        );
+        assert_eq!(judge(&look(900, None, Live::Passed)), Verdict::Leave);
+    }
+
+    #[test]
+    fn without_transport_counters_liveness_decides() {
+        assert_eq!(
+            judge(&look(100, None, Live::Failed)),
+            Verdict::Stuck { undelivered: false }
+        );
+        assert_eq!(
+            judge(&look(60, None, Live::Unknown)),
+            Verdict::Check(CHECK_POLL)
+        );
+    }
+}

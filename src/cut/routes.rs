@@ -1,0 +1,117 @@
+//! What each kind of request typically takes to answer, learned from every peer's answers: a
+//! report that takes 300 ms everywhere is slow by nature, and its wait is judged against that,
+//! not against the peer's 5 ms for everything else. A peer with nothing learned yet borrows it
+//! too (a cold start).
+//!
+//! A kind of request is its method and path (without the query). The table is a fixed array of
+//! words, a hash's slot each, lock-free; a slot holds its key's tag and a moving average. Two
+//! kinds that share a slot take turns in it: the table forgets, it never grows.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pingora_http::RequestHeader;
+
+/// Slots in the table (a power of two).
+const SLOTS: usize = 1024;
+/// The tag takes the high 16 bits of a slot; the average, in µs, the low 48.
+const TAG_SHIFT: u32 = 48;
+const VALUE: u64 = (1 << TAG_SHIFT) - 1;
+/// Weight of a new answer in the moving average (about the last 10 answers).
+const ALPHA: f64 = 0.1;
+
+/// The kind of one request: where its slot is, and its tag there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct RouteKey(u64);
+
+/// What each kind of request typically takes to answer.
+pub(crate) struct Routes {
+    slots: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl std::fmt::Debug for Routes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routes").field("slots", &SLOTS).finish()
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: Default::default(),
+        }
+    }
+}
+
+impl Routes {
+    /// The kind of `request`.
+    pub(crate) fn key(&self, request: &RequestHeader) -> RouteKey {
+        let mut h = self.hasher.build_hasher();
+        request.method.as_str().hash(&mut h);
+        request.uri.path().hash(&mut h);
+        // 0 marks an empty slot: no key has tag 0.
+        RouteKey(h.finish() | (1 << 63))
+    }
+
+    fn slot(&self, key: RouteKey) -> &AtomicU64 {
+        &self.slots[(key.0 as usize) & (SLOTS - 1)]
+    }
+
+    fn tag(key: RouteKey) -> u64 {
+        key.0 >> TAG_SHIFT
+    }
+
+    /// What requests of kind `key` typically take to answer, if learned.
+    pub(crate) fn typical(&self, key: RouteKey) -> Option<Duration> {
+        let word = self.slot(key).load(Ordering::Relaxed);
+        (word >> TAG_SHIFT == Self::tag(key)).then(|| Duration::from_micros(word & VALUE))
+    }
+
+    /// A request of kind `key` was answered after `took`.
+    pub(crate) fn learn(&self, key: RouteKey, took: Duration) {
+        let us = (took.as_micros() as u64).min(VALUE);
+        let tag = Self::tag(key);
+        let _ = self
+            .slot(key)
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+                let mean = if word >> TAG_SHIFT == tag {
+                    let old = (word & VALUE) as f64;
+                    (old + ALPHA * (us as f64 - old)) as u64
+                } else {
+                    us
+                };
+                Some(tag << TAG_SHIFT | mean.min(VALUE))
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str) -> RequestHeader {
+        RequestHeader::build(method, path.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn each_kind_learns_its_own_time_and_the_query_does_not_count() {
+        let routes = Routes::default();
+        let report = routes.key(&req("GET", "/report?day=1"));
+        let fast = routes.key(&req("GET", "/fast"));
+        assert_eq!(routes.typical(report), None);
+        routes.learn(report, Duration::from_millis(300));
+        routes.learn(fast, Duration::from_millis(1));
+        assert_eq!(
+            routes.typical(routes.key(&req("GET", "/report?day=2"))),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(routes.typical(fast), Some(Duration::from_millis(1)));
+        assert_eq!(routes.typical(routes.key(&req("POST", "/report"))), None);
+        // A moving average: one fast answer moves it a tenth of the way.
+        routes.learn(report, Duration::ZERO);
+        assert_eq!(routes.typical(report), Some(Duration::from_millis(270)));
+    }
+}

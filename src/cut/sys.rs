@@ -1,0 +1,197 @@
+//! The platform's part of the cut: what the kernel knows of a connection, and ending it from
+//! outside the task that owns it. The crate's only `unsafe` code is here.
+
+use std::net::SocketAddr;
+
+/// What the kernel has counted on one TCP connection, in bytes since it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Counters {
+    /// Sent to the peer (first transmissions and retransmissions).
+    pub(crate) sent: u64,
+    /// Acknowledged by the peer's kernel.
+    pub(crate) acked: u64,
+    /// Received from the peer (read by the proxy or still waiting in the socket).
+    pub(crate) received: u64,
+}
+
+/// The counters of the TCP connection behind `fd`, on Linux (`TCP_INFO`); `None` elsewhere, or
+/// when `fd` is no TCP socket.
+#[cfg(target_os = "linux")]
+pub(crate) fn counters(fd: i32) -> Option<Counters> {
+    let info = pingora_core::protocols::l4::ext::get_tcp_info(fd).ok()?;
+    Some(Counters {
+        sent: info.tcpi_bytes_sent,
+        acked: info.tcpi_bytes_acked,
+        received: info.tcpi_bytes_received,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn counters(_fd: i32) -> Option<Counters> {
+    None
+}
+
+#[cfg(unix)]
+#[allow(unsafe_code)]
+mod imp {
+    use std::mem::ManuallyDrop;
+    use std::net::{Shutdown, SocketAddr, TcpStream};
+    use std::os::fd::FromRawFd;
+
+    /// Borrows `fd` as a TCP stream for `f` when it is still the connection between `ends`.
+    fn with_connection(fd: i32, ends: (SocketAddr, SocketAddr), f: impl FnOnce(&TcpStream)) {
+        // SAFETY: `from_raw_fd` requires an open descriptor that nothing else closes while the
+        // value lives, and that the value owns it. Neither ownership nor closing happens here:
+        // the stream is wrapped in `ManuallyDrop` and never dropped, so it never closes `fd`,
+        // and it lives only for this call. If `fd` is not open or not a socket, the address
+        // queries below fail and nothing else is done with it. If it is open, it is acted on
+        // only when its two ends are the watched connection's, and no other open TCP socket on
+        // this host has the same pair of ends.
+        let stream = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+        if stream.local_addr().ok() == Some(ends.0) && stream.peer_addr().ok() == Some(ends.1) {
+            f(&stream);
+        }
+    }
+
+    /// Whether `fd` is still the connection between `ends`.
+    pub(crate) fn is_connection(fd: i32, ends: (SocketAddr, SocketAddr)) -> bool {
+        let mut same = false;
+        with_connection(fd, ends, |_| same = true);
+        same
+    }
+
+    /// Shuts down the socket behind `fd` if it is still the connection between `ends`: a
+    /// waiting read on it ends at once.
+    pub(crate) fn shut_down(fd: i32, ends: (SocketAddr, SocketAddr)) {
+        with_connection(fd, ends, |s| {
+            let _ = s.shutdown(Shutdown::Both);
+        });
+    }
+
+    /// Aborts the connection behind `fd` if it is still the one between `ends`: the kernel
+    /// drops what it had not yet delivered (no further retransmission), answers the peer with a
+    /// reset, and a waiting read ends. A `connect` to an `AF_UNSPEC` address is Linux's
+    /// documented way to disconnect a socket without closing its descriptor, which the
+    /// connection's owner still holds.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn abort(fd: i32, ends: (SocketAddr, SocketAddr)) {
+        use std::os::fd::AsRawFd;
+        with_connection(fd, ends, |s| {
+            // SAFETY: `sockaddr` is plain data, valid when zeroed; `connect` reads
+            // `size_of::<sockaddr>()` bytes of it, all initialised, and `s` is an open socket
+            // for the duration of the call (checked above).
+            unsafe {
+                let mut unspec: libc::sockaddr = std::mem::zeroed();
+                unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+                libc::connect(
+                    s.as_raw_fd(),
+                    &unspec,
+                    std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+                );
+            }
+            let _ = s.shutdown(Shutdown::Both);
+        });
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn abort(fd: i32, ends: (SocketAddr, SocketAddr)) {
+        shut_down(fd, ends);
+    }
+}
+
+#[cfg(not(unix))]
+mod imp {
+    use std::net::SocketAddr;
+
+    pub(crate) fn is_connection(_fd: i32, _ends: (SocketAddr, SocketAddr)) -> bool {
+        false
+    }
+    pub(crate) fn shut_down(_fd: i32, _ends: (SocketAddr, SocketAddr)) {}
+    pub(crate) fn abort(_fd: i32, _ends: (SocketAddr, SocketAddr)) {}
+}
+
+pub(crate) use imp::{abort, is_connection, shut_down};
+
+/// The counters of `fd` if it is still the connection between `ends`.
+pub(crate) fn counters_of(fd: i32, ends: (SocketAddr, SocketAddr)) -> Option<Counters> {
+    if is_connection(fd, ends) {
+        counters(fd)
+    } else {
+        None
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        (a, b)
+    }
+
+    fn ends(s: &TcpStream) -> (SocketAddr, SocketAddr) {
+        (s.local_addr().unwrap(), s.peer_addr().unwrap())
+    }
+
+    #[test]
+    fn counters_follow_what_was_sent_acked_and_received() {
+        let (mut a, mut b) = pair();
+        let before = counters(a.as_raw_fd()).unwrap();
+        a.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).unwrap();
+        b.write_all(b"hi").unwrap();
+        let mut two = [0u8; 2];
+        a.read_exact(&mut two).unwrap();
+        let after = counters(a.as_raw_fd()).unwrap();
+        assert_eq!(after.sent - before.sent, 5);
+        assert_eq!(after.acked - before.acked, 5);
+        assert_eq!(after.received - before.received, 2);
+    }
+
+    #[test]
+    fn a_descriptor_that_is_no_longer_the_connection_is_left_alone() {
+        let (a, _a_peer) = pair();
+        let (b, mut b_peer) = pair();
+        // The watch names `a`, but the number given holds `b`: `b` is left alone.
+        shut_down(b.as_raw_fd(), ends(&a));
+        abort(b.as_raw_fd(), ends(&a));
+        assert!(counters_of(b.as_raw_fd(), ends(&a)).is_none());
+        b_peer.write_all(b"ok").unwrap();
+        let mut buf = [0u8; 2];
+        (&b).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ok");
+        // Nor is a descriptor that is no socket.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        shut_down(file.as_raw_fd(), ends(&a));
+        assert!(!is_connection(file.as_raw_fd(), ends(&a)));
+    }
+
+    #[test]
+    fn an_aborted_connection_resets_its_peer_and_ends_a_waiting_read() {
+        let (a, mut peer) = pair();
+        let (fd, a_ends) = (a.as_raw_fd(), ends(&a));
+        // Whether the read has begun or not when the abort comes, it ends.
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 1];
+            (&a).read(&mut buf)
+        });
+        abort(fd, a_ends);
+        let read = reader.join().unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let mut buf = [0u8; 1];
+        let got = peer.read(&mut buf);
+        assert!(
+            matches!(&got, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+                || matches!(got, Ok(0)),
+            "{got:?}"
+        );
+    }
+}

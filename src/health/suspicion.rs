@@ -1,0 +1,163 @@
+//! In-flight suspicion: the requests waiting on a peer for their response header, when it last
+//! answered, what its liveness checks found, and when the evidence last showed it stuck.
+//!
+//! The count (high 16 bits) and the time it last rose from zero (ms on the peer's clock, low 48
+//! bits) share one word, so a reader never pairs a count with the time of another spell.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::cut::Live;
+
+const TIME: u64 = (1 << 48) - 1;
+const ONE: u64 = 1 << 48;
+
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    word: AtomicU64,
+    /// When the peer last answered (ms), 0 before its first answer.
+    answered_at: AtomicU64,
+    /// A liveness check is running.
+    checking: AtomicBool,
+    /// When the latest liveness check that passed began (ms), 0 before one.
+    passed_from: AtomicU64,
+    /// When the latest liveness check that failed ended (ms), 0 before one.
+    failed_until: AtomicU64,
+    /// When the evidence last showed the peer stuck (ms), 0 before.
+    stuck_at: AtomicU64,
+}
+
+impl Waiting {
+    /// A request starts waiting at `now_ms`.
+    pub(crate) fn start(&self, now_ms: u64) {
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(match w >> 48 {
+                    0 => ONE | (now_ms & TIME),
+                    n if n < 0xffff => w + ONE,
+                    _ => w,
+                })
+            });
+    }
+
+    /// A request stops waiting (its header came, or it ended without one).
+    pub(crate) fn stop(&self) {
+        let _ = self
+            .word
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(match w >> 48 {
+                    0 | 1 => 0,
+                    _ => w - ONE,
+                })
+            });
+    }
+
+    /// The peer answered at `now_ms`.
+    pub(crate) fn answered(&self, now_ms: u64) {
+        self.answered_at.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// When the peer last answered (ms), 0 before its first answer.
+    pub(crate) fn answered_at(&self) -> u64 {
+        self.answered_at.load(Ordering::Relaxed)
+    }
+
+    /// How many requests wait for their header.
+    pub(crate) fn count(&self) -> u64 {
+        self.word.load(Ordering::Relaxed) >> 48
+    }
+
+    /// Takes the peer's one liveness check slot, unless a check is running: whether it did.
+    /// Whoever took it gives it back with [`release_check`](Self::release_check).
+    pub(crate) fn start_check(&self) -> bool {
+        self.checking
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The check that began at `from_ms` ended at `now_ms`, and `passed` or not.
+    pub(crate) fn finish_check(&self, from_ms: u64, now_ms: u64, passed: bool) {
+        if passed {
+            self.passed_from.fetch_max(from_ms, Ordering::AcqRel);
+        } else {
+            self.failed_until.fetch_max(now_ms, Ordering::AcqRel);
+        }
+    }
+
+    /// Gives the check slot back.
+    pub(crate) fn release_check(&self) {
+        self.checking.store(false, Ordering::Release);
+    }
+
+    /// What the liveness checks say of a wait that began at `since_ms`: a check that began
+    /// after it and passed shows the peer alive; one that failed after it shows it stuck.
+    pub(crate) fn live_since(&self, since_ms: u64) -> Live {
+        let passed = self.passed_from.load(Ordering::Acquire);
+        let failed = self.failed_until.load(Ordering::Acquire);
+        if passed >= since_ms && passed >= failed {
+            Live::Passed
+        } else if failed >= since_ms {
+            Live::Failed
+        } else if self.checking.load(Ordering::Acquire) {
+            Live::Checking
+        } else {
+            Live::Unknown
+        }
+    }
+
+    /// The evidence showed the peer stuck at `now_ms`.
+    pub(crate) fn stuck(&self, now_ms: u64) {
+        self.stuck_at.fetch_max(now_ms, Ordering::AcqRel);
+    }
+
+    /// Whether the peer is suspected: requests wait on it, and the evidence showed it stuck
+    /// after its last answer and its last passing check.
+    pub(crate) fn suspected(&self) -> bool {
+        let stuck = self.stuck_at.load(Ordering::Acquire);
+        stuck != 0
+            && self.count() > 0
+            && stuck > self.answered_at.load(Ordering::Relaxed)
+            && stuck > self.passed_from.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suspicion_needs_evidence_and_a_waiting_request_and_ends_with_an_answer() {
+        let w = Waiting::default();
+        w.start(100);
+        w.start(100);
+        assert!(!w.suspected(), "waiting alone is no evidence");
+        w.stuck(200);
+        assert!(w.suspected());
+        w.answered(250);
+        assert!(!w.suspected(), "an answer after the evidence clears it");
+        w.stuck(300);
+        assert!(w.suspected());
+        w.stop();
+        w.stop();
+        assert!(!w.suspected(), "nothing waits");
+    }
+
+    #[test]
+    fn a_check_counts_for_the_waits_it_bears_on() {
+        let w = Waiting::default();
+        assert_eq!(w.live_since(100), Live::Unknown);
+        assert!(w.start_check());
+        assert!(!w.start_check(), "one check at a time");
+        assert_eq!(w.live_since(100), Live::Checking);
+        w.finish_check(120, 170, true);
+        w.release_check();
+        assert_eq!(w.live_since(100), Live::Passed, "began after the wait");
+        assert_eq!(w.live_since(130), Live::Unknown, "began before the wait");
+        assert!(w.start_check());
+        w.finish_check(200, 260, false);
+        w.release_check();
+        assert_eq!(w.live_since(130), Live::Failed);
+        assert_eq!(w.live_since(250), Live::Failed, "failed while the wait ran");
+        assert_eq!(w.live_since(261), Live::Unknown);
+    }
+}

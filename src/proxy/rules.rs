@@ -1,0 +1,192 @@
+//! The safety rules, once: plain facts about a failure in, the reason not to retry out. Both the
+//! decision after a failure and the question before an attempt ("would a cut of it be
+//! retried?") apply these, so the two can never disagree.
+
+use std::time::Duration;
+
+use crate::classify::FailureKind;
+use crate::ctx::StopReason;
+
+/// What the rules need to know of a failure, real or foreseen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts {
+    /// What failed.
+    pub(crate) kind: FailureKind,
+    /// The number of the attempt that failed (from 1).
+    pub(crate) attempt: u32,
+    /// The policy's attempt cap.
+    pub(crate) max_attempts: u32,
+    /// Part of the response already went to the client.
+    pub(crate) response_started: bool,
+    /// The request's method is idempotent.
+    pub(crate) idempotent: bool,
+    /// The policy opts in to replaying this non-idempotent request.
+    pub(crate) replay_opt_in: bool,
+    /// The request body fits pingora's replay buffer.
+    pub(crate) body_replayable: bool,
+    /// The policy would retry this failure.
+    pub(crate) policy_retries: bool,
+    /// What is left of the overall deadline, if there is one.
+    pub(crate) time_left: Option<Duration>,
+}
+
+/// Why a failure with these facts is not retried, or `None` when it may be (the budget and a
+/// peer to go to permitting). The rules, in the order they are applied:
+/// 1. nobody is left to answer (the client side failed);
+/// 2. nothing is retried once anything was written to the client;
+/// 3. a non-idempotent request that may have been processed is not replayed, unless the policy
+///    opts in;
+/// 4. a body that outgrew the replay buffer is not sent again once it was sent;
+/// 5. the policy says;
+/// 6. the attempt cap;
+/// 7. the overall deadline.
+pub(crate) fn stop(f: &Facts) -> Option<StopReason> {
+    let sent_upstream = !f.kind.is_connect();
+    if f.kind == FailureKind::Downstream {
+        Some(StopReason::ClientGone)
+    } else if f.response_started {
+        Some(StopReason::ResponseStarted)
+    } else if f.kind.may_have_processed() && !f.idempotent && !f.replay_opt_in {
+        Some(StopReason::NotIdempotent)
+    } else if sent_upstream && !f.body_replayable {
+        Some(StopReason::BodyNotReplayable)
+    } else if !f.policy_retries {
+        Some(StopReason::Policy)
+    } else if f.attempt >= f.max_attempts {
+        Some(StopReason::MaxAttempts)
+    } else if f.time_left.is_some_and(|left| left.is_zero()) {
+        Some(StopReason::Deadline)
+    } else {
+        None
+    }
+}
+
+/// Whether a cut of an attempt about to be made, ending its `configured` timeout at `limit`
+/// with the failure `f` foresees, would be retried: the rules allow it, and the deadline leaves
+/// the retry its full configured timeout after the cut.
+pub(crate) fn cut_is_retried(f: &Facts, configured: Duration, limit: Duration) -> bool {
+    stop(f).is_none()
+        && f.time_left
+            .is_none_or(|left| left > configured.saturating_add(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GET whose header timed out on its first of three attempts: retried.
+    fn retried() -> Facts {
+        Facts {
+            kind: FailureKind::HeaderTimeout,
+            attempt: 1,
+            max_attempts: 3,
+            response_started: false,
+            idempotent: true,
+            replay_opt_in: false,
+            body_replayable: true,
+            policy_retries: true,
+            time_left: None,
+        }
+    }
+
+    #[test]
+    fn a_retriable_failure_is_retried() {
+        assert_eq!(stop(&retried()), None);
+    }
+
+    #[test]
+    fn client_gone() {
+        let f = Facts {
+            kind: FailureKind::Downstream,
+            ..retried()
+        };
+        assert_eq!(stop(&f), Some(StopReason::ClientGone));
+    }
+
+    #[test]
+    fn response_started() {
+        let f = Facts {
+            response_started: true,
+            ..retried()
+        };
+        assert_eq!(stop(&f), Some(StopReason::ResponseStarted));
+    }
+
+    #[test]
+    fn not_idempotent_unless_unprocessed_or_opted_in() {
+        let post = Facts {
+            idempotent: false,
+            ..retried()
+        };
+        assert_eq!(stop(&post), Some(StopReason::NotIdempotent));
+        for kind in [FailureKind::ConnectRefused, FailureKind::Unprocessed] {
+            assert_eq!(stop(&Facts { kind, ..post }), None, "{kind}");
+        }
+        let opted = Facts {
+            replay_opt_in: true,
+            ..post
+        };
+        assert_eq!(stop(&opted), None);
+    }
+
+    #[test]
+    fn body_not_replayable_once_sent() {
+        let f = Facts {
+            body_replayable: false,
+            ..retried()
+        };
+        assert_eq!(stop(&f), Some(StopReason::BodyNotReplayable));
+        let connect = Facts {
+            kind: FailureKind::ConnectRefused,
+            ..f
+        };
+        assert_eq!(stop(&connect), None, "nothing was sent");
+    }
+
+    #[test]
+    fn policy() {
+        let f = Facts {
+            policy_retries: false,
+            ..retried()
+        };
+        assert_eq!(stop(&f), Some(StopReason::Policy));
+    }
+
+    #[test]
+    fn max_attempts() {
+        let f = Facts {
+            attempt: 3,
+            ..retried()
+        };
+        assert_eq!(stop(&f), Some(StopReason::MaxAttempts));
+    }
+
+    #[test]
+    fn deadline() {
+        let f = Facts {
+            time_left: Some(Duration::ZERO),
+            ..retried()
+        };
+        assert_eq!(stop(&f), Some(StopReason::Deadline));
+    }
+
+    #[test]
+    fn a_cut_is_retried_only_with_the_retrys_full_timeout_left() {
+        let ms = Duration::from_millis;
+        let f = Facts {
+            time_left: Some(ms(400)),
+            ..retried()
+        };
+        assert!(cut_is_retried(&f, ms(300), ms(50)));
+        assert!(!cut_is_retried(&f, ms(300), ms(100)));
+        assert!(!cut_is_retried(
+            &Facts {
+                attempt: 3,
+                ..retried()
+            },
+            ms(300),
+            ms(50)
+        ));
+        assert!(cut_is_retried(&retried(), ms(300), ms(50)));
+    }
+}

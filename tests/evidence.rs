@@ -1,0 +1,345 @@
+//! Evidence before a cut: with the defaults, a request that is slow by nature runs once, on one
+//! peer, at any concurrency; open WebSocket tunnels never make their peer look silent; a peer
+//! that really stopped answering is still left within about 100 ms.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, RoundRobin, StandardPolicy};
+use support::{client, start_proxy, Mode, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const READ: Duration = Duration::from_secs(3);
+
+fn peer(addr: &str) -> Peer {
+    Peer::builder(addr).with_read_timeout(READ).build().unwrap()
+}
+
+/// `clients` clients, each sending 9 fast GETs and then one report (a GET that takes 300 ms by
+/// nature, with an id of its own), `rounds` times, through an ordered list of a primary and an
+/// identical backup. How many reports ran on the backup, and how many ids ran more than once.
+async fn reports(clients: usize, rounds: usize) -> (usize, usize, Upstream) {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list =
+        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let (proxy, _log) =
+        start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
+    let http = client();
+    join_all((0..clients).map(|c| {
+        let (http, proxy) = (http.clone(), &proxy);
+        async move {
+            for round in 0..rounds {
+                for _ in 0..9 {
+                    let resp = http.get(proxy.url("/fast")).send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                }
+                let resp = http
+                    .get(proxy.url("/report"))
+                    .header("x-delay-ms", "300")
+                    .header("x-request-id", format!("report-{c}-{round}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                assert_eq!(resp.text().await.unwrap(), "primary");
+            }
+        }
+    }))
+    .await;
+    let on_backup = backup.ids().len();
+    let twice = primary
+        .ids()
+        .iter()
+        .filter(|(id, n)| **n > 1 || backup.ids().contains_key(*id))
+        .count();
+    assert_eq!(
+        primary.ids().len(),
+        clients * rounds,
+        "every report reached the primary"
+    );
+    (on_backup, twice, primary)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legitimately_slow_get_runs_once_with_one_client() {
+    let (on_backup, twice, _primary) = reports(1, 8).await;
+    assert_eq!((on_backup, twice), (0, 0), "reports ran on the backup too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legitimately_slow_get_runs_once_with_four_clients() {
+    let (on_backup, twice, _primary) = reports(4, 4).await;
+    assert_eq!((on_backup, twice), (0, 0), "reports ran on the backup too");
+}
+
+/// An upstream that answers `ok` to plain requests and accepts WebSocket upgrades, whose tunnels
+/// then stay quiet until the client closes them.
+async fn upgrading_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let request = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                    head.drain(..end + 4);
+                    if request.contains("upgrade: websocket") {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\n\r\n",
+                            )
+                            .await;
+                        // Quiet until the client leaves.
+                        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                        return;
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Opens a WebSocket tunnel through the proxy at `addr`, and reads its 101.
+async fn tunnel(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    s
+}
+
+/// Two quiet tunnels are not two requests waiting for a header: their peer keeps taking GETs,
+/// in an ordered list and in a round-robin pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_websockets_never_make_their_peer_refuse_requests() {
+    let primary = upgrading_upstream().await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let p = peer(&primary.to_string());
+    let list = OrderedList::new(vec![p.clone(), peer(&backup.peer_addr())]).unwrap();
+    let (proxy, _log) =
+        start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/").await, "ok");
+    }
+    let _tunnels = [tunnel(proxy.addr).await, tunnel(proxy.addr).await];
+    // Quiet for several times the cut's floor and suspicion's.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(p.health().in_flight(), 2, "the tunnels are open");
+    assert!(!p.health().is_suspected());
+    for _ in 0..10 {
+        assert_eq!(
+            proxy.get_text(&http, "/").await,
+            "ok",
+            "the primary answers"
+        );
+    }
+    assert_eq!(backup.hits(), 0);
+
+    // Three round-robin peers with two tunnels each: new GETs still go round.
+    let ups = [
+        upgrading_upstream().await,
+        upgrading_upstream().await,
+        upgrading_upstream().await,
+    ];
+    let peers: Vec<Peer> = ups.iter().map(|a| peer(&a.to_string())).collect();
+    let rr = RoundRobin::new(peers.clone()).unwrap();
+    let (proxy, log) =
+        start_proxy(FailoverProxy::new(rr, StandardPolicy::default()).unwrap()).await;
+    for _ in 0..30 {
+        assert_eq!(proxy.get_text(&http, "/").await, "ok");
+    }
+    let mut tunnels = Vec::new();
+    for _ in 0..6 {
+        tunnels.push(tunnel(proxy.addr).await);
+    }
+    assert!(peers.iter().all(|p| p.health().in_flight() == 2));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(peers.iter().all(|p| !p.health().is_suspected()));
+    for _ in 0..9 {
+        assert_eq!(proxy.get_text(&http, "/").await, "ok");
+    }
+    let records = log.wait_for(30 + 6 + 9).await;
+    let mut firsts = [0; 3];
+    for attempts in &records[36..] {
+        assert_eq!(attempts.len(), 1);
+        let i = peers
+            .iter()
+            .position(|p| p.same(attempts[0].peer()))
+            .unwrap();
+        firsts[i] += 1;
+    }
+    assert_eq!(firsts, [3, 3, 3], "round-robin goes round");
+}
+
+/// A peer that stops answering altogether (its application hangs; its kernel still accepts and
+/// acknowledges) is left within about 100 ms: its liveness check goes unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_peer_is_still_left_within_about_100_ms() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list =
+        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    }
+    primary.set_mode(Mode::Hang);
+    assert_eq!(proxy.get_text(&http, "/").await, "backup");
+    let records = log.wait_for(21).await;
+    let cut = records[20][0].duration().unwrap();
+    // The floor is 50 ms; the check starts at half of it and is given the whole.
+    assert!(cut < Duration::from_millis(500), "cut after {cut:?}");
+}
+
+/// Drops every packet to `port` on loopback while it lives (iptables, as root): a blackholed
+/// upstream, whose kernel acknowledges nothing.
+struct Blackholed {
+    port: u16,
+}
+
+impl Blackholed {
+    /// `None` where iptables cannot be used (not root, or not installed).
+    fn on(port: u16) -> Option<Self> {
+        let ok = std::process::Command::new("iptables")
+            .args(Self::rule("-I", port))
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self { port })
+    }
+
+    fn rule(op: &str, port: u16) -> Vec<String> {
+        [
+            op,
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+impl Drop for Blackholed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(Self::rule("-D", self.port))
+            .status();
+    }
+}
+
+fn iptables_usable() -> bool {
+    std::process::Command::new("iptables")
+        .args(["-L", "INPUT", "-n"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// With `with_undelivered_retry`, a POST caught on a blackholed primary (its kernel acknowledges
+/// none of it) moves to the backup within about 100 ms, and arrives exactly once, also when the
+/// blackhole heals right after the cut: the cut aborted the connection, so the kernel never
+/// delivers the old copy. A GET moves the same way. Needs root and iptables (`make test`
+/// installs it); elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
+    if !iptables_usable() {
+        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+        return;
+    }
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list =
+        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let adaptive = pingora_failover::AdaptiveTimeouts::new().with_undelivered_retry();
+    let engine =
+        Failover::builder(list, StandardPolicy::default()).with_adaptive_timeouts(adaptive);
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for i in 0..20 {
+        let resp = http
+            .post(proxy.url("/order"))
+            .header("x-request-id", format!("warm-{i}"))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    let port: u16 = primary
+        .peer_addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let blackhole = Blackholed::on(port).expect("iptables rule");
+    let started = std::time::Instant::now();
+    let resp = http
+        .post(proxy.url("/order"))
+        .header("x-request-id", "moved")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let get = http
+        .get(proxy.url("/"))
+        .header("x-request-id", "get")
+        .send()
+        .await
+        .unwrap();
+    // Healed at once: anything the kernel still held for the primary would now arrive.
+    drop(blackhole);
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    assert!(took < Duration::from_millis(500), "moved after {took:?}");
+    assert_eq!(get.text().await.unwrap(), "backup");
+    // Longer than the retransmission the abort stopped would take to arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(backup.ids().get("moved"), Some(&1));
+    assert_eq!(primary.ids().get("moved"), None, "the primary got it too");
+    let records = log.wait_for(21).await;
+    assert_eq!(records[20].len(), 2, "{:?}", records[20]);
+}
