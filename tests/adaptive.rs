@@ -319,8 +319,10 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
     assert_eq!(resp.text().await.unwrap(), "primary");
     let resp = http.delete(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "primary");
-    // Those answers reset the primary's count; five cuts in a row, each followed by an answer
-    // from the backup, eject it.
+    // Those answers reset the primary's count (and, 1 s each, teach it a typical time near
+    // 100 ms: a limit near the 1 s it now takes). It hangs: five cuts in a row, each followed by
+    // an answer from the backup, eject it.
+    primary.set_mode(Mode::Hang);
     for _ in 0..5 {
         let resp = http.get(proxy.url("/")).send().await.unwrap();
         assert_eq!(resp.text().await.unwrap(), "backup");

@@ -142,6 +142,26 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     s
 }
 
+/// Opens tunnels through the proxy at `addr` until each of `peers` holds `each` open. (Pingora
+/// 0.9.1 ends some upgraded sessions right after their 101; those are opened again.)
+async fn tunnels(addr: std::net::SocketAddr, peers: &[&Peer], each: u32) -> Vec<TcpStream> {
+    let mut open = Vec::new();
+    for _ in 0..50 {
+        if peers.iter().all(|p| p.health().in_flight() >= each) {
+            break;
+        }
+        open.push(tunnel(addr).await);
+        // The proxy has finished with the 101 once it reached the client: a session that ends
+        // at once has ended by the time the next tunnel is asked for.
+        tokio::task::yield_now().await;
+    }
+    support::eventually("the tunnels open", || {
+        peers.iter().all(|p| p.health().in_flight() >= each)
+    })
+    .await;
+    open
+}
+
 /// Two quiet tunnels are not two requests waiting for a header: their peer keeps taking GETs,
 /// in an ordered list and in a round-robin pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,10 +176,10 @@ async fn open_websockets_never_make_their_peer_refuse_requests() {
     for _ in 0..20 {
         assert_eq!(proxy.get_text(&http, "/").await, "ok");
     }
-    let _tunnels = [tunnel(proxy.addr).await, tunnel(proxy.addr).await];
+    let _tunnels = tunnels(proxy.addr, &[&p], 2).await;
     // Quiet for several times the cut's floor and suspicion's.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(p.health().in_flight(), 2, "the tunnels are open");
+    assert!(p.health().in_flight() >= 2, "the tunnels are open");
     assert!(!p.health().is_suspected());
     for _ in 0..10 {
         assert_eq!(
@@ -183,11 +203,8 @@ async fn open_websockets_never_make_their_peer_refuse_requests() {
     for _ in 0..30 {
         assert_eq!(proxy.get_text(&http, "/").await, "ok");
     }
-    let mut tunnels = Vec::new();
-    for _ in 0..6 {
-        tunnels.push(tunnel(proxy.addr).await);
-    }
-    assert!(peers.iter().all(|p| p.health().in_flight() == 2));
+    let peer_refs: Vec<&Peer> = peers.iter().collect();
+    let _tunnels = tunnels(proxy.addr, &peer_refs, 2).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(peers.iter().all(|p| !p.health().is_suspected()));
     for _ in 0..9 {

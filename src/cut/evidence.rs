@@ -7,9 +7,12 @@
 //! 1. **The attempt's own transport** (Linux `TCP_INFO`, counted from when the attempt took the
 //!    connection): bytes received mean the answer has come and the stall is the proxy's own;
 //!    nothing sent yet, or a request still being sent (an upload), is not a wait for a header;
-//!    sent but none of it acknowledged means the peer is unreachable, and also that it never
-//!    received the request, so that even a non-idempotent request may move (once the connection
-//!    is aborted).
+//!    sent, retransmitted, and none of it acknowledged for two round trips after the last
+//!    transmission means the peer is unreachable, and also that it never received the request,
+//!    so that even a non-idempotent request may move (once the connection is aborted). Silence
+//!    before a retransmission proves nothing: a peer that received the request may hold its
+//!    acknowledgement back for up to 200 ms on Linux (a delayed ACK, while its application
+//!    works), but answers a retransmission at once.
 //! 2. **Answers to other requests**: a peer that answered anything since the wait began (or in
 //!    the last `limit`) is alive.
 //! 3. **The peer's liveness on another path**: one check per peer at a time (the recovery
@@ -68,6 +71,9 @@ pub(crate) enum Verdict {
 
 /// How often a pending check is looked at.
 const CHECK_POLL: Duration = Duration::from_millis(5);
+/// The least time a retransmission is given to be acknowledged (whatever the measured
+/// round trip, which loopback puts near zero).
+const RETRANSMIT_ANSWER: Duration = Duration::from_millis(20);
 
 /// The verdict on `look`. A liveness check starts at half the limit, so that its answer is in
 /// by the time the limit passes.
@@ -83,12 +89,17 @@ pub(crate) fn judge(look: &Look) -> Verdict {
             // request is not yet, or not yet fully, sent: no wait for a header to judge yet.
             return Verdict::Later(look.limit);
         }
-        if moved.acked == 0 {
-            // Sent, and none of it acknowledged: the peer is unreachable.
-            return if until_limit.is_zero() {
-                Verdict::Stuck { undelivered: true }
-            } else {
-                Verdict::Later(until_limit)
+        if moved.acked == 0 && moved.retransmitted > 0 {
+            // Sent again, and still none of it acknowledged: the peer is unreachable, once a
+            // retransmission had time to be answered.
+            let answer_time =
+                Duration::from_micros(u64::from(moved.rtt_us) * 2).max(RETRANSMIT_ANSWER);
+            let since_send = Duration::from_millis(u64::from(moved.last_send_ms));
+            return match (until_limit.is_zero(), answer_time.checked_sub(since_send)) {
+                (true, None | Some(Duration::ZERO)) => Verdict::Stuck { undelivered: true },
+                (_, wait) => {
+                    Verdict::Later(until_limit.max(wait.unwrap_or_default()).max(CHECK_POLL))
+                }
             };
         }
     }
@@ -122,6 +133,21 @@ mod tests {
                 sent,
                 acked,
                 received,
+                ..Counters::default()
+            },
+            false,
+        ))
+    }
+
+    /// Sent, retransmitted `ms` ago, and none of it acknowledged.
+    fn unanswered(ms: u32) -> Option<(Counters, bool)> {
+        Some((
+            Counters {
+                sent: 160,
+                retransmitted: 80,
+                last_send_ms: ms,
+                rtt_us: 100,
+                ..Counters::default()
             },
             false,
         ))
@@ -148,7 +174,7 @@ mod tests {
             Counters {
                 sent: 10,
                 acked: 10,
-                received: 0,
+                ..Counters::default()
             },
             true,
         ));
@@ -159,14 +185,32 @@ mod tests {
     }
 
     #[test]
-    fn nothing_acknowledged_past_the_limit_is_undelivered() {
+    fn a_retransmission_unanswered_past_the_limit_is_undelivered() {
         assert_eq!(
-            judge(&look(100, moved(80, 0, 0), Live::Unknown)),
+            judge(&look(300, unanswered(30), Live::Unknown)),
             Verdict::Stuck { undelivered: true }
         );
         assert_eq!(
-            judge(&look(60, moved(80, 0, 0), Live::Unknown)),
+            judge(&look(60, unanswered(30), Live::Unknown)),
             Verdict::Later(MS(40))
+        );
+        assert_eq!(
+            judge(&look(300, unanswered(5), Live::Unknown)),
+            Verdict::Later(MS(15)),
+            "the retransmission is given time to be answered"
+        );
+    }
+
+    #[test]
+    fn silence_before_a_retransmission_proves_nothing() {
+        // A delayed acknowledgement: the peer may hold the request.
+        assert_eq!(
+            judge(&look(100, moved(80, 0, 0), Live::Unknown)),
+            Verdict::Check(CHECK_POLL)
+        );
+        assert_eq!(
+            judge(&look(100, moved(80, 0, 0), Live::Passed)),
+            Verdict::Leave
         );
     }
 

@@ -12,6 +12,12 @@ pub(crate) struct Counters {
     pub(crate) acked: u64,
     /// Received from the peer (read by the proxy or still waiting in the socket).
     pub(crate) received: u64,
+    /// Sent again, after no acknowledgement came in time.
+    pub(crate) retransmitted: u64,
+    /// Time since data was last sent (a first transmission or a retransmission), in ms.
+    pub(crate) last_send_ms: u32,
+    /// The smoothed round-trip time, in µs.
+    pub(crate) rtt_us: u32,
 }
 
 /// The counters of the TCP connection behind `fd`, on Linux (`TCP_INFO`); `None` elsewhere, or
@@ -23,6 +29,9 @@ pub(crate) fn counters(fd: i32) -> Option<Counters> {
         sent: info.tcpi_bytes_sent,
         acked: info.tcpi_bytes_acked,
         received: info.tcpi_bytes_received,
+        retransmitted: info.tcpi_bytes_retrans,
+        last_send_ms: info.tcpi_last_data_sent,
+        rtt_us: info.tcpi_rtt,
     })
 }
 

@@ -133,13 +133,14 @@ impl Watch {
             Verdict::Leave => None,
             Verdict::Stuck { undelivered } => {
                 suspicion.stuck(now_ms);
-                let allowed = match self.may_cut {
-                    MayCut::Always => true,
-                    MayCut::IfUndelivered => undelivered,
-                    MayCut::Never => false,
-                };
-                if allowed {
-                    self.cut(undelivered, shared.budget.as_ref());
+                match self.may_cut {
+                    MayCut::Always => self.cut(undelivered, shared.budget.as_ref()),
+                    MayCut::IfUndelivered if undelivered => {
+                        self.cut(true, shared.budget.as_ref());
+                    }
+                    // The transport may yet show that the peer never received it.
+                    MayCut::IfUndelivered => return Some(now + self.limit / 2),
+                    MayCut::Never => {}
                 }
                 None
             }
@@ -176,6 +177,8 @@ fn since(now: Counters, base: Counters) -> Counters {
         sent: now.sent.saturating_sub(base.sent),
         acked: now.acked.saturating_sub(base.acked),
         received: now.received.saturating_sub(base.received),
+        retransmitted: now.retransmitted.saturating_sub(base.retransmitted),
+        ..now
     }
 }
 
