@@ -6,10 +6,15 @@
 //! - crash: the listener closes (connects refused) and every open connection is reset;
 //! - blackhole: connects hang (a listener with a full backlog) and open connections stall;
 //! - slow: the primary answers after 1 s;
-//! - 503: the primary answers 503.
+//! - 503: the primary answers 503;
+//! - drop: every packet to the primary is dropped (iptables on loopback, as root; skipped
+//!   elsewhere): a blackholed route, where the primary's kernel acknowledges nothing, so that a
+//!   POST caught there provably never arrived.
 //!
 //! Each fault is run against `failover_proxy` (ordered list: primary, then backup) with its
-//! defaults, again with `--no-stall-cut` (`failover-no-cut`), and against bare pingora with the
+//! defaults, again with `--no-stall-cut` (`failover-no-cut`), with `--undelivered-retry`
+//! (`failover-undelivered`, which also moves a POST its peer never received), and against bare
+//! pingora with the
 //! usual hand-written failover (a try counter in `CTX`, one retry of a connect failure on the
 //! backup), all with one worker thread, a 400 ms connect timeout and a 1 s read timeout (300 ms
 //! for slow). Reported per run:
@@ -30,8 +35,8 @@
 //! cargo bench --bench onset
 //! ```
 //!
-//! `ONSET_FAULTS=crash,blackhole,slow,503` chooses faults;
-//! `ONSET_PROXIES=bare,failover,failover-no-cut` proxies.
+//! `ONSET_FAULTS=crash,blackhole,slow,503,drop` chooses faults;
+//! `ONSET_PROXIES=bare,failover,failover-no-cut,failover-undelivered` proxies.
 //! Loopback only; every process it starts is killed when it ends.
 
 mod common;
@@ -52,12 +57,55 @@ const HEAL_AT: Duration = Duration::from_secs(8);
 const END_AT: Duration = Duration::from_secs(14);
 const STALL: Duration = Duration::from_millis(50);
 
-const FAULTS: [(&str, Mode); 4] = [
+const FAULTS: [(&str, Mode); 5] = [
     ("crash", Mode::Crash),
     ("blackhole", Mode::Blackhole),
     ("slow", Mode::Slow(Duration::from_secs(1))),
     ("503", Mode::Unavailable),
+    // The upstream keeps serving; its packets are dropped on the way in.
+    ("drop", Mode::Up),
 ];
+
+/// Drops every packet to `port` on loopback while it lives (iptables).
+struct Dropped(u16);
+
+impl Dropped {
+    fn rule(op: &str, port: u16) -> Vec<String> {
+        let port = port.to_string();
+        [
+            "INPUT", "-i", "lo", "-p", "tcp", "--dport", &port, "-j", "DROP",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .fold(vec![op.to_owned()], |mut v, a| {
+            v.push(a);
+            v
+        })
+    }
+
+    fn on(port: u16) -> Option<Self> {
+        std::process::Command::new("iptables")
+            .args(Self::rule("-I", port))
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(Self(port))
+    }
+}
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("iptables")
+            .args(Self::rule("-D", self.0))
+            .status();
+    }
+}
+
+fn iptables_usable() -> bool {
+    std::process::Command::new("iptables")
+        .args(["-L", "INPUT", "-n"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
 
 async fn start_proxy(
     kind: &str,
@@ -69,7 +117,7 @@ async fn start_proxy(
     let read_ms = if slow { "300" } else { "1000" };
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
     let mut args: Vec<&str> = match kind {
-        "failover" | "failover-no-cut" => vec![
+        "failover" | "failover-no-cut" | "failover-undelivered" => vec![
             "--listen",
             &l,
             "--peer",
@@ -107,6 +155,9 @@ async fn start_proxy(
     };
     if kind == "failover-no-cut" {
         args.push("--no-stall-cut");
+    }
+    if kind == "failover-undelivered" {
+        args.push("--undelivered-retry");
     }
     let name = if kind == "bare" {
         "bare_proxy"
@@ -175,7 +226,7 @@ fn analyse(records: &[Record], twice: usize) -> Row {
     }
 }
 
-async fn run(kind: &str, fault: Mode) -> Row {
+async fn run(kind: &str, name: &str, fault: Mode) -> Row {
     let primary = Upstream::start("primary", Mode::Up).await;
     let backup = Upstream::start("backup", Mode::Up).await;
     let slow = matches!(fault, Mode::Slow(_));
@@ -186,8 +237,10 @@ async fn run(kind: &str, fault: Mode) -> Row {
         .map(|_| tokio::spawn(load(addr, t0, END_AT, Some(ids.clone()), b"primary")))
         .collect();
     tokio::time::sleep_until((t0 + FAULT_AT).into()).await;
+    let dropped = (name == "drop").then(|| Dropped::on(primary.addr.port()).expect("iptables"));
     primary.mode.send_replace(fault);
     tokio::time::sleep_until((t0 + HEAL_AT).into()).await;
+    drop(dropped);
     primary.mode.send_replace(Mode::Up);
     let mut records = Vec::new();
     for c in clients {
@@ -214,9 +267,28 @@ fn main() {
             .collect(),
         None => FAULTS.to_vec(),
     };
+    let faults: Vec<(&str, Mode)> = faults
+        .into_iter()
+        .filter(|(n, _)| {
+            let usable = *n != "drop" || iptables_usable();
+            if !usable {
+                println!("drop: skipped (iptables needs root and the iptables package)");
+            }
+            usable
+        })
+        .collect();
     let proxies: Vec<String> = pick("ONSET_PROXIES")
         .map(|l| l.split(',').map(str::to_owned).collect())
-        .unwrap_or_else(|| vec!["bare".into(), "failover".into(), "failover-no-cut".into()]);
+        .unwrap_or_else(|| {
+            [
+                "bare",
+                "failover",
+                "failover-no-cut",
+                "failover-undelivered",
+            ]
+            .map(String::from)
+            .to_vec()
+        });
     println!(
         "onset: {CLIENTS} closed-loop connections; fault at {} s, heal at {} s, end at {} s",
         FAULT_AT.as_secs(),
@@ -228,7 +300,11 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (name, fault) in &faults {
         for kind in &proxies {
-            let row = runtime.block_on(run(kind, *fault));
+            // Moving an undelivered POST matters only where the kernel can tell.
+            if kind == "failover-undelivered" && !matches!(*name, "drop" | "blackhole") {
+                continue;
+            }
+            let row = runtime.block_on(run(kind, name, *fault));
             let back = row.back.map_or_else(
                 || format!("> {} ms", ms(END_AT - HEAL_AT)),
                 |b| format!("{} ms", ms(b)),

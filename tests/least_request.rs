@@ -28,7 +28,13 @@ async fn slow_share<S: PeerSelector>(make: impl FnOnce(Vec<Peer>) -> S) -> f64 {
         }
     }))
     .await;
-    assert_eq!(fast.hits() + slow.hits(), WORKERS * EACH);
+    // Every request, and perhaps a liveness check or two (the stall cut's, on the slow peer
+    // while it has nothing learned yet).
+    let hits = fast.hits() + slow.hits();
+    assert!(
+        (WORKERS * EACH..WORKERS * EACH + 4).contains(&hits),
+        "{hits}"
+    );
     slow.hits() as f64 / (WORKERS * EACH) as f64
 }
 

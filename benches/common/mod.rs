@@ -30,7 +30,7 @@ pub enum Mode {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub mode: watch::Sender<Mode>,
-    /// POST ids received, and how many times.
+    /// Request ids (`x-id`) answered, and how many times.
     pub posts: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
@@ -138,6 +138,9 @@ async fn answer_all(
         let mut body = vec![0; head.length];
         stream.read_exact(&mut body).await?;
         let now = *mode.borrow_and_update();
+        if head.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(head.delay_ms)).await;
+        }
         let status = match now {
             Mode::Blackhole => {
                 // Stall until healed, then hang up without answering.
@@ -169,6 +172,8 @@ struct Head {
     length: usize,
     id: Option<u64>,
     close: bool,
+    /// How long the request asks to be answered late (a legitimately slow endpoint).
+    delay_ms: u64,
 }
 
 /// Reads a request or response head: the status of a response, the body length, an `x-id`.
@@ -178,6 +183,7 @@ async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Head> {
         length: 0,
         id: None,
         close: false,
+        delay_ms: 0,
     };
     let mut line = String::new();
     let mut first = true;
@@ -203,6 +209,7 @@ async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Head> {
             "content-length" => head.length = v.parse().unwrap_or(0),
             "x-id" => head.id = v.parse().ok(),
             "connection" => head.close = v.eq_ignore_ascii_case("close"),
+            "x-delay-ms" => head.delay_ms = v.parse().unwrap_or(0),
             _ => {}
         }
     }
@@ -228,7 +235,7 @@ impl Record {
 }
 
 /// A keep-alive client connection that sends one request at a time.
-struct Client {
+pub struct Client {
     proxy: SocketAddr,
     conn: Option<BufReader<TcpStream>>,
     /// The body of the upstream whose answers are marked.
@@ -236,31 +243,53 @@ struct Client {
 }
 
 impl Client {
-    async fn send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
-        // A connection the proxy closed while idle fails before any byte comes back: that
-        // request was not taken, so it is sent again on a new connection, as browsers do.
-        let reused = self.conn.is_some();
-        match self.try_send(post).await {
-            Err(e) if reused && e.kind() == io::ErrorKind::UnexpectedEof => {
-                self.try_send(post).await
-            }
-            other => other,
+    /// A client of `proxy` that marks the answers whose body is `mark`.
+    pub fn new(proxy: SocketAddr, mark: &'static [u8]) -> Self {
+        Self {
+            proxy,
+            conn: None,
+            mark,
         }
     }
 
-    async fn try_send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
-        if self.conn.is_none() {
-            let s = TcpStream::connect(self.proxy).await?;
-            s.set_nodelay(true)?;
-            self.conn = Some(BufReader::new(s));
-        }
-        let conn = self.conn.as_mut().unwrap();
+    async fn send(&mut self, post: Option<u64>) -> io::Result<(u16, bool)> {
         let request = match post {
             Some(id) => format!(
                 "POST /order HTTP/1.1\r\nhost: bench\r\nx-id: {id}\r\ncontent-length: 2\r\n\r\n{{}}"
             ),
             None => "GET /item HTTP/1.1\r\nhost: bench\r\n\r\n".to_owned(),
         };
+        self.request(&request).await
+    }
+
+    /// `GET path` carrying `id`, which the upstream answers after `delay_ms`: the status, and
+    /// whether the marked upstream answered.
+    pub async fn get(&mut self, path: &str, id: u64, delay_ms: u64) -> io::Result<(u16, bool)> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: bench\r\nx-id: {id}\r\nx-delay-ms: {delay_ms}\r\n\r\n"
+        );
+        self.request(&request).await
+    }
+
+    async fn request(&mut self, request: &str) -> io::Result<(u16, bool)> {
+        // A connection the proxy closed while idle fails before any byte comes back: that
+        // request was not taken, so it is sent again on a new connection, as browsers do.
+        let reused = self.conn.is_some();
+        match self.try_send(request).await {
+            Err(e) if reused && e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.try_send(request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_send(&mut self, request: &str) -> io::Result<(u16, bool)> {
+        if self.conn.is_none() {
+            let s = TcpStream::connect(self.proxy).await?;
+            s.set_nodelay(true)?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().unwrap();
         let result = async {
             conn.get_mut().write_all(request.as_bytes()).await?;
             let head = read_head(conn).await?;
@@ -295,11 +324,7 @@ pub async fn load(
     posts: Option<Arc<AtomicU64>>,
     mark: &'static [u8],
 ) -> Vec<Record> {
-    let mut client = Client {
-        proxy,
-        conn: None,
-        mark,
-    };
+    let mut client = Client::new(proxy, mark);
     let mut records = Vec::new();
     let mut n = 0u64;
     while t0.elapsed() < end {
@@ -331,6 +356,13 @@ pub async fn load(
 
 /// A proxy process, killed on drop.
 pub struct Proxy(Child);
+
+impl Proxy {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Proxy {
     fn drop(&mut self) {

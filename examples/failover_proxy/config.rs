@@ -98,11 +98,14 @@ pub struct Timeouts {
     pub adaptive_connect: Option<bool>,
     /// `false`: response headers always get `read_ms`, instead of a safe request's attempt
     /// (GET, HEAD, OPTIONS, TRACE, without a body) being cut when its header is far later than
-    /// the peer typically answers, while the peer answers nothing else.
+    /// the peer or the request typically takes, on evidence that the peer is stuck.
     pub stall_cut: Option<bool>,
-    /// The least wait the stall cut allows a header (it also waits 10 times what the peer
-    /// typically takes) [default: 50].
+    /// The least wait the stall cut allows a header (it also waits 10 times what the peer or
+    /// the request typically takes) [default: 50].
     pub stall_cut_ms: Option<u64>,
+    /// `true`: the stall cut also moves a request that is not safe to repeat (a POST) when its
+    /// peer never received it [default: false].
+    pub undelivered_retry: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +336,16 @@ impl Config {
             (_, Some(ms)) => {
                 adaptive = adaptive.with_stall_cut(10.0, Duration::from_millis(ms))?;
             }
+            _ => {}
+        }
+        match (t.stall_cut, t.undelivered_retry) {
+            (Some(false), Some(true)) => {
+                return Err(value(
+                    "undelivered_retry",
+                    "the stall cut is off (stall_cut = false)",
+                ))
+            }
+            (_, Some(true)) => adaptive = adaptive.with_undelivered_retry(),
             _ => {}
         }
         b = b.with_adaptive_timeouts(adaptive);

@@ -76,6 +76,11 @@ struct Flags {
     /// Response headers always get the read timeout: no stall cut.
     #[arg(long)]
     no_stall_cut: bool,
+    /// The stall cut also moves a POST (or any request) its peer never received: none of it
+    /// acknowledged after a retransmission. Off by default: a copy delayed in the network could
+    /// still arrive.
+    #[arg(long, conflicts_with = "no_stall_cut")]
+    undelivered_retry: bool,
     /// For round-robin, least-request and ewma: a peer that joins traffic (added, or
     /// re-admitted) ramps up over this many milliseconds [default: none].
     #[arg(long, value_name = "MS")]
@@ -125,6 +130,9 @@ impl Flags {
             c.timeouts.stall_cut_ms = None;
         } else if self.stall_cut_ms.is_some() {
             c.timeouts.stall_cut = Some(true);
+        }
+        if self.undelivered_retry {
+            c.timeouts.undelivered_retry = Some(true);
         }
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);

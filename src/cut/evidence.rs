@@ -23,6 +23,7 @@
 use std::time::Duration;
 
 use super::sys::Counters;
+pub(crate) use crate::health::suspicion::Live;
 
 /// What the watchdog sees of one waiting attempt.
 #[derive(Debug, Clone, Copy)]
@@ -37,19 +38,6 @@ pub(crate) struct Look {
     pub(crate) transport: Option<(Counters, bool)>,
     /// What the peer's liveness checks say about the time since the wait began.
     pub(crate) liveness: Live,
-}
-
-/// The liveness checks of a peer, as they bear on one wait.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Live {
-    /// A check that began after the wait began passed: the peer is alive.
-    Passed,
-    /// A check that began after the wait began failed: the peer is stuck.
-    Failed,
-    /// A check is running.
-    Checking,
-    /// No check since the wait began.
-    Unknown,
 }
 
 /// The watchdog's verdict on one waiting attempt.

@@ -6,10 +6,21 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::cut::Live;
-
 const TIME: u64 = (1 << 48) - 1;
 const ONE: u64 = 1 << 48;
+
+/// The liveness checks of a peer, as they bear on one wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// A check that began after the wait began passed: the peer is alive.
+    Passed,
+    /// A check that began after the wait began failed: the peer is stuck.
+    Failed,
+    /// A check is running.
+    Checking,
+    /// No check since the wait began.
+    Unknown,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Waiting {

@@ -251,3 +251,39 @@ impl<'a> Failure<'a> {
         self.error
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy that retries every failure.
+    struct Always;
+
+    impl RetryPolicy for Always {
+        fn decide(&self, _failure: &Failure<'_>) -> RetryDecision {
+            RetryDecision::Retry
+        }
+        fn would_retry(&self, _kind: FailureKind, _request: &RequestHeader) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn policy_is_object_safe_and_forwards_through_box_and_arc() {
+        let boxed: Box<dyn RetryPolicy> = Box::new(Always);
+        let shared: Arc<dyn RetryPolicy> = Arc::new(Always);
+        let request = RequestHeader::build("GET", b"/", None).unwrap();
+        for policy in [&boxed as &dyn RetryPolicy, &shared] {
+            assert!(policy.would_retry(FailureKind::HeaderTimeout, &request));
+            assert_eq!(policy.max_attempts(), DEFAULT_MAX_ATTEMPTS);
+        }
+        // A policy that does not say gets no cut.
+        struct Silent;
+        impl RetryPolicy for Silent {
+            fn decide(&self, _failure: &Failure<'_>) -> RetryDecision {
+                RetryDecision::Retry
+            }
+        }
+        assert!(!Silent.would_retry(FailureKind::HeaderTimeout, &request));
+    }
+}
