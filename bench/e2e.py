@@ -32,6 +32,8 @@ DURATION = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+# Worker threads of both proxies (BENCH_THREADS=2 for the two-thread figures).
+THREADS = os.environ.get("BENCH_THREADS", "1")
 children = []
 
 
@@ -125,12 +127,12 @@ def main():
         return [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}",
                 "--peer", primary_addr, "--peer", backup, "--selector", "ordered",
                 "--connect-timeout-ms", "400", "--read-timeout-ms", "300",
-                "--max-attempts", "3", "--threads", "1", "--quiet", *extra], port
+                "--max-attempts", "3", "--threads", THREADS, "--quiet", *extra], port
 
     def bare():
         port = free_port()
         return [os.path.join(EXAMPLES, "bare_proxy"), "--listen", f"127.0.0.1:{port}",
-                "--peer", primary, "--threads", "1"], port
+                "--peer", primary, "--threads", THREADS], port
 
     scenarios = {
         "bare": bare,
@@ -166,7 +168,7 @@ def main():
         return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
 
     table = {n: {k: median(rows, k) for k in rows[0]} for n, rows in results.items()}
-    print(f"\n{CONNECTIONS} connections, {DURATION} s per run, {ROUNDS} rounds, proxy on 1 thread\n")
+    print(f"\n{CONNECTIONS} connections, {DURATION} s per run, {ROUNDS} rounds, proxy on {THREADS} thread(s)\n")
     print("| scenario | req/s | p50 ms | p99 ms | errors | non-2xx |")
     print("|---|---:|---:|---:|---:|---:|")
     for n, t in table.items():

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -26,11 +28,11 @@ async fn reports(clients: usize, rounds: usize) -> (usize, usize, Upstream) {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let list =
         OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
-    let (proxy, _log) =
+    let (proxy, log) =
         start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
     let http = client();
     join_all((0..clients).map(|c| {
-        let (http, proxy) = (http.clone(), &proxy);
+        let (http, proxy, log) = (http.clone(), &proxy, &log);
         async move {
             for round in 0..rounds {
                 for _ in 0..9 {
@@ -45,7 +47,12 @@ async fn reports(clients: usize, rounds: usize) -> (usize, usize, Upstream) {
                     .await
                     .unwrap();
                 assert_eq!(resp.status(), 200);
-                assert_eq!(resp.text().await.unwrap(), "primary");
+                let by = resp.text().await.unwrap();
+                if by != "primary" {
+                    let records = log.wait_for(1).await;
+                    let moved: Vec<_> = records.iter().filter(|r| r.len() > 1).collect();
+                    panic!("answered by {by}: {moved:#?}");
+                }
             }
         }
     }))
@@ -77,12 +84,15 @@ async fn a_legitimately_slow_get_runs_once_with_four_clients() {
 }
 
 /// An upstream that answers `ok` to plain requests and accepts WebSocket upgrades, whose tunnels
-/// then stay quiet until the client closes them.
-async fn upgrading_upstream() -> std::net::SocketAddr {
+/// then stay quiet until the client closes them; and the count of plain requests it answered.
+async fn upgrading_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let plain = Arc::new(AtomicUsize::new(0));
+    let answered = plain.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
+            let answered = answered.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -108,6 +118,7 @@ Upgrade: websocket\r\n\r\n",
                         while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
                         return;
                     }
+                    answered.fetch_add(1, Ordering::SeqCst);
                     let _ = s
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                         .await;
@@ -115,7 +126,7 @@ Upgrade: websocket\r\n\r\n",
             });
         }
     });
-    addr
+    (addr, plain)
 }
 
 /// Opens a WebSocket tunnel through the proxy at `addr`, and reads its 101.
@@ -166,7 +177,7 @@ async fn tunnels(addr: std::net::SocketAddr, peers: &[&Peer], each: u32) -> Vec<
 /// in an ordered list and in a round-robin pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_websockets_never_make_their_peer_refuse_requests() {
-    let primary = upgrading_upstream().await;
+    let (primary, _) = upgrading_upstream().await;
     let backup = Upstream::start("backup", Mode::Ok).await;
     let p = peer(&primary.to_string());
     let list = OrderedList::new(vec![p.clone(), peer(&backup.peer_addr())]).unwrap();
@@ -196,9 +207,9 @@ async fn open_websockets_never_make_their_peer_refuse_requests() {
         upgrading_upstream().await,
         upgrading_upstream().await,
     ];
-    let peers: Vec<Peer> = ups.iter().map(|a| peer(&a.to_string())).collect();
+    let peers: Vec<Peer> = ups.iter().map(|(a, _)| peer(&a.to_string())).collect();
     let rr = RoundRobin::new(peers.clone()).unwrap();
-    let (proxy, log) =
+    let (proxy, _log) =
         start_proxy(FailoverProxy::new(rr, StandardPolicy::default()).unwrap()).await;
     for _ in 0..30 {
         assert_eq!(proxy.get_text(&http, "/").await, "ok");
@@ -207,20 +218,16 @@ async fn open_websockets_never_make_their_peer_refuse_requests() {
     let _tunnels = tunnels(proxy.addr, &peer_refs, 2).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(peers.iter().all(|p| !p.health().is_suspected()));
+    let before: Vec<usize> = ups.iter().map(|(_, n)| n.load(Ordering::SeqCst)).collect();
     for _ in 0..9 {
         assert_eq!(proxy.get_text(&http, "/").await, "ok");
     }
-    let records = log.wait_for(30 + 6 + 9).await;
-    let mut firsts = [0; 3];
-    for attempts in &records[36..] {
-        assert_eq!(attempts.len(), 1);
-        let i = peers
-            .iter()
-            .position(|p| p.same(attempts[0].peer()))
-            .unwrap();
-        firsts[i] += 1;
-    }
-    assert_eq!(firsts, [3, 3, 3], "round-robin goes round");
+    let firsts: Vec<usize> = ups
+        .iter()
+        .zip(before)
+        .map(|((_, n), b)| n.load(Ordering::SeqCst) - b)
+        .collect();
+    assert_eq!(firsts, vec![3, 3, 3], "round-robin goes round");
 }
 
 /// A peer that stops answering altogether (its application hangs; its kernel still accepts and
@@ -240,9 +247,10 @@ async fn a_hung_peer_is_still_left_within_about_100_ms() {
     primary.set_mode(Mode::Hang);
     assert_eq!(proxy.get_text(&http, "/").await, "backup");
     let records = log.wait_for(21).await;
+    assert_eq!(records[20].len(), 2, "{:?}", records[20]);
     let cut = records[20][0].duration().unwrap();
-    // The floor is 50 ms; the check starts at half of it and is given the whole.
-    assert!(cut < Duration::from_millis(500), "cut after {cut:?}");
+    // Cut, not timed out: the floor is 50 ms (the onset bench measures it).
+    assert!(cut < READ / 2, "cut after {cut:?}");
 }
 
 /// Drops every packet to `port` on loopback while it lives (iptables, as root): a blackholed
@@ -342,6 +350,7 @@ async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
         .await
         .unwrap();
     let took = started.elapsed();
+    let status = resp.status();
     let get = http
         .get(proxy.url("/"))
         .header("x-request-id", "get")
@@ -350,8 +359,14 @@ async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
         .unwrap();
     // Healed at once: anything the kernel still held for the primary would now arrive.
     drop(blackhole);
-    assert_eq!(resp.text().await.unwrap(), "backup");
-    assert!(took < Duration::from_millis(500), "moved after {took:?}");
+    assert_eq!(
+        (status.as_u16(), resp.text().await.unwrap().as_str()),
+        (200, "backup"),
+        "after {took:?}: {:?}",
+        log.wait_for(21).await[20]
+    );
+    // Moved, not timed out (the onset bench measures how soon).
+    assert!(took < READ / 2, "moved after {took:?}");
     assert_eq!(get.text().await.unwrap(), "backup");
     // Longer than the retransmission the abort stopped would take to arrive.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -19,6 +19,6 @@ mod watch;
 
 pub use adaptive::AdaptiveTimeouts;
 pub(crate) use adaptive::Cut;
-pub(crate) use evidence::Live;
+
 pub(crate) use routes::{RouteKey, Routes};
 pub(crate) use watch::{Armed, Watchdog};
