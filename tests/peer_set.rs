@@ -255,3 +255,65 @@ async fn a_request_in_flight_to_a_removed_peer_finishes_normally() {
     );
     assert_eq!(proxy.get_text(&client(), "/").await, "other");
 }
+
+/// The value of `series` (`name{labels}`), if the registry has it.
+#[cfg(feature = "metrics")]
+fn metric(registry: &prometheus::Registry, series: &str) -> Option<String> {
+    support::metrics_text(registry)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+}
+
+/// The peers named in the per-peer series of the registry.
+#[cfg(feature = "metrics")]
+fn labelled_peers(registry: &prometheus::Registry) -> std::collections::BTreeSet<String> {
+    support::metrics_text(registry)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split("peer=\"").nth(1)?.split('"').next().map(str::to_owned))
+        .collect()
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ejected_gauge_and_per_peer_series_follow_set_membership() {
+    use pingora_failover::{Failover, FailoverProxy, Metrics};
+
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let registry = prometheus::Registry::new();
+    let set = PeerSet::new(peers(&[&backup])).unwrap();
+    let engine = Failover::builder(OrderedList::from_set(set.clone()), StandardPolicy::default())
+        .with_metrics(Metrics::register(&registry).unwrap());
+    let (proxy, log) = support::start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    // Eleven peers come and go (a deploy a day), each refused, ejected, then removed.
+    for round in 0..11 {
+        let gone = refused_addr();
+        set.replace(vec![
+            Peer::new(&gone).unwrap(),
+            Peer::new(&backup.peer_addr()).unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(proxy.get_text(&http, "/").await, "backup");
+        log.wait_for(round + 1).await;
+        assert_eq!(
+            metric(&registry, "failover_ejected_peers").as_deref(),
+            Some("1"),
+            "round {round}: {gone} ejected"
+        );
+        assert!(labelled_peers(&registry).contains(&gone));
+        set.replace(peers(&[&backup])).unwrap();
+        assert_eq!(
+            metric(&registry, "failover_ejected_peers").as_deref(),
+            Some("0"),
+            "round {round}: the ejected peer left its set"
+        );
+        assert_eq!(
+            labelled_peers(&registry),
+            [backup.peer_addr()].into(),
+            "round {round}: only the peers of the set have series"
+        );
+    }
+    let ok = format!("failover_attempts_total{{outcome=\"ok\",peer=\"{}\"}}", backup.addr);
+    assert_eq!(metric(&registry, &ok).as_deref(), Some("11"));
+}

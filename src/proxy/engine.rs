@@ -176,7 +176,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(paid) = next.paid {
             paid.spend();
         }
-        let mut http_peer = Box::new(next.peer.http_peer().clone());
+        let mut http_peer = Box::new(next.peer.connect_target()?.clone());
         let cut = match &self.adaptive {
             Some(adaptive) => {
                 let body_empty = session.is_body_empty();

@@ -79,6 +79,13 @@ pub(crate) struct Shared {
     dns: std::sync::OnceLock<Dns>,
 }
 
+impl Drop for Shared {
+    /// The set's peers leave it with it.
+    fn drop(&mut self) {
+        self.current.load().peers.iter().for_each(Peer::left_set);
+    }
+}
+
 /// The peers of a [`PeerSet`] at one moment, in order.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -286,6 +293,9 @@ impl PeerSet {
         if !old.peers.is_empty() {
             added.iter().for_each(|p| p.health().start_ramp());
         }
+        // Membership is what keeps a peer's probe, gauge and series alive, not its handles.
+        added.iter().for_each(Peer::joined_set);
+        removed.iter().for_each(Peer::left_set);
         let version = old.version + 1;
         let weighted = weighted::schedule(&peers);
         self.shared.current.store(Arc::new(Snapshot {
