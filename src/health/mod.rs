@@ -578,6 +578,13 @@ impl OutlierDetection {
         self.recovery.as_ref()
     }
 
+    /// Background probes connect as the proxy does under `conf`.
+    pub(crate) fn use_server_conf(&self, conf: &pingora_core::server::configuration::ServerConf) {
+        if let Some(probe) = &self.recovery {
+            probe.use_server_conf(conf);
+        }
+    }
+
     /// The longest ejection; also how long background probes may fail before a request probes
     /// the peer instead.
     pub(crate) fn max_ejection(&self) -> Duration {

@@ -6,7 +6,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::TransportConnector;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
+use pingora_core::server::configuration::ServerConf;
 use pingora_http::RequestHeader;
 
 use crate::error::{check_between, ConfigError};
@@ -43,9 +44,14 @@ use crate::peer::Peer;
 /// - interval: 250 ms, each wait drawn within ±20 % of it (gRPC's connection backoff jitter),
 ///   so that the probes of many peers, or of a fleet of proxies, do not arrive in step
 /// - timeout: 1 s for the connect and for the answer each
+/// - connection: as the proxy's own, from the server's configuration (`ca_file`,
+///   `client_bind_to_ipv4`/`ipv6`) once the engine is checked against it
+///   ([`Failover::check_server_conf`](crate::Failover::check_server_conf), which building it
+///   does), so that a peer trusted through the server's CA file passes its probes
 #[derive(Debug, Clone)]
 pub struct RecoveryProbe {
     check: Check,
+    connectors: Connectors,
     host: Option<Box<str>>,
     passing: Statuses,
     interval: Duration,
@@ -68,6 +74,7 @@ impl Default for RecoveryProbe {
     fn default() -> Self {
         Self {
             check: Check::Http { path: "/".into() },
+            connectors: Connectors::default(),
             host: None,
             passing: Statuses::range(200, 399),
             interval: Duration::from_millis(250),
@@ -207,6 +214,18 @@ impl RecoveryProbe {
         Ok(self)
     }
 
+    /// Probes connect as the proxy does under `conf` (its CA file, its source addresses). The
+    /// first configuration given is kept: clones of this probe share it.
+    pub(crate) fn use_server_conf(&self, conf: &ServerConf) {
+        self.connectors.0.get_or_init(|| {
+            let options = ConnectorOptions::from_server_conf(conf);
+            (
+                Connector::new(Some(options.clone())),
+                TransportConnector::new(Some(options)),
+            )
+        });
+    }
+
     /// The wait before the next probe, `unit` a random number in `[0, 1)`.
     fn wait(&self, unit: f64) -> Duration {
         self.interval
@@ -231,18 +250,41 @@ impl RecoveryProbe {
         match &self.check {
             Check::Connect => {
                 static CONNECTOR: OnceLock<TransportConnector> = OnceLock::new();
-                let connector = CONNECTOR.get_or_init(|| TransportConnector::new(None));
+                let connector = match self.connectors.0.get() {
+                    Some((_, transport)) => transport,
+                    None => CONNECTOR.get_or_init(|| TransportConnector::new(None)),
+                };
                 tokio::time::timeout(limit, connector.new_stream(&target))
                     .await
                     .is_ok_and(|r| r.is_ok())
             }
             Check::Http { path } => {
+                static CONNECTOR: OnceLock<Connector> = OnceLock::new();
+                let connector = match self.connectors.0.get() {
+                    Some((http, _)) => http,
+                    None => CONNECTOR.get_or_init(|| Connector::new(None)),
+                };
                 let host = self.host.as_deref().unwrap_or_else(|| peer.authority());
-                tokio::time::timeout(limit, http_status(&target, path, host))
+                tokio::time::timeout(limit, http_status(connector, &target, path, host))
                     .await
                     .is_ok_and(|status| status.is_some_and(|s| self.passing.contains(s)))
             }
         }
+    }
+}
+
+/// The connectors probes use, made from the server's configuration once it is known; until
+/// then, pingora's defaults.
+#[derive(Clone, Default)]
+struct Connectors(Arc<OnceLock<(Connector, TransportConnector)>>);
+
+impl fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Connectors(server)"
+        } else {
+            "Connectors(default)"
+        })
     }
 }
 
@@ -318,12 +360,11 @@ fn is_authority(s: &str) -> bool {
 
 /// The status `GET path` gets from `target` with `Host: host`, `None` when it fails.
 async fn http_status(
+    connector: &Connector,
     target: &pingora_core::upstreams::peer::HttpPeer,
     path: &str,
     host: &str,
 ) -> Option<u16> {
-    static CONNECTOR: OnceLock<Connector> = OnceLock::new();
-    let connector = CONNECTOR.get_or_init(|| Connector::new(None));
     let (mut session, _) = connector.get_http_session(target).await.ok()?;
     // The connector applies the connect timeouts only.
     session.set_write_timeout(target.options.write_timeout);
