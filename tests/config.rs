@@ -326,7 +326,9 @@ fn recovery_probe_settings() {
             "{bad:?}"
         );
     }
-    assert!(RecoveryProbe::default().with_host("api.example:8443").is_ok());
+    assert!(RecoveryProbe::default()
+        .with_host("api.example:8443")
+        .is_ok());
     assert!(RecoveryProbe::default().with_host("[::1]:8080").is_ok());
     for bad in [vec![], vec![99], vec![200, 600]] {
         assert!(

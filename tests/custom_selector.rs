@@ -84,7 +84,11 @@ async fn a_name_no_set_resolved_is_never_connected_to() {
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap();
-    assert_eq!(local.hits(), 0, "the local listener answered {status} {body:?}");
+    assert_eq!(
+        local.hits(),
+        0,
+        "the local listener answered {status} {body:?}"
+    );
     assert_eq!(status, 502);
     log.wait_for(1).await;
     let error = log.errors()[0].clone().unwrap_or_default();

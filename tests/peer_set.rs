@@ -270,7 +270,13 @@ fn labelled_peers(registry: &prometheus::Registry) -> std::collections::BTreeSet
     support::metrics_text(registry)
         .lines()
         .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split("peer=\"").nth(1)?.split('"').next().map(str::to_owned))
+        .filter_map(|l| {
+            l.split("peer=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -282,8 +288,11 @@ async fn the_ejected_gauge_and_per_peer_series_follow_set_membership() {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let registry = prometheus::Registry::new();
     let set = PeerSet::new(peers(&[&backup])).unwrap();
-    let engine = Failover::builder(OrderedList::from_set(set.clone()), StandardPolicy::default())
-        .with_metrics(Metrics::register(&registry).unwrap());
+    let engine = Failover::builder(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .with_metrics(Metrics::register(&registry).unwrap());
     let (proxy, log) = support::start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let http = client();
     // Eleven peers come and go (a deploy a day), each refused, ejected, then removed.
@@ -314,6 +323,9 @@ async fn the_ejected_gauge_and_per_peer_series_follow_set_membership() {
             "round {round}: only the peers of the set have series"
         );
     }
-    let ok = format!("failover_attempts_total{{outcome=\"ok\",peer=\"{}\"}}", backup.addr);
+    let ok = format!(
+        "failover_attempts_total{{outcome=\"ok\",peer=\"{}\"}}",
+        backup.addr
+    );
     assert_eq!(metric(&registry, &ok).as_deref(), Some("11"));
 }

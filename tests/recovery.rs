@@ -180,9 +180,12 @@ async fn start_over_a_set(
                 .with_interval(Duration::from_millis(20))
                 .unwrap(),
         );
-    let engine = Failover::builder(OrderedList::from_set(set.clone()), StandardPolicy::default())
-        .with_outlier_detection(rules)
-        .on_health_change(events.observer());
+    let engine = Failover::builder(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .with_outlier_detection(rules)
+    .on_health_change(events.observer());
     let proxy = FailoverProxy::from_builder(engine).unwrap();
     let proxy = if log {
         start_proxy(proxy).await.0
@@ -228,7 +231,10 @@ async fn a_reload_with_the_same_peers_keeps_probing_an_ejected_peer() {
     }
     support::eventually("probing again", || {
         let seen = events.all();
-        seen.iter().filter(|(_, c)| *c == HealthChange::Probing).count() >= 2
+        seen.iter()
+            .filter(|(_, c)| *c == HealthChange::Probing)
+            .count()
+            >= 2
     })
     .await;
     let probes = primary.probes();
@@ -302,7 +308,10 @@ async fn by_default_a_probe_answered_404_401_or_429_does_not_readmit() {
         support::eventually("five probes", || primary.probes() >= probes + 5).await;
         assert!(!readmitted(&events), "a {status} re-admitted the primary");
     }
-    assert!(primary.seen().iter().all(|s| s.path == "/"), "GET / by default");
+    assert!(
+        primary.seen().iter().all(|s| s.path == "/"),
+        "GET / by default"
+    );
     primary.set_mode(Mode::Status(204));
     events
         .wait_until(|(_, c)| *c == HealthChange::Readmitted)
@@ -322,7 +331,10 @@ async fn a_probe_sends_its_path_and_host_and_passes_on_the_statuses_given() {
     let (primary, _backup, _proxy, events) = eject_then_answer(probe, Mode::Status(204)).await;
     let probes = primary.probes();
     support::eventually("five probes", || primary.probes() >= probes + 5).await;
-    assert!(!readmitted(&events), "a 204 is not among the statuses given");
+    assert!(
+        !readmitted(&events),
+        "a 204 is not among the statuses given"
+    );
     primary.set_mode(Mode::Status(404));
     events
         .wait_until(|(_, c)| *c == HealthChange::Readmitted)

@@ -271,7 +271,9 @@ async fn a_stalled_header_over_tls_is_cut_and_retried() {
 /// connect: with the server's configuration, so its probes pass and re-admit it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_trusted_through_the_servers_ca_file_passes_its_probes() {
-    use pingora_failover::{Failover, FailoverProxy, HealthChange, OutlierDetection, RecoveryProbe};
+    use pingora_failover::{
+        Failover, FailoverProxy, HealthChange, OutlierDetection, RecoveryProbe,
+    };
 
     let ca = TestCa::new();
     let ca_file = support::TempPath::with_text("ca.pem", ca.pem());
@@ -295,8 +297,10 @@ async fn a_peer_trusted_through_the_servers_ca_file_passes_its_probes() {
     let engine = Failover::builder(OrderedList::new(peers).unwrap(), StandardPolicy::default())
         .with_outlier_detection(rules)
         .on_health_change(events.observer());
-    let mut conf = pingora_core::server::configuration::ServerConf::default();
-    conf.ca_file = Some(ca_file.as_str().to_owned());
+    let conf = pingora_core::server::configuration::ServerConf {
+        ca_file: Some(ca_file.as_str().to_owned()),
+        ..Default::default()
+    };
     let app = FailoverProxy::from_builder(engine)
         .unwrap()
         .into_app(&std::sync::Arc::new(conf))

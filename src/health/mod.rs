@@ -444,11 +444,13 @@ impl PeerHealth {
     }
 
     /// Whether the peer has left every set that held it.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn is_departed(&self) -> bool {
         self.membership.departed()
     }
 
     /// Remembers the accounts that will count this peer (before they count it).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn keep_accounts(&self, accounts: &dyn Accounts) {
         self.membership.keep(accounts);
     }

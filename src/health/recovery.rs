@@ -386,7 +386,11 @@ struct Jitter(u64);
 impl Jitter {
     fn new() -> Self {
         use std::hash::{BuildHasher, Hasher};
-        Self(std::collections::hash_map::RandomState::new().build_hasher().finish())
+        Self(
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish(),
+        )
     }
 
     /// A number in `[0, 1)`.
@@ -497,7 +501,10 @@ mod tests {
         let waits: Vec<Duration> = (0..1000).map(|_| probe.wait(jitter.unit())).collect();
         let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
         assert!(*lo >= Duration::from_millis(200) && *hi <= Duration::from_millis(300));
-        assert!(*hi - *lo > Duration::from_millis(90), "spread: {lo:?}..{hi:?}");
+        assert!(
+            *hi - *lo > Duration::from_millis(90),
+            "spread: {lo:?}..{hi:?}"
+        );
         let steady = probe.with_jitter(0.0).unwrap();
         assert_eq!(steady.wait(0.9), Duration::from_millis(250));
         assert_ne!(Jitter::new().0, Jitter::new().0, "seeded apart");
@@ -522,10 +529,24 @@ mod tests {
 
     #[test]
     fn a_host_is_a_name_or_address_with_a_port() {
-        for good in ["api.example", "api.example:8443", "10.0.0.1:80", "[::1]", "[::1]:8080"] {
+        for good in [
+            "api.example",
+            "api.example:8443",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+        ] {
             assert!(is_authority(good), "{good:?}");
         }
-        for bad in ["", "api example", "a/b", "api:port", "[::1", "[nope]:80", "a:99999"] {
+        for bad in [
+            "",
+            "api example",
+            "a/b",
+            "api:port",
+            "[::1",
+            "[nope]:80",
+            "a:99999",
+        ] {
             assert!(!is_authority(bad), "{bad:?}");
         }
     }

@@ -251,9 +251,8 @@ impl Peer {
             } else {
                 format!("{host}:{port}")
             };
-            Arc::get_mut(&mut peer.inner)
-                .expect("just built")
-                .authority = Some(authority.into_boxed_str());
+            Arc::get_mut(&mut peer.inner).expect("just built").authority =
+                Some(authority.into_boxed_str());
         }
         peer
     }

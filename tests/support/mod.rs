@@ -218,7 +218,15 @@ fn spawn_server(
     let app = axum::Router::new().fallback({
         let (mode, state) = (mode.clone(), state.clone());
         move |method, uri, headers, body| {
-            handle(name, mode.clone(), state.clone(), method, uri, headers, body)
+            handle(
+                name,
+                mode.clone(),
+                state.clone(),
+                method,
+                uri,
+                headers,
+                body,
+            )
         }
     });
     // Each connection is served inside a JoinSet owned by this task, so that aborting the task
