@@ -167,7 +167,9 @@ impl Peer {
             .unwrap_or(DEFAULT_READ_TIMEOUT)
     }
 
-    /// The pingora peer this peer connects through, as configured.
+    /// The pingora peer this peer connects through, as configured. For a name no
+    /// [`PeerSet`](crate::PeerSet) resolved, its address is a placeholder (`0.0.0.0:PORT`):
+    /// send through [`connect_target`](Self::connect_target), which refuses it.
     pub fn http_peer(&self) -> &HttpPeer {
         &self.inner.template
     }

@@ -16,6 +16,9 @@
 //!   update: its ejection, its counters, its probe. Its weight and settings may change.
 //! - A removed peer leaves the snapshot; requests already on their way to it finish normally
 //!   (they hold their own handle), and no request selects it once the update has returned.
+//!   Once no set holds it, it is gone, whoever still holds a handle: its background probe
+//!   stops, its ejection ends (and leaves the ejected-peers gauge), and the engine's metrics
+//!   drop its series. Its handles are rebuilt by every update; its membership is what counts.
 //! - A request's retries never return to a peer it already tried, even across an update: a
 //!   peer's identity is its health, which the update keeps.
 //!
