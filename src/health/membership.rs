@@ -66,9 +66,8 @@ impl Membership {
     }
 
     /// `Some(held)` for a peer that has joined a set: whether one holds it now. `None` for a
-    /// peer that never joined one.
+    /// peer that never joined one. Two loads, no fence: the request path asks it.
     pub(crate) fn held(&self) -> Option<bool> {
-        fence(Ordering::SeqCst);
         self.joined
             .load(Ordering::SeqCst)
             .then(|| self.sets.load(Ordering::SeqCst) > 0)
@@ -77,6 +76,13 @@ impl Membership {
     /// Whether the peer has left the sets that held it.
     pub(crate) fn departed(&self) -> bool {
         self.held() == Some(false)
+    }
+
+    /// [`departed`](Self::departed), after a fence that orders it with a departure racing the
+    /// caller's last write (an ejection): one of the two sees the other.
+    pub(crate) fn departed_after(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.departed()
     }
 
     /// Remembers `accounts` (the first ones only; allocates once).

@@ -415,7 +415,7 @@ impl PeerHealth {
                 time: Duration::from_millis(e.ms),
                 repeat: e.repeat,
             });
-        if ejection.is_some() && self.membership.departed() {
+        if ejection.is_some() && self.membership.departed_after() {
             self.cell.clear_ejection(self.membership.accounts());
         }
         ejection
