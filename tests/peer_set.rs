@@ -329,3 +329,54 @@ async fn the_ejected_gauge_and_per_peer_series_follow_set_membership() {
     );
     assert_eq!(metric(&registry, &ok).as_deref(), Some("11"));
 }
+
+/// A request still on its way to a peer removed meanwhile fails there: the peer, gone from its
+/// set, is not ejected (no event, no gauge, no series), and the request moves on.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_its_peer_left_the_set_ejects_nothing() {
+    use pingora_failover::{Failover, FailoverProxy, Metrics, OutlierDetection};
+
+    let hung = Upstream::start("hung", Mode::Hang).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let registry = prometheus::Registry::new();
+    let events = Events::default();
+    let set = PeerSet::new(vec![
+        Peer::builder(hung.peer_addr())
+            .with_read_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ])
+    .unwrap();
+    let engine = Failover::builder(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .with_outlier_detection(OutlierDetection::new().with_consecutive_failures(1))
+    .without_adaptive_timeouts()
+    .on_health_change(events.observer())
+    .with_metrics(Metrics::register(&registry).unwrap());
+    let (proxy, log) = support::start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let request = tokio::spawn(client().get(proxy.url("/")).send());
+    support::eventually("the request reached the hung peer", || hung.hits() == 1).await;
+    assert!(set.remove(&hung.peer_addr()));
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "backup",
+        "moved on after its header timeout"
+    );
+    log.wait_for(1).await;
+    let ejected: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter(|(_, c)| matches!(c, HealthChange::Ejected { .. }))
+        .collect();
+    assert!(ejected.is_empty(), "{ejected:?}");
+    assert_eq!(
+        metric(&registry, "failover_ejected_peers").as_deref(),
+        Some("0")
+    );
+    assert_eq!(labelled_peers(&registry), [backup.peer_addr()].into());
+}

@@ -399,7 +399,7 @@ impl PeerHealth {
     ///
     /// The accounts that count the ejection are remembered first, so that the peer's departure
     /// from its sets can settle them. A peer that has departed is not kept out: an ejection
-    /// racing its departure is ended at once (and counted out).
+    /// racing its departure is ended at once (and counted out), and `None` returned.
     pub(crate) fn record_failure_as(
         &self,
         connect: bool,
@@ -416,7 +416,9 @@ impl PeerHealth {
                 repeat: e.repeat,
             });
         if ejection.is_some() && self.membership.departed_after() {
+            // Gone from its sets: nothing to eject it from, no one to probe it for.
             self.cell.clear_ejection(self.membership.accounts());
+            return None;
         }
         ejection
     }
