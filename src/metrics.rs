@@ -161,6 +161,12 @@ impl Metrics {
         let _ = total;
     }
 
+    /// A set of `total` peers was dropped: they no longer count as peers of a set (nor as
+    /// changes).
+    pub(crate) fn set_dropped(&self, total: usize) {
+        self.peers.sub(total as i64);
+    }
+
     #[cfg(feature = "dns")]
     pub(crate) fn resolve_failed(&self, name: &Peer) {
         self.resolve_failures

@@ -83,9 +83,14 @@ pub(crate) struct Shared {
 }
 
 impl Drop for Shared {
-    /// The set's peers leave it with it.
+    /// The set's peers leave it with it, and its metrics' count of peers.
     fn drop(&mut self) {
-        self.current.load().peers.iter().for_each(Peer::left_set);
+        let current = self.current.load();
+        current.peers.iter().for_each(Peer::left_set);
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.set_dropped(current.peers.len());
+        }
     }
 }
 
