@@ -223,7 +223,7 @@ fn set_changes_are_counted_in_the_metrics() {
             text.lines().any(|l| l == line),
             "missing {line:?} in\n{text}"
         );
-    }    // A set dropped takes its peers out of the gauge.
+    } // A set dropped takes its peers out of the gauge.
     drop(set);
     assert_eq!(metric(&registry, "failover_peers").as_deref(), Some("0"));
 }
