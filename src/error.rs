@@ -208,14 +208,15 @@ pub enum ConfigError {
     },
 }
 
-/// Checks that a time is at least `min` and at most `max`.
+/// Checks that a time is at least `min` (zero is a [`ConfigError::ZeroTimeout`]) and at most
+/// `max`.
 pub(crate) fn check_between(
     what: &'static str,
     value: Duration,
     min: Duration,
     max: Duration,
 ) -> Result<Duration, ConfigError> {
-    if value < min {
+    if !value.is_zero() && value < min {
         return Err(ConfigError::TimeoutTooShort { what, value, min });
     }
     check_timeout(what, value, max)

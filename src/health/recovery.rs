@@ -168,8 +168,8 @@ impl RecoveryProbe {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::TimeoutTooShort`] below 10 ms, [`ConfigError::TimeoutTooLong`] above a
-    /// minute.
+    /// [`ConfigError::ZeroTimeout`] for zero, [`ConfigError::TimeoutTooShort`] below 10 ms,
+    /// [`ConfigError::TimeoutTooLong`] above a minute.
     pub fn with_interval(mut self, interval: Duration) -> Result<Self, ConfigError> {
         self.interval = check_between(
             "recovery probe interval",
@@ -202,8 +202,8 @@ impl RecoveryProbe {
     ///
     /// # Errors
     ///
-    /// [`ConfigError::TimeoutTooShort`] below 1 ms, [`ConfigError::TimeoutTooLong`] above a
-    /// minute.
+    /// [`ConfigError::ZeroTimeout`] for zero, [`ConfigError::TimeoutTooShort`] below 1 ms,
+    /// [`ConfigError::TimeoutTooLong`] above a minute.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, ConfigError> {
         self.timeout = check_between(
             "recovery probe timeout",
