@@ -489,10 +489,10 @@ impl PeerHealth {
 /// - recovery: probed in the background ([`RecoveryProbe`]'s defaults: `GET /` about every
 ///   250 ms, 200 to 399 pass) from the end of its ejection time, and re-admitted by the first
 ///   probe that passes; no request is the probe. The ejection time is the quiet spell before
-///   probing, hence short. Without a
-///   background probe ([`without_recovery_probe`](Self::without_recovery_probe)), the first
-///   request after the ejection time is the probe; 10 s (nginx's `fail_timeout`) then suits
-///   better, since each such probe of a broken peer costs a request its timeout.
+///   probing, hence short. Without a background probe
+///   ([`without_recovery_probe`](Self::without_recovery_probe)), the first request after the
+///   ejection time is the probe; 10 s (nginx's `fail_timeout`) then suits better, since each
+///   such probe of a broken peer costs a request its timeout.
 #[derive(Debug, Clone)]
 pub struct OutlierDetection {
     consecutive_failures: u32,

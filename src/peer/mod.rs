@@ -245,29 +245,30 @@ impl Peer {
         let mut template = self.inner.template.clone();
         template._address = PingoraAddr::Inet(addr);
         let weight = weight.map_or(self.inner.weight, |w| w.clamp(1, MAX_WEIGHT));
-        let mut peer = Peer::from_parts(Endpoint::Inet(addr), weight, template);
-        if let Endpoint::Name { host, port } = self.endpoint() {
-            let default_port = if self.is_tls() { 443 } else { 80 };
-            let authority = if *port == default_port {
-                host.clone()
-            } else {
-                format!("{host}:{port}")
-            };
-            Arc::get_mut(&mut peer.inner).expect("just built").authority =
-                Some(authority.into_boxed_str());
-        }
-        peer
+        let authority = match self.endpoint() {
+            Endpoint::Name { host, port } if *port == if self.is_tls() { 443 } else { 80 } => {
+                Some(host.as_str().into())
+            }
+            Endpoint::Name { host, port } => Some(format!("{host}:{port}").into_boxed_str()),
+            _ => None,
+        };
+        Peer::from_parts(Endpoint::Inet(addr), weight, template, authority)
     }
 
     /// A new peer, with health of its own.
-    fn from_parts(endpoint: Endpoint, weight: u32, template: HttpPeer) -> Peer {
+    fn from_parts(
+        endpoint: Endpoint,
+        weight: u32,
+        template: HttpPeer,
+        authority: Option<Box<str>>,
+    ) -> Peer {
         Peer {
             inner: Arc::new(Inner {
                 name: display_name(&endpoint, &template),
                 endpoint,
                 weight,
                 template,
-                authority: None,
+                authority,
                 health: Arc::default(),
             }),
         }
@@ -397,6 +398,9 @@ mod tests {
         );
         assert!(!a.same(&name));
         assert_eq!(a.authority(), "api.internal:8080", "probed by its name");
+        let on_80 = Peer::new("api.internal:80").unwrap();
+        let b = on_80.resolved("10.0.0.2:80".parse().unwrap(), None);
+        assert_eq!(b.authority(), "api.internal", "the scheme's default port is left out");
         let reweighted = a.resolved("10.0.0.1:8080".parse().unwrap(), Some(7));
         let kept = reweighted.adopting(&a);
         assert!(kept.same(&a) && kept.weight() == 7);
