@@ -77,6 +77,17 @@ pub enum ConfigError {
         max: Duration,
     },
 
+    /// A time so short it would busy the proxy and the upstream for no purpose.
+    #[error("{what} of {value:?} is below the minimum of {min:?}; choose a longer one")]
+    TimeoutTooShort {
+        /// Which setting.
+        what: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The shortest value accepted.
+        min: Duration,
+    },
+
     /// A priority tier whose selector does not name the peers it chooses from.
     #[error(
         "priority tier {tier}: its selector does not name its peers, so the tier's health is \
@@ -195,6 +206,20 @@ pub enum ConfigError {
         /// The accepted range.
         range: &'static str,
     },
+}
+
+/// Checks that a time is at least `min` (zero is a [`ConfigError::ZeroTimeout`]) and at most
+/// `max`.
+pub(crate) fn check_between(
+    what: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    if !value.is_zero() && value < min {
+        return Err(ConfigError::TimeoutTooShort { what, value, min });
+    }
+    check_timeout(what, value, max)
 }
 
 /// Checks that a timeout is non-zero and at most `max`.

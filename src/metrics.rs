@@ -5,7 +5,33 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 #[cfg(doc)]
 use crate::classify::FailureKind;
 use crate::ctx::Outcome;
+use crate::health::membership::Accounts;
+use crate::health::state::Tally;
 use crate::peer::Peer;
+
+/// Every `outcome` label of `failover_attempts_total`: `ok`, `pending` and each
+/// [`FailureKind::label`].
+const OUTCOMES: [&str; 19] = [
+    "ok",
+    "pending",
+    "connect_refused",
+    "connect_timeout",
+    "connect_no_route",
+    "tls_handshake",
+    "tls_handshake_timeout",
+    "connect_other",
+    "unprocessed",
+    "protocol",
+    "header_timeout",
+    "body_timeout",
+    "reused_connection_closed",
+    "status",
+    "grpc_status",
+    "write_timeout",
+    "io",
+    "downstream",
+    "other",
+];
 
 /// The engine's prometheus counters and gauges.
 ///
@@ -19,6 +45,12 @@ use crate::peer::Peer;
 /// | `failover_peers` | gauge | (the peers of the sets given these metrics) |
 /// | `failover_peer_changes_total` | counter | `change` (`added`, `removed`) |
 /// | `failover_resolve_failures_total` | counter | `name` |
+///
+/// The per-peer series and the ejected-peers gauge follow the peers' sets: when a peer leaves
+/// the last set that held it, its ejection stops counting and its series are removed, so that a
+/// fleet whose addresses change with every deploy keeps a bounded number of series. (A request
+/// already on its way to a departed peer is not counted by peer.) A peer used without a set
+/// keeps its series.
 ///
 /// Register them on `prometheus::default_registry()` to have them served by pingora's
 /// prometheus service, or on a registry of your own.
@@ -84,6 +116,10 @@ impl Metrics {
     }
 
     pub(crate) fn attempt(&self, peer: &Peer, outcome: &Outcome) {
+        peer.health().keep_accounts(self);
+        if peer.health().is_departed() {
+            return;
+        }
         let label = match outcome {
             Outcome::Responded { .. } => "ok",
             Outcome::Failed { kind, .. } => kind.label(),
@@ -101,6 +137,9 @@ impl Metrics {
     }
 
     pub(crate) fn ejected(&self, peer: &Peer) {
+        if peer.health().is_departed() {
+            return;
+        }
         self.ejections.with_label_values(&[peer.name()]).inc();
     }
 
@@ -122,10 +161,69 @@ impl Metrics {
         let _ = total;
     }
 
+    /// A set of `total` peers was dropped: they no longer count as peers of a set (nor as
+    /// changes).
+    pub(crate) fn set_dropped(&self, total: usize) {
+        self.peers.sub(total as i64);
+    }
+
     #[cfg(feature = "dns")]
     pub(crate) fn resolve_failed(&self, name: &Peer) {
         self.resolve_failures
             .with_label_values(&[name.name()])
             .inc();
+    }
+}
+
+/// The ejected-peers gauge.
+impl Tally for Metrics {
+    fn add(&self, delta: i64) {
+        self.ejected_peers(delta);
+    }
+}
+
+/// A peer keeps the metrics that counted it, so that its departure from its sets settles them.
+impl Accounts for Metrics {
+    fn keep(&self) -> Option<Box<dyn Accounts>> {
+        Some(Box::new(self.clone()))
+    }
+
+    fn forget(&self, name: &str) {
+        // A series never made is not an error worth reporting.
+        let _ = self.ejections.remove_label_values(&[name]);
+        for outcome in OUTCOMES {
+            let _ = self.attempts.remove_label_values(&[name, outcome]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::FailureKind;
+
+    #[test]
+    fn every_outcome_label_is_known() {
+        for kind in [
+            FailureKind::ConnectRefused,
+            FailureKind::ConnectTimeout,
+            FailureKind::ConnectNoRoute,
+            FailureKind::TlsHandshake,
+            FailureKind::TlsHandshakeTimeout,
+            FailureKind::ConnectOther,
+            FailureKind::Unprocessed,
+            FailureKind::Protocol,
+            FailureKind::HeaderTimeout,
+            FailureKind::BodyTimeout,
+            FailureKind::ReusedConnectionClosed,
+            FailureKind::Status(503),
+            FailureKind::GrpcStatus(14),
+            FailureKind::WriteTimeout,
+            FailureKind::Io,
+            FailureKind::Downstream,
+            FailureKind::Other,
+        ] {
+            assert!(OUTCOMES.contains(&kind.label()), "{kind:?}");
+        }
     }
 }

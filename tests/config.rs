@@ -295,3 +295,66 @@ fn health_budget_and_backoff_settings() {
         .build()
         .is_err());
 }
+
+#[test]
+fn recovery_probe_settings() {
+    use pingora_failover::RecoveryProbe;
+
+    assert!(matches!(
+        RecoveryProbe::default().with_interval(Duration::from_nanos(1)),
+        Err(ConfigError::TimeoutTooShort {
+            what: "recovery probe interval",
+            ..
+        })
+    ));
+    assert!(RecoveryProbe::default()
+        .with_interval(Duration::from_millis(100))
+        .is_ok());
+    assert!(matches!(
+        RecoveryProbe::http("healthz"),
+        Err(ConfigError::OutOfRange { .. })
+    ));
+    for bad in ["", "api example", "api\r\n.example", "api.example/x"] {
+        assert!(
+            matches!(
+                RecoveryProbe::default().with_host(bad),
+                Err(ConfigError::OutOfRange {
+                    what: "recovery probe host",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(RecoveryProbe::default()
+        .with_host("api.example:8443")
+        .is_ok());
+    assert!(RecoveryProbe::default().with_host("[::1]:8080").is_ok());
+    for bad in [vec![], vec![99], vec![200, 600]] {
+        assert!(
+            matches!(
+                RecoveryProbe::default().with_passing_statuses(bad.clone()),
+                Err(ConfigError::OutOfRange {
+                    what: "recovery probe passing statuses",
+                    ..
+                })
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(RecoveryProbe::default()
+        .with_passing_statuses(200..=499)
+        .is_ok());
+    for bad in [-0.1, 1.1, f64::NAN] {
+        assert!(
+            matches!(
+                RecoveryProbe::default().with_jitter(bad),
+                Err(ConfigError::OutOfRange {
+                    what: "recovery probe jitter",
+                    ..
+                })
+            ),
+            "{bad}"
+        );
+    }
+}

@@ -63,3 +63,37 @@ async fn routes_by_header_and_falls_back_to_the_others() {
     assert_eq!(records[2][0].peer().name(), dead);
     assert_eq!(records[3].len(), 1, "the ejected peer was skipped");
 }
+
+/// Always returns its one peer, as it was built.
+struct Only(Peer);
+
+impl PeerSelector for Only {
+    fn select(&self, _: &Attempt<'_>) -> Option<Peer> {
+        Some(self.0.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_no_set_resolved_is_never_connected_to() {
+    // A listener on the local host, at the port the name gives: an unresolved name must not
+    // reach it (0.0.0.0 connects to the local host on Linux).
+    let local = Upstream::start("local", Mode::Ok).await;
+    let name = format!("never.invalid:{}", local.addr.port());
+    let peer = Peer::new(&name).unwrap();
+    let (proxy, log) = start_failover(Only(peer), StandardPolicy::default()).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        local.hits(),
+        0,
+        "the local listener answered {status} {body:?}"
+    );
+    assert_eq!(status, 502);
+    log.wait_for(1).await;
+    let error = log.errors()[0].clone().unwrap_or_default();
+    assert!(
+        error.contains("never.invalid") && error.contains("not resolved"),
+        "{error:?}"
+    );
+}

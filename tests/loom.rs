@@ -76,6 +76,58 @@ fn ejection_and_readmission_keep_the_count_of_ejected_peers_non_negative() {
 }
 
 #[test]
+fn a_departure_racing_a_readmission_counts_the_ejection_out_once() {
+    model(|| {
+        let cell = Arc::new(HealthCell::new());
+        let gauge = Arc::new(Gauge::default());
+        cell.record_failure(1, true, &RULES, &*gauge).unwrap();
+        // The peer leaves its set (its ejection is ended) while its probe re-admits it.
+        let leave = {
+            let (cell, gauge) = (cell.clone(), gauge.clone());
+            thread::spawn(move || {
+                cell.clear_ejection(&*gauge);
+            })
+        };
+        let probe = {
+            let (cell, gauge) = (cell.clone(), gauge.clone());
+            thread::spawn(move || {
+                cell.record_success(|| 20, true, &*gauge);
+            })
+        };
+        leave.join().unwrap();
+        probe.join().unwrap();
+        assert_eq!(cell.ejected_until(), 0);
+        assert_eq!(gauge.0.load(Ordering::Relaxed), 0, "counted out once");
+    });
+}
+
+#[test]
+fn a_departure_racing_a_fresh_ejection_leaves_no_count_when_cleared_after() {
+    model(|| {
+        let cell = Arc::new(HealthCell::new());
+        let gauge = Arc::new(Gauge::default());
+        // A failure ejects the peer as it leaves; the failing side clears again once it sees
+        // the departure (as `PeerHealth::record_failure_as` does).
+        let fail = {
+            let (cell, gauge) = (cell.clone(), gauge.clone());
+            thread::spawn(move || {
+                cell.record_failure(1, true, &RULES, &*gauge);
+                cell.clear_ejection(&*gauge);
+            })
+        };
+        let leave = {
+            let (cell, gauge) = (cell.clone(), gauge.clone());
+            thread::spawn(move || {
+                cell.clear_ejection(&*gauge);
+            })
+        };
+        fail.join().unwrap();
+        leave.join().unwrap();
+        assert_eq!(gauge.0.load(Ordering::Relaxed), 0);
+    });
+}
+
+#[test]
 fn at_most_one_probe_at_a_time() {
     model(|| {
         let cell = Arc::new(HealthCell::new());

@@ -223,7 +223,9 @@ fn set_changes_are_counted_in_the_metrics() {
             text.lines().any(|l| l == line),
             "missing {line:?} in\n{text}"
         );
-    }
+    } // A set dropped takes its peers out of the gauge.
+    drop(set);
+    assert_eq!(metric(&registry, "failover_peers").as_deref(), Some("0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,4 +256,129 @@ async fn a_request_in_flight_to_a_removed_peer_finishes_normally() {
         "answered by the removed peer, not retried"
     );
     assert_eq!(proxy.get_text(&client(), "/").await, "other");
+}
+
+/// The value of `series` (`name{labels}`), if the registry has it.
+#[cfg(feature = "metrics")]
+fn metric(registry: &prometheus::Registry, series: &str) -> Option<String> {
+    support::metrics_text(registry)
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+}
+
+/// The peers named in the per-peer series of the registry.
+#[cfg(feature = "metrics")]
+fn labelled_peers(registry: &prometheus::Registry) -> std::collections::BTreeSet<String> {
+    support::metrics_text(registry)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            l.split("peer=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ejected_gauge_and_per_peer_series_follow_set_membership() {
+    use pingora_failover::{Failover, FailoverProxy, Metrics};
+
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let registry = prometheus::Registry::new();
+    let set = PeerSet::new(peers(&[&backup])).unwrap();
+    let engine = Failover::builder(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .with_metrics(Metrics::register(&registry).unwrap());
+    let (proxy, log) = support::start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    // Eleven peers come and go (a deploy a day), each refused, ejected, then removed.
+    for round in 0..11 {
+        let gone = refused_addr();
+        set.replace(vec![
+            Peer::new(&gone).unwrap(),
+            Peer::new(&backup.peer_addr()).unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(proxy.get_text(&http, "/").await, "backup");
+        log.wait_for(round + 1).await;
+        assert_eq!(
+            metric(&registry, "failover_ejected_peers").as_deref(),
+            Some("1"),
+            "round {round}: {gone} ejected"
+        );
+        assert!(labelled_peers(&registry).contains(&gone));
+        set.replace(peers(&[&backup])).unwrap();
+        assert_eq!(
+            metric(&registry, "failover_ejected_peers").as_deref(),
+            Some("0"),
+            "round {round}: the ejected peer left its set"
+        );
+        assert_eq!(
+            labelled_peers(&registry),
+            [backup.peer_addr()].into(),
+            "round {round}: only the peers of the set have series"
+        );
+    }
+    let ok = format!(
+        "failover_attempts_total{{outcome=\"ok\",peer=\"{}\"}}",
+        backup.addr
+    );
+    assert_eq!(metric(&registry, &ok).as_deref(), Some("11"));
+}
+
+/// A request still on its way to a peer removed meanwhile fails there: the peer, gone from its
+/// set, is not ejected (no event, no gauge, no series), and the request moves on.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_its_peer_left_the_set_ejects_nothing() {
+    use pingora_failover::{Failover, FailoverProxy, Metrics, OutlierDetection};
+
+    let hung = Upstream::start("hung", Mode::Hang).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let registry = prometheus::Registry::new();
+    let events = Events::default();
+    let set = PeerSet::new(vec![
+        Peer::builder(hung.peer_addr())
+            .with_read_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ])
+    .unwrap();
+    let engine = Failover::builder(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .with_outlier_detection(OutlierDetection::new().with_consecutive_failures(1))
+    .without_adaptive_timeouts()
+    .on_health_change(events.observer())
+    .with_metrics(Metrics::register(&registry).unwrap());
+    let (proxy, log) = support::start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let request = tokio::spawn(client().get(proxy.url("/")).send());
+    support::eventually("the request reached the hung peer", || hung.hits() == 1).await;
+    assert!(set.remove(&hung.peer_addr()));
+    let resp = request.await.unwrap().unwrap();
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "backup",
+        "moved on after its header timeout"
+    );
+    log.wait_for(1).await;
+    let ejected: Vec<_> = events
+        .all()
+        .into_iter()
+        .filter(|(_, c)| matches!(c, HealthChange::Ejected { .. }))
+        .collect();
+    assert!(ejected.is_empty(), "{ejected:?}");
+    assert_eq!(
+        metric(&registry, "failover_ejected_peers").as_deref(),
+        Some("0")
+    );
+    assert_eq!(labelled_peers(&registry), [backup.peer_addr()].into());
 }

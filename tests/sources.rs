@@ -128,3 +128,84 @@ async fn sighup_reloads_the_peers_file() {
     assert!(status.success());
     proxy.until_answered_by("b").await;
 }
+
+/// An h2c server on a Unix socket answering `status` (shared, to change it), counting the
+/// background probes it receives.
+fn serve_h2_unix(
+    path: &TempPath,
+    status: Arc<std::sync::atomic::AtomicU16>,
+    probes: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::UnixListener::bind(&path.0).unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (status, probes) = (status.clone(), probes.clone());
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let ua = req.headers().get("user-agent");
+                    if ua.is_some_and(|v| v.to_str().unwrap_or("").contains("recovery probe")) {
+                        probes.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let resp = axum::http::Response::builder()
+                        .status(status.load(Ordering::SeqCst))
+                        .body(())
+                        .unwrap();
+                    let _ = respond.send_response(resp, true);
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_on_a_unix_socket_passes_its_probe() {
+    use pingora_failover::{
+        Failover, FailoverProxy, HealthChange, HttpVersion, OutlierDetection, RecoveryProbe,
+    };
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+
+    let path = TempPath::new("h2.sock");
+    let (status, probes) = (Arc::new(AtomicU16::new(503)), Arc::new(AtomicUsize::new(0)));
+    let _server = serve_h2_unix(&path, status.clone(), probes.clone());
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peers = vec![
+        Peer::builder(format!("unix:{}", path.0.display()))
+            .with_http_version(HttpVersion::Http2)
+            .build()
+            .unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ];
+    let events = support::Events::default();
+    let rules = OutlierDetection::new()
+        .with_base_ejection(Duration::from_millis(100))
+        .with_recovery_probe(
+            RecoveryProbe::default()
+                .with_interval(Duration::from_millis(20))
+                .unwrap(),
+        );
+    let engine = Failover::builder(OrderedList::new(peers).unwrap(), StandardPolicy::default())
+        .with_outlier_detection(rules)
+        .on_health_change(events.observer());
+    let (proxy, _log) = support::start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    // Five 503s over h2 on the socket eject it.
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+    }
+    events
+        .wait_until(|(_, c)| matches!(c, HealthChange::Ejected { .. }))
+        .await;
+    status.store(200, Ordering::SeqCst);
+    events
+        .wait_until(|(_, c)| *c == HealthChange::Readmitted)
+        .await;
+    assert!(probes.load(Ordering::SeqCst) >= 1);
+}

@@ -266,3 +266,60 @@ async fn a_stalled_header_over_tls_is_cut_and_retried() {
     );
     assert!(attempts[0].duration().unwrap() < read / 5, "{attempts:?}");
 }
+
+/// A peer trusted through the server's `ca_file` (not its own CA) is probed the way requests
+/// connect: with the server's configuration, so its probes pass and re-admit it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_trusted_through_the_servers_ca_file_passes_its_probes() {
+    use pingora_failover::{
+        Failover, FailoverProxy, HealthChange, OutlierDetection, RecoveryProbe,
+    };
+
+    let ca = TestCa::new();
+    let ca_file = support::TempPath::with_text("ca.pem", ca.pem());
+    let primary = Upstream::start_with("primary", Mode::Status(503), Proto::Tls(ca)).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peers = vec![
+        Peer::builder(primary.peer_addr())
+            .with_tls("localhost")
+            .build()
+            .unwrap(),
+        Peer::new(&backup.peer_addr()).unwrap(),
+    ];
+    let rules = OutlierDetection::new()
+        .with_base_ejection(std::time::Duration::from_millis(100))
+        .with_recovery_probe(
+            RecoveryProbe::default()
+                .with_interval(std::time::Duration::from_millis(20))
+                .unwrap(),
+        );
+    let events = support::Events::default();
+    let engine = Failover::builder(OrderedList::new(peers).unwrap(), StandardPolicy::default())
+        .with_outlier_detection(rules)
+        .on_health_change(events.observer());
+    let conf = pingora_core::server::configuration::ServerConf {
+        ca_file: Some(ca_file.as_str().to_owned()),
+        ..Default::default()
+    };
+    let app = FailoverProxy::from_builder(engine)
+        .unwrap()
+        .into_app(&std::sync::Arc::new(conf))
+        .unwrap();
+    let proxy = support::ProxyServer::start(app).await;
+    let http = client();
+    // Requests reach it through TLS, trusted by the server's CA file; five 503s eject it.
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.text().await.unwrap(), "primary 503");
+    }
+    events
+        .wait_until(|(_, c)| matches!(c, HealthChange::Ejected { .. }))
+        .await;
+    primary.set_mode(Mode::Ok);
+    events
+        .wait_until(|(_, c)| *c == HealthChange::Readmitted)
+        .await;
+    assert!(primary.probes() >= 1);
+    assert_eq!(proxy.get_text(&http, "/").await, "primary");
+}

@@ -125,7 +125,7 @@ pub struct Health {
     pub consecutive_failures: Option<u32>,
     pub base_ejection_ms: Option<u64>,
     pub max_ejection_ms: Option<u64>,
-    /// How an ejected peer is probed in the background: a path (`GET` it; below 500 passes),
+    /// How an ejected peer is probed in the background: a path (`GET` it; 200 to 399 pass),
     /// `connect`, or `off` (the first request after the ejection time probes it instead).
     pub recovery_probe: Option<String>,
     pub probe_interval_ms: Option<u64>,

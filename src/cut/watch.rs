@@ -251,11 +251,16 @@ impl Shared {
         let probe = self.liveness.clone();
         let from_ms = peer.health().now_ms();
         tokio::spawn(async move {
+            let started = Instant::now();
             let passed = probe.passes_within(&slot.0, limit).await;
-            let health = slot.0.health();
-            health
-                .suspicion()
-                .finish_check(from_ms, health.now_ms(), passed);
+            // A check that failed long after its own timeouts were due was itself held up (the
+            // machine, or this thread, was starved): it shows nothing about the peer.
+            if passed || started.elapsed() <= limit * 2 {
+                let health = slot.0.health();
+                health
+                    .suspicion()
+                    .finish_check(from_ms, health.now_ms(), passed);
+            }
         });
     }
 }
@@ -341,6 +346,7 @@ impl Watchdog {
     /// Starts the thread; whether it started.
     fn start(&self) -> bool {
         let (shared, wake) = (Arc::downgrade(&self.shared), self.shared.wake.clone());
+        let liveness = self.shared.liveness.clone();
         std::thread::Builder::new()
             .name("failover-watchdog".into())
             .spawn(move || {
@@ -350,6 +356,8 @@ impl Watchdog {
                 else {
                     return;
                 };
+                // The first check must not pay for building its connector.
+                liveness.warm();
                 runtime.block_on(run(shared, wake));
             })
             .is_ok()

@@ -18,6 +18,7 @@
 #[cfg(feature = "active-health")]
 mod active;
 mod latency;
+pub(crate) mod membership;
 pub(crate) mod recovery;
 pub(crate) mod state;
 pub(crate) mod suspicion;
@@ -36,6 +37,7 @@ use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::Peer;
 use latency::Latency;
+use membership::{Accounts, Membership};
 use state::{Admit, HealthCell, NoTally, Tally, Thresholds};
 use suspicion::Waiting;
 
@@ -65,6 +67,8 @@ pub struct PeerHealth {
     /// When it last joined traffic (added to a running set, or re-admitted), for slow start;
     /// 0 when it has served from the start.
     ramp_from: std::sync::atomic::AtomicU64,
+    /// The sets that hold it: its probe, its gauge and its series last as long as they do.
+    membership: Membership,
 }
 
 /// An ejection made by [`OutlierDetection::record_failure`].
@@ -88,6 +92,7 @@ impl Default for PeerHealth {
             typical: Latency::new(),
             waiting: Waiting::default(),
             ramp_from: std::sync::atomic::AtomicU64::new(0),
+            membership: Membership::default(),
         }
     }
 }
@@ -381,26 +386,72 @@ impl PeerHealth {
         &self,
         kind: FailureKind,
         rules: &OutlierDetection,
-        tally: &dyn Tally,
+        tally: &dyn Accounts,
     ) -> Option<Ejection> {
         self.record_failure_as(kind.is_connect(), rules, tally)
     }
 
     /// Records a failure, as a connect failure (`connect`: nothing was sent, and its own
     /// threshold applies) or as any other.
+    ///
+    /// The accounts that count the ejection are remembered first, so that the peer's departure
+    /// from its sets can settle them. A peer that has departed is not kept out: an ejection
+    /// racing its departure is ended at once (and counted out), and `None` returned.
     pub(crate) fn record_failure_as(
         &self,
         connect: bool,
         rules: &OutlierDetection,
-        tally: &dyn Tally,
+        accounts: &dyn Accounts,
     ) -> Option<Ejection> {
+        self.membership.keep(accounts);
         let thresholds = rules.thresholds();
-        self.cell
-            .record_failure(self.now_ms(), connect, &thresholds, tally)
+        let ejection = self
+            .cell
+            .record_failure(self.now_ms(), connect, &thresholds, accounts)
             .map(|e| Ejection {
                 time: Duration::from_millis(e.ms),
                 repeat: e.repeat,
-            })
+            });
+        if ejection.is_some() && self.membership.departed_after() {
+            // Gone from its sets: nothing to eject it from, no one to probe it for.
+            self.cell.clear_ejection(self.membership.accounts());
+            return None;
+        }
+        ejection
+    }
+
+    /// Counts the peer into a set.
+    pub(crate) fn joined_set(&self) {
+        self.membership.join();
+    }
+
+    /// Counts the peer, called `name`, out of a set. When no set holds it any more, its
+    /// ejection ends (counted out of the ejected-peers gauge), its background probe stops at
+    /// its next turn, and the engine's metrics forget its series.
+    pub(crate) fn left_set(&self, name: &str) {
+        if self.membership.leave() {
+            let accounts = self.membership.accounts();
+            self.cell.clear_ejection(accounts);
+            accounts.forget(name);
+        }
+    }
+
+    /// `Some(held)` once the peer has joined a set: whether one holds it now; `None` for a
+    /// peer never in a set.
+    pub(crate) fn held(&self) -> Option<bool> {
+        self.membership.held()
+    }
+
+    /// Whether the peer has left every set that held it.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn is_departed(&self) -> bool {
+        self.membership.departed()
+    }
+
+    /// Remembers the accounts that will count this peer (before they count it).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn keep_accounts(&self, accounts: &dyn Accounts) {
+        self.membership.keep(accounts);
     }
 
     /// Whether the peer passes its active check (always, without active checks).
@@ -432,12 +483,13 @@ impl PeerHealth {
 ///   peer ejected again before it has stayed healthy for as long as it was last out is in the
 ///   same row (flapping)
 /// - maximum ejection time: 300 s (Envoy's `max_ejection_time`)
-/// - recovery: probed in the background ([`RecoveryProbe`]'s defaults: `GET /` every 250 ms) from
-///   the end of its ejection time, and re-admitted by the first probe that passes; no request
-///   is the probe. The ejection time is the quiet spell before probing, hence short. Without a
-///   background probe ([`without_recovery_probe`](Self::without_recovery_probe)), the first
-///   request after the ejection time is the probe; 10 s (nginx's `fail_timeout`) then suits
-///   better, since each such probe of a broken peer costs a request its timeout.
+/// - recovery: probed in the background ([`RecoveryProbe`]'s defaults: `GET /` about every
+///   250 ms, 200 to 399 pass) from the end of its ejection time, and re-admitted by the first
+///   probe that passes; no request is the probe. The ejection time is the quiet spell before
+///   probing, hence short. Without a background probe
+///   ([`without_recovery_probe`](Self::without_recovery_probe)), the first request after the
+///   ejection time is the probe; 10 s (nginx's `fail_timeout`) then suits better, since each
+///   such probe of a broken peer costs a request its timeout.
 #[derive(Debug, Clone)]
 pub struct OutlierDetection {
     consecutive_failures: u32,
@@ -525,6 +577,13 @@ impl OutlierDetection {
     /// The background probe, when there is one.
     pub(crate) fn recovery(&self) -> Option<&RecoveryProbe> {
         self.recovery.as_ref()
+    }
+
+    /// Background probes connect as the proxy does under `conf`.
+    pub(crate) fn use_server_conf(&self, conf: &pingora_core::server::configuration::ServerConf) {
+        if let Some(probe) = &self.recovery {
+            probe.use_server_conf(conf);
+        }
     }
 
     /// The longest ejection; also how long background probes may fail before a request probes

@@ -201,6 +201,17 @@ impl HealthCell {
         false
     }
 
+    /// Ends the ejection without a success (the peer left its set), counting it out of
+    /// `tally`; `true` when there was one. Racing a re-admission, only one of them ends it.
+    pub(crate) fn clear_ejection(&self, tally: &dyn Tally) -> bool {
+        if self.ejected_until.swap(0, Ordering::AcqRel) == 0 {
+            return false;
+        }
+        self.probe_until.store(0, Ordering::Release);
+        tally.add(-1);
+        true
+    }
+
     /// Records a failure at `now` (`connect`: nothing was sent); the ejection when it ejected
     /// the peer.
     pub(crate) fn record_failure(

@@ -321,6 +321,6 @@ impl PeerBuilder {
         if let Some(f) = self.customize {
             f(&mut template);
         }
-        Ok(Peer::from_parts(endpoint, self.weight, template))
+        Ok(Peer::from_parts(endpoint, self.weight, template, None))
     }
 }

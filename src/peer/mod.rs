@@ -73,14 +73,32 @@ struct Inner {
     name: Box<str>,
     weight: u32,
     template: HttpPeer,
+    /// The HTTP authority of the name this peer's address was resolved from (`host`, with
+    /// `:PORT` unless it is the scheme's default), sent as `Host` by its probes.
+    authority: Option<Box<str>>,
     /// Shared by every handle of the same peer, across set updates.
     health: Arc<PeerHealth>,
 }
 
 impl Peer {
-    /// Whether this handle is the peer's last: every set and request has let it go.
+    /// Whether the peer is gone: it has left every set that held it, or, for a peer never in
+    /// a set (a custom selector's own), this handle is its last. A set's updates rebuild
+    /// handles but keep a peer that stays, so membership, not handles, says whether it is.
     pub(crate) fn is_orphan(&self) -> bool {
-        Arc::strong_count(&self.inner) == 1
+        match self.health().held() {
+            Some(held) => !held,
+            None => Arc::strong_count(&self.inner) == 1,
+        }
+    }
+
+    /// Counts the peer into a set.
+    pub(crate) fn joined_set(&self) {
+        self.health().joined_set();
+    }
+
+    /// Counts the peer out of a set (see `PeerHealth::left_set`).
+    pub(crate) fn left_set(&self) {
+        self.health().left_set(self.name());
     }
 
     /// A peer at `addr` with default settings: `IP:PORT`, `[IPv6]:PORT`, `unix:/path`,
@@ -149,14 +167,54 @@ impl Peer {
             .unwrap_or(DEFAULT_READ_TIMEOUT)
     }
 
-    /// The pingora peer this peer connects through, as configured.
+    /// The pingora peer this peer connects through, as configured. For a name no
+    /// [`PeerSet`](crate::PeerSet) resolved, its address is a placeholder (`0.0.0.0:PORT`):
+    /// send through [`connect_target`](Self::connect_target), which refuses it.
     pub fn http_peer(&self) -> &HttpPeer {
         &self.inner.template
+    }
+
+    /// The pingora peer to send a request to, or an error when there is no address to send it
+    /// to: a name (`host:PORT`, SRV) that no [`PeerSet`](crate::PeerSet) resolved. Such a peer
+    /// still holds the template address `0.0.0.0:PORT`, which Linux connects to the local host;
+    /// a request must never go there. The engine answers it with a 502, and this error.
+    ///
+    /// # Errors
+    ///
+    /// An `HTTPStatus(502)` error naming the peer, for an unresolved name.
+    pub fn connect_target(&self) -> pingora_error::Result<&HttpPeer> {
+        if self.endpoint().is_name() {
+            return pingora_error::Error::e_explain(
+                pingora_error::ErrorType::HTTPStatus(502),
+                format!(
+                    "peer {self} is a name that was not resolved (only a PeerSet resolves \
+                     names): not sent"
+                ),
+            );
+        }
+        Ok(&self.inner.template)
     }
 
     /// The peer's shared health: ejections, probes, active-check verdicts.
     pub fn health(&self) -> &PeerHealth {
         &self.inner.health
+    }
+
+    /// The `Host` a request of the crate's own (a probe) sends: the TLS server name, else the
+    /// name the peer was resolved from (with the port unless it is the scheme's default), else
+    /// the address; `localhost` for a Unix socket.
+    pub(crate) fn authority(&self) -> &str {
+        let sni = self.sni();
+        if !sni.is_empty() {
+            return sni;
+        }
+        if let Some(authority) = &self.inner.authority {
+            return authority;
+        }
+        match self.endpoint() {
+            Endpoint::Unix(_) => "localhost",
+            _ => self.name(),
+        }
     }
 
     /// How long a probe request may hold the half-open slot: one connect plus one read.
@@ -187,17 +245,30 @@ impl Peer {
         let mut template = self.inner.template.clone();
         template._address = PingoraAddr::Inet(addr);
         let weight = weight.map_or(self.inner.weight, |w| w.clamp(1, MAX_WEIGHT));
-        Peer::from_parts(Endpoint::Inet(addr), weight, template)
+        let authority = match self.endpoint() {
+            Endpoint::Name { host, port } if *port == if self.is_tls() { 443 } else { 80 } => {
+                Some(host.as_str().into())
+            }
+            Endpoint::Name { host, port } => Some(format!("{host}:{port}").into_boxed_str()),
+            _ => None,
+        };
+        Peer::from_parts(Endpoint::Inet(addr), weight, template, authority)
     }
 
     /// A new peer, with health of its own.
-    fn from_parts(endpoint: Endpoint, weight: u32, template: HttpPeer) -> Peer {
+    fn from_parts(
+        endpoint: Endpoint,
+        weight: u32,
+        template: HttpPeer,
+        authority: Option<Box<str>>,
+    ) -> Peer {
         Peer {
             inner: Arc::new(Inner {
                 name: display_name(&endpoint, &template),
                 endpoint,
                 weight,
                 template,
+                authority,
                 health: Arc::default(),
             }),
         }
@@ -212,6 +283,7 @@ impl Peer {
                 name: self.inner.name.clone(),
                 weight: self.inner.weight,
                 template: self.inner.template.clone(),
+                authority: self.inner.authority.clone(),
                 health: existing.inner.health.clone(),
             }),
         }
@@ -225,6 +297,7 @@ impl Peer {
                 name: self.inner.name.clone(),
                 weight,
                 template: self.inner.template.clone(),
+                authority: self.inner.authority.clone(),
                 health: self.inner.health.clone(),
             }),
         }
@@ -324,9 +397,32 @@ mod tests {
             (3, Duration::from_millis(300))
         );
         assert!(!a.same(&name));
+        assert_eq!(a.authority(), "api.internal:8080", "probed by its name");
+        let on_80 = Peer::new("api.internal:80").unwrap();
+        let b = on_80.resolved("10.0.0.2:80".parse().unwrap(), None);
+        assert_eq!(
+            b.authority(),
+            "api.internal",
+            "the scheme's default port is left out"
+        );
         let reweighted = a.resolved("10.0.0.1:8080".parse().unwrap(), Some(7));
         let kept = reweighted.adopting(&a);
         assert!(kept.same(&a) && kept.weight() == 7);
+    }
+
+    #[test]
+    fn an_unresolved_name_has_no_connect_target() {
+        let name = Peer::new("api.internal:8080").unwrap();
+        let e = name.connect_target().unwrap_err();
+        assert_eq!(e.etype(), &pingora_error::ErrorType::HTTPStatus(502));
+        assert!(e.to_string().contains("api.internal:8080"), "{e}");
+        let resolved = name.resolved("10.0.0.1:8080".parse().unwrap(), None);
+        let target = resolved.connect_target().unwrap();
+        assert_eq!(target._address.to_string(), "10.0.0.1:8080");
+        assert!(Peer::new("unix:/run/app.sock")
+            .unwrap()
+            .connect_target()
+            .is_ok());
     }
 
     #[test]

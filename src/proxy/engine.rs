@@ -102,13 +102,18 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     }
 
     /// Checks that pingora's own attempt cap, `ServerConf::max_retries`, does not cut the
-    /// policy short. Pingora counts attempts there, not retries.
+    /// policy short. Pingora counts attempts there, not retries. Background recovery probes
+    /// take their connection settings (`ca_file`, source addresses) from `conf` here.
     ///
     /// # Errors
     ///
     /// [`ConfigError::PingoraRetryCapTooLow`] when `conf.max_retries` is below the policy's
     /// maximum attempts.
     pub fn check_server_conf(&self, conf: &ServerConf) -> Result<(), ConfigError> {
+        self.feed
+            .outliers
+            .iter()
+            .for_each(|o| o.use_server_conf(conf));
         let policy = self.policy.max_attempts();
         if conf.max_retries < policy as usize {
             return Err(ConfigError::PingoraRetryCapTooLow {
@@ -169,7 +174,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(paid) = next.paid {
             paid.spend();
         }
-        let mut http_peer = Box::new(next.peer.http_peer().clone());
+        let mut http_peer = Box::new(next.peer.connect_target()?.clone());
         let cut = match &self.adaptive {
             Some(adaptive) => {
                 let route = *ctx

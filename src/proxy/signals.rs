@@ -37,6 +37,25 @@ impl Tally for Signals {
     }
 }
 
+/// The engine's metrics are the accounts a peer settles when it leaves its sets.
+impl crate::health::membership::Accounts for Signals {
+    fn keep(&self) -> Option<Box<dyn crate::health::membership::Accounts>> {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            return crate::health::membership::Accounts::keep(m);
+        }
+        None
+    }
+
+    fn forget(&self, name: &str) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            crate::health::membership::Accounts::forget(m, name);
+        }
+        let _ = name;
+    }
+}
+
 impl crate::health::recovery::Reports for Signals {
     fn probing(&self, peer: &Peer) {
         Signals::probing(self, peer);

@@ -16,6 +16,9 @@
 //!   update: its ejection, its counters, its probe. Its weight and settings may change.
 //! - A removed peer leaves the snapshot; requests already on their way to it finish normally
 //!   (they hold their own handle), and no request selects it once the update has returned.
+//!   Once no set holds it, it is gone, whoever still holds a handle: its background probe
+//!   stops, its ejection ends (and leaves the ejected-peers gauge), and the engine's metrics
+//!   drop its series. Its handles are rebuilt by every update; its membership is what counts.
 //! - A request's retries never return to a peer it already tried, even across an update: a
 //!   peer's identity is its health, which the update keeps.
 //!
@@ -77,6 +80,18 @@ pub(crate) struct Shared {
     resolver: Resolver,
     #[cfg(feature = "dns")]
     dns: std::sync::OnceLock<Dns>,
+}
+
+impl Drop for Shared {
+    /// The set's peers leave it with it, and its metrics' count of peers.
+    fn drop(&mut self) {
+        let current = self.current.load();
+        current.peers.iter().for_each(Peer::left_set);
+        #[cfg(feature = "metrics")]
+        if let Some(metrics) = &self.metrics {
+            metrics.set_dropped(current.peers.len());
+        }
+    }
 }
 
 /// The peers of a [`PeerSet`] at one moment, in order.
@@ -286,6 +301,9 @@ impl PeerSet {
         if !old.peers.is_empty() {
             added.iter().for_each(|p| p.health().start_ramp());
         }
+        // Membership is what keeps a peer's probe, gauge and series alive, not its handles.
+        added.iter().for_each(Peer::joined_set);
+        removed.iter().for_each(Peer::left_set);
         let version = old.version + 1;
         let weighted = weighted::schedule(&peers);
         self.shared.current.store(Arc::new(Snapshot {

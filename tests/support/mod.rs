@@ -65,6 +65,25 @@ struct State {
     ids: Mutex<HashMap<String, usize>>,
     /// Bodies received, in order.
     bodies: Mutex<Vec<Bytes>>,
+    /// Every request as it arrived, in order.
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// One request as it arrived at an upstream.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub host: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Seen {
+    /// Whether it is a background recovery probe (by its `User-Agent`).
+    pub fn is_probe(&self) -> bool {
+        self.user_agent
+            .as_deref()
+            .is_some_and(|ua| ua.contains("recovery probe"))
+    }
 }
 
 /// A real upstream on `127.0.0.1:0`: HTTP/1.1 (axum on hyper), h2c (the h2 crate, so that it
@@ -139,6 +158,16 @@ impl Upstream {
         self.state.bodies.lock().unwrap().clone()
     }
 
+    /// Every request received so far, in order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Background recovery probes received so far.
+    pub fn probes(&self) -> usize {
+        self.seen().iter().filter(|s| s.is_probe()).count()
+    }
+
     /// Stops listening: new connections are refused. Connections already open are closed too.
     pub fn stop(&self) {
         self.task.abort();
@@ -188,8 +217,16 @@ fn spawn_server(
 ) -> JoinHandle<()> {
     let app = axum::Router::new().fallback({
         let (mode, state) = (mode.clone(), state.clone());
-        move |method, headers, body| {
-            handle(name, mode.clone(), state.clone(), method, headers, body)
+        move |method, uri, headers, body| {
+            handle(
+                name,
+                mode.clone(),
+                state.clone(),
+                method,
+                uri,
+                headers,
+                body,
+            )
         }
     });
     // Each connection is served inside a JoinSet owned by this task, so that aborting the task
@@ -241,12 +278,24 @@ async fn handle(
     mode: Arc<Mutex<Mode>>,
     state: Arc<State>,
     _method: Method,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     // The mode is read before the hit is counted: a test that sees the hit and then switches
     // the mode knows this request was answered in the old one.
     let mode = *mode.lock().unwrap();
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    state.seen.lock().unwrap().push(Seen {
+        path: uri.path().to_owned(),
+        host: header("host"),
+        user_agent: header("user-agent"),
+    });
     state.hits.fetch_add(1, Ordering::SeqCst);
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         *state.ids.lock().unwrap().entry(id.to_owned()).or_default() += 1;

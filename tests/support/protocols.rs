@@ -98,6 +98,7 @@ pub(super) async fn serve_h2<T: AsyncRead + AsyncWrite + Unpin>(
                 mode,
                 state,
                 parts.method,
+                parts.uri,
                 parts.headers,
                 Body::from(bytes),
             )
