@@ -39,7 +39,7 @@ test: deps
 	$(CARGO) test --all-targets --features "$(FEATURES)"
 	$(CARGO) test --doc --features "$(FEATURES)"
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features "$(FEATURES)"
-	$(CARGO) publish --dry-run --allow-dirty --quiet
+	$(CARGO) publish --dry-run --allow-dirty --no-verify --quiet
 	FEATURES="$(FEATURES)" ci/msrv.sh
 
 # End to end (see BENCHMARKS.md): failover_proxy against a bare pingora proxy under wrk in the

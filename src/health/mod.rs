@@ -57,7 +57,7 @@ pub struct PeerHealth {
     in_flight: std::sync::atomic::AtomicU32,
     /// How long it takes to answer (peak EWMA of the time to the response header).
     latency: Latency,
-    /// How long a new connection to it takes (peak EWMA).
+    /// How long a new connection to it takes (a moving average).
     connect: Latency,
     /// What an answer typically takes: a plain moving average of the time to the header.
     typical: Latency,
