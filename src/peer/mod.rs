@@ -400,7 +400,11 @@ mod tests {
         assert_eq!(a.authority(), "api.internal:8080", "probed by its name");
         let on_80 = Peer::new("api.internal:80").unwrap();
         let b = on_80.resolved("10.0.0.2:80".parse().unwrap(), None);
-        assert_eq!(b.authority(), "api.internal", "the scheme's default port is left out");
+        assert_eq!(
+            b.authority(),
+            "api.internal",
+            "the scheme's default port is left out"
+        );
         let reweighted = a.resolved("10.0.0.1:8080".parse().unwrap(), Some(7));
         let kept = reweighted.adopting(&a);
         assert!(kept.same(&a) && kept.weight() == 7);
