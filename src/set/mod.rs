@@ -85,7 +85,7 @@ pub struct Snapshot {
     peers: Box<[Peer]>,
     version: u64,
     /// Made with the snapshot, so a weighted selector has nothing to build when it picks.
-    weighted: Box<[u32]>,
+    weighted: weighted::Weighted,
 }
 
 impl Snapshot {
@@ -105,7 +105,35 @@ impl Snapshot {
     /// bunch. A weighted selector walks it with a cursor ([`RoundRobin`](crate::RoundRobin)
     /// does).
     pub fn weighted_order(&self) -> &[u32] {
-        &self.weighted
+        &self.weighted.order
+    }
+
+    /// The mean weight of the peers (1.0 for none).
+    pub fn mean_weight(&self) -> f64 {
+        self.weighted.mean
+    }
+
+    /// A peer drawn in proportion to its weight, as an index into [`peers`](Self::peers): the
+    /// one whose share of the total weight holds `r`, 64 uniformly random bits, scaled to it.
+    /// A binary search over cumulative weights made with the snapshot.
+    ///
+    /// # Panics
+    ///
+    /// When the snapshot has no peer.
+    pub fn by_weight(&self, r: u64) -> usize {
+        self.weighted.by_weight(r)
+    }
+
+    /// How many turns of the [weighted order](Self::weighted_order) after turn `from` peer `i`
+    /// has its next turn: 1 to the order's length (its own turn at `from` again, a round
+    /// later). For a walk that passes over the turns of peers that cannot take a request.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not a peer of the snapshot.
+    pub fn turns_to_next(&self, i: usize, from: usize) -> usize {
+        self.weighted
+            .turns_to_next(i, from % self.weighted.order.len().max(1))
     }
 }
 
@@ -287,7 +315,7 @@ impl PeerSet {
             added.iter().for_each(|p| p.health().start_ramp());
         }
         let version = old.version + 1;
-        let weighted = weighted::schedule(&peers);
+        let weighted = weighted::Weighted::new(&peers);
         self.shared.current.store(Arc::new(Snapshot {
             peers,
             version,
@@ -504,7 +532,7 @@ impl PeerSetBuilder {
                 current: ArcSwap::from_pointee(Snapshot {
                     peers: Box::new([]),
                     version: 0,
-                    weighted: Box::new([]),
+                    weighted: weighted::Weighted::new(&[]),
                 }),
                 members: Mutex::new(members),
                 observer: self.observer,
