@@ -77,6 +77,17 @@ pub(crate) struct Shared {
     resolver: Resolver,
     #[cfg(feature = "dns")]
     dns: std::sync::OnceLock<Dns>,
+    /// What selectors derive from each snapshot (a hash ring), rebuilt by every update before
+    /// the snapshot is published. Taken under `members`, never on the request path.
+    derived: Mutex<Vec<Weak<dyn Derive>>>,
+}
+
+/// A structure a selector derives from each snapshot of its set (pingora-load-balancing builds
+/// its selection index when the backends change): built by the update that makes the snapshot,
+/// before the snapshot is published, so that no request builds it.
+pub(crate) trait Derive: Send + Sync {
+    /// Builds what `snapshot` needs and keeps it.
+    fn rebuild(&self, snapshot: &Arc<Snapshot>);
 }
 
 /// The peers of a [`PeerSet`] at one moment, in order.
@@ -282,6 +293,21 @@ impl PeerSet {
         Ok(changed)
     }
 
+    /// Keeps `derived` built for every snapshot, from the current one on, as long as it lives
+    /// elsewhere (the set holds it weakly).
+    pub(crate) fn derive(&self, derived: Arc<dyn Derive>) {
+        let _members = self.members();
+        derived.rebuild(&self.peers());
+        self.derived().push(Arc::downgrade(&derived));
+    }
+
+    fn derived(&self) -> MutexGuard<'_, Vec<Weak<dyn Derive>>> {
+        self.shared
+            .derived
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn members(&self) -> MutexGuard<'_, Members> {
         // A panic while updating cannot leave the members half-changed: each update builds its
         // new state before it assigns it.
@@ -316,11 +342,19 @@ impl PeerSet {
         }
         let version = old.version + 1;
         let weighted = weighted::Weighted::new(&peers);
-        self.shared.current.store(Arc::new(Snapshot {
+        let snapshot = Arc::new(Snapshot {
             peers,
             version,
             weighted,
-        }));
+        });
+        self.derived().retain(|d| match d.upgrade() {
+            Some(d) => {
+                d.rebuild(&snapshot);
+                true
+            }
+            None => false,
+        });
+        self.shared.current.store(snapshot);
         Changes { added, removed }
     }
 
@@ -542,6 +576,7 @@ impl PeerSetBuilder {
                 resolver: self.resolver.unwrap_or_default(),
                 #[cfg(feature = "dns")]
                 dns: std::sync::OnceLock::new(),
+                derived: Mutex::new(Vec::new()),
             }),
         };
         let changes = set.publish(&mut set.members());
