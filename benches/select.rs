@@ -1,12 +1,15 @@
 //! `select()` on the stock selectors (and two tiers of round-robin), for 2, 16 and 256 peers, with none, one and half of the
-//! peers ejected: a first attempt, and a retry after one failed peer. And the cost of updating a
-//! peer set of 1,000 peers.
+//! peers ejected: a first attempt, and a retry after one failed peer. The cost of updating a
+//! peer set of 1,000 peers. And `HashRing`'s first selection right after its set was replaced by
+//! 200 peers of weight 100 (a ring of 3.2 million points), against the steady state: the ring is
+//! built by the update, so the request right after it pays nothing.
 //!
 //! ```text
 //! cargo bench --bench select
 //! ```
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pingora_failover::{
@@ -107,5 +110,62 @@ fn updates(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, selectors, updates);
+/// 200 peers of weight 100 from port `first`.
+fn heavy_peers(first: usize) -> Vec<Peer> {
+    (0..200)
+        .map(|i| {
+            Peer::builder(format!("127.0.0.1:{}", first + i))
+                .with_weight(100)
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The `q` quantile of `samples` (sorted in place).
+fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    samples.sort_unstable();
+    samples[((samples.len() - 1) as f64 * q) as usize]
+}
+
+/// `HashRing` over 200 peers of weight 100: a selection in the steady state, and the first one
+/// after each of 20 replaces of the whole set (timed by hand: each replace builds a ring of 3.2
+/// million points, too slow for criterion to repeat at will). Prints p50 and p99 of each.
+fn hash_after_replace(c: &mut Criterion) {
+    let lists = [heavy_peers(20_000), heavy_peers(21_000)];
+    let ring = HashRing::new(lists[0].clone(), HashKey::path()).unwrap();
+    let req = pingora_failover::pingora::RequestHeader::build("GET", b"/key", None).unwrap();
+    let select = || black_box(ring.select(black_box(&Attempt::new(&[], Some(&req)))));
+    let mut group = c.benchmark_group("hash_after_replace");
+    group.bench_function("200x100/steady", |b| b.iter(select));
+    group.finish();
+
+    let mut steady: Vec<Duration> = (0..10_000)
+        .map(|_| {
+            let t = Instant::now();
+            select();
+            t.elapsed()
+        })
+        .collect();
+    let (mut first, mut replaces) = (Vec::new(), Vec::new());
+    for turn in 0..20 {
+        let t = Instant::now();
+        ring.set().replace(lists[(turn + 1) % 2].clone()).unwrap();
+        replaces.push(t.elapsed());
+        let t = Instant::now();
+        select();
+        first.push(t.elapsed());
+    }
+    println!(
+        "hash_after_replace/200x100: steady p50 {:?} p99 {:?}; first select after a replace \
+         p50 {:?} p99 {:?}; the replace itself (ring built there) p50 {:?}",
+        quantile(&mut steady, 0.5),
+        quantile(&mut steady, 0.99),
+        quantile(&mut first, 0.5),
+        quantile(&mut first, 0.99),
+        quantile(&mut replaces, 0.5),
+    );
+}
+
+criterion_group!(benches, selectors, updates, hash_after_replace);
 criterion_main!(benches);

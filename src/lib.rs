@@ -51,6 +51,7 @@ pub mod metrics;
 pub mod peer;
 pub mod proxy;
 pub mod retry;
+mod rng;
 pub mod select;
 pub mod set;
 mod sync;
@@ -76,8 +77,8 @@ pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };
 pub use select::{
-    Attempt, HashKey, HashRing, LeastRequest, OrderedList, PeakEwma, PeerSelector, PriorityTiers,
-    RoundRobin, SlowStart,
+    Attempt, HashKey, HashRing, LeastRequest, OrderedList, PanicThreshold, PeakEwma, PeerSelector,
+    PriorityTiers, RoundRobin, SlowStart,
 };
 pub use set::{PeerSet, PeerSetBuilder, Snapshot};
 

@@ -3,7 +3,9 @@
 
 mod support;
 
-use pingora_failover::{Attempt, Peer, PeerSelector, StandardPolicy};
+use pingora_failover::{
+    Attempt, ConfigError, PanicThreshold, Peer, PeerSelector, PeerSet, StandardPolicy,
+};
 use support::{client, refused_addr, start_failover, Mode, Upstream};
 
 /// Sends a request to the peer named by its `x-route` header (an index), then to the others.
@@ -73,6 +75,41 @@ impl PeerSelector for Only {
     }
 }
 
+/// `select/ordered.rs` as a user would copy it: a priority list with a panic threshold, through
+/// the public API alone.
+struct MyOrderedList {
+    set: PeerSet,
+    panic: PanicThreshold,
+}
+
+impl MyOrderedList {
+    fn new(peers: Vec<Peer>, panic: f64) -> Result<Self, ConfigError> {
+        Ok(Self {
+            set: PeerSet::new(peers)?,
+            panic: PanicThreshold::new(panic)?,
+        })
+    }
+}
+
+impl PeerSelector for MyOrderedList {
+    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        let snapshot = self.set.snapshot();
+        let peers = snapshot.peers();
+        if self.panic.reached(peers) {
+            return attempt.any_untried(peers.iter()).cloned();
+        }
+        peers
+            .iter()
+            .find(|p| attempt.takes(p, false))
+            .or_else(|| attempt.best_untried(peers.iter()))
+            .cloned()
+    }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        Some(&self.set)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_no_set_resolved_is_never_connected_to() {
     // A listener on the local host, at the port the name gives: an unresolved name must not
@@ -96,4 +133,40 @@ async fn a_name_no_set_resolved_is_never_connected_to() {
         error.contains("never.invalid") && error.contains("not resolved"),
         "{error:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_the_ordered_list_with_panic_mode_builds_outside_the_crate() {
+    let dead = support::refused_addrs::<2>();
+    let c = Upstream::start("c", Mode::Ok).await;
+    let addrs = [dead[0].clone(), dead[1].clone(), c.peer_addr()];
+    let peers = addrs.iter().map(|a| Peer::new(a).unwrap()).collect();
+    let list = MyOrderedList::new(peers, 0.5).unwrap();
+    // No retry budget: two first attempts in three go to a dead peer and must reach c.
+    let engine =
+        pingora_failover::Failover::builder(list, StandardPolicy::default()).without_budget();
+    let proxy = pingora_failover::FailoverProxy::from_builder(engine).unwrap();
+    let (proxy, log) = support::start_proxy(proxy).await;
+    let http = client();
+    for _ in 0..61 {
+        assert_eq!(
+            http.get(proxy.url("/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+            "c"
+        );
+    }
+    // Past the threshold, first attempts spread over all three.
+    let records = log.wait_for(61).await;
+    for addr in &addrs {
+        let first = records[1..]
+            .iter()
+            .filter(|r| r[0].peer().name() == addr)
+            .count();
+        assert!(first >= 8, "{addr} had {first} first attempts of 60");
+    }
 }

@@ -210,7 +210,7 @@ fn racing_draws_never_share_a_turn() {
         let threads: Vec<_> = (0..3)
             .map(|_| {
                 let cursor = cursor.clone();
-                thread::spawn(move || cursor.draw(3))
+                thread::spawn(move || cursor.next() % 3)
             })
             .collect();
         let mut turns: Vec<usize> = threads.into_iter().map(|t| t.join().unwrap()).collect();

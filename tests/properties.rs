@@ -285,7 +285,7 @@ proptest! {
     }
 
     /// An ordered list and tiers of one peer each make the same choices, whatever the health
-    /// and whatever was tried.
+    /// and whatever was tried (in panic mode, each a random untried peer).
     #[test]
     fn an_ordered_list_is_tiers_of_one_peer(
         n in 1usize..8,
@@ -301,9 +301,72 @@ proptest! {
         loop {
             let attempt = Attempt::new(&tried, None);
             let (a, b) = (list.select(&attempt), tiers.select(&attempt));
-            prop_assert_eq!(&a, &b);
+            // In panic mode (no untried peer admitted) each draws at random among the untried.
+            if a.as_ref().is_some_and(|p| !attempt.admits(p)) {
+                prop_assert!(b.as_ref().is_some_and(|p| !attempt.admits(p) && !attempt.has_tried(p)));
+            } else {
+                prop_assert_eq!(&a, &b);
+            }
             let Some(p) = a else { break };
             tried.push(AttemptRecord::new(p));
+        }
+    }
+}
+
+/// Weighted peers, those in `out` ejected for the length of the test.
+fn weighted_peers(weights: &[u32], out: &[bool], port: usize) -> Vec<Peer> {
+    let rules = OutlierDetection::new()
+        .with_base_ejection(Duration::from_secs(3600))
+        .with_max_ejection(Duration::from_secs(3600));
+    weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let p = Peer::builder(format!("127.0.0.1:{}", port + i))
+                .with_weight(*w)
+                .build()
+                .unwrap();
+            if out[i] {
+                rules.record_failure(&p, FailureKind::ConnectRefused);
+            }
+            p
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// At zero load, the weighted selectors give each admitted peer its weight's share of the
+    /// admitted weight (within 3 % over 6,000 draws), and an ejected peer nothing, wherever the
+    /// ejected peers are in the set.
+    #[test]
+    fn weighted_selectors_share_by_weight_over_the_admitted_peers(
+        weights in prop::collection::vec(1u32..8, 2..7),
+        out in prop::collection::vec(any::<bool>(), 7),
+        which in 0usize..3,
+        seed in any::<u64>(),
+    ) {
+        let out = &out[..weights.len()];
+        prop_assume!(out.iter().any(|o| !o));
+        let peers = weighted_peers(&weights, out, 8000);
+        let (name, selector): (&str, Box<dyn PeerSelector>) = match which {
+            0 => ("round-robin", Box::new(RoundRobin::new(peers.clone()).unwrap())),
+            1 => ("least-request", Box::new(LeastRequest::new(peers.clone()).unwrap().with_seed(seed))),
+            _ => ("ewma", Box::new(PeakEwma::new(peers.clone()).unwrap().with_seed(seed))),
+        };
+        const DRAWS: usize = 6_000;
+        let mut counts = vec![0usize; peers.len()];
+        for _ in 0..DRAWS {
+            let p = selector.select(&Attempt::new(&[], None)).unwrap();
+            counts[peers.iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        let admitted: u32 = weights.iter().zip(out).filter(|(_, o)| !**o).map(|(w, _)| w).sum();
+        for i in 0..peers.len() {
+            let due = if out[i] { 0.0 } else { f64::from(weights[i]) / f64::from(admitted) };
+            let got = counts[i] as f64 / DRAWS as f64;
+            prop_assert!((got - due).abs() < 0.03,
+                "{name} over {weights:?} with {out:?} out: {counts:?}");
         }
     }
 }

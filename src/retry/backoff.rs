@@ -1,19 +1,18 @@
 //! Exponential backoff with full jitter.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{check_timeout, ConfigError};
+use crate::rng::Rng;
 
 /// Exponential backoff with full jitter: before retry `n` (from 1), wait a uniformly random time
 /// in `[0, min(max, base * 2^(n-1))]`.
 ///
 /// Full jitter spreads the retries of many clients that failed at the same moment, which is what
 /// keeps a recovering upstream from being hit by a synchronized wave ("Exponential Backoff And
-/// Jitter", AWS Architecture Blog, 2015). The randomness is a lock-free SplitMix64 stream, seeded
-/// at random or by [`with_seed`](Self::with_seed) for reproducible tests.
+/// Jitter", AWS Architecture Blog, 2015). The randomness is the crate's lock-free SplitMix64
+/// stream, seeded per process and backoff, or by [`with_seed`](Self::with_seed) for reproducible
+/// tests.
 ///
 /// # Default
 ///
@@ -24,7 +23,7 @@ use crate::error::{check_timeout, ConfigError};
 pub struct Backoff {
     base: Duration,
     max: Duration,
-    state: AtomicU64,
+    rng: Rng,
 }
 
 /// Longest base or cap accepted.
@@ -57,18 +56,17 @@ impl Backoff {
     }
 
     fn unchecked(base: Duration, max: Duration) -> Self {
-        let seed = RandomState::new().build_hasher().finish();
         Self {
             base,
             max,
-            state: AtomicU64::new(seed),
+            rng: Rng::new(),
         }
     }
 
     /// Seeds the jitter, so that the same seed gives the same delays in the same order.
     #[must_use]
     pub fn with_seed(self, seed: u64) -> Self {
-        self.state.store(seed, Ordering::Relaxed);
+        self.rng.seed(seed);
         self
     }
 
@@ -86,7 +84,7 @@ impl Backoff {
         if ceiling.is_zero() {
             return Duration::ZERO;
         }
-        let r = splitmix64(self.state.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed));
+        let r = self.rng.next();
         // A 53-bit fraction in [0, 1].
         let unit = (r >> 11) as f64 / ((1u64 << 53) - 1) as f64;
         ceiling.mul_f64(unit)
@@ -97,15 +95,6 @@ impl Default for Backoff {
     fn default() -> Self {
         Self::unchecked(Duration::from_millis(25), Duration::from_millis(250))
     }
-}
-
-const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(GOLDEN_GAMMA);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

@@ -3,13 +3,13 @@
 use tokio::time::Instant;
 
 use crate::peer::Peer;
-use crate::select::p2c::{two_choices_api, TwoChoices};
+use crate::select::p2c::{two_choices_api, Cost, TwoChoices};
 use crate::select::{Attempt, PeerSelector};
 use crate::set::PeerSet;
 
 /// Sends each request to the cheaper of two peers drawn at random, where a peer's cost is its
-/// learned latency times its requests in flight plus one, divided by its weight: the peak EWMA
-/// balancer of Finagle and Linkerd (tower's `PeakEwma`).
+/// learned latency times its load (`1 + in flight / weight`): the peak EWMA balancer of Finagle
+/// and Linkerd (tower's `PeakEwma`), with weights.
 ///
 /// Latency is [`PeerHealth::latency`](crate::PeerHealth::latency), which the engine learns
 /// from the time to each response header. It is peak-sensitive: the first slow answer from a
@@ -20,12 +20,24 @@ use crate::set::PeerSet;
 /// it back once it is fast. The requests in flight make a peer that is stalling (and so not
 /// answering at all) costlier with every request sent to it.
 ///
+/// Weights are capacities, applied by the algorithm: the first candidate is drawn in proportion
+/// to weight and the second uniformly, and load counts per unit of weight (relative to the
+/// set's mean). When the two carry the same load per unit of weight (as at zero load, one
+/// request at a time), their latency estimates are compared within their noise: a peak estimate
+/// keeps the worst answer of the last seconds, and two peers that answer alike differ by up to
+/// 1.5 times on a busy machine. Within 3 times of each other, the slower keeps part of its
+/// weight (all of it at equal estimates, half at twice) and each wins in proportion to the
+/// weight it has; beyond, the faster always wins. So two peers that answer alike share by
+/// weight, where a strict comparison would let the noise send everything to one of them, and a
+/// peer 10 times slower gets nothing while another answers.
+///
 /// A peer that has not answered yet borrows the estimate of the peer it is compared with, so
 /// the two compare on load alone: a new peer neither wins every request until its first answer
 /// nor waits behind a guessed default.
 ///
-/// As with [`LeastRequest`](crate::LeastRequest), ejected and already-tried peers are skipped,
-/// panic mode takes the best untried peer, and selection takes no lock and allocates nothing.
+/// As with [`LeastRequest`](crate::LeastRequest), ejected and already-tried peers are never
+/// drawn, panic mode spreads over the untried peers, and selection takes no lock and allocates
+/// nothing.
 #[derive(Debug)]
 pub struct PeakEwma {
     inner: TwoChoices,
@@ -33,9 +45,12 @@ pub struct PeakEwma {
 
 two_choices_api!(PeakEwma, "Peak EWMA");
 
-impl PeakEwma {
-    /// The costs of `a` and `b` compared now.
-    fn costs(&self, a: &Peer, b: &Peer) -> (f64, f64) {
+/// Learned latency.
+#[derive(Debug)]
+struct Latency;
+
+impl Cost for Latency {
+    fn estimates(&self, a: &Peer, b: &Peer) -> (f64, f64) {
         let now = Instant::now();
         let (la, lb) = (a.health().latency_us_at(now), b.health().latency_us_at(now));
         let (la, lb) = match (la, lb) {
@@ -43,18 +58,14 @@ impl PeakEwma {
             (Some(l), None) | (None, Some(l)) => (l, l),
             (None, None) => (1.0, 1.0),
         };
-        (self.cost(a, la), self.cost(b, lb))
-    }
-
-    fn cost(&self, p: &Peer, latency_us: f64) -> f64 {
         // A latency of zero (an estimate long decayed) would make load count for nothing.
-        latency_us.max(1.0) * f64::from(p.health().in_flight() + 1) / self.inner.weight(p)
+        (la.max(1.0), lb.max(1.0))
     }
 }
 
 impl PeerSelector for PeakEwma {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        self.inner.select(attempt, |a, b| self.costs(a, b))
+        self.inner.select(attempt, &Latency)
     }
 
     fn peer_set(&self) -> Option<&PeerSet> {
@@ -65,6 +76,7 @@ impl PeerSelector for PeakEwma {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::select::p2c::NOISE;
 
     fn peers(n: u16) -> Vec<Peer> {
         (0..n)
@@ -88,21 +100,46 @@ mod tests {
         counts
     }
 
+    /// The share of `n` draws that went to `ps[i]`.
+    fn share(s: &PeakEwma, ps: &[Peer], i: usize, n: usize) -> f64 {
+        shares(s, ps, n)[i] as f64 / n as f64
+    }
+
+    fn assert_near(got: f64, due: f64, what: &str) {
+        assert!(
+            (got - due).abs() < 0.03,
+            "{what}: {got:.3} where {due:.3} is due"
+        );
+    }
+
+    /// The share due to a peer of estimate `mine` against one of estimate `other`, of equal
+    /// weights and loads.
+    fn due(mine: f64, other: f64) -> f64 {
+        let kept = |ratio: f64| ((NOISE - ratio) / (NOISE - 1.0)).clamp(0.0, 1.0);
+        if mine > other {
+            kept(mine / other) / (1.0 + kept(mine / other))
+        } else {
+            1.0 / (1.0 + kept(other / mine))
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_faster_peer_takes_the_traffic_and_the_slower_wins_it_back_when_fast() {
         let ps = peers(2);
         let s = PeakEwma::new(ps.clone()).unwrap().with_seed(3);
         answers_in(&ps[0], 2).await;
         answers_in(&ps[1], 40).await;
-        assert_eq!(shares(&s, &ps, 100), [100, 0]);
-        // Load counts: 20 requests in flight on the fast peer cost 2 ms x 21 > 40 ms x 1.
-        (0..20).for_each(|_| ps[0].health().begin_request());
-        assert_eq!(shares(&s, &ps, 10), [0, 10]);
-        (0..20).for_each(|_| ps[0].health().end_request());
-        // A peer without answers decays: after 30 s the slow estimate is 40 ms x e^-3 = 2 ms.
+        // Idle, 20 times slower: far beyond the noise, the fast one always wins.
+        assert_eq!(share(&s, &ps, 1, 4000), 0.0, "20x slower");
+        // Load counts: 60 requests in flight on the fast peer cost 2 ms x 61 against 40 ms x 1.
+        (0..60).for_each(|_| ps[0].health().begin_request());
+        assert_eq!(share(&s, &ps, 1, 4000), 1.0, "the fast one loaded");
+        (0..60).for_each(|_| ps[0].health().end_request());
+        // A peer without answers decays: after 31 s the slow estimate is 40 ms x e^-3.1 = 1.8 ms,
+        // within the noise of the fast one's 2 ms: they share, the faster a little more.
         tokio::time::advance(std::time::Duration::from_secs(31)).await;
         answers_in(&ps[0], 2).await;
-        assert_eq!(shares(&s, &ps, 10), [0, 10]);
+        assert_near(share(&s, &ps, 1, 4000), due(1.8, 2.0), "decayed");
     }
 
     #[tokio::test(start_paused = true)]
@@ -111,9 +148,63 @@ mod tests {
         let s = PeakEwma::new(ps.clone()).unwrap().with_seed(5);
         answers_in(&ps[0], 50).await;
         ps[0].health().begin_request();
-        assert_eq!(shares(&s, &ps, 10), [0, 10], "1 in flight against none");
+        // 50 ms x 2 against a borrowed 50 ms x 1.
+        assert_eq!(share(&s, &ps, 1, 4000), 1.0, "1 in flight against none");
         ps[1].health().begin_request();
         ps[1].health().begin_request();
-        assert_eq!(shares(&s, &ps, 10), [10, 0], "1 in flight against 2");
+        assert_eq!(share(&s, &ps, 0, 4000), 1.0, "1 in flight against 2");
+    }
+
+    fn weighted(ws: &[u32], port: u16) -> Vec<Peer> {
+        ws.iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Peer::builder(format!("127.0.0.1:{}", port + i as u16))
+                    .with_weight(*w)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn assert_shares(counts: &[usize], want: &[f64], tolerance: f64) {
+        let total: usize = counts.iter().sum();
+        let sum: f64 = want.iter().sum();
+        for (c, w) in counts.iter().zip(want) {
+            let (got, due) = (*c as f64 / total as f64, w / sum);
+            assert!(
+                (got - due).abs() < tolerance,
+                "{counts:?} where {want:?} is due"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_equal_latency_the_shares_follow_the_weights() {
+        for ws in [&[2, 1][..], &[3, 2, 2]] {
+            let ps = weighted(ws, 4220);
+            let s = PeakEwma::new(ps.clone()).unwrap().with_seed(13);
+            let want: Vec<f64> = ws.iter().map(|w| f64::from(*w)).collect();
+            // Before any answer, and after equal ones.
+            assert_shares(&shares(&s, &ps, 10_000), &want, 0.02);
+            for p in &ps {
+                p.health()
+                    .record_latency(std::time::Duration::from_millis(10));
+            }
+            assert_shares(&shares(&s, &ps, 10_000), &want, 0.02);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_load_in_proportion_to_weight_the_shares_follow_the_weights() {
+        let ps = weighted(&[2, 1], 4230);
+        let s = PeakEwma::new(ps.clone()).unwrap().with_seed(14);
+        for p in &ps {
+            p.health()
+                .record_latency(std::time::Duration::from_millis(10));
+        }
+        (0..4).for_each(|_| ps[0].health().begin_request());
+        (0..2).for_each(|_| ps[1].health().begin_request());
+        assert_shares(&shares(&s, &ps, 10_000), &[2.0, 1.0], 0.02);
     }
 }

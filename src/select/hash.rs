@@ -5,13 +5,13 @@ use std::hash::{Hash, Hasher};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use pingora_ketama::{Bucket, Continuum};
 
 use crate::error::ConfigError;
 use crate::peer::{Endpoint, Peer};
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
-use crate::set::{PeerSet, Snapshot};
+use crate::set::{Derive, PeerSet, Snapshot};
 
 /// What a request is hashed by: a header, the path, the URI, the client's address, or a hash of
 /// the caller's own.
@@ -114,7 +114,9 @@ impl fmt::Debug for HashKey {
 /// The ring for one snapshot of the set: Ketama points per peer (160 per unit of weight, as
 /// nginx), and the way back from a point's address to the peer.
 struct Ring {
-    version: u64,
+    /// The snapshot the ring was built from: a selection reads its peers here, so ring and
+    /// peers always agree.
+    snapshot: Arc<Snapshot>,
     continuum: Continuum,
     /// Ring addresses, sorted, with the index of their peer in the snapshot.
     index: Box<[(SocketAddr, u32)]>,
@@ -122,7 +124,7 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(snapshot: &Snapshot) -> Self {
+    fn new(snapshot: Arc<Snapshot>) -> Self {
         let mut index: Vec<(SocketAddr, u32)> = snapshot
             .peers()
             .iter()
@@ -142,7 +144,7 @@ impl Ring {
             .map(|p| p.weight().max(1) as usize * per_unit)
             .sum();
         Self {
-            version: snapshot.version(),
+            snapshot,
             continuum: Continuum::new(&buckets),
             index: index.into_boxed_slice(),
             points,
@@ -181,15 +183,26 @@ fn ring_addr(peer: &Peer) -> SocketAddr {
 ///   tried, so a key's retries are as stable as its first attempts.
 /// - **Ejection** skips the peer: only its keys move, to the peers that follow it on the ring,
 ///   and they move back when it is re-admitted.
-/// - **Set changes** rebuild the ring once per change (not per request): adding or removing one
-///   of n peers moves about 1/n of the keys, and no others.
+/// - **Set changes** rebuild the ring once per change, in the update that makes the new
+///   snapshot and before it is published, never on the request path: adding or removing one of
+///   n peers moves about 1/n of the keys, and no others. (A ring of 200 peers of weight 100 has
+///   3.2 million points.)
 ///
 /// Selection allocates nothing.
 pub struct HashRing {
     set: PeerSet,
     key: HashKey,
-    ring: ArcSwapOption<Ring>,
+    ring: Arc<RingCell>,
     panic: PanicThreshold,
+}
+
+/// The ring of the set's current snapshot, rebuilt by each update of the set.
+struct RingCell(ArcSwap<Ring>);
+
+impl Derive for RingCell {
+    fn rebuild(&self, snapshot: &Arc<Snapshot>) {
+        self.0.store(Arc::new(Ring::new(snapshot.clone())));
+    }
 }
 
 impl fmt::Debug for HashRing {
@@ -211,12 +224,15 @@ impl HashRing {
         PeerSet::new(peers).map(|set| Self::from_set(set, key))
     }
 
-    /// A ring over `set`, following its changes.
+    /// A ring over `set`, following its changes: the ring is built here, and again by every
+    /// update of the set.
     pub fn from_set(set: PeerSet, key: HashKey) -> Self {
+        let ring = Arc::new(RingCell(ArcSwap::from_pointee(Ring::new(set.peers()))));
+        set.derive(ring.clone());
         Self {
             set,
             key,
-            ring: ArcSwapOption::empty(),
+            ring,
             panic: PanicThreshold::NEVER,
         }
     }
@@ -238,41 +254,20 @@ impl HashRing {
 
     /// The peer `key` maps to while every peer is healthy, for tests and diagnostics.
     pub fn owner(&self, key: &[u8]) -> Option<Peer> {
-        let snapshot = self.set.snapshot();
-        let ring = self.ring_for(&snapshot);
+        let ring = self.ring.0.load();
         let addr = ring.continuum.node(key)?;
-        ring.peer_index(&addr).map(|i| snapshot.peers()[i].clone())
-    }
-
-    /// The ring for `snapshot`, built when the set changed since the last one.
-    fn ring_for(&self, snapshot: &Snapshot) -> Arc<Ring> {
-        if let Some(ring) = self.ring.load_full() {
-            if ring.version == snapshot.version() {
-                return ring;
-            }
-        }
-        let ring = Arc::new(Ring::new(snapshot));
-        self.ring.store(Some(ring.clone()));
-        ring
+        ring.peer_index(&addr)
+            .map(|i| ring.snapshot.peers()[i].clone())
     }
 }
 
 impl PeerSelector for HashRing {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let snapshot = self.set.snapshot();
-        let peers = snapshot.peers();
+        let ring = self.ring.0.load();
+        let peers = ring.snapshot.peers();
         if peers.is_empty() {
             return None;
         }
-        let guard = self.ring.load();
-        let built;
-        let ring: &Ring = match &*guard {
-            Some(ring) if ring.version == snapshot.version() => ring,
-            _ => {
-                built = self.ring_for(&snapshot);
-                &built
-            }
-        };
         let panic = self.panic.reached(peers);
         let mut idx = self.key.with_key(attempt, |k| ring.continuum.node_idx(k));
         // Clockwise from the key's point: the first peer that takes the attempt. Every point is
@@ -407,6 +402,20 @@ mod tests {
         assert_eq!(moved, owned);
         // About 1/8 of 2000, within Ketama's spread.
         assert!((150..=350).contains(&moved), "{moved} keys moved");
+    }
+
+    #[test]
+    fn an_update_builds_the_ring_before_any_request() {
+        let r = ring(4);
+        let peers: Vec<Peer> = (0..6)
+            .map(|i| Peer::new(&format!("127.0.0.1:{}", 2100 + i)).unwrap())
+            .collect();
+        r.set().replace(peers).unwrap();
+        // Built by the replace, for the snapshot it published.
+        let built = r.ring.0.load();
+        assert_eq!(built.snapshot.version(), r.set().snapshot().version());
+        assert_eq!(built.snapshot.len(), 6);
+        assert_eq!(built.points, 6 * 160);
     }
 
     #[test]

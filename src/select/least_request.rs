@@ -1,7 +1,7 @@
 //! Least-request: the power of two choices on in-flight requests.
 
 use crate::peer::Peer;
-use crate::select::p2c::{two_choices_api, TwoChoices};
+use crate::select::p2c::{two_choices_api, Cost, TwoChoices};
 use crate::select::{Attempt, PeerSelector};
 use crate::set::PeerSet;
 
@@ -10,16 +10,24 @@ use crate::set::PeerSet;
 /// `least_conn`, HAProxy's `leastconn`, the P2C of Finagle and Linkerd).
 ///
 /// Load is [`PeerHealth::in_flight`](crate::PeerHealth::in_flight): requests the engine sent to
-/// the peer and that have not finished, a streamed response counting until it ends. A peer's
-/// cost is `(in_flight + 1) / weight`. A slow peer holds its requests longer, so it is chosen
-/// less, without any latency being measured. Two random choices rather than the least loaded of
-/// all: every proxy thread acting on the same counts would herd onto the same peer, and two
-/// choices already bring the worst load down from `log n / log log n` to `log log n`.
+/// the peer and that have not finished, a streamed response counting until it ends. A slow peer
+/// holds its requests longer, so it is chosen less, without any latency being measured. Two
+/// random choices rather than the least loaded of all: every proxy thread acting on the same
+/// counts would herd onto the same peer, and two choices already bring the worst load down from
+/// `log n / log log n` to `log log n`.
 ///
-/// Each draw starts at a random peer and takes the first from there that the attempt admits, so
-/// ejected and already-tried peers are skipped; when none is admitted, the best untried one is
-/// tried anyway (panic mode). Randomness comes from a seedable generator
-/// ([`with_seed`](Self::with_seed)); selection takes no lock and allocates nothing.
+/// Weights are capacities, applied by the algorithm (as in Envoy's weighted least-request): the
+/// first candidate is drawn in proportion to weight, the second uniformly; the one with fewer
+/// requests in flight per unit of weight wins, and when both carry the same (as at zero load,
+/// one request at a time), each wins in proportion to its weight. So each peer's share follows
+/// its weight whether the pool is idle or busy: weights 2 and 1 split sequential requests 2:1,
+/// not 100:0.
+///
+/// Ejected, suspected and already-tried peers are never drawn: their chance passes to a
+/// candidate drawn afresh, not to their neighbour in the set. When none is admitted, panic mode
+/// spreads the request over the untried peers ([`Attempt::best_untried`]). Randomness comes from
+/// a generator seeded per selector and process, or by [`with_seed`](Self::with_seed); selection
+/// takes no lock and allocates nothing.
 #[derive(Debug)]
 pub struct LeastRequest {
     inner: TwoChoices,
@@ -27,16 +35,19 @@ pub struct LeastRequest {
 
 two_choices_api!(LeastRequest, "Least-request");
 
-impl LeastRequest {
-    fn cost(&self, p: &Peer) -> f64 {
-        f64::from(p.health().in_flight() + 1) / self.inner.weight(p)
+/// Load alone: the same estimate for every peer.
+#[derive(Debug)]
+struct InFlight;
+
+impl Cost for InFlight {
+    fn estimates(&self, _: &Peer, _: &Peer) -> (f64, f64) {
+        (1.0, 1.0)
     }
 }
 
 impl PeerSelector for LeastRequest {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        self.inner
-            .select(attempt, |a, b| (self.cost(a), self.cost(b)))
+        self.inner.select(attempt, &InFlight)
     }
 
     fn peer_set(&self) -> Option<&PeerSet> {
@@ -114,5 +125,102 @@ mod tests {
         assert_eq!(ps[0].health().in_flight(), 1);
         ps[0].health().end_request();
         assert_eq!(ps[0].health().in_flight(), 0);
+    }
+
+    fn weighted(ws: &[u32], port: u16) -> Vec<Peer> {
+        ws.iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Peer::builder(format!("127.0.0.1:{}", port + i as u16))
+                    .with_weight(*w)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// How many of `n` first attempts each of `ps` gets.
+    fn counts(s: &dyn PeerSelector, ps: &[Peer], n: usize) -> Vec<usize> {
+        let mut counts = vec![0; ps.len()];
+        for _ in 0..n {
+            let p = s.select(&Attempt::new(&[], None)).unwrap();
+            counts[ps.iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        counts
+    }
+
+    /// Each count's share of the total is within `tolerance` of its share of `want`.
+    fn assert_shares(counts: &[usize], want: &[f64], tolerance: f64) {
+        let total: usize = counts.iter().sum();
+        let sum: f64 = want.iter().sum();
+        for (c, w) in counts.iter().zip(want) {
+            let (got, due) = (*c as f64 / total as f64, w / sum);
+            assert!(
+                (got - due).abs() < tolerance,
+                "{counts:?} where {want:?} is due"
+            );
+        }
+    }
+
+    #[test]
+    fn at_zero_load_the_shares_follow_the_weights() {
+        for ws in [&[2, 1][..], &[3, 2, 2], &[1, 4]] {
+            let ps = weighted(ws, 4300);
+            let lr = LeastRequest::new(ps.clone()).unwrap().with_seed(5);
+            let want: Vec<f64> = ws.iter().map(|w| f64::from(*w)).collect();
+            assert_shares(&counts(&lr, &ps, 10_000), &want, 0.02);
+        }
+    }
+
+    #[test]
+    fn under_load_in_proportion_to_weight_the_shares_follow_the_weights() {
+        let ps = weighted(&[2, 1], 4310);
+        let lr = LeastRequest::new(ps.clone()).unwrap().with_seed(6);
+        (0..4).for_each(|_| ps[0].health().begin_request());
+        (0..2).for_each(|_| ps[1].health().begin_request());
+        assert_shares(&counts(&lr, &ps, 10_000), &[2.0, 1.0], 0.02);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_joining_peer_up() {
+        let a = Peer::new("127.0.0.1:4320").unwrap();
+        let b = Peer::new("127.0.0.1:4321").unwrap();
+        let set = PeerSet::new(vec![a.clone()]).unwrap();
+        set.replace(vec![a, b]).unwrap();
+        let slow = crate::SlowStart::new(std::time::Duration::from_secs(10)).unwrap();
+        let lr = LeastRequest::from_set(set.clone())
+            .with_seed(8)
+            .with_slow_start(slow);
+        let ps: Vec<Peer> = set.peers().to_vec();
+        let start = tokio::time::Instant::now();
+        // b's weight: 10 % of itself at first, then t / window.
+        for (at, weight) in [(0, 0.1), (5, 0.5), (10, 1.0)] {
+            tokio::time::sleep_until(start + std::time::Duration::from_secs(at)).await;
+            assert_shares(&counts(&lr, &ps, 10_000), &[1.0, weight], 0.02);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_peer_after_an_ejected_one_gets_only_its_share() {
+        let ps = peers(4);
+        let lr = LeastRequest::new(ps.clone()).unwrap().with_seed(9);
+        crate::OutlierDetection::new().record_failure(&ps[0], crate::FailureKind::ConnectRefused);
+        assert_shares(&counts(&lr, &ps, 9_000), &[0.0, 1.0, 1.0, 1.0], 0.02);
+    }
+
+    #[test]
+    fn unseeded_selectors_draw_differently() {
+        let ps = peers(16);
+        let order = |lr: &LeastRequest| {
+            (0..32)
+                .map(|_| lr.select(&Attempt::new(&[], None)).unwrap())
+                .map(|p| ps.iter().position(|q| *q == p).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (
+            LeastRequest::new(ps.clone()).unwrap(),
+            LeastRequest::new(ps.clone()).unwrap(),
+        );
+        assert_ne!(order(&a), order(&b));
     }
 }

@@ -142,20 +142,43 @@ impl<'a> Attempt<'a> {
         !self.has_tried(peer) && peer.health().admission() != Admission::Refused
     }
 
-    /// Panic mode: of `candidates` this request has not tried, the one that will be healthy
-    /// first (shortest ejection left; a peer failing its active check last).
+    /// Panic mode's pick when no candidate [`admits`](Self::admits) the attempt: one of
+    /// `candidates` this request has not tried, drawn at random among those that will take
+    /// requests again soonest: first a peer that is out for the moment only (its probe slot
+    /// taken, or suspected of stalling), then an ejected one, then one failing its active check.
+    ///
+    /// At random, because every request on every thread asks at once: a pick by order, or by
+    /// the least ejection time left, would send them all to one peer (Envoy's panic mode spreads
+    /// too). `None` when every candidate was tried.
     pub fn best_untried<'p>(
         &self,
         candidates: impl IntoIterator<Item = &'p Peer>,
     ) -> Option<&'p Peer> {
-        candidates
-            .into_iter()
-            .filter(|p| !self.has_tried(p))
-            .min_by_key(|p| p.health().wait_ms())
+        let mut spread = Spread::new();
+        for p in candidates.into_iter().filter(|p| !self.has_tried(p)) {
+            spread.offer(out_for(p), p);
+        }
+        spread.pick()
     }
 
-    /// Like [`admits`](Self::admits), but ignoring health when `panic` is set.
-    pub(crate) fn takes(&self, peer: &Peer, panic: bool) -> bool {
+    /// One of `candidates` this request has not tried, drawn uniformly, whatever their health:
+    /// how a selector past its [`PanicThreshold`] spreads its requests when it has no order of
+    /// its own to walk ([`OrderedList`] does). `None` when every candidate was tried.
+    pub fn any_untried<'p>(
+        &self,
+        candidates: impl IntoIterator<Item = &'p Peer>,
+    ) -> Option<&'p Peer> {
+        let mut spread = Spread::new();
+        for p in candidates.into_iter().filter(|p| !self.has_tried(p)) {
+            spread.offer(0, p);
+        }
+        spread.pick()
+    }
+
+    /// Whether `peer` may take this attempt: [`admits`](Self::admits) when `panic` is false; in
+    /// panic mode (a [`PanicThreshold`] [reached](PanicThreshold::reached)), merely untried,
+    /// since health is ignored then. A pure query.
+    pub fn takes(&self, peer: &Peer, panic: bool) -> bool {
         if panic {
             !self.has_tried(peer)
         } else {
@@ -189,17 +212,100 @@ impl<'a> Attempt<'a> {
     }
 }
 
+/// How long until `p` takes requests again, coarsely: 0 for a peer out for the moment only, 1
+/// for an ejected peer, 2 for one failing its active check.
+pub(crate) fn out_for(p: &Peer) -> u8 {
+    match p.health().wait_ms() {
+        0 => 0,
+        u64::MAX => 2,
+        _ => 1,
+    }
+}
+
+/// A draw of one item, uniformly, among those offered with the lowest rank so far (reservoir
+/// sampling: one pass, nothing stored but the pick).
+#[derive(Debug)]
+pub(crate) struct Spread<T> {
+    pick: Option<(u8, T)>,
+    seen: u64,
+}
+
+impl<T> Spread<T> {
+    pub(crate) fn new() -> Self {
+        Self {
+            pick: None,
+            seen: 0,
+        }
+    }
+
+    /// Offers `item` of rank `rank` (lower is better).
+    pub(crate) fn offer(&mut self, rank: u8, item: T) {
+        match &self.pick {
+            Some((best, _)) if rank > *best => {}
+            Some((best, _)) if rank == *best => {
+                self.seen += 1;
+                if crate::rng::shared().below(self.seen) == 0 {
+                    self.pick = Some((rank, item));
+                }
+            }
+            _ => {
+                self.seen = 1;
+                self.pick = Some((rank, item));
+            }
+        }
+    }
+
+    /// The item drawn.
+    pub(crate) fn pick(self) -> Option<T> {
+        self.pick.map(|(_, item)| item)
+    }
+}
+
 /// Panic mode's trigger: the share of peers held out by health above which a selector ignores
 /// health and spreads traffic over every peer (Envoy's panic threshold), so that the few peers
 /// left are not overloaded by everyone's traffic.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PanicThreshold(f64);
+///
+/// A selector asks [`reached`](Self::reached) once per selection, then
+/// [`Attempt::takes`] of each candidate with the answer.
+///
+/// # Examples
+///
+/// ```
+/// use pingora_failover::{Attempt, PanicThreshold, Peer};
+///
+/// let peers = vec![Peer::new("127.0.0.1:8080")?, Peer::new("127.0.0.1:8081")?];
+/// let panic = PanicThreshold::new(0.5)?.reached(&peers);
+/// assert!(!panic, "every peer is healthy");
+/// let attempt = Attempt::new(&[], None);
+/// let first = peers.iter().find(|p| attempt.takes(p, panic));
+/// assert_eq!(first, Some(&peers[0]));
+/// # Ok::<(), pingora_failover::ConfigError>(())
+/// ```
+///
+/// # Default
+///
+/// [`NEVER`](Self::NEVER): health is ignored only when no candidate is admitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PanicThreshold(f64);
+
+impl Default for PanicThreshold {
+    fn default() -> Self {
+        Self::NEVER
+    }
+}
 
 impl PanicThreshold {
     /// Never, short of every candidate being out.
-    pub(crate) const NEVER: Self = Self(1.0);
+    pub const NEVER: Self = Self(1.0);
 
-    pub(crate) fn new(share: f64) -> Result<Self, crate::ConfigError> {
+    /// Panic mode once more than `share` (0.0 to 1.0) of the peers is held out by health;
+    /// Envoy's default is 0.5.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`](crate::ConfigError::OutOfRange) for a share outside
+    /// 0.0..=1.0 (or not a number).
+    pub fn new(share: f64) -> Result<Self, crate::ConfigError> {
         if (0.0..=1.0).contains(&share) {
             Ok(Self(share))
         } else {
@@ -211,8 +317,14 @@ impl PanicThreshold {
         }
     }
 
-    /// Whether more than the threshold's share of `peers` is held out now.
-    pub(crate) fn reached(&self, peers: &[Peer]) -> bool {
+    /// The share of peers held out above which panic mode starts.
+    pub fn share(&self) -> f64 {
+        self.0
+    }
+
+    /// Whether more than the threshold's share of `peers` is held out now (ejected, or failing
+    /// its active check). Always `false` for [`NEVER`](Self::NEVER), without looking at a peer.
+    pub fn reached(&self, peers: &[Peer]) -> bool {
         if self.0 >= 1.0 {
             return false;
         }

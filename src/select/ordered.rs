@@ -13,7 +13,8 @@ use crate::set::{PeerSet, Snapshot};
 /// all traffic while it works, and each retry moves one step down the list. An ejected primary
 /// is skipped, so requests go straight to the first healthy backup; once its ejection ends, one
 /// request probes it, and traffic returns to it when the probe succeeds. When every untried peer
-/// is ejected, the one whose ejection ends first is tried anyway.
+/// is ejected, one of them is tried anyway, drawn at random so that requests spread over them
+/// ([`Attempt::best_untried`]).
 ///
 /// It chooses from a [`PeerSet`], which may change while the proxy runs; a name in the list
 /// stands for all its addresses, in place.
@@ -55,10 +56,10 @@ impl OrderedList {
         }
     }
 
-    /// Ignores health and spreads requests over every peer once more than `share` (0.0 to 1.0)
-    /// of them are ejected or failing their checks: Envoy's panic threshold (50 % there). The
-    /// default, 1.0, ignores health only when no healthy untried peer is left, which suits
-    /// failover lists whose backups are sized to carry everything.
+    /// Ignores health and spreads requests evenly over every peer once more than `share` (0.0
+    /// to 1.0) of them are ejected or failing their checks: Envoy's panic threshold (50 %
+    /// there). The default, 1.0, ignores health only when no healthy untried peer is left, which
+    /// suits failover lists whose backups are sized to carry everything.
     ///
     /// # Errors
     ///
@@ -83,15 +84,63 @@ impl PeerSelector for OrderedList {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
         let snapshot = self.set.snapshot();
         let peers = snapshot.peers();
-        let panic = self.panic.reached(peers);
+        if self.panic.reached(peers) {
+            // Past the threshold, the list has no order: every peer takes a share.
+            return attempt.any_untried(peers.iter()).cloned();
+        }
         peers
             .iter()
-            .find(|p| attempt.takes(p, panic))
+            .find(|p| attempt.admits(p))
             .or_else(|| attempt.best_untried(peers.iter()))
             .cloned()
     }
 
     fn peer_set(&self) -> Option<&PeerSet> {
         Some(&self.set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FailureKind, OutlierDetection};
+
+    fn list() -> OrderedList {
+        let peers = (0..3)
+            .map(|i| Peer::new(&format!("127.0.0.1:{}", 5800 + i)).unwrap())
+            .collect();
+        OrderedList::new(peers).unwrap()
+    }
+
+    fn first_attempts(list: &OrderedList, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; 3];
+        for _ in 0..n {
+            let p = list.select(&Attempt::new(&[], None)).unwrap();
+            counts[list.peers().iter().position(|q| *q == p).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_the_panic_threshold_traffic_spreads_over_every_peer() {
+        let list = list().with_panic_threshold(0.5).unwrap();
+        let rules = OutlierDetection::new();
+        rules.record_failure(&list.peers()[0], FailureKind::ConnectRefused);
+        assert_eq!(first_attempts(&list, 30), [0, 30, 0], "one of three out");
+        rules.record_failure(&list.peers()[1], FailureKind::ConnectRefused);
+        let counts = first_attempts(&list, 3_000);
+        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_peer_ejected_first_attempts_spread() {
+        let list = list();
+        let rules = OutlierDetection::new();
+        for p in list.peers().iter() {
+            rules.record_failure(p, FailureKind::ConnectRefused);
+            tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        }
+        let counts = first_attempts(&list, 3_000);
+        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
     }
 }

@@ -1,12 +1,70 @@
-//! The power of two choices, shared by the load-aware selectors, and the random numbers they
-//! draw with.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! The power of two choices, shared by the load-aware selectors: the draw of two candidates and
+//! the choice between them, generic over what a selector compares (its [`Cost`]).
+//!
+//! What a selector brings is its [`Cost`]: an estimate of what one request alone would take
+//! on a peer (learned latency; the same for every peer when only load counts). Load, the
+//! requests in flight, is exact, and counted per unit of weight.
+//!
+//! Weights are applied here, by the algorithm, never folded into a cost: a cost divided by a
+//! weight turns the weight into a priority as soon as the costs are equal (at zero load the
+//! heavier peer would win every comparison). Instead, as in Envoy's weighted least-request:
+//!
+//! - the first candidate is drawn in proportion to weight, the second uniformly among the
+//!   other candidates, each by rejection so that an ejected, suspected or already-tried peer
+//!   passes its chance to a candidate chosen afresh (never to its neighbour in the set);
+//! - when their loads per unit of weight differ, the lower `estimate x (1 + load / weight)`
+//!   wins, the weight relative to the set's mean (tower's and Linkerd's `latency x (pending +
+//!   1)` for equal weights);
+//! - when their loads per unit of weight are equal (as at zero load), the weights decide, each
+//!   of the two winning in proportion to its weight, unless one estimate is beyond the other's
+//!   noise ([`NOISE`] times it): then the lower estimate wins. Within the noise, the costlier
+//!   keeps part of its weight: all of it at equal estimates, none at `NOISE` times.
+//!
+//! Drawing the pair this way makes a pair `{i, j}` come up in proportion to `w_i + w_j`, so a
+//! choice in proportion to weight within the pair gives each peer exactly its weight's share at
+//! zero load, and under a load in proportion to weight. Slow start scales a ramping peer's
+//! weight in the draw and in the choice alike, so its share is a ramp, not a step.
 
 use crate::peer::Peer;
+use crate::rng::Rng;
 use crate::select::slow_start::{self, SlowStart};
 use crate::select::{Attempt, PanicThreshold};
-use crate::set::PeerSet;
+use crate::set::{PeerSet, Snapshot};
+
+/// Draws by rejection before an exact scan of the candidates.
+const TRIES: usize = 8;
+
+/// The ratio of two estimates within which weights still count: the peak estimates of two peers
+/// that answer alike differ by up to about 1.5 times on a busy machine (a peak estimate keeps
+/// the worst answer of the last seconds), while a peer turned slow is 10 or 20 times slower.
+pub(crate) const NOISE: f64 = 3.0;
+
+/// What a two-choice selector compares (tower's `Load`), besides the load the algorithm counts.
+pub(crate) trait Cost {
+    /// What one request alone would take on `a` and on `b`, in any unit (lower is better); the
+    /// same for both when only load counts.
+    fn estimates(&self, a: &Peer, b: &Peer) -> (f64, f64);
+}
+
+/// One candidate as the choice sees it.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// The [`Cost`] estimate.
+    estimate: f64,
+    /// Requests in flight.
+    load: f64,
+    /// The weight, slow start included.
+    weight: f64,
+    /// The weight over the set's mean weight.
+    relative: f64,
+}
+
+impl Candidate {
+    fn cost(&self) -> f64 {
+        let load = self.load / self.relative.max(f64::MIN_POSITIVE);
+        self.estimate.max(f64::MIN_POSITIVE) * (1.0 + load)
+    }
+}
 
 /// The constructors, settings and accessors of a selector built on [`TwoChoices`] (a field
 /// `inner`), alike for each; `$what` begins their documentation.
@@ -31,7 +89,8 @@ macro_rules! two_choices_api {
                 }
             }
 
-            /// Seeds the random draws, for reproducible runs.
+            /// Seeds the random draws, for reproducible runs. Without a seed, each selector
+            /// draws from a seed of its own, different in every process.
             pub fn with_seed(self, seed: u64) -> Self {
                 self.inner.seed(seed);
                 self
@@ -52,7 +111,8 @@ macro_rules! two_choices_api {
             }
 
             /// Ramps up the weight of a peer that joins traffic
-            /// ([`SlowStart`](crate::SlowStart)).
+            /// ([`SlowStart`](crate::SlowStart)): its chance to be drawn, and its weight when
+            /// compared, grow with the ramp.
             pub fn with_slow_start(mut self, slow_start: $crate::SlowStart) -> Self {
                 self.inner.slow_start = Some(slow_start);
                 self
@@ -73,7 +133,7 @@ macro_rules! two_choices_api {
 pub(crate) use two_choices_api;
 
 /// What the power-of-two-choices selectors share: their set, their random draws, panic mode and
-/// slow start. Each brings its own cost.
+/// slow start. Each brings its own [`Cost`].
 #[derive(Debug)]
 pub(crate) struct TwoChoices {
     pub(crate) set: PeerSet,
@@ -96,94 +156,165 @@ impl TwoChoices {
         self.rng.seed(seed);
     }
 
-    /// `p`'s weight now: slow start ramps it.
-    pub(crate) fn weight(&self, p: &Peer) -> f64 {
-        f64::from(p.weight()) * slow_start::factor(self.slow_start.as_ref(), p)
+    /// The share of its weight `p` has now: below 1 while it ramps up.
+    fn ramp(&self, p: &Peer) -> f64 {
+        slow_start::factor(self.slow_start.as_ref(), p)
     }
 
-    /// The cheaper by `cost` of two peers of the set drawn for `attempt`.
-    pub(crate) fn select(
-        &self,
-        attempt: &Attempt<'_>,
-        cost: impl Fn(&Peer, &Peer) -> (f64, f64),
-    ) -> Option<Peer> {
+    /// The peer for `attempt`: of two candidates drawn from the set, the one `cost` prefers.
+    pub(crate) fn select<C: Cost>(&self, attempt: &Attempt<'_>, cost: &C) -> Option<Peer> {
         let snapshot = self.set.snapshot();
         let peers = snapshot.peers();
+        if peers.is_empty() {
+            return None;
+        }
         let panic = self.panic.reached(peers);
-        choose(peers, attempt, panic, &self.rng, cost).cloned()
+        let takes = |p: &Peer| attempt.takes(p, panic);
+        let Some(a) = self.first(&snapshot, takes) else {
+            return attempt.best_untried(peers.iter()).cloned();
+        };
+        let Some(b) = self.second(peers, a, takes) else {
+            return Some(peers[a].clone());
+        };
+        let (pa, pb) = (&peers[a], &peers[b]);
+        let (ea, eb) = cost.estimates(pa, pb);
+        let mean = snapshot.mean_weight();
+        let candidate = |p: &Peer, estimate| {
+            let weight = f64::from(p.weight()) * self.ramp(p);
+            Candidate {
+                estimate,
+                load: f64::from(p.health().in_flight()),
+                weight,
+                relative: weight / mean,
+            }
+        };
+        let first = first_wins(candidate(pa, ea), candidate(pb, eb), self.rng.unit());
+        Some(if first { pa } else { pb }.clone())
+    }
+
+    /// The first candidate: a peer that takes the attempt, drawn in proportion to its weight
+    /// (slow start included). `None` when no peer takes it.
+    fn first(&self, snapshot: &Snapshot, takes: impl Fn(&Peer) -> bool) -> Option<usize> {
+        let peers = snapshot.peers();
+        for _ in 0..TRIES {
+            let i = snapshot.by_weight(self.rng.next());
+            let p = &peers[i];
+            if takes(p) {
+                let ramp = self.ramp(p);
+                if ramp >= 1.0 || self.rng.unit() < ramp {
+                    return Some(i);
+                }
+            }
+        }
+        // Most of the weight is out: an exact draw over the peers that take the attempt.
+        let weight = |p: &Peer| f64::from(p.weight()) * self.ramp(p);
+        let total: f64 = peers.iter().filter(|p| takes(p)).map(weight).sum();
+        let mut last = None;
+        let mut left = self.rng.unit() * total;
+        for (i, p) in peers.iter().enumerate().filter(|(_, p)| takes(p)) {
+            left -= weight(p);
+            if left < 0.0 {
+                return Some(i);
+            }
+            last = Some(i);
+        }
+        // No weight at all (every candidate at the start of a ramp from zero), or rounding.
+        last
+    }
+
+    /// The second candidate: another peer that takes the attempt, drawn uniformly. `None` when
+    /// there is none.
+    fn second(&self, peers: &[Peer], a: usize, takes: impl Fn(&Peer) -> bool) -> Option<usize> {
+        let n = peers.len();
+        if n < 2 {
+            return None;
+        }
+        for _ in 0..TRIES {
+            let j = self.rng.below(n as u64 - 1) as usize;
+            let j = if j >= a { j + 1 } else { j };
+            if takes(&peers[j]) {
+                return Some(j);
+            }
+        }
+        let others = |&(j, p): &(usize, &Peer)| j != a && takes(p);
+        let count = peers.iter().enumerate().filter(others).count();
+        if count == 0 {
+            return None;
+        }
+        let k = self.rng.below(count as u64) as usize;
+        peers
+            .iter()
+            .enumerate()
+            .filter(others)
+            .nth(k)
+            .map(|(j, _)| j)
     }
 }
 
-/// Random numbers for selection: splitmix64 over a shared counter. Lock-free, and racing threads
-/// each get a different number.
-#[derive(Debug)]
-pub(crate) struct Rng(AtomicU64);
-
-impl Rng {
-    pub(crate) fn new() -> Self {
-        Self(AtomicU64::new(0x853c_49e6_748f_ea9b))
+/// Whether `a` wins over `b`, with `u` a uniform draw in `[0, 1)` for a choice by weight.
+fn first_wins(a: Candidate, b: Candidate, u: f64) -> bool {
+    // Loads per unit of weight, multiplied out: exact for whole numbers, and a peer of zero
+    // weight (the start of a ramp from zero) with requests in flight is never less loaded.
+    if a.load * b.weight != b.load * a.weight {
+        let (ca, cb) = (a.cost(), b.cost());
+        if ca != cb {
+            return ca < cb;
+        }
     }
-
-    /// Restarts the sequence from `seed`, for reproducible runs.
-    pub(crate) fn seed(&self, seed: u64) {
-        self.0.store(seed, Ordering::Relaxed);
-    }
-
-    pub(crate) fn next(&self) -> u64 {
-        let mut z = self
-            .0
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `[0, 1)`.
-    pub(crate) fn unit(&self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// The first peer from `start` on (wrapping) that takes the attempt.
-fn first_from<'p>(
-    peers: &'p [Peer],
-    start: usize,
-    attempt: &Attempt<'_>,
-    panic: bool,
-) -> Option<&'p Peer> {
-    let (head, tail) = peers.split_at(start);
-    tail.iter().chain(head).find(|p| attempt.takes(p, panic))
-}
-
-/// Of two peers drawn at random, the one of lower `cost`. Each draw starts at a random peer and
-/// takes the first from there that the attempt admits, so ejected and already-tried peers are
-/// skipped; when none is admitted, the best untried peer (panic mode).
-fn choose<'p>(
-    peers: &'p [Peer],
-    attempt: &Attempt<'_>,
-    panic: bool,
-    rng: &Rng,
-    cost: impl Fn(&Peer, &Peer) -> (f64, f64),
-) -> Option<&'p Peer> {
-    let n = peers.len();
-    if n == 0 {
-        return None;
-    }
-    let r = rng.next();
-    let i = (r % n as u64) as usize;
-    let Some(a) = first_from(peers, i, attempt, panic) else {
-        return attempt.best_untried(peers.iter());
+    let (ea, eb) = (
+        a.estimate.max(f64::MIN_POSITIVE),
+        b.estimate.max(f64::MIN_POSITIVE),
+    );
+    // The costlier keeps the share of its weight its closeness allows.
+    let kept = |ratio: f64| ((NOISE - ratio) / (NOISE - 1.0)).clamp(0.0, 1.0);
+    let (wa, wb) = if ea > eb {
+        (a.weight * kept(ea / eb), b.weight)
+    } else {
+        (a.weight, b.weight * kept(eb / ea))
     };
-    if n == 1 {
-        return Some(a);
+    u * (wa + wb) < wa
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A candidate of `estimate` and `load`, of weight `weight` in a set of mean weight 1.
+    fn c(estimate: f64, load: f64, weight: f64) -> Candidate {
+        Candidate {
+            estimate,
+            load,
+            weight,
+            relative: weight,
+        }
     }
-    // The second draw starts at another random peer.
-    let j = (i + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
-    let b = first_from(peers, j, attempt, panic).unwrap_or(a);
-    if a.same(b) {
-        return Some(a);
+
+    #[test]
+    fn the_less_loaded_per_unit_of_weight_wins() {
+        // 3 in flight on a weight of 4 against 1 on a weight of 1.
+        assert!(first_wins(c(1.0, 3.0, 4.0), c(1.0, 1.0, 1.0), 0.99));
+        assert!(!first_wins(c(1.0, 1.0, 1.0), c(1.0, 3.0, 4.0), 0.0));
+        // Latency x load: 2 ms x 61 against 40 ms x 1.
+        assert!(!first_wins(c(2.0, 60.0, 1.0), c(40.0, 0.0, 1.0), 0.0));
+        // A weight of zero with a request in flight never wins.
+        assert!(first_wins(c(1.0, 5.0, 1.0), c(1.0, 1.0, 0.0), 0.99));
     }
-    let (cost_a, cost_b) = cost(a, b);
-    Some(if cost_b < cost_a { b } else { a })
+
+    #[test]
+    fn at_equal_load_per_unit_of_weight_the_weights_decide_within_the_noise() {
+        // Idle, weights 2 and 1: the first wins two draws in three.
+        assert!(first_wins(c(1.0, 0.0, 2.0), c(1.0, 0.0, 1.0), 0.66));
+        assert!(!first_wins(c(1.0, 0.0, 2.0), c(1.0, 0.0, 1.0), 0.67));
+        // Loaded in proportion to weight: the same.
+        assert!(first_wins(c(1.0, 4.0, 2.0), c(1.0, 2.0, 1.0), 0.66));
+        assert!(!first_wins(c(1.0, 4.0, 2.0), c(1.0, 2.0, 1.0), 0.67));
+        // Twice the estimate: the costlier keeps half its weight, and wins 1 draw in 3.
+        assert!(first_wins(c(1.0, 0.0, 1.0), c(2.0, 0.0, 1.0), 0.66));
+        assert!(!first_wins(c(1.0, 0.0, 1.0), c(2.0, 0.0, 1.0), 0.67));
+        // Three times the estimate or more: the lower estimate always.
+        assert!(first_wins(c(1.0, 0.0, 1.0), c(3.0, 0.0, 100.0), 0.999));
+        assert!(!first_wins(c(20.0, 0.0, 1.0), c(1.0, 0.0, 1.0), 0.0));
+        // A weight of zero never wins, idle or not.
+        assert!(first_wins(c(1.0, 0.0, 1.0), c(1.0, 0.0, 0.0), 0.99));
+    }
 }

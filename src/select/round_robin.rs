@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use crate::error::ConfigError;
 use crate::peer::Peer;
+use crate::rng::Rng;
 use crate::select::cursor::Cursor;
-use crate::select::p2c::Rng;
 use crate::select::slow_start::SlowStart;
 use crate::select::{Attempt, PanicThreshold, PeerSelector};
 use crate::set::{PeerSet, Snapshot};
@@ -17,9 +17,14 @@ use crate::set::{PeerSet, Snapshot};
 /// peer's turns are interleaved with the others rather than bunched. A shared atomic cursor
 /// walks it, so selection takes no lock and does not allocate.
 ///
-/// Ejected peers are skipped (their turn passes to the next); when every untried peer is
-/// ejected, the one whose ejection ends first is tried anyway. A retry never returns to a peer
-/// the request already tried while an untried one remains.
+/// Ejected (and suspected) peers pass their turns on: the walk goes over them, to the next turn
+/// of a peer that takes the request, and the cursor moves past every turn passed over. The
+/// schedule without some of its peers is the schedule of the others, so the rest share by
+/// weight, whatever their place in the set: with weights 8, 1 and 1 and the heavy peer out, the
+/// other two take turns, rather than the peer after it taking most. When no untried peer is
+/// admitted, panic mode spreads the request over the untried ones
+/// ([`Attempt::best_untried`]). A retry never returns to a peer the request already tried while
+/// an untried one remains.
 /// Retries draw their turns from a cursor of their own: if they took turns from the first
 /// attempts' cursor, every retry would shift the schedule, and a dead peer would receive more
 /// than its share of first attempts (half instead of a third, with one dead peer in three).
@@ -96,6 +101,9 @@ impl RoundRobin {
     }
 }
 
+/// How many turns a miss looks at one by one before it asks each peer for its next turn.
+const SCAN: usize = 32;
+
 impl PeerSelector for RoundRobin {
     fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
         let cursor = if attempt.is_retry() {
@@ -110,19 +118,34 @@ impl PeerSelector for RoundRobin {
             return None;
         }
         let panic = self.panic.reached(peers);
-        // Draw turns until one falls on a peer that takes the attempt; while all are healthy, a
-        // first attempt takes the first turn.
-        for _ in 0..peers.len() {
-            let peer = &peers[turns[cursor.draw(turns.len())] as usize];
-            if attempt.takes(peer, panic) && self.takes_turn(peer) {
-                return Some(peer.clone());
-            }
+        let takes = |p: &Peer| attempt.takes(p, panic);
+        let drawn = cursor.next();
+        let at = drawn % turns.len();
+        // While all are healthy, a first attempt takes the turn it drew.
+        let first = &peers[turns[at] as usize];
+        if takes(first) && self.takes_turn(first) {
+            return Some(first.clone());
         }
-        peers
-            .iter()
-            .find(|p| attempt.takes(p, panic))
-            .or_else(|| attempt.best_untried(peers.iter()))
-            .cloned()
+        // The next turn of a peer that takes the attempt: one by one for a short way, then the
+        // nearest next turn of each such peer.
+        let next = (1..turns.len().min(SCAN))
+            .find(|d| {
+                let p = &peers[turns[(at + d) % turns.len()] as usize];
+                takes(p) && self.takes_turn(p)
+            })
+            .or_else(|| {
+                (0..peers.len())
+                    .filter(|&i| takes(&peers[i]))
+                    .map(|i| snapshot.turns_to_next(i, at))
+                    .min()
+            });
+        match next {
+            Some(d) => {
+                cursor.pass(drawn, d);
+                Some(peers[turns[(at + d) % turns.len()] as usize].clone())
+            }
+            None => attempt.best_untried(peers.iter()).cloned(),
+        }
     }
 
     fn peer_set(&self) -> Option<&PeerSet> {
@@ -194,18 +217,6 @@ mod tests {
         assert_eq!(spread(&rr, 40), [10, 10, 10, 10]);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn with_everyone_ejected_the_soonest_back_is_tried() {
-        let rr = RoundRobin::new(peers(&[1, 1, 1])).unwrap();
-        eject(&rr.peers()[1]);
-        tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        eject(&rr.peers()[2]);
-        tokio::time::advance(std::time::Duration::from_secs(1)).await;
-        eject(&rr.peers()[0]);
-        let p = rr.select(&Attempt::new(&[], None)).unwrap();
-        assert_eq!(p, rr.peers()[1], "its ejection ends first");
-    }
-
     #[test]
     fn rejects_a_bad_panic_threshold() {
         let rr = || RoundRobin::new(peers(&[1])).unwrap();
@@ -219,5 +230,32 @@ mod tests {
         assert_eq!(rr.peers().weighted_order(), &[0, 0, 1, 0]);
         let rr = RoundRobin::new(peers(&[200, 400])).unwrap();
         assert_eq!(rr.peers().weighted_order(), &[1, 0, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_heavy_peer_ejected_the_others_share_by_their_weights() {
+        for (ws, want) in [
+            (&[8, 1, 1][..], &[0, 5_000, 5_000][..]),
+            (&[100, 1, 1], &[0, 5_000, 5_000]),
+            (&[1, 3, 2], &[0, 6_000, 4_000]),
+            (&[3, 2, 1, 5], &[6_000, 4_000, 0, 0]),
+        ] {
+            let rr = RoundRobin::new(peers(ws)).unwrap();
+            for (p, _) in rr.peers().iter().zip(want).filter(|(_, w)| **w == 0) {
+                eject(p);
+            }
+            assert_eq!(spread(&rr, 10_000), want, "weights {ws:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_every_peer_ejected_first_attempts_spread() {
+        let rr = RoundRobin::new(peers(&[1, 1, 1, 1])).unwrap();
+        for p in rr.peers().iter() {
+            eject(p);
+            tokio::time::advance(std::time::Duration::from_millis(10)).await;
+        }
+        let counts = spread(&rr, 400);
+        assert!(counts.iter().all(|c| *c >= 60), "{counts:?}");
     }
 }

@@ -3,8 +3,8 @@
 
 use crate::error::ConfigError;
 use crate::peer::Peer;
-use crate::select::p2c::Rng;
-use crate::select::{Attempt, PeerSelector};
+use crate::rng::Rng;
+use crate::select::{out_for, Attempt, PeerSelector, Spread};
 use crate::set::Snapshot;
 
 /// The most tiers a [`PriorityTiers`] takes (their shares are worked out on the stack).
@@ -25,7 +25,8 @@ pub const MAX_TIERS: usize = 16;
 ///
 /// A retry draws its tier as a first attempt does (so with a healthy first tier it stays there
 /// while the tier has an untried healthy peer), then asks the other tiers in priority order. When no tier offers an
-/// untried healthy peer, the untried peer that will be healthy first is tried (panic mode).
+/// untried healthy peer, panic mode spreads the request over the untried peers of every tier
+/// that will take requests again soonest ([`Attempt::best_untried`]).
 ///
 /// [`OrderedList`](crate::OrderedList) is the case of one peer per tier: with one peer a tier
 /// is fully healthy or not at all, so each request goes to the first healthy peer it has not
@@ -130,20 +131,17 @@ impl PriorityTiers {
         spill(&mut loads[..n])
     }
 
-    /// The untried peer of any tier that will be healthy first (panic mode).
+    /// Panic mode over every tier: as [`Attempt::best_untried`] over all their peers.
     fn best_untried(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let mut best: Option<(u64, Peer)> = None;
+        let mut spread = Spread::new();
         for tier in self.tiers.iter() {
             let Some(set) = tier.peer_set() else { continue };
             let snapshot = set.snapshot();
-            if let Some(p) = attempt.best_untried(snapshot.peers().iter()) {
-                let wait = p.health().wait_ms();
-                if best.as_ref().is_none_or(|(w, _)| wait < *w) {
-                    best = Some((wait, p.clone()));
-                }
+            for p in snapshot.peers().iter().filter(|p| !attempt.has_tried(p)) {
+                spread.offer(out_for(p), p.clone());
             }
         }
-        best.map(|(_, p)| p)
+        spread.pick()
     }
 }
 

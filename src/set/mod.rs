@@ -80,6 +80,17 @@ pub(crate) struct Shared {
     resolver: Resolver,
     #[cfg(feature = "dns")]
     dns: std::sync::OnceLock<Dns>,
+    /// What selectors derive from each snapshot (a hash ring), rebuilt by every update before
+    /// the snapshot is published. Taken under `members`, never on the request path.
+    derived: Mutex<Vec<Weak<dyn Derive>>>,
+}
+
+/// A structure a selector derives from each snapshot of its set (pingora-load-balancing builds
+/// its selection index when the backends change): built by the update that makes the snapshot,
+/// before the snapshot is published, so that no request builds it.
+pub(crate) trait Derive: Send + Sync {
+    /// Builds what `snapshot` needs and keeps it.
+    fn rebuild(&self, snapshot: &Arc<Snapshot>);
 }
 
 impl Drop for Shared {
@@ -100,7 +111,7 @@ pub struct Snapshot {
     peers: Box<[Peer]>,
     version: u64,
     /// Made with the snapshot, so a weighted selector has nothing to build when it picks.
-    weighted: Box<[u32]>,
+    weighted: weighted::Weighted,
 }
 
 impl Snapshot {
@@ -120,7 +131,35 @@ impl Snapshot {
     /// bunch. A weighted selector walks it with a cursor ([`RoundRobin`](crate::RoundRobin)
     /// does).
     pub fn weighted_order(&self) -> &[u32] {
-        &self.weighted
+        &self.weighted.order
+    }
+
+    /// The mean weight of the peers (1.0 for none).
+    pub fn mean_weight(&self) -> f64 {
+        self.weighted.mean
+    }
+
+    /// A peer drawn in proportion to its weight, as an index into [`peers`](Self::peers): the
+    /// one whose share of the total weight holds `r`, 64 uniformly random bits, scaled to it.
+    /// A binary search over cumulative weights made with the snapshot.
+    ///
+    /// # Panics
+    ///
+    /// When the snapshot has no peer.
+    pub fn by_weight(&self, r: u64) -> usize {
+        self.weighted.by_weight(r)
+    }
+
+    /// How many turns of the [weighted order](Self::weighted_order) after turn `from` peer `i`
+    /// has its next turn: 1 to the order's length (its own turn at `from` again, a round
+    /// later). For a walk that passes over the turns of peers that cannot take a request.
+    ///
+    /// # Panics
+    ///
+    /// When `i` is not a peer of the snapshot.
+    pub fn turns_to_next(&self, i: usize, from: usize) -> usize {
+        self.weighted
+            .turns_to_next(i, from % self.weighted.order.len().max(1))
     }
 }
 
@@ -269,6 +308,21 @@ impl PeerSet {
         Ok(changed)
     }
 
+    /// Keeps `derived` built for every snapshot, from the current one on, as long as it lives
+    /// elsewhere (the set holds it weakly).
+    pub(crate) fn derive(&self, derived: Arc<dyn Derive>) {
+        let _members = self.members();
+        derived.rebuild(&self.peers());
+        self.derived().push(Arc::downgrade(&derived));
+    }
+
+    fn derived(&self) -> MutexGuard<'_, Vec<Weak<dyn Derive>>> {
+        self.shared
+            .derived
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn members(&self) -> MutexGuard<'_, Members> {
         // A panic while updating cannot leave the members half-changed: each update builds its
         // new state before it assigns it.
@@ -305,12 +359,20 @@ impl PeerSet {
         added.iter().for_each(Peer::joined_set);
         removed.iter().for_each(Peer::left_set);
         let version = old.version + 1;
-        let weighted = weighted::schedule(&peers);
-        self.shared.current.store(Arc::new(Snapshot {
+        let weighted = weighted::Weighted::new(&peers);
+        let snapshot = Arc::new(Snapshot {
             peers,
             version,
             weighted,
-        }));
+        });
+        self.derived().retain(|d| match d.upgrade() {
+            Some(d) => {
+                d.rebuild(&snapshot);
+                true
+            }
+            None => false,
+        });
+        self.shared.current.store(snapshot);
         Changes { added, removed }
     }
 
@@ -522,7 +584,7 @@ impl PeerSetBuilder {
                 current: ArcSwap::from_pointee(Snapshot {
                     peers: Box::new([]),
                     version: 0,
-                    weighted: Box::new([]),
+                    weighted: weighted::Weighted::new(&[]),
                 }),
                 members: Mutex::new(members),
                 observer: self.observer,
@@ -532,6 +594,7 @@ impl PeerSetBuilder {
                 resolver: self.resolver.unwrap_or_default(),
                 #[cfg(feature = "dns")]
                 dns: std::sync::OnceLock::new(),
+                derived: Mutex::new(Vec::new()),
             }),
         };
         let changes = set.publish(&mut set.members());
