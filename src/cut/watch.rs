@@ -444,7 +444,7 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        Peer::builder(&format!("127.0.0.1:{port}")).build().unwrap()
+        Peer::builder(format!("127.0.0.1:{port}")).build().unwrap()
     }
 
     fn dog(budget: Option<Arc<RetryBudget>>) -> Watchdog {
@@ -484,7 +484,7 @@ mod tests {
         let (mut client, mut server) = pair().await;
         // The peer answers its liveness check: a listener that accepts.
         let alive = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = Peer::builder(&alive.local_addr().unwrap().to_string())
+        let peer = Peer::builder(alive.local_addr().unwrap().to_string())
             .build()
             .unwrap();
         tokio::spawn(async move {

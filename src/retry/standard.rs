@@ -130,10 +130,23 @@ impl RetryPolicy for StandardPolicy {
 
     fn replay_non_idempotent(&self, failure: &Failure<'_>) -> bool {
         let path = failure.request().uri.path();
-        self.replay_paths
-            .iter()
-            .any(|p| path.starts_with(p.as_str()))
+        // A path that climbs out of its prefix (`/ro/../rw`) is not under it, whatever its
+        // bytes start with: the upstream resolves the dot segments. Such a path is never
+        // replayed.
+        !has_dot_segment(path)
+            && self
+                .replay_paths
+                .iter()
+                .any(|p| path.starts_with(p.as_str()))
     }
+}
+
+/// Whether `path` has a `.` or `..` segment, percent-encoded or not.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// Builds a [`StandardPolicy`]; see its `# Default` section.
@@ -188,8 +201,9 @@ impl StandardPolicyBuilder {
 
     /// Path prefixes whose requests may be replayed after they reached an upstream, whatever
     /// their method: routes whose handlers are idempotent in fact (a read-only gRPC service, a
-    /// POST with an idempotency key). Replaces any given before. See
-    /// [`RetryPolicy::replay_non_idempotent`].
+    /// POST with an idempotency key). Replaces any given before. A path with a `.` or `..`
+    /// segment (`/ro/../rw`, encoded or not) is never replayed: it may leave its prefix once
+    /// the upstream resolves it. See [`RetryPolicy::replay_non_idempotent`].
     pub fn with_replay_paths<P: Into<String>>(
         mut self,
         prefixes: impl IntoIterator<Item = P>,
@@ -258,6 +272,31 @@ mod tests {
     use super::*;
     use crate::Peer;
     use pingora_http::RequestHeader;
+
+    #[test]
+    fn a_replay_path_matches_only_paths_that_stay_under_it() {
+        let p = StandardPolicy::builder()
+            .with_replay_paths(["/ro/"])
+            .build()
+            .unwrap();
+        let peer = Peer::new("127.0.0.1:1").unwrap();
+        let replays = |path: &str| {
+            let req = RequestHeader::build("POST", path.as_bytes(), None).unwrap();
+            let f = Failure::new(FailureKind::HeaderTimeout, 1, &req, &peer);
+            p.replay_non_idempotent(&f)
+        };
+        assert!(replays("/ro/items"));
+        assert!(replays("/ro/a.b/..c"), "dots inside a segment are a name");
+        for path in [
+            "/ro/../rw",
+            "/ro/%2e%2e/rw",
+            "/ro/%2E./rw",
+            "/ro/./x",
+            "/rw",
+        ] {
+            assert!(!replays(path), "{path}");
+        }
+    }
 
     #[test]
     fn defaults_retry_what_nginx_retries() {
