@@ -7,8 +7,9 @@
 //! identical upstreams sit behind an ordered list (primary, then backup), with a 2 s read
 //! timeout. Each run lasts 6 s. The proxies, in one run: `failover` (the defaults),
 //! `failover-no-cut` (`--no-stall-cut`) and `bare` (pingora with a hand-written try counter).
-//! In the `stalled` rows the proxy process is stopped (SIGSTOP) for 120 ms every 400 ms, as a
-//! CPU-throttled container is: its answers wait in its sockets meanwhile.
+//! In the `stalled` rows the proxy process is stopped (SIGSTOP) for 120 ms in every 400 ms on
+//! average, at a random phase, as a CPU-throttled container is: its answers wait in its sockets
+//! meanwhile.
 //!
 //! Reported per run: requests, how many ran on both upstreams (twice), how many were answered
 //! by the backup (moved), failures, and p50 / p99 per endpoint (closed-loop, per request).
@@ -98,8 +99,15 @@ async fn run(kind: &str, clients: usize, seconds: u64, stall: bool) -> Row {
     let staller = stall.then(|| {
         let stalling = stalling.clone();
         tokio::spawn(async move {
+            // 120 ms stopped in every 400 on average, at a random phase: closed-loop clients
+            // would otherwise fall into step with a fixed period, and always meet the stall
+            // inside the same request.
+            let mut seed = std::process::id() as u64 | 1;
             while stalling.load(Ordering::Relaxed) && Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(280)).await;
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                tokio::time::sleep(Duration::from_millis(130 + seed % 300)).await;
                 signal(pid, "-STOP");
                 tokio::time::sleep(Duration::from_millis(120)).await;
                 signal(pid, "-CONT");

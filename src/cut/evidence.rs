@@ -18,7 +18,8 @@
 //! 3. **The peer's liveness on another path**: one check per peer at a time (the recovery
 //!    probe's request, on a connection of its own), shared by every request waiting on it. A
 //!    check that began after this wait and passed shows the peer alive, so the request is slow,
-//!    and keeps its full timeout; one that failed shows the peer stuck.
+//!    and keeps its full timeout; one that failed while this request waited shows the peer
+//!    stuck, and the request is cut at once (it has waited half its limit at least).
 
 use std::time::Duration;
 
@@ -93,8 +94,9 @@ pub(crate) fn judge(look: &Look) -> Verdict {
     }
     match look.liveness {
         Live::Passed => Verdict::Leave,
-        Live::Failed if until_limit.is_zero() => Verdict::Stuck { undelivered: false },
-        Live::Failed => Verdict::Later(until_limit),
+        // The peer left a check unanswered while this request waited: that is the evidence,
+        // whether or not this request has waited its whole limit yet.
+        Live::Failed => Verdict::Stuck { undelivered: false },
         Live::Checking => Verdict::Later(CHECK_POLL),
         Live::Unknown => Verdict::Check(CHECK_POLL),
     }
@@ -215,10 +217,6 @@ mod tests {
         );
         assert_eq!(
             judge(&look(60, acked, Live::Failed)),
-            Verdict::Later(MS(40))
-        );
-        assert_eq!(
-            judge(&look(100, acked, Live::Failed)),
             Verdict::Stuck { undelivered: false }
         );
     }

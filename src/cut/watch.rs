@@ -122,7 +122,7 @@ impl Watch {
             quiet: Duration::from_millis(now_ms.saturating_sub(quiet_since)),
             limit: self.limit,
             transport,
-            liveness: suspicion.live_since(self.since_ms),
+            liveness: suspicion.live_since(self.since_ms, self.limit.as_millis() as u64),
         };
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
@@ -499,7 +499,7 @@ mod tests {
             .await
             .unwrap();
         until("checked", || {
-            peer.health().suspicion().live_since(0) == crate::health::suspicion::Live::Passed
+            peer.health().suspicion().live_since(0, 0) == crate::health::suspicion::Live::Passed
         })
         .await;
         tokio::time::sleep(Duration::from_millis(60)).await;

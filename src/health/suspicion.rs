@@ -92,6 +92,8 @@ impl Waiting {
             self.passed_from.fetch_max(from_ms, Ordering::AcqRel);
         } else {
             self.failed_until.fetch_max(now_ms, Ordering::AcqRel);
+            // Unanswered: the peer is stuck from now, for new requests too.
+            self.stuck(now_ms);
         }
     }
 
@@ -101,13 +103,17 @@ impl Waiting {
     }
 
     /// What the liveness checks say of a wait that began at `since_ms`: a check that began
-    /// after it and passed shows the peer alive; one that failed after it shows it stuck.
-    pub(crate) fn live_since(&self, since_ms: u64) -> Live {
+    /// after it and passed shows the peer alive; one that failed after it, or less than
+    /// `slack_ms` before it with nothing answered since, shows it stuck.
+    pub(crate) fn live_since(&self, since_ms: u64, slack_ms: u64) -> Live {
         let passed = self.passed_from.load(Ordering::Acquire);
         let failed = self.failed_until.load(Ordering::Acquire);
+        let answered = self.answered_at.load(Ordering::Relaxed);
         if passed >= since_ms && passed >= failed {
             Live::Passed
-        } else if failed >= since_ms {
+        } else if failed >= since_ms
+            || (failed > passed && failed > answered && failed + slack_ms >= since_ms)
+        {
             Live::Failed
         } else if self.checking.load(Ordering::Acquire) {
             Live::Checking
@@ -136,6 +142,30 @@ impl Waiting {
 mod tests {
     use super::*;
 
+    impl Waiting {
+        fn live_since_test(&self, since_ms: u64) -> Live {
+            self.live_since(since_ms, 0)
+        }
+    }
+
+    #[test]
+    fn a_failed_check_counts_for_waits_soon_after_it_while_the_peer_stays_silent() {
+        let w = Waiting::default();
+        w.start(100);
+        assert!(w.start_check());
+        w.finish_check(120, 170, false);
+        w.release_check();
+        assert!(w.suspected(), "a failed check is evidence at once");
+        assert_eq!(w.live_since(200, 50), Live::Failed, "30 ms after it");
+        assert_eq!(w.live_since(300, 50), Live::Unknown, "long after it");
+        w.answered(180);
+        assert_eq!(
+            w.live_since(200, 50),
+            Live::Unknown,
+            "the peer answered since"
+        );
+    }
+
     #[test]
     fn suspicion_needs_evidence_and_a_waiting_request_and_ends_with_an_answer() {
         let w = Waiting::default();
@@ -156,19 +186,27 @@ mod tests {
     #[test]
     fn a_check_counts_for_the_waits_it_bears_on() {
         let w = Waiting::default();
-        assert_eq!(w.live_since(100), Live::Unknown);
+        assert_eq!(w.live_since_test(100), Live::Unknown);
         assert!(w.start_check());
         assert!(!w.start_check(), "one check at a time");
-        assert_eq!(w.live_since(100), Live::Checking);
+        assert_eq!(w.live_since_test(100), Live::Checking);
         w.finish_check(120, 170, true);
         w.release_check();
-        assert_eq!(w.live_since(100), Live::Passed, "began after the wait");
-        assert_eq!(w.live_since(130), Live::Unknown, "began before the wait");
+        assert_eq!(w.live_since_test(100), Live::Passed, "began after the wait");
+        assert_eq!(
+            w.live_since_test(130),
+            Live::Unknown,
+            "began before the wait"
+        );
         assert!(w.start_check());
         w.finish_check(200, 260, false);
         w.release_check();
-        assert_eq!(w.live_since(130), Live::Failed);
-        assert_eq!(w.live_since(250), Live::Failed, "failed while the wait ran");
-        assert_eq!(w.live_since(261), Live::Unknown);
+        assert_eq!(w.live_since_test(130), Live::Failed);
+        assert_eq!(
+            w.live_since_test(250),
+            Live::Failed,
+            "failed while the wait ran"
+        );
+        assert_eq!(w.live_since_test(261), Live::Unknown);
     }
 }
