@@ -18,7 +18,8 @@
 //! | `ConnectTimedout` | no SYN-ACK in time (down or blackholed host), or TCP+TLS over `total_connection_timeout` | `ConnectTimeout` | no | retry |
 //! | `ConnectNoRoute` | `EHOSTUNREACH`, `ENETUNREACH` | `ConnectNoRoute` | no | retry |
 //! | `ConnectError` | any other connect error: `ECONNRESET` from a listener closing mid-handshake, `ECONNABORTED`, socket options | `ConnectOther` | no | retry |
-//! | `InternalError` (pingora retypes `SocketError` and `BindError` to it), `ConnectProxyFailure` | the local socket, the source address, or a CONNECT proxy failed | `ConnectOther` | no | retry |
+//! | `InternalError` (pingora retypes `SocketError` and `BindError` to it), or any connect error caused by `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL`, `EADDRINUSE`, `EPERM` or `EACCES` | the proxy could not open a connection for reasons of its own: out of file descriptors, memory or local ports, or a socket its host denies | `Local` | no | retry (never counted against the peer) |
+//! | `ConnectProxyFailure` | a CONNECT proxy failed | `ConnectOther` | no | retry |
 //! | `TLSHandshakeFailure`, `InvalidCert`, `HandshakeError`, `TLSWantX509Lookup` | the TLS handshake failed: an untrusted or wrong certificate (rustls reports it as `TLSHandshakeFailure`, openssl as `InvalidCert`), or a failed h2 preface | `TlsHandshake` | no | retry |
 //! | `TLSHandshakeTimedout` | the TLS handshake did not finish in time (pingora 0.9.1 reports it as `ConnectTimedout`) | `TlsHandshakeTimeout` | no | retry |
 //! | `H2Error` | a reused h2 connection that received a GOAWAY | `ConnectOther` | no | retry |
@@ -37,7 +38,8 @@
 //! | `ConnectionClosed`, `ReadError`, `WriteError` on a new connection | the upstream died or reset mid-request | `Io` | yes | retry |
 //! | any error with source `Downstream` | the client left, or sent a request that could not be read | `Downstream` | — | stop (never retried, never counted against the peer) |
 //! | `HTTPStatus(code)` | returned by `upstream_response_filter` for a retriable status | `Status(code)` | yes | as configured |
-//! | `InvalidHTTPHeader`, `H1Error`, other `H2Error`s, anything else | a malformed response, an h2 stream reset with another code | `Other` | yes | stop, unless pingora marked it retriable ([`Failure::pingora_retriable`](crate::Failure::pingora_retriable)) |
+//! | `InvalidHTTPHeader`, `H1Error` from the upstream | a response that is not HTTP: plain HTTP to a TLS port, another service on the port after a redeploy, a broken header | `Malformed` | yes | retry |
+//! | other `H2Error`s, anything else | an h2 stream reset with another code | `Other` | yes | stop, unless pingora marked it retriable ([`Failure::pingora_retriable`](crate::Failure::pingora_retriable)) |
 //!
 //! **The response filter**: a response is a failure only when the policy says so.
 //!
@@ -81,6 +83,11 @@ pub enum FailureKind {
     /// Any other failure to connect, such as a reset while connecting (an upstream closing its
     /// listener mid-handshake as it restarts). Nothing was sent.
     ConnectOther,
+    /// The proxy could not open a connection for reasons of its own: it is out of file
+    /// descriptors (`EMFILE`, `ENFILE`), memory or buffers, or local ports (`EADDRNOTAVAIL`), or
+    /// its host denies the socket (`EPERM`, `EACCES`). Nothing was sent, and the peer is not to
+    /// blame: it never counts against the peer's health.
+    Local,
     /// The upstream received the request and said it did not process it: an HTTP/2
     /// `REFUSED_STREAM`, or a `GOAWAY` for a stream above the last one it processed
     /// (RFC 9113 §8.7). Safe to send elsewhere, whatever the method.
@@ -104,6 +111,9 @@ pub enum FailureKind {
     WriteTimeout,
     /// Any other I/O error with the upstream after connecting.
     Io,
+    /// The upstream's answer was not HTTP: plain HTTP sent to a TLS port, another service on the
+    /// port after a redeploy, a broken response header. Counts against the peer.
+    Malformed,
     /// The client side failed (it disconnected, or sent a request that could not be read). Not
     /// the upstream's fault: it never counts against the peer's health, and is never retried.
     Downstream,
@@ -123,17 +133,30 @@ impl FailureKind {
             | ErrorType::HandshakeError
             | ErrorType::TLSWantX509Lookup => Self::TlsHandshake,
             ErrorType::TLSHandshakeTimedout => Self::TlsHandshakeTimeout,
+            // Pingora retypes a failed socket or bind to `InternalError`.
+            ErrorType::InternalError | ErrorType::SocketError | ErrorType::BindError => Self::Local,
             _ => Self::ConnectOther,
         }
     }
 
-    /// Whether the failure is evidence against the peer (everything but [`Downstream`] and
-    /// [`Other`]).
+    /// The kind of a failure to connect, from the error itself: as
+    /// [`from_connect_error`](Self::from_connect_error), and [`Local`](Self::Local) whatever the
+    /// type when the operating system's error says the proxy itself was short of something.
+    pub fn from_connect(e: &Error) -> Self {
+        if local_os_error(e) {
+            return Self::Local;
+        }
+        Self::from_connect_error(e.etype())
+    }
+
+    /// Whether the failure is evidence against the peer (everything but [`Downstream`],
+    /// [`Local`] and [`Other`]).
     ///
     /// [`Downstream`]: Self::Downstream
+    /// [`Local`]: Self::Local
     /// [`Other`]: Self::Other
     pub fn counts_against_peer(&self) -> bool {
-        !matches!(self, Self::Downstream | Self::Other)
+        !matches!(self, Self::Downstream | Self::Local | Self::Other)
     }
 
     /// A short, fixed name for the kind (`connect_refused`, `header_timeout`, `status`, ...), for
@@ -146,6 +169,7 @@ impl FailureKind {
             Self::TlsHandshake => "tls_handshake",
             Self::TlsHandshakeTimeout => "tls_handshake_timeout",
             Self::ConnectOther => "connect_other",
+            Self::Local => "local",
             Self::Unprocessed => "unprocessed",
             Self::Protocol => "protocol",
             Self::HeaderTimeout => "header_timeout",
@@ -155,6 +179,7 @@ impl FailureKind {
             Self::GrpcStatus(_) => "grpc_status",
             Self::WriteTimeout => "write_timeout",
             Self::Io => "io",
+            Self::Malformed => "malformed",
             Self::Downstream => "downstream",
             Self::Other => "other",
         }
@@ -170,6 +195,7 @@ impl FailureKind {
                 | Self::TlsHandshake
                 | Self::TlsHandshakeTimeout
                 | Self::ConnectOther
+                | Self::Local
         )
     }
 
@@ -190,6 +216,7 @@ impl fmt::Display for FailureKind {
             Self::TlsHandshake => f.write_str("tls handshake failed"),
             Self::TlsHandshakeTimeout => f.write_str("tls handshake timeout"),
             Self::ConnectOther => f.write_str("connect error"),
+            Self::Local => f.write_str("local resource error"),
             Self::Unprocessed => f.write_str("refused unprocessed"),
             Self::Protocol => f.write_str("http/2 protocol"),
             Self::HeaderTimeout => f.write_str("response header timeout"),
@@ -199,6 +226,7 @@ impl fmt::Display for FailureKind {
             Self::GrpcStatus(s) => write!(f, "grpc-status {s}"),
             Self::WriteTimeout => f.write_str("request write timeout"),
             Self::Io => f.write_str("i/o error"),
+            Self::Malformed => f.write_str("malformed response"),
             Self::Downstream => f.write_str("client side error"),
             Self::Other => f.write_str("error"),
         }
@@ -227,9 +255,45 @@ pub(crate) fn proxy_error(e: &Error, response_started: bool, reused_closed: bool
         ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError => {
             FailureKind::Io
         }
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            FailureKind::Malformed
+        }
         _ => FailureKind::Other,
     }
 }
+
+/// Whether an operating system error under `e` says the proxy itself was short of something
+/// (file descriptors, memory, buffers, local ports) or denied the socket: not the peer's doing.
+pub(crate) fn local_os_error(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io
+                .raw_os_error()
+                .is_some_and(|code| LOCAL_ERRNOS.contains(&code));
+        }
+        cause = match c.downcast_ref::<Error>() {
+            Some(p) => p.cause.as_deref().map(|c| c as _),
+            None => c.source(),
+        };
+    }
+    false
+}
+
+/// The operating system's errors that are the proxy's own at connect time.
+#[cfg(unix)]
+const LOCAL_ERRNOS: [i32; 8] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::ENOBUFS,
+    libc::ENOMEM,
+    libc::EADDRNOTAVAIL,
+    libc::EADDRINUSE,
+    libc::EPERM,
+    libc::EACCES,
+];
 
 /// Whether an HTTP/2 error proves the stream was not processed (RFC 9113 §8.7): the upstream
 /// reset it with `REFUSED_STREAM`, or sent a `GOAWAY` whose last stream id is below it. h2 fails

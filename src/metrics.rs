@@ -11,7 +11,7 @@ use crate::peer::Peer;
 
 /// Every `outcome` label of `failover_attempts_total`: `ok`, `pending` and each
 /// [`FailureKind::label`].
-const OUTCOMES: [&str; 19] = [
+const OUTCOMES: [&str; 21] = [
     "ok",
     "pending",
     "connect_refused",
@@ -20,6 +20,7 @@ const OUTCOMES: [&str; 19] = [
     "tls_handshake",
     "tls_handshake_timeout",
     "connect_other",
+    "local",
     "unprocessed",
     "protocol",
     "header_timeout",
@@ -29,6 +30,7 @@ const OUTCOMES: [&str; 19] = [
     "grpc_status",
     "write_timeout",
     "io",
+    "malformed",
     "downstream",
     "other",
 ];
@@ -211,6 +213,7 @@ mod tests {
             FailureKind::TlsHandshake,
             FailureKind::TlsHandshakeTimeout,
             FailureKind::ConnectOther,
+            FailureKind::Local,
             FailureKind::Unprocessed,
             FailureKind::Protocol,
             FailureKind::HeaderTimeout,
@@ -220,6 +223,7 @@ mod tests {
             FailureKind::GrpcStatus(14),
             FailureKind::WriteTimeout,
             FailureKind::Io,
+            FailureKind::Malformed,
             FailureKind::Downstream,
             FailureKind::Other,
         ] {

@@ -7,7 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use pingora_failover::{FailureKind, OrderedList, Peer, StandardPolicy, StopReason, Verdict};
+use pingora_failover::{
+    FailureKind, OrderedList, Outcome, Peer, StandardPolicy, StopReason, Verdict,
+};
 use support::{client, failed, start_failover, stopped, Mode, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -95,16 +97,39 @@ async fn a_fresh_connection_closed_unanswered_is_io_retried_for_get_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_response_is_other_and_not_retried() {
+async fn a_response_that_is_not_http_is_retried_for_get_and_ejects_its_peer() {
     let (backup, proxy, log) = behind_raw(Raw::Garbage, Duration::from_secs(5)).await;
-    let resp = client().get(proxy.url("/")).send().await.unwrap();
-    assert_eq!(resp.status(), 502);
+    // The upstream may have acted on a POST: it is not replayed.
+    let post = client()
+        .post(proxy.url("/"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502);
     assert_eq!(backup.hits(), 0);
     let records = log.wait_for(1).await;
     assert_eq!(
         records[0][0].outcome(),
-        stopped(FailureKind::Other, StopReason::Policy)
+        stopped(FailureKind::Malformed, StopReason::NotIdempotent)
     );
+    // GETs go on to the backup, and five failures in a row (the default) eject the peer that
+    // does not speak HTTP: the GETs after that go straight to the backup.
+    for _ in 0..7 {
+        assert_eq!(proxy.get_text(&client(), "/").await, "backup");
+    }
+    let records = log.wait_for(8).await;
+    let retried = records
+        .iter()
+        .filter(|r| {
+            r.len() == 2 && r[0].outcome() == failed(FailureKind::Malformed, Verdict::Retried)
+        })
+        .count();
+    let straight = records
+        .iter()
+        .filter(|r| r.len() == 1 && r[0].outcome() == Outcome::Responded { status: 200 })
+        .count();
+    assert_eq!((retried, straight), (4, 3), "{records:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use super::evidence::{self, Look, Verdict};
 use super::sys::{self, Counters};
+use crate::health::recovery::Checked;
 use crate::health::RecoveryProbe;
 use crate::peer::Peer;
 use crate::retry::{RetryBudget, Withdrawn};
@@ -252,10 +253,12 @@ impl Shared {
         let from_ms = peer.health().now_ms();
         tokio::spawn(async move {
             let started = Instant::now();
-            let passed = probe.passes_within(&slot.0, limit).await;
-            // A check that failed long after its own timeouts were due was itself held up (the
-            // machine, or this thread, was starved): it shows nothing about the peer.
-            if passed || started.elapsed() <= limit * 2 {
+            let checked = probe.check_within(&slot.0, limit).await;
+            let passed = checked == Checked::Passed;
+            // A check the proxy could not make (out of descriptors) shows nothing about the peer,
+            // and neither does one that failed long after its own timeouts were due: it was held
+            // up itself (the machine, or this thread, was starved).
+            if passed || (checked == Checked::Failed && started.elapsed() <= limit * 2) {
                 let health = slot.0.health();
                 health
                     .suspicion()

@@ -237,7 +237,7 @@ impl RecoveryProbe {
     /// timeouts are the probe's, or the peer's own where they are shorter (a peer too slow for
     /// its requests must not pass its probe).
     async fn passes(&self, peer: &Peer) -> bool {
-        self.passes_within(peer, self.timeout).await
+        self.check_within(peer, self.timeout).await == Checked::Passed
     }
 
     /// Makes the connector probes use now, off the path of any probe: the first one builds
@@ -258,10 +258,12 @@ impl RecoveryProbe {
     }
 
     /// Whether `peer` passes one probe with `timeout` for its connect and for its answer: the
-    /// liveness check of a peer a request waits on ([`AdaptiveTimeouts`]).
+    /// liveness check of a peer a request waits on ([`AdaptiveTimeouts`]). A probe the proxy
+    /// could not make for reasons of its own (out of file descriptors or local ports) is
+    /// [`Checked::Unknown`]: it says nothing about the peer.
     ///
     /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
-    pub(crate) async fn passes_within(&self, peer: &Peer, timeout: Duration) -> bool {
+    pub(crate) async fn check_within(&self, peer: &Peer, timeout: Duration) -> Checked {
         let mut target = peer.http_peer().clone();
         let options = &mut target.options;
         let within = |own: Option<Duration>| Some(own.map_or(timeout, |t| t.min(timeout)));
@@ -277,9 +279,11 @@ impl RecoveryProbe {
                     Some((_, transport)) => transport,
                     None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
                 };
-                tokio::time::timeout(limit, connector.new_stream(&target))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
+                match tokio::time::timeout(limit, connector.new_stream(&target)).await {
+                    Ok(Ok(_)) => Checked::Passed,
+                    Ok(Err(e)) => Checked::failed(&e),
+                    Err(_) => Checked::Failed,
+                }
             }
             Check::Http { path } => {
                 let connector = match self.connectors.0.get() {
@@ -287,10 +291,32 @@ impl RecoveryProbe {
                     None => HTTP.get_or_init(|| Connector::new(None)),
                 };
                 let host = self.host.as_deref().unwrap_or_else(|| peer.authority());
-                tokio::time::timeout(limit, http_status(connector, &target, path, host))
-                    .await
-                    .is_ok_and(|status| status.is_some_and(|s| self.passing.contains(s)))
+                match tokio::time::timeout(limit, http_status(connector, &target, path, host)).await
+                {
+                    Ok(Ok(status)) if self.passing.contains(status) => Checked::Passed,
+                    Ok(Ok(_)) | Err(_) => Checked::Failed,
+                    Ok(Err(e)) => Checked::failed(&e),
+                }
             }
+        }
+    }
+}
+
+/// What one probe showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    Passed,
+    Failed,
+    /// The proxy could not make the probe for reasons of its own.
+    Unknown,
+}
+
+impl Checked {
+    /// A probe that failed with `e`: unknown when the failure was the proxy's own.
+    fn failed(e: &pingora_error::Error) -> Self {
+        match crate::FailureKind::from_connect(e) {
+            crate::FailureKind::Local => Self::Unknown,
+            _ => Self::Failed,
         }
     }
 }
@@ -385,25 +411,28 @@ fn is_authority(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
-/// The status `GET path` gets from `target` with `Host: host`, `None` when it fails.
+/// The status `GET path` gets from `target` with `Host: host`.
 async fn http_status(
     connector: &Connector,
     target: &pingora_core::upstreams::peer::HttpPeer,
     path: &str,
     host: &str,
-) -> Option<u16> {
-    let (mut session, _) = connector.get_http_session(target).await.ok()?;
+) -> pingora_error::Result<u16> {
+    use pingora_error::{ErrorType, OkOrErr};
+    let (mut session, _) = connector.get_http_session(target).await?;
     // The connector applies the connect timeouts only.
     session.set_write_timeout(target.options.write_timeout);
     session.set_read_timeout(target.options.read_timeout);
-    let mut req = RequestHeader::build("GET", path.as_bytes(), None).ok()?;
-    req.insert_header("host", host).ok()?;
-    req.insert_header("user-agent", "pingora-failover recovery probe")
-        .ok()?;
-    session.write_request_header(Box::new(req)).await.ok()?;
-    session.finish_request_body().await.ok()?;
-    session.read_response_header().await.ok()?;
-    session.response_header().map(|r| r.status.as_u16())
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
+    req.insert_header("host", host)?;
+    req.insert_header("user-agent", "pingora-failover recovery probe")?;
+    session.write_request_header(Box::new(req)).await?;
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    session
+        .response_header()
+        .map(|r| r.status.as_u16())
+        .or_err(ErrorType::InvalidHTTPHeader, "no response header")
 }
 
 /// Random numbers for the probes' jitter: SplitMix64, seeded differently in every prober (and

@@ -253,7 +253,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         mut e: Box<Error>,
     ) -> Box<Error> {
         e.retry.decide_reuse(false);
-        let kind = FailureKind::from_connect_error(e.etype());
+        let kind = FailureKind::from_connect(&e);
         self.after_failure(session, ctx, e, kind)
     }
 

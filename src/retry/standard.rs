@@ -14,13 +14,14 @@ use crate::retry::{
 /// # Default
 ///
 /// - max attempts: 3 in all ([`DEFAULT_MAX_ATTEMPTS`])
-/// - retries on: every connect failure (refused, timed out, no route, reset, TLS), and an
-///   HTTP/2 stream the upstream refused unprocessed: nothing was processed, so any request can go
-///   elsewhere. Also a response header timeout (slow upstream), a closed reused connection, an
-///   I/O error, a request write timeout and an HTTP/2 protocol failure: these can only happen
-///   after the request went upstream, so the proxy's rules limit them to idempotent requests,
-///   and to failures before the response reached the client. That is nginx's default
-///   `proxy_next_upstream error timeout`. Any other error that pingora itself marks retriable is
+/// - retries on: every connect failure (refused, timed out, no route, reset, TLS, the proxy's own
+///   shortage of descriptors or ports), and an HTTP/2 stream the upstream refused unprocessed:
+///   nothing was processed, so any request can go elsewhere. Also a response header timeout
+///   (slow upstream), a closed reused connection, an I/O error, a response that is not HTTP, a
+///   request write timeout and an HTTP/2 protocol failure: these can only happen after the
+///   request went upstream, so the proxy's rules limit them to idempotent requests, and to
+///   failures before the response reached the client. That is nginx's default
+///   `proxy_next_upstream error timeout`, with its `invalid_header`. Any other error that pingora itself marks retriable is
 ///   retried too ([`Failure::pingora_retriable`]), so the policy never does worse than pingora's
 ///   own loop.
 /// - retriable statuses: none
@@ -65,11 +66,13 @@ impl StandardPolicy {
                 FailureKind::TlsHandshake,
                 FailureKind::TlsHandshakeTimeout,
                 FailureKind::ConnectOther,
+                FailureKind::Local,
                 FailureKind::Unprocessed,
                 FailureKind::Protocol,
                 FailureKind::HeaderTimeout,
                 FailureKind::ReusedConnectionClosed,
                 FailureKind::Io,
+                FailureKind::Malformed,
                 FailureKind::WriteTimeout,
             ],
             statuses: Vec::new(),
@@ -311,11 +314,13 @@ mod tests {
             FailureKind::TlsHandshake,
             FailureKind::TlsHandshakeTimeout,
             FailureKind::ConnectOther,
+            FailureKind::Local,
             FailureKind::Unprocessed,
             FailureKind::Protocol,
             FailureKind::HeaderTimeout,
             FailureKind::ReusedConnectionClosed,
             FailureKind::Io,
+            FailureKind::Malformed,
             FailureKind::WriteTimeout,
         ] {
             assert_eq!(decide(k), RetryDecision::Retry, "{k}");
