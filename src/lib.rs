@@ -45,6 +45,7 @@ pub mod ctx;
 mod cut;
 pub mod discovery;
 pub mod error;
+mod fork;
 pub mod health;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -429,3 +429,77 @@ async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
         slow.hits()
     );
 }
+
+/// A daemon started from the proxy's binary, stopped with SIGTERM on drop.
+struct Daemon(String);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0]).status();
+    }
+}
+
+/// Pingora's daemon mode forks after the proxy has built its peer set and started following its
+/// peers file: the daemon keeps following it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let peers = TempPath::with_text("daemon-peers", &format!("{}\n", a.peer_addr()));
+    let pid_file = TempPath::new("daemon-pid");
+    let listen = refused_addr();
+    // The daemon keeps the descriptors it was given: no pipe to wait on.
+    let status = Command::new(binary())
+        .args([
+            "--listen",
+            &listen,
+            "--peers-file",
+            peers.as_str(),
+            "--daemon",
+            pid_file.as_str(),
+            "--quiet",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The parent has exited: the daemon's pid is in its file once it runs.
+    let pid = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match std::fs::read_to_string(&pid_file.0) {
+                Ok(pid) if !pid.trim().is_empty() => return pid.trim().to_owned(),
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("no daemon");
+    let _daemon = Daemon(pid);
+    let http = client();
+    let answer = |http: reqwest::Client| {
+        let url = format!("http://{listen}/");
+        async move {
+            match http.get(url).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        }
+    };
+    let until = |want: &'static str| {
+        let http = http.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while answer(http.clone()).await != want {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the daemon never answered {want:?}"))
+        }
+    };
+    until("a").await;
+    std::fs::write(&peers.0, format!("{}\n", b.peer_addr())).unwrap();
+    until("b").await;
+}

@@ -129,6 +129,43 @@ async fn sighup_reloads_the_peers_file() {
     proxy.until_answered_by("b").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observers_that_panic_stop_neither_the_peers_file_nor_the_set() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let path = TempPath::new("peers-panic");
+    std::fs::write(&path.0, format!("{}\n", a.peer_addr())).unwrap();
+    let calls = Arc::new(Mutex::new(0));
+    let file = {
+        let calls = calls.clone();
+        PeersFile::new(&path.0)
+            .with_interval(Duration::from_millis(20))
+            .on_reload(move |_| {
+                *calls.lock().unwrap() += 1;
+                panic!("a reload observer with a bug")
+            })
+    };
+    let set = PeerSet::builder(file.load().unwrap())
+        .on_change(|_| panic!("a change observer with a bug"))
+        .build()
+        .unwrap();
+    file.watch(&set).unwrap();
+    let (proxy, _log) = start_failover(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .await;
+    assert_eq!(proxy.get_text(&client(), "/").await, "a");
+
+    // Each change panics both observers; the file is still followed after the first.
+    std::fs::write(&path.0, format!("{}\n", b.peer_addr())).unwrap();
+    proxy.until_answered_by("b").await;
+    std::fs::write(&path.0, format!("{}\n{}\n", a.peer_addr(), b.peer_addr())).unwrap();
+    proxy.until_answered_by("a").await;
+    assert_eq!(set.snapshot().len(), 2);
+    assert!(*calls.lock().unwrap() >= 2);
+}
+
 /// An h2c server on a Unix socket answering `status` (shared, to change it), counting the
 /// background probes it receives.
 fn serve_h2_unix(

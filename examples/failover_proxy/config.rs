@@ -19,6 +19,9 @@ pub struct Config {
     pub listen: Option<String>,
     /// Worker threads.
     pub threads: Option<usize>,
+    /// Run in the background (pingora's daemon mode), writing the daemon's process id to this
+    /// file.
+    pub daemon_pid_file: Option<PathBuf>,
     /// `ordered` (primary, then backups), `round-robin` (weighted), `least-request` (power of
     /// two choices on requests in flight), `ewma` (power of two choices on learned latency) or
     /// `hash` (consistent).

@@ -25,6 +25,7 @@
 mod config;
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -95,6 +96,9 @@ struct Flags {
     /// Worker threads [default: 1].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Run in the background as a daemon, writing its process id to PID_FILE.
+    #[arg(long, value_name = "PID_FILE")]
+    daemon: Option<PathBuf>,
     /// A status that fails over (repeatable). Replaces the file's list.
     #[arg(long = "retry-status", value_name = "CODE")]
     retry_statuses: Vec<u16>,
@@ -138,6 +142,7 @@ impl Flags {
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);
         over!(self.threads => c.threads);
+        over!(self.daemon => c.daemon_pid_file);
         over!(self.metrics => c.metrics.listen);
         if !self.peers.is_empty() {
             c.peers = self.peers.iter().cloned().map(PeerEntry::Addr).collect();
@@ -229,6 +234,11 @@ fn serve<S: PeerSelector>(
         // SIGTERM drains for up to a second instead of pingora's default minutes.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        daemon: config.daemon_pid_file.is_some(),
+        pid_file: config.daemon_pid_file.as_ref().map_or_else(
+            || ServerConf::default().pid_file,
+            |p| p.display().to_string(),
+        ),
         ..ServerConf::default()
     };
     let engine = config.engine(pingora_failover::Failover::builder(

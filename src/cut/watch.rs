@@ -20,7 +20,7 @@
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -193,8 +193,11 @@ pub(crate) struct Watchdog {
 struct Shared {
     watches: Mutex<Watches>,
     wake: Arc<Notify>,
-    /// Whether the thread started (`false`: it could not, and nothing is watched).
-    thread: OnceLock<bool>,
+    /// The thread: the fork generation it was started in, plus one, times two, plus one when
+    /// it started (0: not tried yet; an even number: it could not start, and nothing is
+    /// watched). A process forked since starts its own.
+    thread: AtomicU64,
+    starting: Mutex<()>,
     budget: Option<Arc<RetryBudget>>,
     /// How a peer's liveness is checked: the recovery probe's request.
     liveness: RecoveryProbe,
@@ -286,7 +289,8 @@ impl Watchdog {
             shared: Arc::new(Shared {
                 watches: Mutex::default(),
                 wake: Arc::new(Notify::new()),
-                thread: OnceLock::new(),
+                thread: AtomicU64::new(0),
+                starting: Mutex::new(()),
                 budget,
                 liveness,
             }),
@@ -297,7 +301,7 @@ impl Watchdog {
     /// over, whatever ended it, and this attempt is watched when `armed`. The watch, or `None`
     /// when there is none (or the watchdog's thread could not start).
     pub(crate) fn handed(&self, fd: i32, armed: Option<Armed<'_>>) -> Option<Arc<Watch>> {
-        let running = armed.is_some() && *self.shared.thread.get_or_init(|| self.start());
+        let running = armed.is_some() && self.running();
         let now = Instant::now();
         let watch = armed.filter(|_| running).map(|a| {
             let base = sys::counters(fd);
@@ -344,6 +348,29 @@ impl Watchdog {
             self.shared.wake.notify_one();
         }
         watch
+    }
+
+    /// Whether the thread runs in this process, starting it if not tried yet.
+    fn running(&self) -> bool {
+        let generation = (crate::fork::generation() + 1) * 2;
+        let thread = self.shared.thread.load(Ordering::Acquire);
+        if thread & !1 == generation {
+            return thread & 1 == 1;
+        }
+        let _starting = self
+            .shared
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let thread = self.shared.thread.load(Ordering::Acquire);
+        if thread & !1 == generation {
+            return thread & 1 == 1;
+        }
+        let started = self.start();
+        self.shared
+            .thread
+            .store(generation | u64::from(started), Ordering::Release);
+        started
     }
 
     /// Starts the thread; whether it started.

@@ -180,6 +180,12 @@ impl PeersFile {
             self.interval,
             Duration::from_secs(86_400),
         )?;
+        set.follow(Arc::new(move |set, forked| self.clone().spawn(set, forked)))
+    }
+
+    /// Starts the watching thread; `forked`: in a process forked since the last one started,
+    /// where the file is read again at once.
+    fn spawn(self, set: &PeerSet, forked: bool) -> Result<(), ConfigError> {
         let path = self.path.display().to_string();
         let failed = |reason: String| ConfigError::PeersFile {
             path: path.clone(),
@@ -201,7 +207,7 @@ impl PeersFile {
         let set = set.downgrade();
         std::thread::Builder::new()
             .name("failover-peers-file".into())
-            .spawn(move || runtime.block_on(self.follow(set, hup)))
+            .spawn(move || runtime.block_on(self.follow(set, hup, forked)))
             .map_err(|e| failed(e.to_string()))?;
         Ok(())
     }
@@ -210,8 +216,10 @@ impl PeersFile {
         self,
         set: std::sync::Weak<crate::set::Shared>,
         mut hup: Option<tokio::signal::unix::Signal>,
+        forked: bool,
     ) {
-        let mut seen = self.stamp();
+        // After a fork, the file may have changed since the parent last read it.
+        let mut seen = (!forked).then(|| self.stamp());
         let mut tick = tokio::time::interval(self.interval);
         loop {
             let signalled = tokio::select! {
@@ -221,14 +229,14 @@ impl PeersFile {
             let Some(set) = PeerSet::upgrade(&set) else {
                 return;
             };
-            let stamp = self.stamp();
+            let stamp = Some(self.stamp());
             if !signalled && stamp == seen {
                 continue;
             }
             seen = stamp;
             let result = self.reload(&set);
             if let Some(f) = &self.on_reload {
-                f(&result);
+                crate::health::guarded(|| f(&result));
             }
         }
     }

@@ -58,6 +58,7 @@ fn peer_of(backend: &Backend, settings: Option<&PeerSettings>) -> Result<Peer, C
 /// source.watch(&set)?; // and every 5 s after
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Discovered {
     discovery: Arc<dyn ServiceDiscovery + Send + Sync>,
     every: Duration,
@@ -148,6 +149,14 @@ impl Discovered {
     ///
     /// [`ConfigError::Resolve`] when the thread cannot start.
     pub fn watch(self, set: &PeerSet) -> Result<(), ConfigError> {
+        set.follow(std::sync::Arc::new(move |set, forked| {
+            self.clone().spawn(set, forked)
+        }))
+    }
+
+    /// Starts the thread; `forked`: in a process forked since the last one started, where the
+    /// discovery is asked at once.
+    fn spawn(self, set: &PeerSet, forked: bool) -> Result<(), ConfigError> {
         let failed = |e: std::io::Error| ConfigError::Resolve {
             name: "service discovery".into(),
             reason: e.to_string(),
@@ -161,8 +170,12 @@ impl Discovered {
             .name("failover-discovery".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    let mut wait = !forked;
                     loop {
-                        tokio::time::sleep(self.every).await;
+                        if wait {
+                            tokio::time::sleep(self.every).await;
+                        }
+                        wait = true;
                         if set.strong_count() == 0 {
                             return;
                         }
@@ -180,7 +193,7 @@ impl Discovered {
                             Err(e) => Err(e),
                         };
                         if let (Err(e), Some(f)) = (result, &self.on_error) {
-                            f(&e);
+                            crate::health::guarded(|| f(&e));
                         }
                     }
                 })

@@ -136,10 +136,7 @@ impl ActiveHealthCheck {
                 } else {
                     HealthChange::CheckFailed
                 };
-                observe(&HealthEvent {
-                    peer: t.peer.clone(),
-                    change,
-                });
+                crate::health::notify(observe, &t.peer, change);
             }
         }
     }

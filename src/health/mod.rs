@@ -705,6 +705,22 @@ impl fmt::Display for HealthChange {
 /// A callback for health changes; shared by the engine and the active checks.
 pub type HealthObserver = Arc<dyn Fn(&HealthEvent) + Send + Sync>;
 
+/// Tells `observe` that `peer` changed. An observer that panics is a bug of its own, which the
+/// panic hook reports; it must not stop what called it (the resolver of a name, the peers-file
+/// watcher, a prober, a request).
+pub(crate) fn notify(observe: &HealthObserver, peer: &Peer, change: HealthChange) {
+    let event = HealthEvent {
+        peer: peer.clone(),
+        change,
+    };
+    guarded(|| observe(&event));
+}
+
+/// Runs a user's callback, catching its panic (see [`notify`]).
+pub(crate) fn guarded(callback: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(callback));
+}
+
 fn to_admission(admit: Admit) -> Admission {
     match admit {
         Admit::Healthy => Admission::Healthy,

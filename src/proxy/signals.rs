@@ -5,7 +5,7 @@ use std::fmt;
 use crate::classify::FailureKind;
 use crate::ctx::Outcome;
 use crate::health::state::Tally;
-use crate::health::{Ejection, HealthChange, HealthEvent, HealthObserver};
+use crate::health::{Ejection, HealthChange, HealthObserver};
 use crate::peer::Peer;
 
 /// The engine's outputs besides the request itself.
@@ -69,10 +69,7 @@ impl crate::health::recovery::Reports for Signals {
 impl Signals {
     fn health(&self, peer: &Peer, change: HealthChange) {
         if let Some(observe) = &self.observer {
-            observe(&HealthEvent {
-                peer: peer.clone(),
-                change,
-            });
+            crate::health::notify(observe, peer, change);
         }
     }
 

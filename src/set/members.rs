@@ -73,6 +73,16 @@ impl Members {
         names
     }
 
+    /// Every name of the set (group id, spec), to resolve again.
+    #[cfg_attr(not(feature = "dns"), allow(dead_code))]
+    pub(crate) fn names(&self) -> Vec<(u64, Peer)> {
+        self.groups
+            .iter()
+            .filter(|g| g.spec.endpoint().is_name())
+            .map(|g| (g.id, g.spec.clone()))
+            .collect()
+    }
+
     /// Adds `spec` at the end; the name to resolve, if it is one.
     pub(crate) fn add(&mut self, spec: Peer) -> Result<Vec<(u64, Peer)>, ConfigError> {
         if self.groups.iter().any(|g| g.spec.key() == spec.key()) {

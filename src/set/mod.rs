@@ -32,6 +32,7 @@ mod weighted;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::{ArcSwap, Guard};
@@ -79,11 +80,20 @@ pub(crate) struct Shared {
     #[cfg(feature = "dns")]
     resolver: Resolver,
     #[cfg(feature = "dns")]
-    dns: std::sync::OnceLock<Dns>,
+    dns: Mutex<Option<Arc<Dns>>>,
+    /// What keeps the set in step with a source on a thread of its own (a peers file, a
+    /// service discovery): started again, with the resolver, in a process forked from this one.
+    followers: Mutex<Vec<Follower>>,
+    /// The fork generation the set's threads run in ([`crate::fork`]).
+    generation: AtomicU64,
     /// What selectors derive from each snapshot (a hash ring), rebuilt by every update before
     /// the snapshot is published. Taken under `members`, never on the request path.
     derived: Mutex<Vec<Weak<dyn Derive>>>,
 }
+
+/// Starts a thread that keeps a set in step with a source; `true`: the process was forked since
+/// the last start, and whatever the source says now is to be taken at once.
+pub(crate) type Follower = Arc<dyn Fn(&PeerSet, bool) -> Result<(), ConfigError> + Send + Sync>;
 
 /// A structure a selector derives from each snapshot of its set (pingora-load-balancing builds
 /// its selection index when the backends change): built by the update that makes the snapshot,
@@ -226,12 +236,66 @@ impl PeerSet {
 
     /// The current snapshot, for one selection: no lock, no allocation.
     pub fn snapshot(&self) -> SnapshotRef {
+        self.follow_forks();
         SnapshotRef(self.shared.current.load())
     }
 
     /// The current snapshot, to keep.
     pub fn peers(&self) -> Arc<Snapshot> {
+        self.follow_forks();
         self.shared.current.load_full()
+    }
+
+    /// In a process forked since the set's threads started (pingora's daemon), starts them
+    /// again: the resolver, which follows every name again, and the followers.
+    fn follow_forks(&self) {
+        let now = crate::fork::generation();
+        if self.shared.generation.load(Ordering::Relaxed) != now {
+            self.restart(now);
+        }
+    }
+
+    #[cold]
+    fn restart(&self, now: u64) {
+        let followers = {
+            let followers = self.followers();
+            if self.shared.generation.swap(now, Ordering::Relaxed) == now {
+                return;
+            }
+            followers.clone()
+        };
+        #[cfg(feature = "dns")]
+        {
+            // The old thread is gone; its handle only holds a channel.
+            let gone = self
+                .shared
+                .dns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if gone.is_some() && self.dns().is_ok() {
+                let names = self.members().names();
+                self.resolve_in_background(names);
+            }
+        }
+        for follow in followers {
+            let _ = follow(self, true);
+        }
+    }
+
+    /// Starts `follow` now, and again in every process forked from this one.
+    pub(crate) fn follow(&self, follow: Follower) -> Result<(), ConfigError> {
+        self.follow_forks();
+        follow(self, false)?;
+        self.followers().push(follow);
+        Ok(())
+    }
+
+    fn followers(&self) -> MutexGuard<'_, Vec<Follower>> {
+        self.shared
+            .followers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Replaces every peer with `peers`. Peers that stay keep their health; names are resolved
@@ -390,10 +454,7 @@ impl PeerSet {
                 (&removed, HealthChange::Removed),
             ] {
                 for peer in peers {
-                    observe(&HealthEvent {
-                        peer: peer.clone(),
-                        change,
-                    });
+                    crate::health::notify(observe, peer, change);
                 }
             }
         }
@@ -407,10 +468,7 @@ impl PeerSet {
             metrics.resolve_failed(name);
         }
         if let Some(observe) = &self.shared.observer {
-            observe(&HealthEvent {
-                peer: name.clone(),
-                change: HealthChange::ResolveFailed,
-            });
+            crate::health::notify(observe, name, HealthChange::ResolveFailed);
         }
     }
 
@@ -439,13 +497,14 @@ impl PeerSet {
 
     /// The resolver thread, started on first use.
     #[cfg(feature = "dns")]
-    fn dns(&self) -> Result<&Dns, ConfigError> {
-        if let Some(dns) = self.shared.dns.get() {
-            return Ok(dns);
+    fn dns(&self) -> Result<Arc<Dns>, ConfigError> {
+        let mut dns = self.shared.dns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dns) = &*dns {
+            return Ok(dns.clone());
         }
-        let dns = Dns::start(self.shared.resolver.clone())?;
-        // A racing caller may win; the thread of the loser's Dns ends when it is dropped.
-        Ok(self.shared.dns.get_or_init(|| dns))
+        let started = Arc::new(Dns::start(self.shared.resolver.clone())?);
+        *dns = Some(started.clone());
+        Ok(started)
     }
 
     #[cfg(feature = "dns")]
@@ -464,7 +523,13 @@ impl PeerSet {
     #[cfg(feature = "dns")]
     fn resolve_in_background(&self, names: Vec<(u64, Peer)>) {
         // `require_resolver` started it when there are names.
-        if let Some(dns) = self.shared.dns.get() {
+        let dns = self
+            .shared
+            .dns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(dns) = dns {
             for (group, spec) in names {
                 dns.watch(self, group, spec, None);
             }
@@ -593,7 +658,9 @@ impl PeerSetBuilder {
                 #[cfg(feature = "dns")]
                 resolver: self.resolver.unwrap_or_default(),
                 #[cfg(feature = "dns")]
-                dns: std::sync::OnceLock::new(),
+                dns: Mutex::new(None),
+                followers: Mutex::new(Vec::new()),
+                generation: AtomicU64::new(crate::fork::generation()),
                 derived: Mutex::new(Vec::new()),
             }),
         };
@@ -605,8 +672,12 @@ impl PeerSetBuilder {
             if !names.is_empty() {
                 let dns = set.dns()?;
                 for (group, spec) in names {
-                    let (reply, wait) = Pending::channel(blocking);
-                    dns.watch(&set, group, spec, (!self.start_empty).then_some(reply));
+                    if self.start_empty {
+                        dns.watch(&set, group, spec, None);
+                        continue;
+                    }
+                    let (reply, wait) = Pending::channel(blocking, spec.endpoint().to_string());
+                    dns.watch(&set, group, spec, Some(reply));
                     pending.push(wait);
                 }
             }
@@ -642,34 +713,80 @@ impl Reply {
 /// The first resolution of one name, waited for by the builder (none when the set may start
 /// empty).
 #[cfg_attr(not(feature = "dns"), allow(dead_code))]
-enum Pending {
+struct Pending {
+    name: String,
+    rx: PendingRx,
+}
+
+#[cfg_attr(not(feature = "dns"), allow(dead_code))]
+enum PendingRx {
     Blocking(std::sync::mpsc::Receiver<Result<(), ConfigError>>),
     Async(tokio::sync::oneshot::Receiver<Result<(), ConfigError>>),
 }
 
 #[cfg_attr(not(feature = "dns"), allow(dead_code))]
 impl Pending {
-    fn channel(blocking: bool) -> (Reply, Self) {
-        if blocking {
+    fn channel(blocking: bool, name: String) -> (Reply, Self) {
+        let (reply, rx) = if blocking {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            (Reply::Blocking(tx), Self::Blocking(rx))
+            (Reply::Blocking(tx), PendingRx::Blocking(rx))
         } else {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            (Reply::Async(tx), Self::Async(rx))
-        }
+            (Reply::Async(tx), PendingRx::Async(rx))
+        };
+        (reply, Self { name, rx })
     }
 
     fn blocking(self) -> Result<(), ConfigError> {
-        match self {
-            Self::Blocking(rx) => rx.recv().unwrap_or(Ok(())),
-            _ => Ok(()),
-        }
+        let answer = match self.rx {
+            PendingRx::Blocking(rx) => rx.recv().ok(),
+            PendingRx::Async(rx) => rx.blocking_recv().ok(),
+        };
+        answer.unwrap_or_else(|| Err(Self::unanswered(self.name)))
     }
 
     async fn wait(self) -> Result<(), ConfigError> {
-        match self {
-            Self::Async(rx) => rx.await.unwrap_or(Ok(())),
-            _ => Ok(()),
+        let answer = match self.rx {
+            PendingRx::Async(rx) => rx.await.ok(),
+            PendingRx::Blocking(rx) => rx.recv().ok(),
+        };
+        answer.unwrap_or_else(|| Err(Self::unanswered(self.name)))
+    }
+
+    /// A reply dropped unanswered: the resolver stopped (or the name left the set) before the
+    /// name's first resolution. The set would start without the name: an error, not a success.
+    fn unanswered(name: String) -> ConfigError {
+        ConfigError::Resolve {
+            name,
+            reason: "the resolver stopped before answering".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_whose_reply_is_dropped_unanswered_fails_the_build() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for blocking in [true, false] {
+            let wait = |p: Pending| match blocking {
+                true => p.blocking(),
+                false => runtime.block_on(p.wait()),
+            };
+            let (reply, pending) = Pending::channel(blocking, "db.internal:5432".into());
+            drop(reply);
+            let e = wait(pending).unwrap_err();
+            assert!(
+                matches!(&e, ConfigError::Resolve { name, .. } if name == "db.internal:5432"),
+                "{e}"
+            );
+            let (reply, pending) = Pending::channel(blocking, "db.internal:5432".into());
+            reply.send(Ok(()));
+            assert_eq!(wait(pending), Ok(()));
         }
     }
 }
