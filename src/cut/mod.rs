@@ -5,8 +5,8 @@
 //! - `evidence`: the rules that tell a stuck peer from a slow request or a stalled proxy;
 //! - `watch`: the watchdog that applies them to each waiting attempt, on a thread of its own;
 //! - `routes`: what each kind of request typically takes, learned across peers;
-//! - `sys`: the platform's part (transport counters, shutting a connection down), the only
-//!   `unsafe` code of the crate.
+//! - `sys`: the platform's part (transport counters, shutting a connection down), with
+//!   `fork.rs` the only `unsafe` code of the crate.
 //!
 //! This module sits below the per-request record ([`FailoverCtx`](crate::FailoverCtx)) and
 //! above peers and health: it imports neither the engine nor the selectors.

@@ -1,5 +1,5 @@
 //! The platform's part of the cut: what the kernel knows of a connection, and ending it from
-//! outside the task that owns it. The crate's only `unsafe` code is here.
+//! outside the task that owns it. The crate's `unsafe` code is here and in `fork.rs`.
 
 use std::net::SocketAddr;
 
