@@ -45,7 +45,8 @@ test: deps
 # End to end (see BENCHMARKS.md): failover_proxy against a bare pingora proxy under wrk in the
 # steady state, four scenarios; then the onset of four faults mid-run (bench onset, about 3
 # minutes); then endpoints 100x apart at 1, 4 and 32 clients, with a proxy that stalls too
-# (bench mixed, about 2 minutes); then balancing around a slowed peer (bench balance, 20 s). Installs wrk when missing.
+# (bench mixed, about 2 minutes); then WebSocket upgrades against bare pingora (bench upgrade,
+# seconds); then balancing around a slowed peer (bench balance, 20 s). Installs wrk when missing.
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -55,6 +56,7 @@ bench: deps
 	python3 bench/e2e.py
 	$(CARGO) bench --bench onset
 	$(CARGO) bench --bench mixed
+	$(CARGO) bench --bench upgrade
 	$(CARGO) bench --bench balance
 
 # Micro-benchmarks (criterion): selection, policy, budget, health.

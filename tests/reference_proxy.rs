@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{client, refused_addr, Mode, TempPath, Upstream};
+use support::{client, free_addr, refused_addr, Mode, TempPath, Upstream};
 
 /// The example binary, built by `cargo test` next to the test binaries.
 fn binary() -> PathBuf {
@@ -50,7 +50,7 @@ fn newest(dir: &std::path::Path) -> std::time::SystemTime {
 }
 
 /// A running proxy: its stdout lines arrive on `lines`; killed on drop. It listens on a port
-/// that was free a moment ago (`refused_addr`).
+/// that was free a moment ago (`free_addr`).
 struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
@@ -149,7 +149,7 @@ async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_lin
     let backup = Upstream::start("backup", Mode::Ok).await;
     let primary = refused_addr();
 
-    let listen = refused_addr();
+    let listen = free_addr();
     let flags = [
         "--listen",
         &listen,
@@ -166,7 +166,7 @@ async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_lin
     fails_over_and_logs(&proxy, &backup).await;
     drop(proxy);
 
-    let listen = refused_addr();
+    let listen = free_addr();
     let file = TempPath::with_text(
         "failover-proxy.toml",
         &format!(
@@ -186,7 +186,7 @@ async fn flags_override_the_file() {
         Upstream::start("a", Mode::Ok).await,
         Upstream::start("b", Mode::Ok).await,
     );
-    let listen = refused_addr();
+    let listen = free_addr();
     let file = TempPath::with_text(
         "failover-proxy.toml",
         &format!(
@@ -324,7 +324,7 @@ fn check_accepts_the_committed_sample() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_when_asked_for() {
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let (listen, metrics) = (refused_addr(), refused_addr());
+    let (listen, metrics) = (free_addr(), free_addr());
     let args = [
         "--listen",
         &listen,
@@ -364,7 +364,7 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
         Upstream::start("b", Mode::Ok).await,
         Upstream::start("c", Mode::Ok).await,
     ];
-    let listen = refused_addr();
+    let listen = free_addr();
     let mut args = vec![
         "--listen".to_owned(),
         listen.clone(),
@@ -402,7 +402,7 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
 async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
     let fast = Upstream::start("fast", Mode::Ok).await;
     let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(50))).await;
-    let listen = refused_addr();
+    let listen = free_addr();
     let args = [
         "--listen",
         &listen,
@@ -447,7 +447,7 @@ async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
     let b = Upstream::start("b", Mode::Ok).await;
     let peers = TempPath::with_text("daemon-peers", &format!("{}\n", a.peer_addr()));
     let pid_file = TempPath::new("daemon-pid");
-    let listen = refused_addr();
+    let listen = free_addr();
     // The daemon keeps the descriptors it was given: no pipe to wait on.
     let status = Command::new(binary())
         .args([

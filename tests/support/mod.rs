@@ -380,16 +380,27 @@ async fn handle(
     }
 }
 
-/// `n` distinct addresses on which nothing listens (held open together while they are picked).
+/// `n` distinct addresses on which nothing listens.
 pub fn refused_addrs<const N: usize>() -> [String; N] {
-    let held: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().to_string())
+    std::array::from_fn(|_| refused_addr())
 }
 
-/// An address on which nothing listens: connecting is refused at once.
+/// An address on which nothing listens: connecting is refused at once. Its port stays bound (a
+/// socket that never listens) for the life of the test process, so that no server started
+/// later, in this test or another, can take it.
 pub fn refused_addr() -> String {
+    static HELD: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap().to_string();
+    HELD.lock().unwrap().push(socket);
+    addr
+}
+
+/// An address that was free a moment ago, for a server to listen on (a proxy process told
+/// where to listen).
+#[allow(dead_code)]
+pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
