@@ -32,8 +32,8 @@ use crate::peer::Peer;
 /// - answers to other requests: a peer that answered anything in the last `limit` is alive;
 /// - a liveness check on another connection (the recovery probe's request, or a connect when
 ///   there is none), one per peer at a time, shared by every request waiting on it, started at
-///   half the limit: answered within the limit, the peer is alive, and the slow request keeps
-///   its full timeout; unanswered, the peer is stuck.
+///   a quarter of the limit: answered within half the limit, the peer is alive, and the slow
+///   request keeps its full timeout; unanswered, the peer is stuck.
 ///
 /// When the peer is stuck, it is suspected ([`PeerHealth::is_suspected`]) and a safe request
 /// (GET, HEAD, OPTIONS, TRACE) without a body is cut and goes to the next peer: the cut attempt

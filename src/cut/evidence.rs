@@ -19,7 +19,10 @@
 //!    probe's request, on a connection of its own), shared by every request waiting on it. A
 //!    check that began after this wait and passed shows the peer alive, so the request is slow,
 //!    and keeps its full timeout; one that failed while this request waited shows the peer
-//!    stuck, and the request is cut at once (it has waited half its limit at least).
+//!    stuck, and the request is cut at once. A check starts when a quiet wait reaches a quarter
+//!    of its limit and fails when unanswered for half the limit: a peer that answers its check
+//!    at all answers it in a fraction of what its requests typically take, which the limit is
+//!    ten times.
 
 use std::time::Duration;
 
@@ -59,17 +62,24 @@ pub(crate) enum Verdict {
 }
 
 /// How often a pending check is looked at.
-const CHECK_POLL: Duration = Duration::from_millis(5);
+pub(crate) const CHECK_POLL: Duration = Duration::from_millis(5);
 /// The least time a retransmission is given to be acknowledged (whatever the measured
 /// round trip, which loopback puts near zero).
 const RETRANSMIT_ANSWER: Duration = Duration::from_millis(20);
 
-/// The verdict on `look`. A liveness check starts at half the limit, so that its answer is in
-/// by the time the limit passes.
+/// When a quiet wait is first looked at, as a share of its limit: a liveness check starts
+/// then, and is given [`CHECK_SHARE`] of the limit to be answered.
+pub(crate) const FIRST_LOOK: u32 = 4;
+/// How long a liveness check is given, as a share of the limit: started at a quarter, it has
+/// failed by three quarters.
+pub(crate) const CHECK_SHARE: u32 = 2;
+
+/// The verdict on `look`. A liveness check starts at a quarter of the limit and is given half
+/// of it, so that its answer is in before the limit passes.
 pub(crate) fn judge(look: &Look) -> Verdict {
-    let half = look.limit / 2;
-    if look.quiet < half {
-        return Verdict::Later(half - look.quiet);
+    let first = look.limit / FIRST_LOOK;
+    if look.quiet < first {
+        return Verdict::Later(first - look.quiet);
     }
     let until_limit = look.limit.saturating_sub(look.quiet);
     if let Some((moved, sending)) = look.transport {
@@ -144,8 +154,8 @@ mod tests {
     }
 
     #[test]
-    fn nothing_is_judged_before_half_the_limit() {
-        assert_eq!(judge(&look(20, None, Live::Failed)), Verdict::Later(MS(30)));
+    fn nothing_is_judged_before_a_quarter_of_the_limit() {
+        assert_eq!(judge(&look(20, None, Live::Failed)), Verdict::Later(MS(5)));
     }
 
     #[test]

@@ -39,6 +39,11 @@ const TICK: Duration = Duration::from_millis(5);
 /// How often an idle thread looks whether its engine is gone.
 const IDLE: Duration = Duration::from_secs(1);
 
+/// A watch's `last_sent` before its first look.
+const NOT_LOOKED: u64 = u64::MAX;
+/// Data sent this recently (ms) at a watch's first look means its request is still being sent.
+const STILL_SENDING_MS: u64 = 5;
+
 const WAITING: u8 = 0;
 const DONE: u8 = 1;
 const CUT: u8 = 2;
@@ -68,7 +73,8 @@ pub(crate) struct Watch {
     may_cut: MayCut,
     /// The connection's counters when the attempt took it, before its request was sent.
     base: Option<Counters>,
-    /// Bytes sent as of the last look: more since means the request is still being sent.
+    /// Bytes sent as of the last look ([`NOT_LOOKED`] before the first): more since means the
+    /// request is still being sent.
     last_sent: AtomicU64,
     /// The cut found that the peer had received none of the request.
     undelivered: AtomicBool,
@@ -114,7 +120,12 @@ impl Watch {
             Some(base) => {
                 // The descriptor no longer names the connection: the wait is over.
                 let counters = sys::counters_of(self.fd, self.ends)?;
-                let sending = counters.sent > self.last_sent.swap(counters.sent, Ordering::AcqRel);
+                let sending = match self.last_sent.swap(counters.sent, Ordering::AcqRel) {
+                    // The request went after the watch was armed: at the first look, only data
+                    // sent a moment ago says that it is still going.
+                    NOT_LOOKED => u64::from(counters.last_send_ms) < STILL_SENDING_MS,
+                    last => counters.sent > last,
+                };
                 Some((since(counters, base), sending))
             }
             None => None,
@@ -128,7 +139,7 @@ impl Watch {
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
             Verdict::Check(after) => {
-                shared.check_liveness(&self.peer, self.limit);
+                shared.check_liveness(&self.peer, self.limit / evidence::CHECK_SHARE);
                 Some(now + after)
             }
             Verdict::Leave => None,
@@ -314,7 +325,7 @@ impl Watchdog {
                 limit: a.limit,
                 may_cut: a.may_cut,
                 base,
-                last_sent: AtomicU64::new(base.map_or(0, |b| b.sent)),
+                last_sent: AtomicU64::new(NOT_LOOKED),
                 undelivered: AtomicBool::new(false),
                 paid: Mutex::new(None),
             })
@@ -330,8 +341,8 @@ impl Watchdog {
                 None => w.by_fd.remove(&fd),
             };
             let earliest = watch.as_ref().is_some_and(|watch| {
-                // First looked at when half its limit has passed (`evidence::judge`).
-                let at = now + watch.limit / 2;
+                // First looked at when a quarter of its limit has passed (`evidence::judge`).
+                let at = now + watch.limit / evidence::FIRST_LOOK;
                 let earliest = w.due.peek().is_none_or(|d| at < d.at);
                 w.due.push(Due {
                     at,
@@ -488,6 +499,50 @@ mod tests {
             assert!(Instant::now() < deadline, "never: {what}");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_sent_after_arming_is_not_taken_for_one_still_being_sent() {
+        let (mut client, _server) = pair().await;
+        let dog = dog(None);
+        let peer = dead_peer();
+        let fd = client.as_raw_fd();
+        let base = sys::counters(fd);
+        let since_ms = peer.health().now_ms();
+        // A watch the thread never looks at, armed before its request went.
+        let watch = Watch {
+            state: AtomicU8::new(WAITING),
+            fd,
+            ends: ends(&client),
+            peer: peer.clone(),
+            since_ms,
+            limit: Duration::from_millis(40),
+            may_cut: MayCut::Never,
+            base,
+            last_sent: AtomicU64::new(NOT_LOOKED),
+            undelivered: AtomicBool::new(false),
+            paid: Mutex::new(None),
+        };
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        until(
+            "the request went a while ago, and the wait is past its first look",
+            || {
+                sys::counters(fd).is_some_and(|c| u64::from(c.last_send_ms) >= STILL_SENDING_MS)
+                    && peer.health().now_ms() >= since_ms + 10
+            },
+        )
+        .await;
+        let now = Instant::now();
+        assert_eq!(
+            watch.check(now, &dog.shared),
+            Some(now + evidence::CHECK_POLL),
+            "the first look asks for a liveness check, not for the limit again"
+        );
+        // Nothing more was sent since: the second look does not take it for a sending either.
+        assert_eq!(
+            watch.check(now, &dog.shared),
+            Some(now + evidence::CHECK_POLL)
+        );
     }
 
     #[tokio::test]
