@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use pingora_core::services::background::BackgroundService;
 use pingora_failover::{
-    ActiveHealthCheck, FailoverProxy, HealthChange, OrderedList, Peer, StandardPolicy,
+    ActiveHealthCheck, FailoverProxy, HealthChange, OrderedList, Peer, PeerSet, StandardPolicy,
 };
 use pingora_load_balancing::health_check::TcpHealthCheck;
-use support::{client, start_proxy, Events, Mode, Upstream};
+use support::{client, refused_addr, start_proxy, Events, Mode, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_peer_is_marked_before_any_request_and_returns_when_it_recovers() {
@@ -70,4 +70,31 @@ fn rejects_bad_settings() {
     assert!(ActiveHealthCheck::new(&[], tcp(), Duration::from_secs(1)).is_err());
     assert!(ActiveHealthCheck::new(&peers, tcp(), Duration::ZERO).is_err());
     assert!(ActiveHealthCheck::new(&peers, tcp(), Duration::from_millis(1)).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_over_a_set_follows_the_set() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let set = PeerSet::new(vec![Peer::new(&a.peer_addr()).unwrap()]).unwrap();
+    let events = Events::default();
+    let check = ActiveHealthCheck::from_set(&set, TcpHealthCheck::new(), Duration::from_millis(50))
+        .unwrap()
+        .on_health_change(events.observer());
+    check.run_once().await;
+    assert!(events.all().is_empty(), "{:?}", events.all());
+
+    // A peer added after the check was made, that refuses: the next round marks it.
+    let dead = refused_addr();
+    set.add(Peer::new(&dead).unwrap()).unwrap();
+    check.run_once().await;
+    assert_eq!(events.all(), [(dead.clone(), HealthChange::CheckFailed)]);
+    let snapshot = set.peers();
+    let added = snapshot.iter().find(|p| p.to_string() == dead).unwrap();
+    assert!(!added.health().is_check_passing());
+
+    // A peer that left is no longer checked: its stop goes unseen.
+    assert!(set.remove(&a.peer_addr()));
+    a.stop_and_wait().await;
+    check.run_once().await;
+    assert_eq!(events.all(), [(dead, HealthChange::CheckFailed)]);
 }

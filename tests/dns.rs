@@ -242,3 +242,47 @@ async fn a_new_weight_for_a_name_outlives_its_next_lookup() {
     let weights: Vec<_> = set.snapshot().iter().map(|p| p.weight()).collect();
     assert_eq!(weights, [5, 5]);
 }
+
+/// `build()` called from async code waits for its names on the calling thread; on a
+/// multi-thread runtime the thread's other tasks go on meanwhile, even with a single worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_blocking_build_in_async_code_lets_the_runtime_go_on() {
+    let dns = TestDns::start(TTL).await;
+    dns.set_silent(true);
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let ticker = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    // Let the ticker start, then block for the resolver's timeout (300 ms).
+    support::eventually("the ticker ran", || {
+        ticks.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    // Built in a task, on the runtime's one worker, as a handler or a service would.
+    let build = tokio::spawn({
+        let (ticks, resolver) = (ticks.clone(), resolver(&dns));
+        async move {
+            let before = ticks.load(std::sync::atomic::Ordering::SeqCst);
+            let built = PeerSet::builder(vec![Peer::new("api.test:80").unwrap()])
+                .with_resolver(resolver)
+                .build();
+            (
+                built,
+                ticks.load(std::sync::atomic::Ordering::SeqCst) - before,
+            )
+        }
+    });
+    let (built, during) = build.await.unwrap();
+    ticker.abort();
+    assert!(
+        matches!(built, Err(ConfigError::Resolve { .. })),
+        "{built:?}"
+    );
+    assert!(during > 0, "the runtime's only worker was blocked");
+}

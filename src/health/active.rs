@@ -1,8 +1,9 @@
 //! Active health checks: pingora-load-balancing's TCP and HTTP checks feeding peer health.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use pingora_load_balancing::Backend;
 use crate::error::{check_timeout, ConfigError};
 use crate::health::{HealthChange, HealthEvent, HealthObserver};
 use crate::peer::Peer;
+use crate::set::PeerSet;
 
 /// Checks a set of peers at an interval and sets their health, so that a dead peer is skipped
 /// before any request pays for finding out, and returns once it passes again.
@@ -26,11 +28,46 @@ use crate::peer::Peer;
 ///
 /// A failed active check and a passive ejection are separate: a peer takes requests only when
 /// neither holds it out (panic mode aside).
+///
+/// [`from_set`](Self::from_set) checks whatever a [`PeerSet`] holds at each round: peers added
+/// later (a reload, a DNS change) are checked from the next round, and peers that left are no
+/// longer checked.
 pub struct ActiveHealthCheck {
-    targets: Vec<Target>,
+    targets: Targets,
     check: Box<dyn HealthCheck + Send + Sync>,
     interval: Duration,
     observer: Option<HealthObserver>,
+}
+
+/// The peers a check covers: fixed, or a set's at each round.
+enum Targets {
+    Fixed(Vec<Arc<Target>>),
+    Set {
+        set: PeerSet,
+        /// The last round's, to keep each staying peer's streak.
+        last: Mutex<Vec<Arc<Target>>>,
+    },
+}
+
+impl Targets {
+    /// The peers to check this round.
+    fn now(&self) -> Vec<Arc<Target>> {
+        match self {
+            Self::Fixed(targets) => targets.clone(),
+            Self::Set { set, last } => {
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                let mut kept: HashMap<usize, Arc<Target>> =
+                    last.drain(..).map(|t| (t.peer.id(), t)).collect();
+                let targets: Vec<_> = set
+                    .peers()
+                    .iter()
+                    .map(|p| kept.remove(&p.id()).unwrap_or_else(|| Target::new(p)))
+                    .collect();
+                last.clone_from(&targets);
+                targets
+            }
+        }
+    }
 }
 
 struct Target {
@@ -40,12 +77,31 @@ struct Target {
     streak: AtomicUsize,
 }
 
+impl Target {
+    fn new(peer: &Peer) -> Arc<Self> {
+        Arc::new(Self {
+            peer: peer.clone(),
+            backend: Backend {
+                addr: peer.http_peer()._address.clone(),
+                weight: peer.weight() as usize,
+                ext: Default::default(),
+            },
+            streak: AtomicUsize::new(0),
+        })
+    }
+}
+
 impl fmt::Debug for ActiveHealthCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ActiveHealthCheck")
             .field(
                 "peers",
-                &self.targets.iter().map(|t| &t.peer).collect::<Vec<_>>(),
+                &self
+                    .targets
+                    .now()
+                    .iter()
+                    .map(|t| t.peer.clone())
+                    .collect::<Vec<_>>(),
             )
             .field("interval", &self.interval)
             .finish_non_exhaustive()
@@ -67,6 +123,38 @@ impl ActiveHealthCheck {
         if peers.is_empty() {
             return Err(ConfigError::NoPeers);
         }
+        if let Some(p) = peers.iter().find(|p| p.endpoint().is_name()) {
+            return Err(ConfigError::UnresolvedName {
+                name: p.endpoint().to_string(),
+            });
+        }
+        let targets = Targets::Fixed(peers.iter().map(Target::new).collect());
+        Self::with_targets(targets, check, interval)
+    }
+
+    /// Checks the peers `set` holds at each round with `check`, every `interval` (10 ms to 1
+    /// hour): the addresses its names resolve to, and peers added after this call.
+    ///
+    /// # Errors
+    ///
+    /// A timeout error for the interval.
+    pub fn from_set(
+        set: &PeerSet,
+        check: Box<dyn HealthCheck + Send + Sync>,
+        interval: Duration,
+    ) -> Result<Self, ConfigError> {
+        let targets = Targets::Set {
+            set: set.clone(),
+            last: Mutex::new(Vec::new()),
+        };
+        Self::with_targets(targets, check, interval)
+    }
+
+    fn with_targets(
+        targets: Targets,
+        check: Box<dyn HealthCheck + Send + Sync>,
+        interval: Duration,
+    ) -> Result<Self, ConfigError> {
         let interval = check_timeout("health check interval", interval, Duration::from_secs(3600))?;
         if interval < Duration::from_millis(10) {
             return Err(ConfigError::OutOfRange {
@@ -75,23 +163,6 @@ impl ActiveHealthCheck {
                 range: "10ms..=1h",
             });
         }
-        if let Some(p) = peers.iter().find(|p| p.endpoint().is_name()) {
-            return Err(ConfigError::UnresolvedName {
-                name: p.endpoint().to_string(),
-            });
-        }
-        let targets = peers
-            .iter()
-            .map(|p| Target {
-                peer: p.clone(),
-                backend: Backend {
-                    addr: p.http_peer()._address.clone(),
-                    weight: p.weight() as usize,
-                    ext: Default::default(),
-                },
-                streak: AtomicUsize::new(0),
-            })
-            .collect();
         Ok(Self {
             targets,
             check,
@@ -110,7 +181,8 @@ impl ActiveHealthCheck {
 
     /// Checks every peer once, concurrently, and applies the results.
     pub async fn run_once(&self) {
-        let checks = self.targets.iter().map(|t| async move {
+        let targets = self.targets.now();
+        let checks = targets.iter().map(|t| async move {
             let passed = self.check.check(&t.backend).await.is_ok();
             self.apply(t, passed);
         });

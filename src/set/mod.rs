@@ -737,10 +737,20 @@ impl Pending {
         (reply, Self { name, rx })
     }
 
+    /// Waits on this thread. On a worker of a multi-thread tokio runtime (a set built from
+    /// async code with `build()`), the worker's other tasks move to another thread meanwhile,
+    /// rather than wait with it.
     fn blocking(self) -> Result<(), ConfigError> {
-        let answer = match self.rx {
+        let wait = || match self.rx {
             PendingRx::Blocking(rx) => rx.recv().ok(),
             PendingRx::Async(rx) => rx.blocking_recv().ok(),
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let answer = if multi_thread {
+            tokio::task::block_in_place(wait)
+        } else {
+            wait()
         };
         answer.unwrap_or_else(|| Err(Self::unanswered(self.name)))
     }
