@@ -83,6 +83,42 @@ async fn a_legitimately_slow_get_runs_once_with_four_clients() {
     assert_eq!((on_backup, twice), (0, 0), "reports ran on the backup too");
 }
 
+/// A peer slower than its route at everything from the start: nothing learned of its own, so its
+/// limit is borrowed from the route's answers on the fast peer, and its liveness check, answered
+/// in 100 ms like everything it does, is late. It is slow, not stuck: each GET runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_slower_than_its_route_from_the_start_runs_each_get_once() {
+    let fast = Upstream::start("fast", Mode::Ok).await;
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(100))).await;
+    let peers = vec![peer(&fast.peer_addr()), peer(&slow.peer_addr())];
+    let list = RoundRobin::new(peers).unwrap();
+    let (proxy, _log) =
+        start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
+    let http = client();
+    join_all((0..4).map(|c| {
+        let (http, proxy) = (http.clone(), &proxy);
+        async move {
+            for i in 0..6 {
+                let resp = http
+                    .get(proxy.url("/"))
+                    .header("x-request-id", format!("get-{c}-{i}"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+            }
+        }
+    }))
+    .await;
+    let (on_fast, on_slow) = (fast.ids(), slow.ids());
+    let twice: Vec<_> = on_slow
+        .iter()
+        .filter(|(id, n)| **n > 1 || on_fast.contains_key(*id))
+        .collect();
+    assert!(twice.is_empty(), "ran on both peers: {twice:?}");
+    assert_eq!(on_fast.len() + on_slow.len(), 24);
+}
+
 /// An upstream that answers `ok` to plain requests and accepts WebSocket upgrades, whose tunnels
 /// then stay quiet until the client closes them; and the count of plain requests it answered.
 async fn upgrading_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {

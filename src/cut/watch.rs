@@ -268,12 +268,17 @@ impl Shared {
         tokio::spawn(async move {
             let started = Instant::now();
             let checked = probe.check_within(&slot.0, limit).await;
-            let passed = checked == Checked::Passed;
+            let health = slot.0.health();
+            // A peer with nothing learned of its own (its limit borrowed from the route) may be
+            // slower than its route at everything: a check it answered late, once connected,
+            // shows it alive, not stuck. Only an unreachable peer is proven stuck then.
+            let cold = health.typical_latency().is_none();
+            let passed = checked == Checked::Passed || (cold && checked == Checked::Failed);
+            let failed = checked == Checked::Unreachable || (!cold && checked == Checked::Failed);
             // A check the proxy could not make (out of descriptors) shows nothing about the peer,
             // and neither does one that failed long after its own timeouts were due: it was held
             // up itself (the machine, or this thread, was starved).
-            if passed || (checked == Checked::Failed && started.elapsed() <= limit * 2) {
-                let health = slot.0.health();
+            if passed || (failed && started.elapsed() <= limit * 2) {
                 health
                     .suspicion()
                     .finish_check(from_ms, health.now_ms(), passed);

@@ -281,8 +281,8 @@ impl RecoveryProbe {
                 };
                 match tokio::time::timeout(limit, connector.new_stream(&target)).await {
                     Ok(Ok(_)) => Checked::Passed,
-                    Ok(Err(e)) => Checked::failed(&e),
-                    Err(_) => Checked::Failed,
+                    Ok(Err(e)) => Checked::unreachable(&e),
+                    Err(_) => Checked::Unreachable,
                 }
             }
             Check::Http { path } => {
@@ -291,11 +291,13 @@ impl RecoveryProbe {
                     None => HTTP.get_or_init(|| Connector::new(None)),
                 };
                 let host = self.host.as_deref().unwrap_or_else(|| peer.authority());
-                match tokio::time::timeout(limit, http_status(connector, &target, path, host)).await
-                {
+                let mut connected = false;
+                let status = http_status(connector, &target, path, host, &mut connected);
+                match tokio::time::timeout(limit, status).await {
                     Ok(Ok(status)) if self.passing.contains(status) => Checked::Passed,
-                    Ok(Ok(_)) | Err(_) => Checked::Failed,
-                    Ok(Err(e)) => Checked::failed(&e),
+                    Ok(Err(e)) if !connected => Checked::unreachable(&e),
+                    _ if !connected => Checked::Unreachable,
+                    _ => Checked::Failed,
                 }
             }
         }
@@ -306,17 +308,20 @@ impl RecoveryProbe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Checked {
     Passed,
+    /// Connected, but the answer was late, broken or a failing status.
     Failed,
+    /// The connection (TCP, and TLS for a TLS peer) could not be made.
+    Unreachable,
     /// The proxy could not make the probe for reasons of its own.
     Unknown,
 }
 
 impl Checked {
-    /// A probe that failed with `e`: unknown when the failure was the proxy's own.
-    fn failed(e: &pingora_error::Error) -> Self {
+    /// A probe whose connect failed with `e`: unknown when the failure was the proxy's own.
+    fn unreachable(e: &pingora_error::Error) -> Self {
         match crate::FailureKind::from_connect(e) {
             crate::FailureKind::Local => Self::Unknown,
-            _ => Self::Failed,
+            _ => Self::Unreachable,
         }
     }
 }
@@ -411,15 +416,18 @@ fn is_authority(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
-/// The status `GET path` gets from `target` with `Host: host`.
+/// The status `GET path` gets from `target` with `Host: host`; `connected` is set once the
+/// connection is made.
 async fn http_status(
     connector: &Connector,
     target: &pingora_core::upstreams::peer::HttpPeer,
     path: &str,
     host: &str,
+    connected: &mut bool,
 ) -> pingora_error::Result<u16> {
     use pingora_error::{ErrorType, OkOrErr};
     let (mut session, _) = connector.get_http_session(target).await?;
+    *connected = true;
     // The connector applies the connect timeouts only.
     session.set_write_timeout(target.options.write_timeout);
     session.set_read_timeout(target.options.read_timeout);
