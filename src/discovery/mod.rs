@@ -1,14 +1,14 @@
 //! Where a [`PeerSet`](crate::PeerSet)'s peers come from besides a static list: names resolved
 //! by DNS, a peers file, and pingora-load-balancing's discovery.
 
-#[cfg(feature = "dns")]
-pub(crate) mod dns;
 mod file;
 #[cfg(feature = "discovery")]
 mod lb;
 
+// Names are members of a set (each expands in its place in the order), so resolving them is the
+// set's own work: the resolver lives in `set::dns`, and is offered here beside the other sources.
 #[cfg(feature = "dns")]
-pub use dns::Resolver;
+pub use crate::set::dns::Resolver;
 
 use std::sync::Arc;
 

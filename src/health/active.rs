@@ -15,7 +15,6 @@ use pingora_load_balancing::Backend;
 use crate::error::{check_timeout, ConfigError};
 use crate::health::{HealthChange, HealthEvent, HealthObserver};
 use crate::peer::Peer;
-use crate::set::PeerSet;
 
 /// Checks a set of peers at an interval and sets their health, so that a dead peer is skipped
 /// before any request pays for finding out, and returns once it passes again.
@@ -29,7 +28,7 @@ use crate::set::PeerSet;
 /// A failed active check and a passive ejection are separate: a peer takes requests only when
 /// neither holds it out (panic mode aside).
 ///
-/// [`from_set`](Self::from_set) checks whatever a [`PeerSet`] holds at each round: peers added
+/// [`from_set`](Self::from_set) checks whatever a [`PeerSet`](crate::PeerSet) holds at each round: peers added
 /// later (a reload, a DNS change) are checked from the next round, and peers that left are no
 /// longer checked.
 pub struct ActiveHealthCheck {
@@ -42,24 +41,27 @@ pub struct ActiveHealthCheck {
 /// The peers a check covers: fixed, or a set's at each round.
 enum Targets {
     Fixed(Vec<Arc<Target>>),
-    Set {
-        set: PeerSet,
+    Following {
+        /// The peers now (a set's snapshot).
+        peers: PeersNow,
         /// The last round's, to keep each staying peer's streak.
         last: Mutex<Vec<Arc<Target>>>,
     },
 }
+
+/// Where a check that follows a set finds its peers at each round.
+pub(crate) type PeersNow = Box<dyn Fn() -> Vec<Peer> + Send + Sync>;
 
 impl Targets {
     /// The peers to check this round.
     fn now(&self) -> Vec<Arc<Target>> {
         match self {
             Self::Fixed(targets) => targets.clone(),
-            Self::Set { set, last } => {
+            Self::Following { peers, last } => {
                 let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
                 let mut kept: HashMap<usize, Arc<Target>> =
                     last.drain(..).map(|t| (t.peer.id(), t)).collect();
-                let targets: Vec<_> = set
-                    .peers()
+                let targets: Vec<_> = peers()
                     .iter()
                     .map(|p| kept.remove(&p.id()).unwrap_or_else(|| Target::new(p)))
                     .collect();
@@ -132,19 +134,15 @@ impl ActiveHealthCheck {
         Self::with_targets(targets, check, interval)
     }
 
-    /// Checks the peers `set` holds at each round with `check`, every `interval` (10 ms to 1
-    /// hour): the addresses its names resolve to, and peers added after this call.
-    ///
-    /// # Errors
-    ///
-    /// A timeout error for the interval.
-    pub fn from_set(
-        set: &PeerSet,
+    /// Checks the peers `peers` gives at each round ([`from_set`](Self::from_set), which the
+    /// set's module defines: health sits below the set).
+    pub(crate) fn following(
+        peers: PeersNow,
         check: Box<dyn HealthCheck + Send + Sync>,
         interval: Duration,
     ) -> Result<Self, ConfigError> {
-        let targets = Targets::Set {
-            set: set.clone(),
+        let targets = Targets::Following {
+            peers,
             last: Mutex::new(Vec::new()),
         };
         Self::with_targets(targets, check, interval)

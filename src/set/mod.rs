@@ -26,6 +26,8 @@
 //! `Resolver`), a peers file ([`PeersFile`](crate::PeersFile)), and
 //! pingora-load-balancing's `ServiceDiscovery` (feature `discovery`).
 
+#[cfg(feature = "dns")]
+pub(crate) mod dns;
 mod members;
 mod weighted;
 
@@ -45,7 +47,7 @@ use members::Members;
 pub(crate) use members::Resolved;
 
 #[cfg(feature = "dns")]
-use crate::discovery::dns::{Dns, Resolver};
+use dns::{Dns, Resolver};
 
 /// The peers a selector chooses from, shared and changeable at runtime. Cloning it gives another
 /// handle to the same set.
@@ -539,6 +541,25 @@ impl PeerSet {
     #[cfg(not(feature = "dns"))]
     fn resolve_in_background(&self, names: Vec<(u64, Peer)>) {
         debug_assert!(names.is_empty());
+    }
+}
+
+#[cfg(feature = "active-health")]
+impl crate::health::ActiveHealthCheck {
+    /// Checks the peers `set` holds at each round with `check`, every `interval` (10 ms to 1
+    /// hour): the addresses its names resolve to, and peers added after this call; a peer that
+    /// left is no longer checked.
+    ///
+    /// # Errors
+    ///
+    /// A timeout error for the interval.
+    pub fn from_set(
+        set: &PeerSet,
+        check: Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync>,
+        interval: std::time::Duration,
+    ) -> Result<Self, ConfigError> {
+        let set = set.clone();
+        Self::following(Box::new(move || set.peers().to_vec()), check, interval)
     }
 }
 
