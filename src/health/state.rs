@@ -178,7 +178,7 @@ impl HealthCell {
         &self,
         now: impl FnOnce() -> u64,
         readmit: bool,
-        tally: &dyn Tally,
+        tally: &(impl Tally + ?Sized),
     ) -> bool {
         if !readmit && self.ejected_until() != 0 {
             return false;
@@ -203,7 +203,7 @@ impl HealthCell {
 
     /// Ends the ejection without a success (the peer left its set), counting it out of
     /// `tally`; `true` when there was one. Racing a re-admission, only one of them ends it.
-    pub(crate) fn clear_ejection(&self, tally: &dyn Tally) -> bool {
+    pub(crate) fn clear_ejection(&self, tally: &(impl Tally + ?Sized)) -> bool {
         if self.ejected_until.swap(0, Ordering::AcqRel) == 0 {
             return false;
         }
@@ -219,7 +219,7 @@ impl HealthCell {
         now: u64,
         connect: bool,
         rules: &Thresholds,
-        tally: &dyn Tally,
+        tally: &(impl Tally + ?Sized),
     ) -> Option<Ejected> {
         let until = self.ejected_until();
         if until != 0 {
@@ -245,7 +245,13 @@ impl HealthCell {
     }
 
     /// Ejects the peer if its ejection is still `seen`; only one racing caller wins.
-    fn eject(&self, now: u64, seen: u64, rules: &Thresholds, tally: &dyn Tally) -> Option<Ejected> {
+    fn eject(
+        &self,
+        now: u64,
+        seen: u64,
+        rules: &Thresholds,
+        tally: &(impl Tally + ?Sized),
+    ) -> Option<Ejected> {
         let fresh = seen == 0;
         let mut before = u64::from(self.ejections.load(Ordering::Relaxed));
         // A peer that stayed healthy for as long as it was last out starts again from the base;
