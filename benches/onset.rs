@@ -37,6 +37,8 @@
 //!
 //! `ONSET_FAULTS=crash,blackhole,slow,503,drop` chooses faults;
 //! `ONSET_PROXIES=bare,failover,failover-no-cut,failover-undelivered` proxies.
+//! `ONSET_COLD=1` breaks the primary before the first request instead (a host down at deploy:
+//! nothing learned of it yet); the onset then counts from the start.
 //! Loopback only; every process it starts is killed when it ends.
 
 mod common;
@@ -179,9 +181,22 @@ struct Row {
     back: Option<Duration>,
 }
 
-fn analyse(records: &[Record], twice: usize) -> Row {
-    let interval = mean_latency_before(records, FAULT_AT);
-    let in_window = |r: &&Record| r.start >= FAULT_AT && r.start < HEAL_AT;
+/// `fault_at`: when the fault began (0 for a cold start, where the interval between requests
+/// while all was well is taken from the last seconds, after the heal).
+fn analyse(records: &[Record], twice: usize, fault_at: Duration) -> Row {
+    let interval = if fault_at.is_zero() {
+        let healthy = HEAL_AT + Duration::from_secs(2);
+        let (sum, n) = records
+            .iter()
+            .filter(|r| r.start >= healthy)
+            .fold((0.0, 0usize), |(s, n), r| {
+                (s + r.latency.as_secs_f64(), n + 1)
+            });
+        sum / n.max(1) as f64
+    } else {
+        mean_latency_before(records, fault_at)
+    };
+    let in_window = |r: &&Record| r.start >= fault_at && r.start < HEAL_AT;
     let mut window: Vec<f64> = Vec::new();
     for r in records.iter().filter(in_window).filter(|r| !r.post) {
         corrected(r.latency.as_secs_f64(), interval, &mut window);
@@ -194,9 +209,9 @@ fn analyse(records: &[Record], twice: usize) -> Row {
         .iter()
         .filter(|r| !r.post && (r.latency > STALL || r.failed()))
         .map(|r| r.start + r.latency)
-        .filter(|end| *end > FAULT_AT && *end < HEAL_AT + STALL)
+        .filter(|end| *end > fault_at && *end < HEAL_AT + STALL)
         .max()
-        .map_or(Duration::ZERO, |end| end - FAULT_AT);
+        .map_or(Duration::ZERO, |end| end - fault_at);
     let served = records.iter().filter(in_window).count();
     // After the heal, 100 ms buckets by when requests were sent.
     let mut back = None;
@@ -221,24 +236,35 @@ fn analyse(records: &[Record], twice: usize) -> Row {
         max: records.iter().map(|r| r.latency).max().unwrap_or_default(),
         onset,
         p99: Duration::from_secs_f64(p99),
-        rps: served as f64 / (HEAL_AT - FAULT_AT).as_secs_f64(),
+        rps: served as f64 / (HEAL_AT - fault_at).as_secs_f64(),
         back,
     }
 }
 
-async fn run(kind: &str, name: &str, fault: Mode) -> Row {
+/// `cold`: the primary is broken before the proxy has seen a request (one host of a pool down
+/// at deploy), rather than at `FAULT_AT`.
+async fn run(kind: &str, name: &str, fault: Mode, cold: bool) -> Row {
     let primary = Upstream::start("primary", Mode::Up).await;
     let backup = Upstream::start("backup", Mode::Up).await;
     let slow = matches!(fault, Mode::Slow(_));
     let (_proxy, addr) = start_proxy(kind, primary.addr, backup.addr, slow).await;
+    let mut dropped = None;
+    let mut break_primary = || {
+        dropped = (name == "drop").then(|| Dropped::on(primary.addr.port()).expect("iptables"));
+        primary.mode.send_replace(fault);
+    };
+    if cold {
+        break_primary();
+    }
     let t0 = Instant::now();
     let ids = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| tokio::spawn(load(addr, t0, END_AT, Some(ids.clone()), b"primary")))
         .collect();
     tokio::time::sleep_until((t0 + FAULT_AT).into()).await;
-    let dropped = (name == "drop").then(|| Dropped::on(primary.addr.port()).expect("iptables"));
-    primary.mode.send_replace(fault);
+    if !cold {
+        break_primary();
+    }
     tokio::time::sleep_until((t0 + HEAL_AT).into()).await;
     drop(dropped);
     primary.mode.send_replace(Mode::Up);
@@ -251,7 +277,8 @@ async fn run(kind: &str, name: &str, fault: Mode) -> Row {
         *posts.entry(*id).or_default() += n;
     }
     let twice = posts.values().filter(|n| **n > 1).count();
-    analyse(&records, twice)
+    let fault_at = if cold { Duration::ZERO } else { FAULT_AT };
+    analyse(&records, twice, fault_at)
 }
 
 fn main() {
@@ -298,13 +325,18 @@ fn main() {
     println!();
     println!("| fault | proxy | failed GET / POST | POST twice | >50 ms | max ms | onset ms | GET p99 ms (corrected) | req/s in fault | back >=90 % |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
+    // ONSET_COLD=1: the primary is broken from the start instead (its fault time is 0).
+    let cold = pick("ONSET_COLD").is_some_and(|v| v == "1");
+    if cold {
+        println!("cold start: the primary is broken before the first request");
+    }
     for (name, fault) in &faults {
         for kind in &proxies {
             // Moving an undelivered POST matters only where the kernel can tell.
             if kind == "failover-undelivered" && !matches!(*name, "drop" | "blackhole") {
                 continue;
             }
-            let row = runtime.block_on(run(kind, name, *fault));
+            let row = runtime.block_on(run(kind, name, *fault, cold));
             let back = row.back.map_or_else(
                 || format!("> {} ms", ms(END_AT - HEAL_AT)),
                 |b| format!("{} ms", ms(b)),
