@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use pingora_failover::{
     AdaptiveTimeouts, Failover, FailoverProxy, FailureKind, HealthChange, OrderedList, Outcome,
-    Peer, StandardPolicy,
+    Peer, PeerSet, StandardPolicy,
 };
 use support::{client, start_proxy, Blackhole, Events, Mode, Upstream};
 
@@ -86,6 +86,62 @@ async fn a_connect_far_past_the_learned_time_is_abandoned_before_the_configured_
                 )
         })
         .unwrap_or_else(|| panic!("no connect to the primary timed out: {:?}", records[1]));
+    assert!(
+        hung.duration().unwrap() < CONFIGURED,
+        "abandoned after {:?}, the configured timeout",
+        hung.duration()
+    );
+}
+
+/// A peer with nothing learned of its own (a host down when the proxy started, or added later)
+/// borrows the connect time the engine's other peers have shown: its hanging connect is
+/// abandoned long before the configured timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_no_connect_of_its_own_borrows_the_others_connect_time() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let hole = Blackhole::start().await;
+    let backup_peer = peer(&backup.peer_addr(), CONFIGURED);
+    let cold = peer(&hole.peer_addr(), CONFIGURED);
+    let set = PeerSet::new(vec![backup_peer.clone()]).unwrap();
+    let engine = Failover::builder(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let get = || async {
+        client()
+            .get(proxy.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    // Connections to the backup teach what a connect takes.
+    assert_eq!(get().await, "backup");
+    // A host that never completes a connect joins in front of it.
+    set.replace(vec![cold.clone(), backup_peer]).unwrap();
+    assert_eq!(get().await, "backup");
+    let records = log.wait_for(2).await;
+    let hung = records[1]
+        .iter()
+        .find(|a| {
+            a.peer() == &cold
+                && matches!(
+                    a.outcome(),
+                    Outcome::Failed {
+                        kind: FailureKind::ConnectTimeout,
+                        ..
+                    }
+                )
+        })
+        .unwrap_or_else(|| panic!("no connect to the cold peer timed out: {:?}", records[1]));
+    assert!(
+        cold.health().connect_time().is_some(),
+        "it learned from the abandoned connect"
+    );
     assert!(
         hung.duration().unwrap() < CONFIGURED,
         "abandoned after {:?}, the configured timeout",

@@ -57,7 +57,10 @@ use crate::peer::Peer;
 /// # Default
 ///
 /// - connect: abandoned after 10 times the learned connect time, at least 50 ms (a SYN lost on
-///   a LAN is resent after 1 s: a connect that slow goes to the next peer instead)
+///   a LAN is resent after 1 s: a connect that slow goes to the next peer instead); a peer that
+///   has made no connection yet borrows what connections to the engine's other peers take (a
+///   host down at deploy costs its first requests 50 ms, not the connect timeout; a peer
+///   farther away than the rest is abandoned once, and learns its own time from that)
 /// - stall cut: looked at after 10 times what the peer or the request typically takes to answer,
 ///   at least 50 ms, and made on evidence that the peer is stuck (so a broken peer costs a
 ///   client 50 to 100 ms, not the read timeout, and a slow request on a live peer runs once)
@@ -132,8 +135,8 @@ impl AdaptiveTimeouts {
         Self::default()
     }
 
-    /// Abandons a connect after `factor` times the peer's learned connect time, at least
-    /// `floor`.
+    /// Abandons a connect after `factor` times the peer's learned connect time (or, before it
+    /// has one, the engine's other peers'), at least `floor`.
     ///
     /// # Errors
     ///
@@ -186,7 +189,8 @@ impl AdaptiveTimeouts {
 
     /// Lowers `target`'s connect timeout for an attempt to `peer`, and sets the limit of its
     /// wait for the header and what a cut may do there. `route` is what this kind of request
-    /// typically takes (on any peer); `safe` says the request may run twice (a safe method, no
+    /// typically takes (on any peer), and `pool_connect` what a new connection to any peer
+    /// takes (the prior of a peer that has made none); `safe` says the request may run twice (a safe method, no
     /// body); `retried` says whether a failure of that kind, cutting that configured timeout
     /// short at that limit, would be retried (a cut where no retry can follow would turn a slow
     /// answer into an error).
@@ -194,6 +198,7 @@ impl AdaptiveTimeouts {
         &self,
         peer: &Peer,
         route: Option<Duration>,
+        pool_connect: Option<Duration>,
         safe: bool,
         target: &mut HttpPeer,
         retried: impl Fn(FailureKind, Duration, Duration) -> bool,
@@ -203,7 +208,7 @@ impl AdaptiveTimeouts {
         let connect = lower(
             self.connect,
             &mut options.connection_timeout,
-            || health.connect_time(),
+            || health.connect_time().or(pool_connect),
             |configured, limit| retried(FailureKind::ConnectTimeout, configured, limit),
         );
         let learned = match (health.typical_latency(), route) {

@@ -25,10 +25,13 @@ const ALPHA: f64 = 0.1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct RouteKey(u64);
 
-/// What each kind of request typically takes to answer.
+/// What each kind of request typically takes to answer, and what a new connection typically
+/// takes, learned across peers.
 pub(crate) struct Routes {
     slots: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
+    /// The moving average of new connections' times, in µs (0: none yet).
+    connect_us: AtomicU64,
 }
 
 impl std::fmt::Debug for Routes {
@@ -42,6 +45,7 @@ impl Default for Routes {
         Self {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hasher: Default::default(),
+            connect_us: AtomicU64::new(0),
         }
     }
 }
@@ -68,6 +72,28 @@ impl Routes {
     pub(crate) fn typical(&self, key: RouteKey) -> Option<Duration> {
         let word = self.slot(key).load(Ordering::Relaxed);
         (word >> TAG_SHIFT == Self::tag(key)).then(|| Duration::from_micros(word & VALUE))
+    }
+
+    /// What a new connection to any peer typically takes, if learned: the prior of a peer
+    /// that has made none yet.
+    pub(crate) fn typical_connect(&self) -> Option<Duration> {
+        match self.connect_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// A new connection to some peer was made in `took`.
+    pub(crate) fn learn_connect(&self, took: Duration) {
+        let us = (took.as_micros() as u64).clamp(1, VALUE);
+        let _ = self
+            .connect_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    0 => us,
+                    old => ((old as f64 + ALPHA * (us as f64 - old as f64)) as u64).max(1),
+                })
+            });
     }
 
     /// A request of kind `key` was answered after `took`.

@@ -185,8 +185,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let retried = |kind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
                 };
-                let typical = self.feed.routes.typical(route);
-                adaptive.apply(&next.peer, typical, safe, &mut http_peer, retried)
+                let routes = &self.feed.routes;
+                let (typical, connect) = (routes.typical(route), routes.typical_connect());
+                adaptive.apply(&next.peer, typical, connect, safe, &mut http_peer, retried)
             }
             None => Cut::default(),
         };
@@ -218,7 +219,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return;
         };
         if !reused {
-            rec.peer().health().learn_connect(rec.started().elapsed());
+            let took = rec.started().elapsed();
+            rec.peer().health().learn_connect(took);
+            self.feed.routes.learn_connect(took);
         }
         // One request at a time on the connection: an HTTP/2 one carries others.
         #[cfg(unix)]
