@@ -21,7 +21,11 @@ async fn after_the_threshold_requests_skip_the_blackholed_primary() {
         .unwrap();
     let list = OrderedList::new(vec![primary, Peer::new(&backup.peer_addr()).unwrap()]);
     let threshold: u32 = 2;
+    // The connect threshold alone: with learned timeouts, the connects after the first are
+    // abandoned at the others' connect time, and an abandoned connect counts as any failure
+    // (`adaptive::a_peer_with_no_connect_of_its_own_borrows_the_others_connect_time`).
     let engine = Failover::builder(list.unwrap(), StandardPolicy::default())
+        .without_adaptive_timeouts()
         .with_outlier_detection(
             OutlierDetection::new()
                 .with_consecutive_connect_failures(threshold)
