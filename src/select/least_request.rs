@@ -66,6 +66,58 @@ mod tests {
             .collect()
     }
 
+    /// Under a load in proportion to weight (4 requests in flight per unit of weight), each
+    /// admitted peer keeps its weight's share of the admitted weight, within 3 % over 6,000
+    /// draws, and an ejected peer gets nothing, for least-request and peak EWMA alike.
+    #[test]
+    fn under_a_load_in_proportion_to_weight_shares_follow_the_weights() {
+        let weights = [3u32, 2, 1, 2];
+        let peers: Vec<Peer> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                Peer::builder(format!("127.0.0.1:{}", 4100 + i))
+                    .with_weight(*w)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        for (p, w) in peers.iter().zip(weights) {
+            for _ in 0..w * 4 {
+                p.health().begin_request();
+            }
+        }
+        let rules = crate::OutlierDetection::new();
+        assert!(rules
+            .record_failure(&peers[3], crate::FailureKind::ConnectRefused)
+            .is_some());
+        let selectors: [(&str, Box<dyn PeerSelector>); 2] = [
+            (
+                "least-request",
+                Box::new(LeastRequest::new(peers.clone()).unwrap().with_seed(7)),
+            ),
+            (
+                "ewma",
+                Box::new(crate::PeakEwma::new(peers.clone()).unwrap().with_seed(7)),
+            ),
+        ];
+        for (name, selector) in selectors {
+            const DRAWS: usize = 6_000;
+            let mut counts = [0usize; 4];
+            for _ in 0..DRAWS {
+                let p = selector.select(&Attempt::new(&[], None)).unwrap();
+                counts[peers.iter().position(|q| *q == p).unwrap()] += 1;
+            }
+            for (i, due) in [3.0 / 6.0, 2.0 / 6.0, 1.0 / 6.0, 0.0]
+                .into_iter()
+                .enumerate()
+            {
+                let got = counts[i] as f64 / DRAWS as f64;
+                assert!((got - due).abs() < 0.03, "{name}: {counts:?}");
+            }
+        }
+    }
+
     #[test]
     fn the_less_loaded_of_two_is_chosen() {
         let ps = peers(2);
