@@ -378,7 +378,9 @@ impl PeerSet {
     /// elsewhere (the set holds it weakly).
     pub(crate) fn derive(&self, derived: Arc<dyn Derive>) {
         let _members = self.members();
-        derived.rebuild(&self.peers());
+        // Not `peers()`: after a fork, that starts the set's threads again, which takes the
+        // lock held here.
+        derived.rebuild(&self.shared.current.load_full());
         self.derived().push(Arc::downgrade(&derived));
     }
 
