@@ -78,8 +78,8 @@ pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };
 pub use select::{
-    Attempt, HashKey, HashRing, LeastRequest, OrderedList, PanicThreshold, PeakEwma, PeerSelector,
-    PriorityTiers, RoundRobin, SlowStart,
+    Attempt, Cost, HashKey, HashRing, InFlight, LeastRequest, OrderedList, PanicThreshold,
+    PeakEwma, PeakLatency, PeerSelector, PriorityTiers, RoundRobin, SlowStart, TwoChoices,
 };
 pub use set::{PeerSet, PeerSetBuilder, Snapshot};
 

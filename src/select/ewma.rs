@@ -3,9 +3,7 @@
 use tokio::time::Instant;
 
 use crate::peer::Peer;
-use crate::select::p2c::{two_choices_api, Cost, TwoChoices};
-use crate::select::{Attempt, PeerSelector};
-use crate::set::PeerSet;
+use crate::select::p2c::{Cost, TwoChoices};
 
 /// Sends each request to the cheaper of two peers drawn at random, where a peer's cost is its
 /// learned latency times its load (`1 + in flight / weight`): the peak EWMA balancer of Finagle
@@ -38,18 +36,18 @@ use crate::set::PeerSet;
 /// As with [`LeastRequest`](crate::LeastRequest), ejected and already-tried peers are never
 /// drawn, panic mode spreads over the untried peers, and selection takes no lock and allocates
 /// nothing.
-#[derive(Debug)]
-pub struct PeakEwma {
-    inner: TwoChoices,
-}
+///
+/// It is [`TwoChoices`] comparing by [`PeakLatency`]: `PeakEwma::new(peers)`,
+/// `PeakEwma::from_set(set)`, and the settings of [`TwoChoices`].
+pub type PeakEwma = TwoChoices<PeakLatency>;
 
-two_choices_api!(PeakEwma, "Peak EWMA");
+/// Learned latency ([`PeakEwma`]'s [`Cost`]):
+/// [`PeerHealth::latency`](crate::PeerHealth::latency); a peer that has not answered yet
+/// borrows the other candidate's.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PeakLatency;
 
-/// Learned latency.
-#[derive(Debug)]
-struct Latency;
-
-impl Cost for Latency {
+impl Cost for PeakLatency {
     fn estimates(&self, a: &Peer, b: &Peer) -> (f64, f64) {
         let now = Instant::now();
         let (la, lb) = (a.health().latency_us_at(now), b.health().latency_us_at(now));
@@ -63,20 +61,11 @@ impl Cost for Latency {
     }
 }
 
-impl PeerSelector for PeakEwma {
-    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        self.inner.select(attempt, &Latency)
-    }
-
-    fn peer_set(&self) -> Option<&PeerSet> {
-        Some(&self.inner.set)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::select::p2c::NOISE;
+    use crate::select::{Attempt, PeerSelector};
 
     fn peers(n: u16) -> Vec<Peer> {
         (0..n)

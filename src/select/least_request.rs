@@ -1,9 +1,7 @@
 //! Least-request: the power of two choices on in-flight requests.
 
 use crate::peer::Peer;
-use crate::select::p2c::{two_choices_api, Cost, TwoChoices};
-use crate::select::{Attempt, PeerSelector};
-use crate::set::PeerSet;
+use crate::select::p2c::{Cost, TwoChoices};
 
 /// Sends each request to the less loaded of two peers drawn at random: the power of two choices
 /// (Mitzenmacher) on requests in flight, weighted (Envoy's `LEAST_REQUEST`, nginx's
@@ -25,19 +23,18 @@ use crate::set::PeerSet;
 ///
 /// Ejected, suspected and already-tried peers are never drawn: their chance passes to a
 /// candidate drawn afresh, not to their neighbour in the set. When none is admitted, panic mode
-/// spreads the request over the untried peers ([`Attempt::best_untried`]). Randomness comes from
-/// a generator seeded per selector and process, or by [`with_seed`](Self::with_seed); selection
-/// takes no lock and allocates nothing.
-#[derive(Debug)]
-pub struct LeastRequest {
-    inner: TwoChoices,
-}
+/// spreads the request over the untried peers
+/// ([`Attempt::best_untried`](crate::Attempt::best_untried)). Randomness comes from a generator
+/// seeded per selector and process, or by [`TwoChoices::with_seed`]; selection takes no lock and
+/// allocates nothing.
+///
+/// It is [`TwoChoices`] comparing by [`InFlight`]: `LeastRequest::new(peers)`,
+/// `LeastRequest::from_set(set)`, and the settings of [`TwoChoices`].
+pub type LeastRequest = TwoChoices<InFlight>;
 
-two_choices_api!(LeastRequest, "Least-request");
-
-/// Load alone: the same estimate for every peer.
-#[derive(Debug)]
-struct InFlight;
+/// Load alone: the same estimate for every peer ([`LeastRequest`]'s [`Cost`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct InFlight;
 
 impl Cost for InFlight {
     fn estimates(&self, _: &Peer, _: &Peer) -> (f64, f64) {
@@ -45,20 +42,12 @@ impl Cost for InFlight {
     }
 }
 
-impl PeerSelector for LeastRequest {
-    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        self.inner.select(attempt, &InFlight)
-    }
-
-    fn peer_set(&self) -> Option<&PeerSet> {
-        Some(&self.inner.set)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ctx::AttemptRecord;
+    use crate::select::{Attempt, PeerSelector};
+    use crate::set::PeerSet;
 
     fn peers(n: u16) -> Vec<Peer> {
         (0..n)

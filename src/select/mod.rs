@@ -18,10 +18,11 @@ mod round_robin;
 mod slow_start;
 mod tiers;
 
-pub use ewma::PeakEwma;
+pub use ewma::{PeakEwma, PeakLatency};
 pub use hash::{HashKey, HashRing};
-pub use least_request::LeastRequest;
+pub use least_request::{InFlight, LeastRequest};
 pub use ordered::OrderedList;
+pub use p2c::{Cost, TwoChoices};
 pub use round_robin::RoundRobin;
 pub use slow_start::SlowStart;
 pub use tiers::{PriorityTiers, MAX_TIERS};

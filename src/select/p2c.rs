@@ -39,10 +39,32 @@ const TRIES: usize = 8;
 /// the worst answer of the last seconds), while a peer turned slow is 10 or 20 times slower.
 pub(crate) const NOISE: f64 = 3.0;
 
-/// What a two-choice selector compares (tower's `Load`), besides the load the algorithm counts.
-pub(crate) trait Cost {
+/// What a [`TwoChoices`] selector compares (tower's `Load`), besides the load the algorithm
+/// counts: [`InFlight`](crate::InFlight) (the same for every peer: least-request),
+/// [`PeakLatency`](crate::PeakLatency) (learned latency: peak EWMA), or your own.
+///
+/// ```
+/// use pingora_failover::{Cost, Peer, TwoChoices};
+///
+/// /// Prefers the peer that connects faster; load and weights still count.
+/// #[derive(Debug, Default)]
+/// struct ConnectTime;
+///
+/// impl Cost for ConnectTime {
+///     fn estimates(&self, a: &Peer, b: &Peer) -> (f64, f64) {
+///         let us = |p: &Peer| p.health().connect_time().map_or(1.0, |t| t.as_secs_f64() * 1e6);
+///         (us(a), us(b))
+///     }
+/// }
+///
+/// let peers = vec![Peer::new("127.0.0.1:8080")?, Peer::new("127.0.0.1:8081")?];
+/// let selector = TwoChoices::<ConnectTime>::new(peers)?;
+/// # let _ = selector;
+/// # Ok::<(), pingora_failover::ConfigError>(())
+/// ```
+pub trait Cost: Send + Sync + 'static {
     /// What one request alone would take on `a` and on `b`, in any unit (lower is better); the
-    /// same for both when only load counts.
+    /// same for both when only load counts. Called once per selection, with the two candidates.
     fn estimates(&self, a: &Peer, b: &Peer) -> (f64, f64);
 }
 
@@ -66,84 +88,103 @@ impl Candidate {
     }
 }
 
-/// The constructors, settings and accessors of a selector built on [`TwoChoices`] (a field
-/// `inner`), alike for each; `$what` begins their documentation.
-macro_rules! two_choices_api {
-    ($ty:ident, $what:literal) => {
-        impl $ty {
-            #[doc = concat!($what, " over `peers`, weighted by [`Peer::weight`](crate::Peer::weight).")]
-            ///
-            /// # Errors
-            ///
-            /// As [`PeerSet::new`](crate::PeerSet::new).
-            pub fn new(
-                peers: Vec<$crate::Peer>,
-            ) -> Result<Self, $crate::error::ConfigError> {
-                $crate::PeerSet::new(peers).map(Self::from_set)
-            }
-
-            #[doc = concat!($what, " over `set`, following its changes.")]
-            pub fn from_set(set: $crate::PeerSet) -> Self {
-                Self {
-                    inner: $crate::select::p2c::TwoChoices::new(set),
-                }
-            }
-
-            /// Seeds the random draws, for reproducible runs. Without a seed, each selector
-            /// draws from a seed of its own, different in every process.
-            pub fn with_seed(self, seed: u64) -> Self {
-                self.inner.seed(seed);
-                self
-            }
-
-            /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
-            ///
-            /// # Errors
-            ///
-            /// [`ConfigError::OutOfRange`](crate::ConfigError::OutOfRange) for a share outside
-            /// 0.0..=1.0.
-            pub fn with_panic_threshold(
-                mut self,
-                share: f64,
-            ) -> Result<Self, $crate::error::ConfigError> {
-                self.inner.panic = $crate::select::PanicThreshold::new(share)?;
-                Ok(self)
-            }
-
-            /// Ramps up the weight of a peer that joins traffic
-            /// ([`SlowStart`](crate::SlowStart)): its chance to be drawn, and its weight when
-            /// compared, grow with the ramp.
-            pub fn with_slow_start(mut self, slow_start: $crate::SlowStart) -> Self {
-                self.inner.slow_start = Some(slow_start);
-                self
-            }
-
-            /// The peers now.
-            pub fn peers(&self) -> std::sync::Arc<$crate::set::Snapshot> {
-                self.inner.set.peers()
-            }
-
-            /// The set it chooses from.
-            pub fn set(&self) -> &$crate::PeerSet {
-                &self.inner.set
-            }
-        }
-    };
+/// The power of two choices over a [`PeerSet`], comparing candidates by `C` ([`Cost`]) and
+/// their load, weighted. [`LeastRequest`](crate::LeastRequest) and
+/// [`PeakEwma`](crate::PeakEwma) are two of them; bring your own [`Cost`] for another.
+#[derive(Debug)]
+pub struct TwoChoices<C> {
+    draws: Draws,
+    cost: C,
 }
-pub(crate) use two_choices_api;
+
+impl<C: Cost + Default> TwoChoices<C> {
+    /// A selector over `peers`, weighted by [`Peer::weight`](crate::Peer::weight).
+    ///
+    /// # Errors
+    ///
+    /// As [`PeerSet::new`](crate::PeerSet::new).
+    pub fn new(peers: Vec<Peer>) -> Result<Self, crate::error::ConfigError> {
+        PeerSet::new(peers).map(Self::from_set)
+    }
+
+    /// A selector over `set`, following its changes.
+    pub fn from_set(set: PeerSet) -> Self {
+        Self::with_cost(set, C::default())
+    }
+}
+
+impl<C: Cost> TwoChoices<C> {
+    /// A selector over `set` that compares candidates by `cost`.
+    pub fn with_cost(set: PeerSet, cost: C) -> Self {
+        Self {
+            draws: Draws::new(set),
+            cost,
+        }
+    }
+
+    /// Seeds the random draws, for reproducible runs. Without a seed, each selector draws from
+    /// a seed of its own, different in every process.
+    pub fn with_seed(self, seed: u64) -> Self {
+        self.draws.seed(seed);
+        self
+    }
+
+    /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`](crate::ConfigError::OutOfRange) for a share outside
+    /// 0.0..=1.0.
+    pub fn with_panic_threshold(mut self, share: f64) -> Result<Self, crate::error::ConfigError> {
+        self.draws.panic = PanicThreshold::new(share)?;
+        Ok(self)
+    }
+
+    /// Ramps up the weight of a peer that joins traffic ([`SlowStart`]): its chance to be
+    /// drawn, and its weight when compared, grow with the ramp.
+    pub fn with_slow_start(mut self, slow_start: SlowStart) -> Self {
+        self.draws.slow_start = Some(slow_start);
+        self
+    }
+
+    /// The peers now.
+    pub fn peers(&self) -> std::sync::Arc<Snapshot> {
+        self.draws.set.peers()
+    }
+
+    /// The set it chooses from.
+    pub fn set(&self) -> &PeerSet {
+        &self.draws.set
+    }
+
+    /// What it compares candidates by.
+    pub fn cost(&self) -> &C {
+        &self.cost
+    }
+}
+
+impl<C: Cost> crate::select::PeerSelector for TwoChoices<C> {
+    fn select(&self, attempt: &Attempt<'_>) -> Option<Peer> {
+        self.draws.select(attempt, &self.cost)
+    }
+
+    fn peer_set(&self) -> Option<&PeerSet> {
+        Some(&self.draws.set)
+    }
+}
 
 /// What the power-of-two-choices selectors share: their set, their random draws, panic mode and
 /// slow start. Each brings its own [`Cost`].
 #[derive(Debug)]
-pub(crate) struct TwoChoices {
+struct Draws {
     pub(crate) set: PeerSet,
     rng: Rng,
     pub(crate) panic: PanicThreshold,
     pub(crate) slow_start: Option<SlowStart>,
 }
 
-impl TwoChoices {
-    pub(crate) fn new(set: PeerSet) -> Self {
+impl Draws {
+    fn new(set: PeerSet) -> Self {
         Self {
             set,
             rng: Rng::new(),
@@ -152,7 +193,7 @@ impl TwoChoices {
         }
     }
 
-    pub(crate) fn seed(&self, seed: u64) {
+    fn seed(&self, seed: u64) {
         self.rng.seed(seed);
     }
 
@@ -162,7 +203,7 @@ impl TwoChoices {
     }
 
     /// The peer for `attempt`: of two candidates drawn from the set, the one `cost` prefers.
-    pub(crate) fn select<C: Cost>(&self, attempt: &Attempt<'_>, cost: &C) -> Option<Peer> {
+    fn select<C: Cost>(&self, attempt: &Attempt<'_>, cost: &C) -> Option<Peer> {
         let snapshot = self.set.snapshot();
         let peers = snapshot.peers();
         if peers.is_empty() {
