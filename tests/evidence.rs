@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, RoundRobin, StandardPolicy};
-use support::{client, start_proxy, Mode, Upstream};
+use support::{client, start_proxy, upgrading_upstream, Mode, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -119,52 +118,6 @@ async fn a_peer_slower_than_its_route_from_the_start_runs_each_get_once() {
     assert_eq!(on_fast.len() + on_slow.len(), 24);
 }
 
-/// An upstream that answers `ok` to plain requests and accepts WebSocket upgrades, whose tunnels
-/// then stay quiet until the client closes them; and the count of plain requests it answered.
-async fn upgrading_upstream() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let plain = Arc::new(AtomicUsize::new(0));
-    let answered = plain.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let answered = answered.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let n = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    head.extend_from_slice(&buf[..n]);
-                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let request = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
-                    head.drain(..end + 4);
-                    if request.contains("upgrade: websocket") {
-                        let _ = s
-                            .write_all(
-                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
-Upgrade: websocket\r\n\r\n",
-                            )
-                            .await;
-                        // Quiet until the client leaves.
-                        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-                        return;
-                    }
-                    answered.fetch_add(1, Ordering::SeqCst);
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                }
-            });
-        }
-    });
-    (addr, plain)
-}
-
 /// Opens a WebSocket tunnel through the proxy at `addr`, and reads its 101.
 async fn tunnel(addr: std::net::SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -213,7 +166,7 @@ async fn tunnels(addr: std::net::SocketAddr, peers: &[&Peer], each: u32) -> Vec<
 /// in an ordered list and in a round-robin pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_websockets_never_make_their_peer_refuse_requests() {
-    let (primary, _) = upgrading_upstream().await;
+    let (primary, _) = upgrading_upstream(None).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
     let p = peer(&primary.to_string());
     let list = OrderedList::new(vec![p.clone(), peer(&backup.peer_addr())]).unwrap();
@@ -239,9 +192,9 @@ async fn open_websockets_never_make_their_peer_refuse_requests() {
 
     // Three round-robin peers with two tunnels each: new GETs still go round.
     let ups = [
-        upgrading_upstream().await,
-        upgrading_upstream().await,
-        upgrading_upstream().await,
+        upgrading_upstream(None).await,
+        upgrading_upstream(None).await,
+        upgrading_upstream(None).await,
     ];
     let peers: Vec<Peer> = ups.iter().map(|(a, _)| peer(&a.to_string())).collect();
     let rr = RoundRobin::new(peers.clone()).unwrap();

@@ -10,8 +10,8 @@ use pingora_failover::{
     Peer, StandardPolicy, StopReason, Verdict,
 };
 use support::{
-    client, ordered, primary_and_backup, refused_addr, start_failover, start_proxy, Events, Mode,
-    Upstream,
+    client, ordered, primary_and_backup, refused_addr, start_failover, start_proxy,
+    upgrading_upstream, Events, Mode, Upstream,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -134,59 +134,11 @@ Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n
     assert_eq!(backup.hits(), 1);
 }
 
-/// An upstream that answers `ok` to plain requests and accepts a WebSocket upgrade, whose tunnel
-/// then stays quiet for `quiet` before it says `hello`.
-async fn upgrading_upstream(quiet: Duration) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Ok(n) = s.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    let request = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
-                    head.drain(..end + 4);
-                    if request.contains("upgrade: websocket") {
-                        let _ = s
-                            .write_all(
-                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
-Upgrade: websocket\r\n\r\n",
-                            )
-                            .await;
-                        tokio::time::sleep(quiet).await;
-                        let _ = s.write_all(b"hello").await;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        return;
-                    }
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A WebSocket tunnel is not a late header: quiet for 10 times the stall cut's floor after its
 /// 101, on a peer that answers nothing else, it carries its data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_upgraded_connection_is_never_cut() {
-    let up = upgrading_upstream(Duration::from_millis(500)).await;
+    let (up, _) = upgrading_upstream(Some(Duration::from_millis(500))).await;
     let (proxy, _log) = start_failover(
         ordered(&[up.to_string()], Duration::from_secs(5)),
         StandardPolicy::default(),

@@ -346,6 +346,21 @@ fn display_name(endpoint: &Endpoint, template: &HttpPeer) -> Box<str> {
     .into_boxed_str()
 }
 
+/// Peers on loopback ports from `port` on, with `weights`, for unit tests.
+#[cfg(test)]
+pub(crate) fn weighted_for_tests(port: u16, weights: &[u32]) -> Vec<Peer> {
+    weights
+        .iter()
+        .zip(port..)
+        .map(|(w, port)| {
+            Peer::builder(format!("127.0.0.1:{port}"))
+                .with_weight(*w)
+                .build()
+                .unwrap()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

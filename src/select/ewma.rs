@@ -145,15 +145,7 @@ mod tests {
     }
 
     fn weighted(ws: &[u32], port: u16) -> Vec<Peer> {
-        ws.iter()
-            .enumerate()
-            .map(|(i, w)| {
-                Peer::builder(format!("127.0.0.1:{}", port + i as u16))
-                    .with_weight(*w)
-                    .build()
-                    .unwrap()
-            })
-            .collect()
+        crate::peer::weighted_for_tests(port, ws)
     }
 
     fn assert_shares(counts: &[usize], want: &[f64], tolerance: f64) {

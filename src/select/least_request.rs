@@ -61,16 +61,7 @@ mod tests {
     #[test]
     fn under_a_load_in_proportion_to_weight_shares_follow_the_weights() {
         let weights = [3u32, 2, 1, 2];
-        let peers: Vec<Peer> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                Peer::builder(format!("127.0.0.1:{}", 4100 + i))
-                    .with_weight(*w)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
+        let peers = weighted(&weights, 4100);
         for (p, w) in peers.iter().zip(weights) {
             for _ in 0..w * 4 {
                 p.health().begin_request();
@@ -169,15 +160,7 @@ mod tests {
     }
 
     fn weighted(ws: &[u32], port: u16) -> Vec<Peer> {
-        ws.iter()
-            .enumerate()
-            .map(|(i, w)| {
-                Peer::builder(format!("127.0.0.1:{}", port + i as u16))
-                    .with_weight(*w)
-                    .build()
-                    .unwrap()
-            })
-            .collect()
+        crate::peer::weighted_for_tests(port, ws)
     }
 
     /// How many of `n` first attempts each of `ps` gets.

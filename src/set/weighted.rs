@@ -106,16 +106,7 @@ mod tests {
     use super::*;
 
     fn peers(weights: &[u32]) -> Vec<Peer> {
-        weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| {
-                Peer::builder(format!("127.0.0.1:{}", 6100 + i))
-                    .with_weight(*w)
-                    .build()
-                    .unwrap()
-            })
-            .collect()
+        crate::peer::weighted_for_tests(6100, weights)
     }
 
     #[test]

@@ -859,3 +859,58 @@ impl Drop for TempPath {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// An upstream that answers `ok` to plain requests and accepts WebSocket upgrades; a tunnel then
+/// stays quiet, for `hello_after` before it says `hello` (and closes a second later), or until
+/// the client leaves. The count of plain requests it answered comes with its address.
+#[allow(dead_code)]
+pub async fn upgrading_upstream(hello_after: Option<Duration>) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let plain = Arc::new(AtomicUsize::new(0));
+    let answered = plain.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    head.extend_from_slice(&buf[..n]);
+                    let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let request = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+                    head.drain(..end + 4);
+                    if request.contains("upgrade: websocket") {
+                        let _ = s
+                            .write_all(
+                                b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+Upgrade: websocket\r\n\r\n",
+                            )
+                            .await;
+                        match hello_after {
+                            Some(quiet) => {
+                                tokio::time::sleep(quiet).await;
+                                let _ = s.write_all(b"hello").await;
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            None => while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {},
+                        }
+                        return;
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, plain)
+}
