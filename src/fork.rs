@@ -13,10 +13,15 @@ static FORKS: AtomicU64 = AtomicU64::new(0);
 static HOOK: Once = Once::new();
 
 /// The fork generation of this process: 0 in the process that first asked, one more in a child
-/// after every fork. A thread records it when it starts, so a thread must ask before the fork
-/// that would lose it (starting it does).
+/// after every fork. Whatever records a generation to compare with later asks here first, when
+/// it is made (a set, a watchdog), so that the count is kept from before the fork it must see.
 pub(crate) fn generation() -> u64 {
     HOOK.call_once(set_hook);
+    current()
+}
+
+/// [`generation`] for the request path, once something has asked it: one relaxed load.
+pub(crate) fn current() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }
 

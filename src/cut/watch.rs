@@ -301,6 +301,8 @@ impl Watchdog {
     /// A watchdog whose cuts take their retries from `budget`, and that checks a peer's
     /// liveness with `liveness`.
     pub(crate) fn new(budget: Option<Arc<RetryBudget>>, liveness: RecoveryProbe) -> Self {
+        // Counted from now on: a fork after this starts the thread again in the child.
+        crate::fork::generation();
         Self {
             shared: Arc::new(Shared {
                 watches: Mutex::default(),
@@ -368,7 +370,7 @@ impl Watchdog {
 
     /// Whether the thread runs in this process, starting it if not tried yet.
     fn running(&self) -> bool {
-        let generation = (crate::fork::generation() + 1) * 2;
+        let generation = (crate::fork::current() + 1) * 2;
         let thread = self.shared.thread.load(Ordering::Acquire);
         if thread & !1 == generation {
             return thread & 1 == 1;

@@ -251,7 +251,7 @@ impl PeerSet {
     /// In a process forked since the set's threads started (pingora's daemon), starts them
     /// again: the resolver, which follows every name again, and the followers.
     fn follow_forks(&self) {
-        let now = crate::fork::generation();
+        let now = crate::fork::current();
         if self.shared.generation.load(Ordering::Relaxed) != now {
             self.restart(now);
         }
