@@ -140,6 +140,14 @@ fn hash_after_replace(c: &mut Criterion) {
     group.bench_function("200x100/steady", |b| b.iter(select));
     group.finish();
 
+    // Under `cargo test` (no `--bench`), criterion runs each bench once to show it works: one
+    // replace then, not twenty (each builds a ring of 3.2 million points, seconds in a debug
+    // build).
+    let turns = if std::env::args().any(|a| a == "--bench") {
+        20
+    } else {
+        1
+    };
     let mut steady: Vec<Duration> = (0..10_000)
         .map(|_| {
             let t = Instant::now();
@@ -148,7 +156,7 @@ fn hash_after_replace(c: &mut Criterion) {
         })
         .collect();
     let (mut first, mut replaces) = (Vec::new(), Vec::new());
-    for turn in 0..20 {
+    for turn in 0..turns {
         let t = Instant::now();
         ring.set().replace(lists[(turn + 1) % 2].clone()).unwrap();
         replaces.push(t.elapsed());

@@ -3,10 +3,9 @@
 # the crate's public API and crates the user can name. Checked in two steps:
 #  1. no example pulls in code from elsewhere in the tree (`#[path = ...]`, `include!`);
 #  2. every example builds from a copy outside the crate: a fresh Cargo project depending on
-#     pingora-failover by path and on the crates the examples name, each as the crate's
-#     [dev-dependencies] (else [dependencies]) give it, with the crate's Cargo.lock and target
-#     dir. The first run builds what the copy's features need that the crate's build did not
-#     (a minute or so); after that, only the examples changed since are built again.
+#     pingora-failover by path and on the crates the crate declares for its examples, with the
+#     crate's Cargo.lock and target dir. The copy's features resolve as in the crate's own build
+#     of the examples, so it reuses every artifact of that build and compiles the examples alone.
 set -euo pipefail
 
 crate=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,13 +36,17 @@ spec() {
   ' "$manifest"
 }
 
-# The crates the examples name (`tokio::`, `use axum::...`), as the crate declares them.
+# Every dev-dependency, as the crate declares it (the same feature resolution as the crate's own
+# build of the examples), and each of the crate's [dependencies] an example names (`arc_swap::`).
+# A crate declared nowhere fails the build.
 deps=""
-for name in $( (keys dev-dependencies; keys dependencies) | sort -u); do
-  if grep -rqE "(^|[^:[:alnum:]_])${name//-/_}::" "$crate/examples"; then
-    line=$(spec dev-dependencies "$name")
-    [ -n "$line" ] || line=$(spec dependencies "$name")
-    deps+="$line"$'\n'
+for name in $(keys dev-dependencies); do
+  deps+="$(spec dev-dependencies "$name")"$'\n'
+done
+for name in $(keys dependencies); do
+  if [ -z "$(spec dev-dependencies "$name")" ] \
+     && grep -rqE "(^|[^:[:alnum:]_])${name//-/_}::" "$crate/examples"; then
+    deps+="$(spec dependencies "$name")"$'\n'
   fi
 done
 # The crate's features, passed through: `#[cfg(feature = "metrics")]` in an example means the
@@ -72,6 +75,9 @@ pingora-failover = { path = "$crate" }
 $deps
 [workspace]
 TOML
+# The crate's profiles too (a profile is the root package's alone): the same build settings, so
+# the same artifacts.
+awk '/^\[/ { inside = ($0 ~ /^\[profile\./) } inside' "$manifest" >> "$copy/Cargo.toml"
 # Modification times are kept (and the empty library's is fixed): an example unchanged since
 # the last run is not built again.
 echo "//! Only the examples are built." > "$copy/src/lib.rs"

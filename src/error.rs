@@ -48,7 +48,7 @@ pub enum ConfigError {
         peer: String,
     },
 
-    /// A peer weight above [`MAX_WEIGHT`](crate::peer::MAX_WEIGHT).
+    /// A peer weight above the maximum (`peer::MAX_WEIGHT`, given in `max`).
     #[error("peer {peer}: weight {weight} is above the maximum of {max}; scale the weights down")]
     WeightTooLarge {
         /// The peer.

@@ -40,6 +40,7 @@
 // borrows a connection's descriptor.
 #![deny(unsafe_code)]
 
+mod cell;
 pub mod classify;
 pub mod ctx;
 mod cut;
@@ -59,11 +60,11 @@ mod sync;
 
 pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use cut::AdaptiveTimeouts;
+#[cfg(feature = "discovery")]
+pub use discovery::Discovered;
 pub use discovery::PeersFile;
 #[cfg(feature = "dns")]
 pub use discovery::Resolver;
-#[cfg(feature = "discovery")]
-pub use discovery::{Discovered, LoadBalancerSelector};
 pub use error::ConfigError;
 #[cfg(feature = "active-health")]
 pub use health::ActiveHealthCheck;
@@ -77,6 +78,8 @@ pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };
+#[cfg(feature = "discovery")]
+pub use select::LoadBalancerSelector;
 pub use select::{
     Attempt, Cost, HashKey, HashRing, InFlight, LeastRequest, OrderedList, PanicThreshold,
     PeakEwma, PeakLatency, PeerSelector, PriorityTiers, RoundRobin, SlowStart, TwoChoices,

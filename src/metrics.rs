@@ -2,11 +2,11 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::cell::gate::Tally;
+use crate::cell::membership::Accounts;
 #[cfg(doc)]
 use crate::classify::FailureKind;
 use crate::ctx::Outcome;
-use crate::health::membership::Accounts;
-use crate::health::state::Tally;
 use crate::peer::Peer;
 
 /// Every `outcome` label of `failover_attempts_total`: `ok`, `pending` and each
@@ -146,7 +146,7 @@ impl Metrics {
     }
 
     /// Moves the ejected-peers gauge; health calls it at the right moment of its transitions
-    /// (see `health::state::Tally`), so that it never goes below zero.
+    /// (see `cell::gate::Tally`), so that it never goes below zero.
     pub(crate) fn ejected_peers(&self, delta: i64) {
         self.ejected.add(delta);
     }

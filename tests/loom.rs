@@ -12,8 +12,8 @@ mod sync {
 #[path = "../src/select/cursor.rs"]
 mod cursor;
 #[allow(dead_code)]
-#[path = "../src/health/state.rs"]
-mod health_state;
+#[path = "../src/cell/gate.rs"]
+mod gate;
 #[allow(dead_code)]
 #[path = "../src/retry/window.rs"]
 mod window;
@@ -22,7 +22,7 @@ use loom::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 
-use health_state::{Admit, HealthCell, Tally, Thresholds};
+use gate::{Admit, HealthCell, Tally, Thresholds};
 
 /// Every interleaving, with a preemption bound that keeps three-thread models to seconds.
 fn model(f: impl Fn() + Sync + Send + 'static) {

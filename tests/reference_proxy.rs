@@ -401,7 +401,9 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
     let fast = Upstream::start("fast", Mode::Ok).await;
-    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(50))).await;
+    // 200 ms: well above what a loaded machine adds to the fast one's answers (a peak of tens of
+    // ms while other tests run), which peak EWMA would otherwise take for its latency.
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(200))).await;
     let listen = free_addr();
     let args = [
         "--listen",

@@ -27,7 +27,7 @@
 use std::time::Duration;
 
 use super::sys::Counters;
-pub(crate) use crate::health::suspicion::Live;
+pub(crate) use crate::cell::suspicion::Live;
 
 /// What the watchdog sees of one waiting attempt.
 #[derive(Debug, Clone, Copy)]

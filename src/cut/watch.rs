@@ -591,7 +591,7 @@ mod tests {
             .await
             .unwrap();
         until("checked", || {
-            peer.health().suspicion().live_since(0, 0) == crate::health::suspicion::Live::Passed
+            peer.health().suspicion().live_since(0, 0) == crate::cell::suspicion::Live::Passed
         })
         .await;
         tokio::time::sleep(Duration::from_millis(60)).await;

@@ -27,4 +27,6 @@ pub(crate) fn builder(addr: impl Into<String>, settings: Option<&PeerSettings>) 
 }
 pub use file::PeersFile;
 #[cfg(feature = "discovery")]
-pub use lb::{Discovered, LoadBalancerSelector};
+pub(crate) use lb::peer_of;
+#[cfg(feature = "discovery")]
+pub use lb::Discovered;

@@ -16,8 +16,8 @@ use std::time::Duration;
 use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 
+use crate::cell::PeerHealth;
 use crate::error::ConfigError;
-use crate::health::PeerHealth;
 
 /// Connect timeout used when none is given: 2 s, long enough for one lost SYN to be resent
 /// (Linux resends after 1 s) and short enough that a dead peer is left quickly.

@@ -127,9 +127,9 @@ impl Feed {
         let peer = rec.peer();
         let connect =
             kind.is_connect() && !(kind == FailureKind::ConnectTimeout && rec.cut.connect);
-        if let Some(ejection) = peer
-            .health()
-            .record_failure_as(connect, rules, &*self.signals)
+        if let Some(ejection) =
+            peer.health()
+                .record_failure_as(connect, &rules.thresholds(), &*self.signals)
         {
             self.signals.ejected(peer, ejection, kind);
             if let Some(probe) = rules.recovery() {

@@ -5,6 +5,7 @@ mod engine;
 mod feed;
 mod rules;
 mod signals;
+mod walk;
 
 pub use builder::FailoverBuilder;
 pub use engine::{Failover, DEFAULT_MAX_RETRY_AFTER};

@@ -2,9 +2,9 @@
 
 use std::fmt;
 
+use crate::cell::gate::Tally;
 use crate::classify::FailureKind;
 use crate::ctx::Outcome;
-use crate::health::state::Tally;
 use crate::health::{Ejection, HealthChange, HealthObserver};
 use crate::peer::Peer;
 
@@ -38,11 +38,11 @@ impl Tally for Signals {
 }
 
 /// The engine's metrics are the accounts a peer settles when it leaves its sets.
-impl crate::health::membership::Accounts for Signals {
-    fn keep(&self) -> Option<Box<dyn crate::health::membership::Accounts>> {
+impl crate::cell::membership::Accounts for Signals {
+    fn keep(&self) -> Option<Box<dyn crate::cell::membership::Accounts>> {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
-            return crate::health::membership::Accounts::keep(m);
+            return crate::cell::membership::Accounts::keep(m);
         }
         None
     }
@@ -50,7 +50,7 @@ impl crate::health::membership::Accounts for Signals {
     fn forget(&self, name: &str) {
         #[cfg(feature = "metrics")]
         if let Some(m) = &self.metrics {
-            crate::health::membership::Accounts::forget(m, name);
+            crate::cell::membership::Accounts::forget(m, name);
         }
         let _ = name;
     }

@@ -12,6 +12,8 @@ mod cursor;
 mod ewma;
 mod hash;
 mod least_request;
+#[cfg(feature = "discovery")]
+mod load_balancer;
 mod ordered;
 mod p2c;
 mod round_robin;
@@ -21,6 +23,8 @@ mod tiers;
 pub use ewma::{PeakEwma, PeakLatency};
 pub use hash::{HashKey, HashRing};
 pub use least_request::{InFlight, LeastRequest};
+#[cfg(feature = "discovery")]
+pub use load_balancer::LoadBalancerSelector;
 pub use ordered::OrderedList;
 pub use p2c::{Cost, TwoChoices};
 pub use round_robin::RoundRobin;

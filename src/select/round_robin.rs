@@ -177,9 +177,8 @@ mod tests {
     }
 
     fn eject(p: &Peer) {
-        let rules = crate::OutlierDetection::new();
-        p.health()
-            .record_failure(crate::FailureKind::ConnectRefused, &rules)
+        crate::OutlierDetection::new()
+            .record_failure(p, crate::FailureKind::ConnectRefused)
             .unwrap();
     }
 

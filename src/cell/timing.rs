@@ -1,6 +1,8 @@
-//! A peer's learned latency: a peak-sensitive moving average (Finagle's and Linkerd's peak
-//! EWMA), in one atomic word.
+//! What a peer's times have taught: how long it takes to answer (a peak EWMA, for balancing),
+//! what an answer typically takes (a plain mean, for the cut's limits) and how long a new
+//! connection to it takes ([`Timing`]), each learned in one atomic word ([`Latency`]).
 //!
+//! The peak EWMA is Finagle's and Linkerd's peak-sensitive moving average.
 //! A sample above the estimate replaces it at once (the peak): a peer that turns slow is seen as
 //! slow by its first slow answer. A sample below it is blended in with a weight that grows with
 //! the time since the last sample, and with no samples at all the estimate decays towards zero,
@@ -12,6 +14,7 @@
 //! compare-and-swap and a reader never sees one without the other.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// How fast the estimate forgets: the time constant of its exponential decay (10 s, as in
 /// Finagle and Linkerd).
@@ -138,6 +141,59 @@ impl Latency {
             EMPTY => None,
             word => Some(unpack(word).0),
         }
+    }
+}
+
+/// The three times learned of one peer.
+#[derive(Debug)]
+pub(crate) struct Timing {
+    /// The time to the response header, as a peak EWMA.
+    latency: Latency,
+    /// The time to a new connection (a moving average).
+    connect: Latency,
+    /// The time to the response header, as a plain moving average.
+    typical: Latency,
+}
+
+fn from_us(us: f64) -> Duration {
+    Duration::from_nanos((us * 1_000.0) as u64)
+}
+
+impl Timing {
+    pub(crate) fn new() -> Self {
+        Self {
+            latency: Latency::new(),
+            connect: Latency::new(),
+            typical: Latency::new(),
+        }
+    }
+
+    /// The peak EWMA in microseconds at `now_ms`.
+    pub(crate) fn latency_us(&self, now_ms: u64) -> Option<f64> {
+        self.latency.estimate_us(now_ms)
+    }
+
+    /// Learns an attempt of `us` microseconds ending at `now_ms`: answered, or failed, when only
+    /// a wait longer than the estimate counts (and the typical time learns nothing).
+    pub(crate) fn learn(&self, us: f64, now_ms: u64, answered: bool) {
+        self.latency.observe(us, now_ms, !answered);
+        if answered {
+            self.typical.observe_mean(us);
+        }
+    }
+
+    /// What an answer typically takes; `None` before the first.
+    pub(crate) fn typical(&self) -> Option<Duration> {
+        self.typical.mean_us().map(from_us)
+    }
+
+    /// What a new connection takes; `None` before the first.
+    pub(crate) fn connect(&self) -> Option<Duration> {
+        self.connect.mean_us().map(from_us)
+    }
+
+    pub(crate) fn learn_connect(&self, took: Duration) {
+        self.connect.observe_mean(took.as_secs_f64() * 1e6);
     }
 }
 

@@ -11,8 +11,12 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_http::RequestHeader;
 
 use crate::error::{check_between, ConfigError};
-use crate::health::state::Tally;
-use crate::peer::Peer;
+
+mod check;
+mod prober;
+
+pub(crate) use check::Checked;
+pub(crate) use prober::{start, Reports};
 
 /// How an ejected peer is probed while it is out.
 ///
@@ -232,104 +236,7 @@ impl RecoveryProbe {
             .mul_f64(1.0 + self.jitter * (2.0 * unit - 1.0))
             .max(Duration::from_millis(1))
     }
-
-    /// Whether `peer` passes one probe. The probe is never more patient than a request: its
-    /// timeouts are the probe's, or the peer's own where they are shorter (a peer too slow for
-    /// its requests must not pass its probe).
-    async fn passes(&self, peer: &Peer) -> bool {
-        self.check_within(peer, self.timeout).await == Checked::Passed
-    }
-
-    /// Makes the connector probes use now, off the path of any probe: the first one builds
-    /// pingora's TLS context (loading the system's roots), which can take a hundred
-    /// milliseconds.
-    pub(crate) fn warm(&self) {
-        if self.connectors.0.get().is_some() {
-            return;
-        }
-        match &self.check {
-            Check::Connect => {
-                TRANSPORT.get_or_init(|| TransportConnector::new(None));
-            }
-            Check::Http { .. } => {
-                HTTP.get_or_init(|| Connector::new(None));
-            }
-        }
-    }
-
-    /// Whether `peer` passes one probe with `timeout` for its connect and for its answer: the
-    /// liveness check of a peer a request waits on ([`AdaptiveTimeouts`]). A probe the proxy
-    /// could not make for reasons of its own (out of file descriptors or local ports) is
-    /// [`Checked::Unknown`]: it says nothing about the peer.
-    ///
-    /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
-    pub(crate) async fn check_within(&self, peer: &Peer, timeout: Duration) -> Checked {
-        let mut target = peer.http_peer().clone();
-        let options = &mut target.options;
-        let within = |own: Option<Duration>| Some(own.map_or(timeout, |t| t.min(timeout)));
-        options.connection_timeout = within(options.connection_timeout);
-        options.total_connection_timeout = within(options.total_connection_timeout);
-        options.read_timeout = within(options.read_timeout);
-        options.write_timeout = within(options.write_timeout);
-        // Bounded as a whole too, whatever the transport does.
-        let limit = timeout * 3;
-        match &self.check {
-            Check::Connect => {
-                let connector = match self.connectors.0.get() {
-                    Some((_, transport)) => transport,
-                    None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
-                };
-                match tokio::time::timeout(limit, connector.new_stream(&target)).await {
-                    Ok(Ok(_)) => Checked::Passed,
-                    Ok(Err(e)) => Checked::unreachable(&e),
-                    Err(_) => Checked::Unreachable,
-                }
-            }
-            Check::Http { path } => {
-                let connector = match self.connectors.0.get() {
-                    Some((http, _)) => http,
-                    None => HTTP.get_or_init(|| Connector::new(None)),
-                };
-                let host = self.host.as_deref().unwrap_or_else(|| peer.authority());
-                let mut connected = false;
-                let status = http_status(connector, &target, path, host, &mut connected);
-                match tokio::time::timeout(limit, status).await {
-                    Ok(Ok(status)) if self.passing.contains(status) => Checked::Passed,
-                    Ok(Err(e)) if !connected => Checked::unreachable(&e),
-                    _ if !connected => Checked::Unreachable,
-                    _ => Checked::Failed,
-                }
-            }
-        }
-    }
 }
-
-/// What one probe showed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Checked {
-    Passed,
-    /// Connected, but the answer was late, broken or a failing status.
-    Failed,
-    /// The connection (TCP, and TLS for a TLS peer) could not be made.
-    Unreachable,
-    /// The proxy could not make the probe for reasons of its own.
-    Unknown,
-}
-
-impl Checked {
-    /// A probe whose connect failed with `e`: unknown when the failure was the proxy's own.
-    fn unreachable(e: &pingora_error::Error) -> Self {
-        match crate::FailureKind::from_connect(e) {
-            crate::FailureKind::Local => Self::Unknown,
-            _ => Self::Unreachable,
-        }
-    }
-}
-
-/// Pingora's default connectors, for probes of an engine not yet checked against a server's
-/// configuration.
-static TRANSPORT: OnceLock<TransportConnector> = OnceLock::new();
-static HTTP: OnceLock<Connector> = OnceLock::new();
 
 /// The connectors probes use, made from the server's configuration once it is known; until
 /// then, pingora's defaults.
@@ -416,142 +323,6 @@ fn is_authority(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
 }
 
-/// The status `GET path` gets from `target` with `Host: host`; `connected` is set once the
-/// connection is made.
-async fn http_status(
-    connector: &Connector,
-    target: &pingora_core::upstreams::peer::HttpPeer,
-    path: &str,
-    host: &str,
-    connected: &mut bool,
-) -> pingora_error::Result<u16> {
-    use pingora_error::{ErrorType, OkOrErr};
-    let (mut session, _) = connector.get_http_session(target).await?;
-    *connected = true;
-    // The connector applies the connect timeouts only.
-    session.set_write_timeout(target.options.write_timeout);
-    session.set_read_timeout(target.options.read_timeout);
-    let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
-    req.insert_header("host", host)?;
-    req.insert_header("user-agent", "pingora-failover recovery probe")?;
-    session.write_request_header(Box::new(req)).await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    session
-        .response_header()
-        .map(|r| r.status.as_u16())
-        .or_err(ErrorType::InvalidHTTPHeader, "no response header")
-}
-
-/// Random numbers for the probes' jitter: SplitMix64, seeded differently in every prober (and
-/// every process).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        Self(
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish(),
-        )
-    }
-
-    /// A number in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// What a prober reports to: the engine's tally of ejected peers and its health events.
-pub(crate) trait Reports: Tally + Send + Sync + 'static {
-    fn probing(&self, peer: &Peer);
-    fn readmitted(&self, peer: &Peer);
-}
-
-/// Starts probing `peer` in the background unless a prober already owns it. Without a tokio
-/// runtime to run on, nothing starts, and the peer is probed by a request as without a prober.
-/// A prober whose probes have failed for `give_up` hands the peer back to request probes: a
-/// probe that fails by design (a health path the peer does not serve) must not keep a working
-/// peer out for good.
-pub(crate) fn start(
-    peer: &Peer,
-    probe: &RecoveryProbe,
-    give_up: Duration,
-    reports: &Arc<impl Reports>,
-) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    if !peer.health().take_background() {
-        return;
-    }
-    let (peer, probe, reports) = (peer.clone(), probe.clone(), reports.clone());
-    runtime.spawn(async move {
-        loop {
-            if !run(&peer, &probe, give_up, &*reports).await {
-                // Gave up: requests probe it from now on.
-                peer.health().release_background();
-                return;
-            }
-            peer.health().release_background();
-            // An ejection that came as this prober was leaving found it still in charge: take it.
-            if peer.is_orphan() || !peer.health().is_ejected() || !peer.health().take_background() {
-                return;
-            }
-        }
-    });
-}
-
-/// Probes `peer` until it is re-admitted, is no longer ejected, or has left every set; `false`
-/// when its probes kept failing for `give_up`.
-async fn run(
-    peer: &Peer,
-    probe: &RecoveryProbe,
-    give_up: Duration,
-    reports: &impl Reports,
-) -> bool {
-    let mut announced = false;
-    let mut probing_since = None;
-    let mut jitter = Jitter::new();
-    loop {
-        let health = peer.health();
-        if !health.is_ejected() || peer.is_orphan() {
-            return true;
-        }
-        let wait = health.ejection_left_ms();
-        if wait > 0 {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            continue;
-        }
-        if !health.is_check_passing() {
-            // Its active check holds it out; probing would not let it in.
-            tokio::time::sleep(probe.wait(jitter.unit())).await;
-            continue;
-        }
-        if !announced {
-            reports.probing(peer);
-            announced = true;
-        }
-        let since = *probing_since.get_or_insert_with(tokio::time::Instant::now);
-        if probe.passes(peer).await {
-            if health.record_success_counted(true, reports) {
-                reports.readmitted(peer);
-            }
-            return true;
-        }
-        if since.elapsed() >= give_up {
-            return false;
-        }
-        tokio::time::sleep(probe.wait(jitter.unit())).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,7 +332,7 @@ mod tests {
         let probe = RecoveryProbe::default();
         assert_eq!(probe.wait(0.0), Duration::from_millis(200));
         assert_eq!(probe.wait(0.5), Duration::from_millis(250));
-        let mut jitter = Jitter(7);
+        let jitter = crate::rng::Rng::from_seed(7);
         let waits: Vec<Duration> = (0..1000).map(|_| probe.wait(jitter.unit())).collect();
         let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
         assert!(*lo >= Duration::from_millis(200) && *hi <= Duration::from_millis(300));
@@ -571,7 +342,6 @@ mod tests {
         );
         let steady = probe.with_jitter(0.0).unwrap();
         assert_eq!(steady.wait(0.9), Duration::from_millis(250));
-        assert_ne!(Jitter::new().0, Jitter::new().0, "seeded apart");
     }
 
     #[test]

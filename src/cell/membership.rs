@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;
 
-use crate::health::state::{NoTally, Tally};
+use crate::cell::gate::{NoTally, Tally};
 
 /// Accounts kept outside the peer about it (the engine's metrics): its ejection in the
 /// ejected-peers gauge, its per-peer series.

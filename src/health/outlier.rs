@@ -1,0 +1,220 @@
+//! The rules of ejection: how many failures take a peer out, for how long, and how it is
+//! probed back.
+
+use std::time::Duration;
+
+use super::RecoveryProbe;
+use crate::cell::gate::Thresholds;
+use crate::cell::Ejection;
+use crate::classify::FailureKind;
+use crate::error::{check_timeout, ConfigError};
+use crate::peer::Peer;
+
+/// When a peer is ejected, and for how long.
+///
+/// # Default
+///
+/// - consecutive failures: 5 (Envoy's `consecutive_5xx`). A 5xx response counts as a failure
+///   whether or not the retry policy retries it: health judges responses on its own terms, so a
+///   peer that answers 500 to everything is ejected, and a probe answered with a 5xx fails
+/// - consecutive connect failures: 1 (nginx's `max_fails=1`; Finagle's fail-fast): a refused or
+///   timed-out connect is unambiguous, and every request that meets it pays for it
+/// - base ejection time: 1 s, growing by itself with each ejection in a row (Envoy's rule); a
+///   peer ejected again before it has stayed healthy for as long as it was last out is in the
+///   same row (flapping)
+/// - maximum ejection time: 300 s (Envoy's `max_ejection_time`)
+/// - recovery: probed in the background ([`RecoveryProbe`]'s defaults: `GET /` about every
+///   250 ms, 200 to 399 pass) from the end of its ejection time, and re-admitted by the first
+///   probe that passes; no request is the probe. The ejection time is the quiet spell before
+///   probing, hence short. Without a background probe
+///   ([`without_recovery_probe`](Self::without_recovery_probe)), the first request after the
+///   ejection time is the probe; 10 s (nginx's `fail_timeout`) then suits better, since each
+///   such probe of a broken peer costs a request its timeout.
+#[derive(Debug, Clone)]
+pub struct OutlierDetection {
+    consecutive_failures: u32,
+    count_5xx: bool,
+    consecutive_connect_failures: u32,
+    base_ejection: Duration,
+    max_ejection: Duration,
+    recovery: Option<RecoveryProbe>,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            count_5xx: true,
+            consecutive_connect_failures: 1,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(300),
+            recovery: Some(RecoveryProbe::default()),
+        }
+    }
+}
+
+impl OutlierDetection {
+    /// The defaults; see `# Default`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Failures of any kind in a row that eject a peer.
+    #[must_use]
+    pub fn with_consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// Whether a 5xx response counts as a failure of its peer (yes by default). With `false`,
+    /// only the statuses the retry policy retries count, and any other response is a success.
+    #[must_use]
+    pub fn with_5xx_as_failures(mut self, count: bool) -> Self {
+        self.count_5xx = count;
+        self
+    }
+
+    /// Whether a response with `status` counts against its peer.
+    pub(crate) fn counts_status(&self, status: u16) -> bool {
+        self.count_5xx && (500..=599).contains(&status)
+    }
+
+    /// Connect failures in a row that eject a peer.
+    #[must_use]
+    pub fn with_consecutive_connect_failures(mut self, n: u32) -> Self {
+        self.consecutive_connect_failures = n;
+        self
+    }
+
+    /// The first ejection's length, and the step it grows by.
+    #[must_use]
+    pub fn with_base_ejection(mut self, time: Duration) -> Self {
+        self.base_ejection = time;
+        self
+    }
+
+    /// The longest ejection.
+    #[must_use]
+    pub fn with_max_ejection(mut self, time: Duration) -> Self {
+        self.max_ejection = time;
+        self
+    }
+
+    /// How ejected peers are probed in the background ([`RecoveryProbe`]).
+    #[must_use]
+    pub fn with_recovery_probe(mut self, probe: RecoveryProbe) -> Self {
+        self.recovery = Some(probe);
+        self
+    }
+
+    /// No background probing: the first request after a peer's ejection time is its probe.
+    #[must_use]
+    pub fn without_recovery_probe(mut self) -> Self {
+        self.recovery = None;
+        self
+    }
+
+    /// The background probe, when there is one.
+    pub(crate) fn recovery(&self) -> Option<&RecoveryProbe> {
+        self.recovery.as_ref()
+    }
+
+    /// Background probes connect as the proxy does under `conf`.
+    pub(crate) fn use_server_conf(&self, conf: &pingora_core::server::configuration::ServerConf) {
+        if let Some(probe) = &self.recovery {
+            probe.use_server_conf(conf);
+        }
+    }
+
+    /// The longest ejection; also how long background probes may fail before a request probes
+    /// the peer instead.
+    pub(crate) fn max_ejection(&self) -> Duration {
+        self.max_ejection
+    }
+
+    /// Records a failure of `kind` against `peer` under these rules; the ejection when it
+    /// ejected the peer. The engine does this after every failed attempt; call it yourself to
+    /// feed health from elsewhere (a failure your own code saw, a simulation).
+    pub fn record_failure(&self, peer: &Peer, kind: FailureKind) -> Option<Ejection> {
+        peer.health().record_failure(kind, &self.thresholds())
+    }
+
+    /// Records a success of `peer`; `true` when it re-admitted the peer.
+    pub fn record_success(&self, peer: &Peer) -> bool {
+        peer.health().record_success()
+    }
+
+    pub(crate) fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            failures: self.consecutive_failures,
+            connect_failures: self.consecutive_connect_failures,
+            base_ms: self.base_ejection.as_millis() as u64,
+            max_ms: self.max_ejection.as_millis() as u64,
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a zero threshold; a timeout error for a zero or
+    /// over-an-hour ejection time, or a base above the maximum.
+    pub fn validate(self) -> Result<Self, ConfigError> {
+        for (what, n) in [
+            ("consecutive failures", self.consecutive_failures),
+            (
+                "consecutive connect failures",
+                self.consecutive_connect_failures,
+            ),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::OutOfRange {
+                    what,
+                    value: n.to_string(),
+                    range: "1 or more",
+                });
+            }
+        }
+        let hour = Duration::from_secs(3600);
+        check_timeout("base ejection time", self.base_ejection, hour)?;
+        check_timeout("max ejection time", self.max_ejection, hour)?;
+        if self.base_ejection > self.max_ejection {
+            return Err(ConfigError::OutOfRange {
+                what: "base ejection time",
+                value: format!("{:?}", self.base_ejection),
+                range: "at most the max ejection time",
+            });
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_5xx_counts_unless_told_otherwise() {
+        let rules = OutlierDetection::new();
+        assert!(rules.counts_status(500) && rules.counts_status(503));
+        assert!(!rules.counts_status(404) && !rules.counts_status(200));
+        assert!(!rules.with_5xx_as_failures(false).counts_status(500));
+    }
+
+    #[test]
+    fn rejects_bad_rules() {
+        assert!(OutlierDetection::new()
+            .with_consecutive_failures(0)
+            .validate()
+            .is_err());
+        assert!(OutlierDetection::new()
+            .with_base_ejection(Duration::ZERO)
+            .validate()
+            .is_err());
+        assert!(OutlierDetection::new()
+            .with_base_ejection(Duration::from_secs(60))
+            .with_max_ejection(Duration::from_secs(30))
+            .validate()
+            .is_err());
+    }
+}

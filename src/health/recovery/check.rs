@@ -1,0 +1,138 @@
+//! One probe of a peer: a connect, or `GET path` over the peer's own transport, bounded by a
+//! timeout; the background prober and the cut's liveness check both make it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::TransportConnector;
+use pingora_http::RequestHeader;
+
+use super::{Check, RecoveryProbe};
+use crate::peer::Peer;
+
+impl RecoveryProbe {
+    /// Whether `peer` passes one probe. The probe is never more patient than a request: its
+    /// timeouts are the probe's, or the peer's own where they are shorter (a peer too slow for
+    /// its requests must not pass its probe).
+    pub(super) async fn passes(&self, peer: &Peer) -> bool {
+        self.check_within(peer, self.timeout).await == Checked::Passed
+    }
+
+    /// Makes the connector probes use now, off the path of any probe: the first one builds
+    /// pingora's TLS context (loading the system's roots), which can take a hundred
+    /// milliseconds.
+    pub(crate) fn warm(&self) {
+        if self.connectors.0.get().is_some() {
+            return;
+        }
+        match &self.check {
+            Check::Connect => {
+                TRANSPORT.get_or_init(|| TransportConnector::new(None));
+            }
+            Check::Http { .. } => {
+                HTTP.get_or_init(|| Connector::new(None));
+            }
+        }
+    }
+
+    /// Whether `peer` passes one probe with `timeout` for its connect and for its answer: the
+    /// liveness check of a peer a request waits on ([`AdaptiveTimeouts`]). A probe the proxy
+    /// could not make for reasons of its own (out of file descriptors or local ports) is
+    /// [`Checked::Unknown`]: it says nothing about the peer.
+    ///
+    /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
+    pub(crate) async fn check_within(&self, peer: &Peer, timeout: Duration) -> Checked {
+        let mut target = peer.http_peer().clone();
+        let options = &mut target.options;
+        let within = |own: Option<Duration>| Some(own.map_or(timeout, |t| t.min(timeout)));
+        options.connection_timeout = within(options.connection_timeout);
+        options.total_connection_timeout = within(options.total_connection_timeout);
+        options.read_timeout = within(options.read_timeout);
+        options.write_timeout = within(options.write_timeout);
+        // Bounded as a whole too, whatever the transport does.
+        let limit = timeout * 3;
+        match &self.check {
+            Check::Connect => {
+                let connector = match self.connectors.0.get() {
+                    Some((_, transport)) => transport,
+                    None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
+                };
+                match tokio::time::timeout(limit, connector.new_stream(&target)).await {
+                    Ok(Ok(_)) => Checked::Passed,
+                    Ok(Err(e)) => Checked::unreachable(&e),
+                    Err(_) => Checked::Unreachable,
+                }
+            }
+            Check::Http { path } => {
+                let connector = match self.connectors.0.get() {
+                    Some((http, _)) => http,
+                    None => HTTP.get_or_init(|| Connector::new(None)),
+                };
+                let host = self.host.as_deref().unwrap_or_else(|| peer.authority());
+                let mut connected = false;
+                let status = http_status(connector, &target, path, host, &mut connected);
+                match tokio::time::timeout(limit, status).await {
+                    Ok(Ok(status)) if self.passing.contains(status) => Checked::Passed,
+                    Ok(Err(e)) if !connected => Checked::unreachable(&e),
+                    _ if !connected => Checked::Unreachable,
+                    _ => Checked::Failed,
+                }
+            }
+        }
+    }
+}
+
+/// What one probe showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checked {
+    Passed,
+    /// Connected, but the answer was late, broken or a failing status.
+    Failed,
+    /// The connection (TCP, and TLS for a TLS peer) could not be made.
+    Unreachable,
+    /// The proxy could not make the probe for reasons of its own.
+    Unknown,
+}
+
+impl Checked {
+    /// A probe whose connect failed with `e`: unknown when the failure was the proxy's own.
+    fn unreachable(e: &pingora_error::Error) -> Self {
+        match crate::FailureKind::from_connect(e) {
+            crate::FailureKind::Local => Self::Unknown,
+            _ => Self::Unreachable,
+        }
+    }
+}
+
+/// Pingora's default connectors, for probes of an engine not yet checked against a server's
+/// configuration.
+static TRANSPORT: OnceLock<TransportConnector> = OnceLock::new();
+static HTTP: OnceLock<Connector> = OnceLock::new();
+
+/// The status `GET path` gets from `target` with `Host: host`; `connected` is set once the
+/// connection is made.
+async fn http_status(
+    connector: &Connector,
+    target: &pingora_core::upstreams::peer::HttpPeer,
+    path: &str,
+    host: &str,
+    connected: &mut bool,
+) -> pingora_error::Result<u16> {
+    use pingora_error::{ErrorType, OkOrErr};
+    let (mut session, _) = connector.get_http_session(target).await?;
+    *connected = true;
+    // The connector applies the connect timeouts only.
+    session.set_write_timeout(target.options.write_timeout);
+    session.set_read_timeout(target.options.read_timeout);
+    let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
+    req.insert_header("host", host)?;
+    req.insert_header("user-agent", "pingora-failover recovery probe")?;
+    session.write_request_header(Box::new(req)).await?;
+    session.finish_request_body().await?;
+    session.read_response_header().await?;
+    session
+        .response_header()
+        .map(|r| r.status.as_u16())
+        .or_err(ErrorType::InvalidHTTPHeader, "no response header")
+}
