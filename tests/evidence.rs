@@ -252,6 +252,7 @@ impl Blackholed {
     /// `None` where iptables cannot be used (not root, or not installed).
     fn on(port: u16) -> Option<Self> {
         let ok = std::process::Command::new("iptables")
+            .arg("-w")
             .args(Self::rule("-I", port))
             .status()
             .is_ok_and(|s| s.success());
@@ -280,6 +281,7 @@ impl Blackholed {
 impl Drop for Blackholed {
     fn drop(&mut self) {
         let _ = std::process::Command::new("iptables")
+            .arg("-w")
             .args(Self::rule("-D", self.port))
             .status();
     }

@@ -401,9 +401,8 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
     let fast = Upstream::start("fast", Mode::Ok).await;
-    // 200 ms: well above what a loaded machine adds to the fast one's answers (a peak of tens of
-    // ms while other tests run), which peak EWMA would otherwise take for its latency.
-    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(200))).await;
+    // 300 ms: well above what a loaded machine adds to the fast one's answers.
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(300))).await;
     let listen = free_addr();
     let args = [
         "--listen",
@@ -424,10 +423,13 @@ async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
         let resp = http.get(proxy.url("/")).send().await.unwrap();
         assert_eq!(resp.status(), 200);
     }
-    // Round-robin would send it 30; peak EWMA learns from its first answer or two. (A liveness
-    // check the stall cut sends while a request waits on it is no request of the client's.)
+    // Round-robin (and least-request: one request at a time) would send it 30; peak EWMA learns
+    // from its first answer or two. On a loaded machine the fast upstream's first answer (a new
+    // connection, a debug build's first pass) can take longer than the slow one's, and peak
+    // EWMA keeps a peak until it decays (10 s): a few more then. (A liveness check the stall cut
+    // sends while a request waits on it is no request of the client's.)
     let requests = slow.hits() - slow.probes();
-    assert!(requests <= 3, "the slow upstream got {requests} of 60");
+    assert!(requests <= 6, "the slow upstream got {requests} of 60");
 }
 
 /// A daemon started from the proxy's binary, stopped with SIGTERM on drop.

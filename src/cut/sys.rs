@@ -45,21 +45,44 @@ pub(crate) fn counters(_fd: i32) -> Option<Counters> {
 mod imp {
     use std::mem::ManuallyDrop;
     use std::net::{Shutdown, SocketAddr, TcpStream};
-    use std::os::fd::FromRawFd;
+    use std::os::fd::{BorrowedFd, FromRawFd};
 
-    /// Borrows `fd` as a TCP stream for `f` when it is still the connection between `ends`.
+    /// Borrows `fd` as a TCP stream for `f` when it is still the connection between `ends`:
+    /// for reading what the kernel knows of it, never for acting on it.
     fn with_connection(fd: i32, ends: (SocketAddr, SocketAddr), f: impl FnOnce(&TcpStream)) {
         // SAFETY: `from_raw_fd` requires an open descriptor that nothing else closes while the
         // value lives, and that the value owns it. Neither ownership nor closing happens here:
         // the stream is wrapped in `ManuallyDrop` and never dropped, so it never closes `fd`,
         // and it lives only for this call. If `fd` is not open or not a socket, the address
-        // queries below fail and nothing else is done with it. If it is open, it is acted on
+        // queries below fail and nothing else is done with it. If it is open, it is read from
         // only when its two ends are the watched connection's, and no other open TCP socket on
-        // this host has the same pair of ends.
+        // this host has the same pair of ends. The owner may close `fd` (and the number be
+        // reused) between the check and the read: the read then reports another socket, which
+        // is why nothing is ever *done* to a connection through this borrow (see `owned`).
         let stream = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
         if stream.local_addr().ok() == Some(ends.0) && stream.peer_addr().ok() == Some(ends.1) {
             f(&stream);
         }
+    }
+
+    /// A descriptor of this crate's own for the connection behind `fd`, when `fd` is still the
+    /// connection between `ends`. What is done through it reaches that connection and no
+    /// other, even when its owner closes `fd` meanwhile and the number is reused at once (an
+    /// aborted attempt's task, woken by the abort, closes its connection and opens the next
+    /// attempt's, which may get the same number, before the abort's last call is made).
+    pub(super) fn owned(fd: i32, ends: (SocketAddr, SocketAddr)) -> Option<TcpStream> {
+        // SAFETY: `borrow_raw` requires `fd` to stay open while the borrow lives; the borrow
+        // lives for the one `fcntl(F_DUPFD_CLOEXEC)` that `try_clone_to_owned` makes, and is
+        // never used to close anything. If `fd` was closed, that call fails (EBADF) and nothing
+        // is done. If the number now holds another descriptor, the duplicate is of that one: its
+        // ends are checked below, and dropping it closes only the duplicate, never the
+        // original.
+        let dup = unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .ok()?;
+        let stream = TcpStream::from(dup);
+        (stream.local_addr().ok() == Some(ends.0) && stream.peer_addr().ok() == Some(ends.1))
+            .then_some(stream)
     }
 
     /// Whether `fd` is still the connection between `ends`.
@@ -72,9 +95,9 @@ mod imp {
     /// Shuts down the socket behind `fd` if it is still the connection between `ends`: a
     /// waiting read on it ends at once.
     pub(crate) fn shut_down(fd: i32, ends: (SocketAddr, SocketAddr)) {
-        with_connection(fd, ends, |s| {
+        if let Some(s) = owned(fd, ends) {
             let _ = s.shutdown(Shutdown::Both);
-        });
+        }
     }
 
     /// Aborts the connection behind `fd` if it is still the one between `ends`: the kernel
@@ -85,21 +108,22 @@ mod imp {
     #[cfg(target_os = "linux")]
     pub(crate) fn abort(fd: i32, ends: (SocketAddr, SocketAddr)) {
         use std::os::fd::AsRawFd;
-        with_connection(fd, ends, |s| {
-            // SAFETY: `sockaddr` is plain data, valid when zeroed; `connect` reads
-            // `size_of::<sockaddr>()` bytes of it, all initialised, and `s` is an open socket
-            // for the duration of the call (checked above).
-            unsafe {
-                let mut unspec: libc::sockaddr = std::mem::zeroed();
-                unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-                libc::connect(
-                    s.as_raw_fd(),
-                    &unspec,
-                    std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-                );
-            }
-            let _ = s.shutdown(Shutdown::Both);
-        });
+        let Some(s) = owned(fd, ends) else {
+            return;
+        };
+        // SAFETY: `sockaddr` is plain data, valid when zeroed; `connect` reads
+        // `size_of::<sockaddr>()` bytes of it, all initialised, and `s` is an open socket this
+        // function owns for the duration of the call.
+        unsafe {
+            let mut unspec: libc::sockaddr = std::mem::zeroed();
+            unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            libc::connect(
+                s.as_raw_fd(),
+                &unspec,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            );
+        }
+        let _ = s.shutdown(Shutdown::Both);
     }
 
     #[cfg(not(target_os = "linux"))]
@@ -181,6 +205,25 @@ mod tests {
         let file = std::fs::File::open("/dev/null").unwrap();
         shut_down(file.as_raw_fd(), ends(&a));
         assert!(!is_connection(file.as_raw_fd(), ends(&a)));
+    }
+
+    #[test]
+    fn what_is_done_reaches_the_checked_connection_after_its_number_is_reused() {
+        let (a, mut a_peer) = pair();
+        let (fd, a_ends) = (a.as_raw_fd(), ends(&a));
+        let own = imp::owned(fd, a_ends).expect("still the connection");
+        // The owner closes its descriptor, and the next connections take the free numbers.
+        drop(a);
+        let (b, mut b_peer) = pair();
+        own.shutdown(std::net::Shutdown::Both).unwrap();
+        // The shutdown reached `a`'s connection (kept open by the duplicate alone)...
+        let mut buf = [0u8; 2];
+        assert_eq!(a_peer.read(&mut buf).unwrap(), 0);
+        // ...and not the connection that may hold its old number.
+        b_peer.write_all(b"ok").unwrap();
+        (&b).read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ok");
+        assert!(imp::owned(fd, a_ends).is_none(), "the number is no longer `a`");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Shared peer health: outlier ejection with growing times, half-open probes, events.
 //!
-//! Every [`Peer`] carries its [`PeerHealth`]: a few atomics, shared by all requests,
+//! Every [`Peer`](crate::Peer) carries its [`PeerHealth`]: a few atomics, shared by all requests,
 //! read by the selectors through [`Attempt::admits`](crate::Attempt::admits) and written by the
 //! engine after each attempt. The rules:
 //! - `n` consecutive failures eject a peer ([`OutlierDetection`] has the thresholds; connect

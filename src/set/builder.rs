@@ -71,9 +71,9 @@ impl PeerSetBuilder {
         self
     }
 
-    /// Calls `f` when a peer joins ([`HealthChange::Added`]) or leaves
-    /// ([`HealthChange::Removed`]) the set, and when a name fails to resolve
-    /// ([`HealthChange::ResolveFailed`]).
+    /// Calls `f` when a peer joins ([`HealthChange::Added`](crate::HealthChange::Added)) or leaves
+    /// ([`HealthChange::Removed`](crate::HealthChange::Removed)) the set, and when a name fails to resolve
+    /// ([`HealthChange::ResolveFailed`](crate::HealthChange::ResolveFailed)).
     pub fn on_change(mut self, f: impl Fn(&HealthEvent) + Send + Sync + 'static) -> Self {
         self.observer = Some(Arc::new(f));
         self

@@ -9,7 +9,7 @@ use arc_swap::Guard;
 use super::weighted::Weighted;
 use crate::peer::Peer;
 
-/// The peers of a [`PeerSet`] at one moment, in order.
+/// The peers of a [`PeerSet`](super::PeerSet) at one moment, in order.
 #[derive(Debug)]
 pub struct Snapshot {
     pub(super) peers: Box<[Peer]>,
@@ -76,7 +76,7 @@ impl Deref for Snapshot {
 }
 
 /// The current snapshot of a set, borrowed for one selection: loading it takes no lock and
-/// allocates nothing. Hold it briefly (not across an `.await`); [`PeerSet::peers`] gives one to
+/// allocates nothing. Hold it briefly (not across an `.await`); [`PeerSet::peers`](super::PeerSet::peers) gives one to
 /// keep.
 pub struct SnapshotRef(pub(super) Guard<Arc<Snapshot>>);
 
