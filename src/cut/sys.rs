@@ -223,7 +223,10 @@ mod tests {
         b_peer.write_all(b"ok").unwrap();
         (&b).read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"ok");
-        assert!(imp::owned(fd, a_ends).is_none(), "the number is no longer `a`");
+        assert!(
+            imp::owned(fd, a_ends).is_none(),
+            "the number is no longer `a`"
+        );
     }
 
     #[test]
