@@ -1,6 +1,6 @@
 //! Model checks of the crate's lock-free state with loom: every interleaving of two or three
-//! threads, for the health cell (ejection and the probe slot), the retry budget's window and the
-//! round-robin cursor. The state files are compiled here against loom's atomics: each imports
+//! threads, for the health cell (ejection and the probe slot), the retry budget's window and its
+//! floor, and the round-robin cursor. The state files are compiled here against loom's atomics: each imports
 //! its atomics from `crate::sync`, which in this test crate is loom's.
 
 /// What `crate::sync` is inside the state files compiled here.
@@ -11,6 +11,9 @@ mod sync {
 #[allow(dead_code)]
 #[path = "../src/select/cursor.rs"]
 mod cursor;
+#[allow(dead_code)]
+#[path = "../src/retry/floor.rs"]
+mod floor;
 #[allow(dead_code)]
 #[path = "../src/cell/gate.rs"]
 mod gate;
@@ -180,6 +183,30 @@ fn racing_withdrawals_never_overdraw_the_budget() {
         }
         assert_eq!(granted.load(Ordering::Relaxed), 2);
         assert_eq!(budget.remaining(1), 0);
+    });
+}
+
+#[test]
+fn racing_takes_never_empty_the_floor_beyond_its_burst() {
+    model(|| {
+        // A burst of 2 and three takes at the same instant: exactly 2 succeed.
+        let floor = Arc::new(floor::Floor::new(1, 2));
+        let granted = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (floor, granted) = (floor.clone(), granted.clone());
+                thread::spawn(move || {
+                    if floor.take(1_000) {
+                        granted.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(granted.load(Ordering::Relaxed), 2);
+        assert_eq!(floor.available(1_000), 0);
     });
 }
 

@@ -399,7 +399,7 @@ impl Config {
             b.without_budget()
         } else if budget.ratio.is_some() || budget.min_per_second.is_some() {
             let ratio = budget.ratio.unwrap_or(0.2);
-            let floor = budget.min_per_second.unwrap_or(10);
+            let floor = budget.min_per_second.unwrap_or(3);
             b.with_budget(RetryBudget::new(ratio, floor, Duration::from_secs(10))?)
         } else {
             b

@@ -6,9 +6,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{check_timeout, ConfigError};
+use crate::retry::floor::Floor;
 use crate::retry::window::Window;
 
-/// Limits retries to a ratio of recent requests, plus a small floor per second.
+/// Limits retries to a ratio of recent requests, or a small floor per second where that is
+/// more.
 ///
 /// # Why a budget, and not only a count
 ///
@@ -19,7 +21,20 @@ use crate::retry::window::Window;
 /// default ratio of 0.2, retries add at most 20 % to the load, whatever happens. While failures
 /// are rare, every one of them is still retried; when they are everywhere, retrying stops being
 /// worth it, and the budget says so. The floor lets a proxy with little traffic retry at all.
-/// This is the design of Finagle's `RetryBudget` and of tower's `TpsBudget`.
+/// This is the design of Finagle's `RetryBudget` and of tower's `TpsBudget`, with one change:
+///
+/// # The floor cannot burst
+///
+/// Finagle and tower keep the floor as a reserve of `min_per_second × window` retries, added to
+/// the ratio's share, and usable all at once. With every peer down and each failure costing a
+/// timeout, requests are few: the reserve goes in the first seconds (every request retried to its
+/// attempt cap), and comes back whole when those retries leave the window, so retries come in
+/// bursts of three attempts a request every `window`. Here the floor is a token bucket: it refills
+/// at `min_per_second` and holds a few tokens at most (10,
+/// [`with_floor_burst`](Self::with_floor_burst)), enough for a handful of failures arriving
+/// together on a quiet proxy. And it is not added to the ratio's
+/// share: every retry spends a floor token when one is there, and a retry beyond the ratio's share
+/// needs one. Retries stay within the larger of the two, never their sum.
 ///
 /// The count is kept in one-second slots over the window, with atomics and no lock. Withdrawals
 /// racing within one second never overdraw the budget, and no count is lost when a slot moves on
@@ -29,16 +44,26 @@ use crate::retry::window::Window;
 ///
 /// # Default
 ///
-/// Ratio 0.2, floor 10 retries per second, window 10 s: Finagle's defaults.
+/// Ratio 0.2 (Finagle's and Envoy's 20 %), window 10 s (Finagle's), floor 3 retries per second
+/// (Envoy's minimum of 3 concurrent retries, as a rate) with a burst of 10. Finagle's floor of 10
+/// per second let an outage behind 16 clients with 400 ms timeouts (about 40 attempts a second)
+/// run at 1.33 attempts per request; 3 keeps it at the ratio's 1.2 after the first second, and
+/// still retries every failure of a proxy that serves a request a second.
 #[derive(Debug)]
 pub struct RetryBudget {
     window: Window,
+    floor: Floor,
+    min_per_second: u32,
     origin: Instant,
 }
 
+/// The floor's default burst.
+const FLOOR_BURST: u32 = 10;
+
 impl RetryBudget {
-    /// A budget allowing `ratio` retries per request (0.0 to 10.0) plus `min_per_second`
-    /// retries per second, counted over `window` (1 s to 300 s, whole seconds).
+    /// A budget allowing `ratio` retries per request (0.0 to 10.0) counted over `window` (1 s
+    /// to 300 s, whole seconds), or `min_per_second` retries a second (at most that many at
+    /// once) where that is more.
     ///
     /// # Errors
     ///
@@ -54,57 +79,93 @@ impl RetryBudget {
         }
         let window = check_timeout("retry budget window", window, Duration::from_secs(300))?;
         let seconds = window.as_secs().max(1);
-        let floor = f64::from(min_per_second) * seconds as f64;
         Ok(Self {
-            window: Window::new(ratio, floor, seconds),
+            window: Window::new(ratio, 0.0, seconds),
+            floor: Floor::new(min_per_second, FLOOR_BURST),
+            min_per_second,
             origin: Instant::now(),
         })
     }
 
+    /// How many retries the floor allows at once (10 by default; at least 1): retries beyond
+    /// the ratio's share that a quiet proxy may make together, after which they come at
+    /// `min_per_second`.
+    #[must_use]
+    pub fn with_floor_burst(mut self, burst: u32) -> Self {
+        self.floor = Floor::new(self.min_per_second, burst.max(1));
+        self
+    }
+
     /// Counts one request (call once per request, on its first attempt).
     pub fn deposit(&self) {
-        self.window.deposit(self.now_second());
+        self.window.deposit(self.now().0);
     }
 
     /// Takes one retry from the budget; `false` when the budget is spent.
     pub fn withdraw(&self) -> bool {
-        self.window.withdraw(self.now_second())
+        self.take().is_some()
     }
 
-    /// Gives back a retry that was withdrawn but not made.
+    /// Takes one retry; `Some(true)` when it spent a floor token, `None` when the budget is
+    /// spent.
+    fn take(&self) -> Option<bool> {
+        let (second, us) = self.now();
+        if self.window.withdraw(second) {
+            // Within the ratio's share; it spends the floor's token too, when there is one.
+            return Some(self.floor.take(us));
+        }
+        if self.floor.take(us) {
+            self.window.count_retry(second);
+            return Some(true);
+        }
+        None
+    }
+
+    /// Gives back a retry that was withdrawn but not made: to the ratio's share, and a token
+    /// to the floor.
     pub fn refund(&self) {
-        self.window.refund(self.now_second());
+        self.give_back(true);
+    }
+
+    /// Gives back a retry, and the floor token it spent when `token`.
+    fn give_back(&self, token: bool) {
+        self.window.refund(self.now().0);
+        if token {
+            self.floor.give_back();
+        }
     }
 
     /// How many retries the budget would allow right now.
     pub fn remaining(&self) -> u64 {
-        self.window.remaining(self.now_second())
+        let (second, us) = self.now();
+        self.window.remaining(second).max(self.floor.available(us))
     }
 
-    /// Whole seconds since the budget was made, from 1.
-    fn now_second(&self) -> u64 {
-        self.origin.elapsed().as_secs() + 1
+    /// The time since the budget was made: whole seconds from 1 (the window's slots), and
+    /// microseconds (the floor's bucket).
+    fn now(&self) -> (u64, u64) {
+        let elapsed = self.origin.elapsed();
+        (elapsed.as_secs() + 1, elapsed.as_micros() as u64)
     }
 }
 
 impl Default for RetryBudget {
     fn default() -> Self {
-        Self::new(0.2, 10, Duration::from_secs(10)).expect("the default budget is valid")
+        Self::new(0.2, 3, Duration::from_secs(10)).expect("the default budget is valid")
     }
 }
 
 /// A retry withdrawn from a budget and not yet made: dropped unspent (the retry never
 /// happened, whichever way the request ended), it goes back to the budget.
 #[derive(Debug)]
-pub(crate) struct Withdrawn(Option<Arc<RetryBudget>>);
+pub(crate) struct Withdrawn(Option<(Arc<RetryBudget>, bool)>);
 
 impl Withdrawn {
     /// Withdraws one retry from `budget`, or `None` when it is spent. No budget: a free retry.
     pub(crate) fn from(budget: Option<&Arc<RetryBudget>>) -> Option<Self> {
         match budget {
             None => Some(Self(None)),
-            Some(b) if b.withdraw() => Some(Self(Some(b.clone()))),
-            Some(_) => None,
+            Some(b) => b.take().map(|token| Self(Some((b.clone(), token)))),
         }
     }
 
@@ -116,8 +177,8 @@ impl Withdrawn {
 
 impl Drop for Withdrawn {
     fn drop(&mut self) {
-        if let Some(budget) = self.0.take() {
-            budget.refund();
+        if let Some((budget, token)) = self.0.take() {
+            budget.give_back(token);
         }
     }
 }
@@ -127,15 +188,28 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn floor_then_ratio_then_window_expiry() {
-        let b = RetryBudget::new(0.5, 2, Duration::from_secs(3)).unwrap();
-        // Floor: 2/s over 3 s = 6 retries with no requests at all.
-        assert_eq!(b.remaining(), 6);
-        for _ in 0..6 {
-            assert!(b.withdraw());
-        }
+    async fn the_floor_allows_one_second_at_once_then_its_rate() {
+        let b = RetryBudget::new(0.5, 2, Duration::from_secs(3))
+            .unwrap()
+            .with_floor_burst(2);
+        // No requests: the floor's burst, 2, where a reserve of 2/s over 3 s allowed 6.
+        assert_eq!(b.remaining(), 2);
+        assert!(b.withdraw() && b.withdraw());
         assert!(!b.withdraw(), "the floor is spent");
-        // Ratio: 10 requests allow 5 more.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(b.withdraw(), "a token every 500 ms");
+        assert!(!b.withdraw());
+        // However long it waits, one second's worth.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(b.remaining(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ratio_and_floor_are_not_added() {
+        let b = RetryBudget::new(0.5, 2, Duration::from_secs(3))
+            .unwrap()
+            .with_floor_burst(2);
+        // 10 requests allow 5 retries by the ratio; the floor's 2 tokens go with the first two.
         for _ in 0..10 {
             b.deposit();
         }
@@ -143,24 +217,48 @@ mod tests {
         for _ in 0..5 {
             assert!(b.withdraw());
         }
-        assert!(!b.withdraw(), "ratio spent");
+        assert!(!b.withdraw(), "5, not 5 + 2");
         b.refund();
         assert!(b.withdraw(), "a refund is spendable");
-        // After the window passes, everything counted has expired.
-        tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(b.remaining(), 6);
+        // A retry the floor allows beyond the ratio counts against the ratio's share too.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.withdraw() && b.withdraw(), "the floor's tokens are back");
+        for _ in 0..4 {
+            b.deposit();
+        }
+        assert!(
+            !b.withdraw(),
+            "7 retries for 14 requests: the ratio is spent"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn old_slots_leave_the_window_one_second_at_a_time() {
-        let b = RetryBudget::new(0.0, 1, Duration::from_secs(2)).unwrap();
-        assert!(b.withdraw());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.withdraw());
-        assert!(!b.withdraw(), "2 in the 2 s window");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.withdraw(), "the first second's retry expired");
-        assert!(!b.withdraw());
+    async fn an_outage_with_few_requests_is_held_to_the_larger_share_every_second() {
+        // 40 requests a second (16 clients, each failure a 400 ms timeout), every one failing
+        // and retried as long as the budget allows: the default budget, second by second.
+        let b = RetryBudget::default();
+        let mut per_second = Vec::new();
+        for _ in 0..30 {
+            let mut retries = 0;
+            for _ in 0..40 {
+                b.deposit();
+                while retries < 80 && b.withdraw() {
+                    retries += 1;
+                }
+                tokio::time::advance(Duration::from_millis(25)).await;
+            }
+            per_second.push(retries);
+        }
+        // The ratio's 20 % of 40 is 8 a second, the floor 3: never 8 + 3, never a burst when
+        // the first seconds' retries leave the window. The first second has the floor's burst.
+        assert!(per_second[0] <= 8 + 10, "{per_second:?}");
+        let after_first = &per_second[1..];
+        // (When the first second leaves the window, its extra retries leave with it: an echo
+        // of a few, 1.3 attempts a request in that second at most.)
+        assert!(after_first.iter().all(|&r| r <= 12), "{per_second:?}");
+        let attempts: u32 = after_first.iter().map(|r| r + 40).sum();
+        let ratio = f64::from(attempts) / (40.0 * after_first.len() as f64);
+        assert!(ratio <= 1.21, "{ratio} attempts a request: {per_second:?}");
     }
 
     #[test]

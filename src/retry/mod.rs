@@ -9,6 +9,7 @@
 
 mod backoff;
 mod budget;
+mod floor;
 mod standard;
 mod window;
 
