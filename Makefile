@@ -46,7 +46,8 @@ test: deps
 # steady state, four scenarios; then the onset of four faults mid-run (bench onset, about 3
 # minutes); then endpoints 100x apart at 1, 4 and 32 clients, with a proxy that stalls too
 # (bench mixed, about 2 minutes); then WebSocket upgrades against bare pingora (bench upgrade,
-# seconds); then balancing around a slowed peer (bench balance, 20 s). Installs wrk when missing.
+# seconds); then balancing around a slowed peer (bench balance, 20 s); then every peer down, with
+# and without the retry budget (bench pool, about 80 s). Installs wrk when missing.
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -58,6 +59,7 @@ bench: deps
 	$(CARGO) bench --bench mixed
 	$(CARGO) bench --bench upgrade
 	$(CARGO) bench --bench balance
+	$(CARGO) bench --bench pool
 
 # Micro-benchmarks (criterion): selection, policy, budget, health.
 bench-micro: deps

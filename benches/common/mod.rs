@@ -68,7 +68,10 @@ async fn serve(
             Mode::Blackhole => {
                 listener = None;
                 let _hole = blackhole(addr).await;
-                let _ = mode.changed().await;
+                // The upstream was dropped: so is its blackhole.
+                if mode.changed().await.is_err() {
+                    return;
+                }
                 continue;
             }
             _ => {
