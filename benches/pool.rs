@@ -149,9 +149,7 @@ async fn run(down: Down, budget: bool, seconds: u64) -> (u64, f64, f64, Vec<f64>
     };
     let end = t0 + Duration::from_secs(seconds);
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            tokio::spawn(client_loop(listen, end, c as u64))
-        })
+        .map(|c| tokio::spawn(client_loop(listen, end, c as u64)))
         .collect();
     for c in clients {
         let _ = c.await;
@@ -192,9 +190,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
-    println!(
-        "pool: every peer down, {CLIENTS} clients, 3 attempts a request, {seconds} s a row"
-    );
+    println!("pool: every peer down, {CLIENTS} clients, 3 attempts a request, {seconds} s a row");
     println!(
         "{:<12} {:<7} {:>9} {:>18} {:>12}  attempts/request each second",
         "peers", "budget", "requests", "after 1st second", "worst second"

@@ -268,3 +268,62 @@ async fn panic_mode_keeps_the_ejected_peers_share_through_the_engine() {
     let hits: Vec<usize> = ups.iter().map(Upstream::hits).collect();
     assert_eq!(hits, [10, 10, 10]);
 }
+
+/// A shared overload: every peer sheds with 503. With a cap of 50 %, half the pool is ejected
+/// and the other half keeps its traffic (no pile-up on the last peer standing); without one,
+/// every peer goes out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_keeps_a_shared_overload_from_ejecting_more_than_its_share() {
+    for cap in [Some(50), None] {
+        let mut upstreams = Vec::new();
+        for name in ["a", "b", "c", "d"] {
+            upstreams.push(Upstream::start(name, Mode::Status(503)).await);
+        }
+        let peers: Vec<Peer> = upstreams
+            .iter()
+            .map(|u| Peer::new(&u.peer_addr()).unwrap())
+            .collect();
+        let mut rules = OutlierDetection::new()
+            .with_consecutive_failures(2)
+            .without_recovery_probe();
+        if let Some(percent) = cap {
+            rules = rules.with_max_ejection_percent(percent);
+        }
+        let engine = Failover::builder(
+            pingora_failover::RoundRobin::new(peers.clone()).unwrap(),
+            StandardPolicy::default(),
+        )
+        .with_outlier_detection(rules);
+        let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+        let http = client();
+        for _ in 0..40 {
+            let resp = http.get(proxy.url("/")).send().await.unwrap();
+            assert_eq!(resp.status(), 503);
+        }
+        let ejected = peers.iter().filter(|p| !p.health().is_healthy()).count();
+        match cap {
+            Some(_) => {
+                assert_eq!(ejected, 2, "half of four");
+                // The two left in take the traffic that follows, not one of them alone.
+                let before: Vec<usize> = upstreams.iter().map(Upstream::hits).collect();
+                for _ in 0..20 {
+                    http.get(proxy.url("/")).send().await.unwrap();
+                }
+                let took: Vec<usize> = upstreams
+                    .iter()
+                    .zip(&before)
+                    .map(|(u, b)| u.hits() - b)
+                    .collect();
+                let in_pool: Vec<usize> = took
+                    .iter()
+                    .zip(&peers)
+                    .filter(|(_, p)| p.health().is_healthy())
+                    .map(|(t, _)| *t)
+                    .collect();
+                assert_eq!(in_pool.len(), 2, "{took:?}");
+                assert!(in_pool.iter().all(|&t| t >= 5), "{took:?}");
+            }
+            None => assert_eq!(ejected, 4, "no cap: every peer"),
+        }
+    }
+}

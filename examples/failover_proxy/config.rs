@@ -128,6 +128,8 @@ pub struct Health {
     pub consecutive_failures: Option<u32>,
     pub base_ejection_ms: Option<u64>,
     pub max_ejection_ms: Option<u64>,
+    /// The largest share of the peers ejected at once, in percent.
+    pub max_ejection_percent: Option<u8>,
     /// How an ejected peer is probed in the background: a path (`GET` it; 200 to 399 pass),
     /// `connect`, or `off` (the first request after the ejection time probes it instead).
     pub recovery_probe: Option<String>,
@@ -372,6 +374,9 @@ impl Config {
             }
             if let Some(ms) = h.max_ejection_ms {
                 rules = rules.with_max_ejection(Duration::from_millis(ms));
+            }
+            if let Some(percent) = h.max_ejection_percent {
+                rules = rules.with_max_ejection_percent(percent);
             }
             let probe = match h.recovery_probe.as_deref() {
                 Some("off") => None,

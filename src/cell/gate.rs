@@ -213,13 +213,29 @@ impl HealthCell {
     }
 
     /// Records a failure at `now` (`connect`: nothing was sent); the ejection when it ejected
-    /// the peer.
+    /// the peer. (Without a cap: the loom models in `tests/loom.rs` call it.)
+    #[allow(dead_code)]
     pub(crate) fn record_failure(
         &self,
         now: u64,
         connect: bool,
         rules: &Thresholds,
         tally: &(impl Tally + ?Sized),
+    ) -> Option<Ejected> {
+        self.record_failure_capped(now, connect, rules, tally, &|| true)
+    }
+
+    /// [`record_failure`](Self::record_failure), where a new ejection is made only when
+    /// `may_eject` allows it (the share of its pool already ejected is below the cap). A peer
+    /// refused so stays in with its failures counted, and the next failure asks again; a peer
+    /// ejected already (its probe failed) is ejected again without asking.
+    pub(crate) fn record_failure_capped(
+        &self,
+        now: u64,
+        connect: bool,
+        rules: &Thresholds,
+        tally: &(impl Tally + ?Sized),
+        may_eject: &dyn Fn() -> bool,
     ) -> Option<Ejected> {
         let until = self.ejected_until();
         if until != 0 {
@@ -237,7 +253,8 @@ impl HealthCell {
             self.connect_failures.store(0, Ordering::Relaxed);
             0
         };
-        if failures >= rules.failures || connect_failures >= rules.connect_failures {
+        if (failures >= rules.failures || connect_failures >= rules.connect_failures) && may_eject()
+        {
             self.eject(now, 0, rules, tally)
         } else {
             None

@@ -334,7 +334,7 @@ impl PeerHealth {
         kind: FailureKind,
         thresholds: &Thresholds,
     ) -> Option<Ejection> {
-        self.record_failure_as(kind.is_connect(), thresholds, &NoTally)
+        self.record_failure_as(kind.is_connect(), thresholds, &NoTally, &|| true)
     }
 
     /// [`record_success`](Self::record_success), keeping `tally` (the engine's count of ejected
@@ -350,7 +350,8 @@ impl PeerHealth {
     }
 
     /// Records a failure, as a connect failure (`connect`: nothing was sent, and its own
-    /// threshold applies) or as any other.
+    /// threshold applies) or as any other. A new ejection is made only when `may_eject` allows
+    /// it (the cap on the share of a pool ejected at once).
     ///
     /// The accounts that count the ejection are remembered first, so that the peer's departure
     /// from its sets can settle them. A peer that has departed is not kept out: an ejection
@@ -360,11 +361,12 @@ impl PeerHealth {
         connect: bool,
         thresholds: &Thresholds,
         accounts: &dyn Accounts,
+        may_eject: &dyn Fn() -> bool,
     ) -> Option<Ejection> {
         self.membership.keep(accounts);
         let ejection = self
             .cell
-            .record_failure(self.now_ms(), connect, thresholds, accounts)
+            .record_failure_capped(self.now_ms(), connect, thresholds, accounts, may_eject)
             .map(|e| Ejection {
                 time: Duration::from_millis(e.ms),
                 repeat: e.repeat,

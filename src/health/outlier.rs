@@ -23,6 +23,11 @@ use crate::peer::Peer;
 ///   peer ejected again before it has stayed healthy for as long as it was last out is in the
 ///   same row (flapping)
 /// - maximum ejection time: 300 s (Envoy's `max_ejection_time`)
+/// - no cap on the share of a pool ejected at once (100 %): every peer that fails is taken out,
+///   and the selectors' panic mode spreads requests over the ejected ones once none is left.
+///   [`with_max_ejection_percent`](Self::with_max_ejection_percent) sets one (Envoy's
+///   `max_ejection_percent`), so that a shared overload that sheds with 503s ejects at most that
+///   share, not one peer after another until everything piles onto the last
 /// - recovery: probed in the background ([`RecoveryProbe`]'s defaults: `GET /` about every
 ///   250 ms, 200 to 399 pass) from the end of its ejection time, and re-admitted by the first
 ///   probe that passes; no request is the probe. The ejection time is the quiet spell before
@@ -37,6 +42,7 @@ pub struct OutlierDetection {
     consecutive_connect_failures: u32,
     base_ejection: Duration,
     max_ejection: Duration,
+    max_ejection_percent: u8,
     recovery: Option<RecoveryProbe>,
 }
 
@@ -48,6 +54,7 @@ impl Default for OutlierDetection {
             consecutive_connect_failures: 1,
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 100,
             recovery: Some(RecoveryProbe::default()),
         }
     }
@@ -98,6 +105,22 @@ impl OutlierDetection {
     pub fn with_max_ejection(mut self, time: Duration) -> Self {
         self.max_ejection = time;
         self
+    }
+
+    /// The largest share of a pool, in percent (0 to 100), that may be ejected at once; at least
+    /// one peer may always be. A peer past the cap stays in with its failures counted, and its
+    /// next failure asks again. The pool is the engine's selector's [`PeerSet`](crate::PeerSet);
+    /// a selector without one has no cap. Two peers reaching their thresholds at the same
+    /// instant may both be ejected past it.
+    #[must_use]
+    pub fn with_max_ejection_percent(mut self, percent: u8) -> Self {
+        self.max_ejection_percent = percent;
+        self
+    }
+
+    /// How many of `pool` peers may be ejected at once.
+    pub(crate) fn max_ejected(&self, pool: usize) -> usize {
+        (pool * usize::from(self.max_ejection_percent) / 100).max(1)
     }
 
     /// How ejected peers are probed in the background ([`RecoveryProbe`]).
@@ -175,6 +198,13 @@ impl OutlierDetection {
                 });
             }
         }
+        if self.max_ejection_percent > 100 {
+            return Err(ConfigError::OutOfRange {
+                what: "max ejection percent",
+                value: self.max_ejection_percent.to_string(),
+                range: "0..=100",
+            });
+        }
         let hour = Duration::from_secs(3600);
         check_timeout("base ejection time", self.base_ejection, hour)?;
         check_timeout("max ejection time", self.max_ejection, hour)?;
@@ -202,7 +232,22 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_allows_a_share_of_the_pool_and_always_one() {
+        let rules = OutlierDetection::new();
+        assert_eq!(rules.max_ejected(5), 5, "no cap by default");
+        let half = rules.clone().with_max_ejection_percent(50);
+        assert_eq!((half.max_ejected(2), half.max_ejected(5)), (1, 2));
+        assert_eq!(half.max_ejected(1), 1);
+        let envoy = rules.with_max_ejection_percent(10);
+        assert_eq!((envoy.max_ejected(3), envoy.max_ejected(30)), (1, 3));
+    }
+
+    #[test]
     fn rejects_bad_rules() {
+        assert!(OutlierDetection::new()
+            .with_max_ejection_percent(101)
+            .validate()
+            .is_err());
         assert!(OutlierDetection::new()
             .with_consecutive_failures(0)
             .validate()

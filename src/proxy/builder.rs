@@ -165,6 +165,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             .as_ref()
             .and_then(|o| o.recovery().cloned())
             .unwrap_or_else(RecoveryProbe::connect);
+        let pool = self.selector.peer_set().cloned();
         Ok(Failover {
             selector: self.selector,
             policy: self.policy,
@@ -176,6 +177,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
                 outliers,
                 signals: Arc::new(self.signals),
                 routes: Default::default(),
+                pool,
             },
             watchdog: Watchdog::new(budget, liveness),
         })

@@ -11,6 +11,7 @@ use crate::classify::FailureKind;
 use crate::ctx::{AttemptRecord, FailoverCtx, Outcome};
 use crate::cut::Routes;
 use crate::health::OutlierDetection;
+use crate::set::PeerSet;
 
 /// The engine's single writer of health.
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub(crate) struct Feed {
     pub(crate) outliers: Option<OutlierDetection>,
     pub(crate) signals: Arc<Signals>,
     pub(crate) routes: Routes,
+    /// The selector's peers, over which the share of ejected peers is capped.
+    pub(crate) pool: Option<PeerSet>,
 }
 
 impl Feed {
@@ -127,10 +130,20 @@ impl Feed {
         let peer = rec.peer();
         let connect =
             kind.is_connect() && !(kind == FailureKind::ConnectTimeout && rec.cut.connect);
-        if let Some(ejection) =
-            peer.health()
-                .record_failure_as(connect, &rules.thresholds(), &*self.signals)
-        {
+        // Asked only when the failure would eject: one pass over the pool.
+        let may_eject = || {
+            self.pool.as_ref().is_none_or(|pool| {
+                let peers = pool.snapshot();
+                let ejected = peers.iter().filter(|p| p.health().is_ejected()).count();
+                ejected < rules.max_ejected(peers.len())
+            })
+        };
+        if let Some(ejection) = peer.health().record_failure_as(
+            connect,
+            &rules.thresholds(),
+            &*self.signals,
+            &may_eject,
+        ) {
             self.signals.ejected(peer, ejection, kind);
             if let Some(probe) = rules.recovery() {
                 let give_up = rules.max_ejection();

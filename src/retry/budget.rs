@@ -187,6 +187,33 @@ impl Drop for Withdrawn {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_burst_then_the_rate() {
+        let f = Floor::new(4, 4);
+        assert_eq!(f.available(1_000), 4);
+        for _ in 0..4 {
+            assert!(f.take(1_000));
+        }
+        assert!(!f.take(1_000), "the burst at once, no more");
+        assert!(
+            !f.take(200_000),
+            "the next token is due 250 ms after the first"
+        );
+        assert!(f.take(251_000));
+        assert!(!f.take(251_000));
+        f.give_back();
+        assert!(f.take(251_000), "a token given back");
+        // However long it stays unused, it holds its burst.
+        assert_eq!(f.available(60_000_000), 4);
+    }
+
+    #[test]
+    fn no_floor_gives_nothing() {
+        let f = Floor::new(0, 10);
+        assert!(!f.take(1));
+        assert_eq!(f.available(1), 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_floor_allows_one_second_at_once_then_its_rate() {
         let b = RetryBudget::new(0.5, 2, Duration::from_secs(3))

@@ -8,7 +8,8 @@
 //! left the window. A bucket refills at its rate and holds a few tokens at most: no burst beyond
 //! them, at any time.
 //!
-//! This file depends on nothing but `crate::sync`, so that `tests/loom.rs` can model-check it.
+//! This file depends on nothing but `crate::sync`, so that `tests/loom.rs` can model-check it
+//! (its unit tests are in `budget.rs`, outside the model).
 
 use crate::sync::atomic::{AtomicU64, Ordering};
 
@@ -66,37 +67,5 @@ impl Floor {
         }
         let ahead = self.due.load(Ordering::Acquire).saturating_sub(now);
         (self.tolerance + self.interval).saturating_sub(ahead) / self.interval
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_then_the_rate() {
-        let f = Floor::new(4, 4);
-        assert_eq!(f.available(1_000), 4);
-        for _ in 0..4 {
-            assert!(f.take(1_000));
-        }
-        assert!(!f.take(1_000), "the burst at once, no more");
-        assert!(
-            !f.take(200_000),
-            "the next token is due 250 ms after the first"
-        );
-        assert!(f.take(251_000));
-        assert!(!f.take(251_000));
-        f.give_back();
-        assert!(f.take(251_000), "a token given back");
-        // However long it stays unused, it holds its burst.
-        assert_eq!(f.available(60_000_000), 4);
-    }
-
-    #[test]
-    fn no_floor_gives_nothing() {
-        let f = Floor::new(0, 10);
-        assert!(!f.take(1));
-        assert_eq!(f.available(1), 0);
     }
 }
