@@ -267,6 +267,11 @@ pub enum StopReason {
     /// Every peer was tried, and the upstream's `Retry-After` asked for a longer wait than the
     /// engine's maximum or the deadline allows: its answer goes to the client.
     RetryAfter,
+    /// The request failed the same way on two peers in a row (the same 5xx, or a connection
+    /// that broke after the request was sent): the request, not the peers, is the likely
+    /// cause (a query of death). It is not sent to a third, and the second failure counts
+    /// against no peer.
+    QueryOfDeath,
 }
 
 impl fmt::Display for StopReason {
@@ -283,6 +288,9 @@ impl fmt::Display for StopReason {
             Self::PingoraRetryCap => "pingora's max_retries reached",
             Self::ClientGone => "the client side failed",
             Self::RetryAfter => "retry-after longer than allowed",
+            Self::QueryOfDeath => {
+                "failed the same way on two peers: the request is the likely cause"
+            }
         })
     }
 }

@@ -433,3 +433,45 @@ async fn a_retry_after_holds_only_for_a_return_to_the_peer_that_sent_it() {
         stopped(FailureKind::Status(503), StopReason::MaxAttempts)
     );
 }
+
+/// A request two peers fail the same way (the same 5xx) is the likely cause, not the peers (a
+/// query of death): it is not sent to a third peer, and the second peer is not blamed for it.
+/// Peers failing it differently are each tried as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_two_peers_fail_alike_stops_and_blames_no_second_peer() {
+    let a = Upstream::start("a", Mode::Status(500)).await;
+    let b = Upstream::start("b", Mode::Status(500)).await;
+    let c = Upstream::start("c", Mode::Ok).await;
+    let list = ordered(&[a.peer_addr(), b.peer_addr(), c.peer_addr()], READ_TIMEOUT);
+    let peers = list.peers().to_vec();
+    let engine = Failover::builder(list, statuses(&[500, 503])).with_outlier_detection(
+        pingora_failover::OutlierDetection::new()
+            .with_consecutive_failures(1)
+            .without_recovery_probe(),
+    );
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 500, "the second 500 goes to the client");
+    assert_eq!((a.hits(), b.hits(), c.hits()), (1, 1, 0));
+    let records = log.wait_for(1).await;
+    assert_eq!(
+        records[0][1].outcome(),
+        stopped(FailureKind::Status(500), StopReason::QueryOfDeath),
+        "{records:?}"
+    );
+    assert!(!peers[0].health().is_healthy(), "the first failure counts");
+    assert!(
+        peers[1].health().is_healthy(),
+        "the second, alike, does not"
+    );
+
+    // Failing differently (503 on one, 500 on the other) is no query of death: the third peer
+    // serves it.
+    let d = Upstream::start("d", Mode::Status(503)).await;
+    let e = Upstream::start("e", Mode::Status(500)).await;
+    let f = Upstream::start("f", Mode::Ok).await;
+    let list = ordered(&[d.peer_addr(), e.peer_addr(), f.peer_addr()], READ_TIMEOUT);
+    let (proxy, _log) = start_failover(list, statuses(&[500, 503])).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "f");
+}

@@ -34,7 +34,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             // Not an attempt this engine started: leave pingora's decision alone.
             return e;
         }
-        self.feed.failed(ctx, kind);
+        if !poisoned(ctx.attempts(), kind) {
+            self.feed.failed(ctx, kind);
+        }
         // Read only after `decide_reuse`, which every caller has done.
         let pingora_retriable = e.retry();
         match self.judge(session, ctx, kind, pingora_retriable, Some(&e)) {
@@ -67,6 +69,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     ) -> std::result::Result<Next, StopReason> {
         let attempts = ctx.attempts();
         let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
+        if poisoned(attempts, kind) {
+            return Err(StopReason::QueryOfDeath);
+        }
         let left = self.time_left(ctx);
         let failure = Failure {
             kind,
@@ -209,6 +214,34 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     pub(super) fn time_left(&self, ctx: &FailoverCtx) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_sub(ctx.elapsed()))
     }
+}
+
+/// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it
+/// on another peer: the same 5xx, or a connection that broke after the request was sent (an
+/// I/O error, not a stale pooled connection). Two peers failing one request alike point at the
+/// request (a query of death): no third peer is tried, and no peer blamed for the second.
+pub(super) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
+    let [.., before, current] = attempts else {
+        return false;
+    };
+    let alike = match (before.outcome(), kind) {
+        (
+            Outcome::Failed {
+                kind: FailureKind::Status(a),
+                ..
+            },
+            FailureKind::Status(b),
+        ) => a == b && a >= 500,
+        (
+            Outcome::Failed {
+                kind: FailureKind::Io,
+                ..
+            },
+            FailureKind::Io,
+        ) => true,
+        _ => false,
+    };
+    alike && !before.peer().same(current.peer())
 }
 
 /// The peer a retry returns to once every peer was tried: one that health admits now if any,
