@@ -30,9 +30,9 @@ use crate::retry::window::Window;
 /// timeout, requests are few: the reserve goes in the first seconds (every request retried to its
 /// attempt cap), and comes back whole when those retries leave the window, so retries come in
 /// bursts of three attempts a request every `window`. Here the floor is a token bucket: it refills
-/// at `min_per_second` and holds a few tokens at most (10,
-/// [`with_floor_burst`](Self::with_floor_burst)), enough for a handful of failures arriving
-/// together on a quiet proxy. And it is not added to the ratio's
+/// at `min_per_second` and holds a few tokens at most (20,
+/// [`with_floor_burst`](Self::with_floor_burst)), enough for the failures of a proxy's first
+/// moments, before the ratio has requests to count. And it is not added to the ratio's
 /// share: every retry spends a floor token when one is there, and a retry beyond the ratio's share
 /// needs one. Retries stay within the larger of the two, never their sum.
 ///
@@ -45,7 +45,7 @@ use crate::retry::window::Window;
 /// # Default
 ///
 /// Ratio 0.2 (Finagle's and Envoy's 20 %), window 10 s (Finagle's), floor 3 retries per second
-/// (Envoy's minimum of 3 concurrent retries, as a rate) with a burst of 10. Finagle's floor of 10
+/// (Envoy's minimum of 3 concurrent retries, as a rate) with a burst of 20. Finagle's floor of 10
 /// per second let an outage behind 16 clients with 400 ms timeouts (about 40 attempts a second)
 /// run at 1.33 attempts per request; 3 keeps it at the ratio's 1.2 after the first second, and
 /// still retries every failure of a proxy that serves a request a second.
@@ -58,7 +58,7 @@ pub struct RetryBudget {
 }
 
 /// The floor's default burst.
-const FLOOR_BURST: u32 = 10;
+const FLOOR_BURST: u32 = 20;
 
 impl RetryBudget {
     /// A budget allowing `ratio` retries per request (0.0 to 10.0) counted over `window` (1 s
@@ -87,7 +87,7 @@ impl RetryBudget {
         })
     }
 
-    /// How many retries the floor allows at once (10 by default; at least 1): retries beyond
+    /// How many retries the floor allows at once (20 by default; at least 1): retries beyond
     /// the ratio's share that a quiet proxy may make together, after which they come at
     /// `min_per_second`.
     #[must_use]
@@ -111,11 +111,15 @@ impl RetryBudget {
     fn take(&self) -> Option<bool> {
         let (second, us) = self.now();
         if self.window.withdraw(second) {
-            // Within the ratio's share; it spends the floor's token too, when there is one.
-            return Some(self.floor.take(us));
+            // Within the ratio's share: it spends the floor's next token too, ahead of time when
+            // the bucket is empty, so that the floor adds only what the ratio does not cover.
+            self.floor.spend(us);
+            return Some(true);
         }
+        // Beyond the ratio's share: a floor token. Not counted in the window, so that when it
+        // leaves the window it frees no share of the ratio (no echo ten seconds on); the ratio's
+        // own retries spend the floor's tokens, so the two are never added.
         if self.floor.take(us) {
-            self.window.count_retry(second);
             return Some(true);
         }
         None
@@ -247,16 +251,15 @@ mod tests {
         assert!(!b.withdraw(), "5, not 5 + 2");
         b.refund();
         assert!(b.withdraw(), "a refund is spendable");
-        // A retry the floor allows beyond the ratio counts against the ratio's share too.
+        // The ratio's own retries spent the floor's tokens ahead (5 of them, at 2 a second):
+        // a second on, the floor has nothing to add yet; when they are paid off, it does.
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(b.withdraw() && b.withdraw(), "the floor's tokens are back");
-        for _ in 0..4 {
-            b.deposit();
-        }
         assert!(
             !b.withdraw(),
-            "7 retries for 14 requests: the ratio is spent"
+            "the ratio's retries used the floor's next tokens"
         );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(b.withdraw(), "and then it refills");
     }
 
     #[tokio::test(start_paused = true)]
@@ -278,11 +281,9 @@ mod tests {
         }
         // The ratio's 20 % of 40 is 8 a second, the floor 3: never 8 + 3, never a burst when
         // the first seconds' retries leave the window. The first second has the floor's burst.
-        assert!(per_second[0] <= 8 + 10, "{per_second:?}");
+        assert!(per_second[0] <= 8 + 20, "{per_second:?}");
         let after_first = &per_second[1..];
-        // (When the first second leaves the window, its extra retries leave with it: an echo
-        // of a few, 1.3 attempts a request in that second at most.)
-        assert!(after_first.iter().all(|&r| r <= 12), "{per_second:?}");
+        assert!(after_first.iter().all(|&r| r <= 9), "{per_second:?}");
         let attempts: u32 = after_first.iter().map(|r| r + 40).sum();
         let ratio = f64::from(attempts) / (40.0 * after_first.len() as f64);
         assert!(ratio <= 1.21, "{ratio} attempts a request: {per_second:?}");

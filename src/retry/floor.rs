@@ -13,6 +13,9 @@
 
 use crate::sync::atomic::{AtomicU64, Ordering};
 
+/// How far ahead tokens may be spent.
+const AHEAD_US: u64 = 10_000_000;
+
 #[derive(Debug)]
 pub(crate) struct Floor {
     /// Microseconds between two tokens; 0 for no floor.
@@ -47,6 +50,19 @@ impl Floor {
                     (next - now <= self.tolerance).then_some(next + self.interval)
                 })
                 .is_ok()
+    }
+
+    /// Spends a token at `now` whether or not one is there: when the bucket is empty, the
+    /// next ones are spent ahead (up to 10 s of them), so that a steady stream of spends at
+    /// the bucket's rate or more leaves nothing for [`take`](Self::take).
+    pub(crate) fn spend(&self, now: u64) {
+        if self.interval != 0 {
+            let _ = self
+                .due
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |due| {
+                    Some((due.max(now) + self.interval).min(now + AHEAD_US))
+                });
+        }
     }
 
     /// Puts back a token taken (the bucket never holds more than its burst).

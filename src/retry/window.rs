@@ -84,16 +84,6 @@ impl Window {
             .is_ok()
     }
 
-    /// Counts a retry the floor allowed beyond the ratio: it spends the ratio's share too.
-    pub(crate) fn count_retry(&self, now: u64) {
-        let _ = self
-            .slot(now)
-            .retries
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
-                (unpack(w).0 <= now).then(|| pack(now, count_at(w, now) + 1))
-            });
-    }
-
     /// Gives back a retry withdrawn but not made (in the same second; a retry counted in an
     /// older second leaves the window by itself).
     pub(crate) fn refund(&self, now: u64) {
