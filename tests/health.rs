@@ -327,3 +327,39 @@ async fn a_cap_keeps_a_shared_overload_from_ejecting_more_than_its_share() {
         }
     }
 }
+
+/// A peer at its limit of requests in flight is passed over while another has room, and when
+/// every peer is at its limit a request fails with a 503 without reaching any upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_at_its_limit_spills_to_the_next_and_then_requests_fail_fast() {
+    let slow = Duration::from_millis(400);
+    let primary = Upstream::start("primary", Mode::Slow(slow)).await;
+    let backup = Upstream::start("backup", Mode::Slow(slow)).await;
+    let limited = |u: &Upstream, max| {
+        Peer::builder(u.peer_addr())
+            .with_max_requests(max)
+            .build()
+            .unwrap()
+    };
+    let list = OrderedList::new(vec![limited(&primary, 2), limited(&backup, 3)]).unwrap();
+    let (proxy, _log) = support::start_failover(list, StandardPolicy::default()).await;
+    let http = client();
+    let requests: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url) = (http.clone(), proxy.url("/"));
+            tokio::spawn(async move {
+                let resp = http.get(url).send().await.unwrap();
+                (resp.status().as_u16(), resp.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in requests {
+        answers.push(r.await.unwrap());
+    }
+    let by = |body: &str| answers.iter().filter(|(_, b)| b == body).count();
+    assert_eq!((primary.hits(), backup.hits()), (2, 3), "{answers:?}");
+    assert_eq!((by("primary"), by("backup")), (2, 3), "{answers:?}");
+    let refused = answers.iter().filter(|(s, _)| *s == 503).count();
+    assert_eq!(refused, 3, "the rest: {answers:?}");
+}

@@ -45,6 +45,8 @@ pub struct Config {
     #[serde(default)]
     pub budget: Budget,
     #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
     pub metrics: Metrics,
     #[serde(default)]
     pub log: Log,
@@ -134,6 +136,14 @@ pub struct Health {
     /// `connect`, or `off` (the first request after the ejection time probes it instead).
     pub recovery_probe: Option<String>,
     pub probe_interval_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The most requests each peer may have in flight; past it, the next peer takes the
+    /// request, and with every peer full it gets a 503 at once.
+    pub max_requests_per_peer: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,7 +269,11 @@ impl Config {
     fn peer_settings(&self) -> impl Fn(PeerBuilder) -> PeerBuilder + Send + Sync + 'static {
         let t = &self.timeouts;
         let (connect, read, write) = (t.connect_ms, t.read_ms, t.write_ms);
+        let max_requests = self.limits.max_requests_per_peer;
         move |mut b| {
+            if let Some(n) = max_requests {
+                b = b.with_max_requests(n);
+            }
             if let Some(ms) = connect {
                 b = b.with_connect_timeout(Duration::from_millis(ms));
             }

@@ -93,6 +93,10 @@ struct Flags {
     /// Attempts per request, the first included [default: 3].
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,
+    /// The most requests each peer may have in flight; past it the next peer takes the
+    /// request, and with every peer full it gets a 503 at once [default: no limit].
+    #[arg(long, value_name = "N")]
+    max_requests_per_peer: Option<u32>,
     /// Worker threads [default: 1].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -141,6 +145,7 @@ impl Flags {
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);
+        over!(self.max_requests_per_peer => c.limits.max_requests_per_peer);
         over!(self.threads => c.threads);
         over!(self.daemon => c.daemon_pid_file);
         over!(self.metrics => c.metrics.listen);

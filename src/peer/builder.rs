@@ -62,6 +62,7 @@ pub enum HttpVersion {
 /// # Default
 ///
 /// - weight: 1
+/// - requests in flight: no limit
 /// - HTTP version: [`HttpVersion::Http1`]
 /// - TLS: off; once on, the peer's certificate and host name are verified against the system's
 ///   trusted roots (or the CAs given to [`with_ca_pem`](Self::with_ca_pem)), and no client
@@ -73,6 +74,7 @@ pub enum HttpVersion {
 pub struct PeerBuilder {
     addr: String,
     weight: u32,
+    max_requests: Option<u32>,
     tls_sni: Option<String>,
     version: HttpVersion,
     ca_pem: Option<Vec<u8>>,
@@ -92,6 +94,7 @@ impl fmt::Debug for PeerBuilder {
         f.debug_struct("PeerBuilder")
             .field("addr", &self.addr)
             .field("weight", &self.weight)
+            .field("max_requests", &self.max_requests)
             .field("tls_sni", &self.tls_sni)
             .field("version", &self.version)
             .field("ca_pem", &self.ca_pem.is_some())
@@ -110,6 +113,7 @@ impl PeerBuilder {
         Self {
             addr,
             weight: 1,
+            max_requests: None,
             tls_sni: None,
             version: HttpVersion::Http1,
             ca_pem: None,
@@ -126,6 +130,17 @@ impl PeerBuilder {
     /// The weight for weighted selectors, 1 to [`MAX_WEIGHT`].
     pub fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
+        self
+    }
+
+    /// The most requests this peer may have in flight at once, 1 or more (Envoy's circuit
+    /// breaker `max_requests`, HAProxy's `maxconn`). A peer at its limit is passed over while
+    /// another peer or tier has room, so a backup sized for part of the load is not flattened
+    /// at failover; when every candidate is at its limit, the request fails at once with a 503
+    /// (no queue). Counted per peer across every request of the engine; two worker threads
+    /// choosing the same peer at the same instant may take it one past its limit.
+    pub fn with_max_requests(mut self, max: u32) -> Self {
+        self.max_requests = Some(max);
         self
     }
 
@@ -241,6 +256,13 @@ impl PeerBuilder {
                 max: MAX_WEIGHT,
             });
         }
+        if self.max_requests == Some(0) {
+            return Err(ConfigError::OutOfRange {
+                what: "max requests in flight",
+                value: "0".to_owned(),
+                range: "1 or more",
+            });
+        }
         let connect = check_timeout("connect timeout", self.connect_timeout, MAX_CONNECT_TIMEOUT)?;
         let read = check_timeout("read timeout", self.read_timeout, MAX_IO_TIMEOUT)?;
         let write = check_timeout("write timeout", self.write_timeout, MAX_IO_TIMEOUT)?;
@@ -321,6 +343,12 @@ impl PeerBuilder {
         if let Some(f) = self.customize {
             f(&mut template);
         }
-        Ok(Peer::from_parts(endpoint, self.weight, template, None))
+        Ok(Peer::from_parts(
+            endpoint,
+            self.weight,
+            self.max_requests,
+            template,
+            None,
+        ))
     }
 }

@@ -72,6 +72,8 @@ struct Inner {
     /// The `Display` form, computed once: logs and metric labels use it on every request.
     name: Box<str>,
     weight: u32,
+    /// The most requests it may have in flight; `None`: no limit.
+    max_requests: Option<u32>,
     template: HttpPeer,
     /// The HTTP authority of the name this peer's address was resolved from (`host`, with
     /// `:PORT` unless it is the scheme's default), sent as `Host` by its probes.
@@ -132,6 +134,21 @@ impl Peer {
     /// The peer's name for logs and metric labels: its endpoint, with the SNI for a TLS peer.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// The most requests it may have in flight ([`PeerBuilder::with_max_requests`]); `None`
+    /// for no limit.
+    pub fn max_requests(&self) -> Option<u32> {
+        self.inner.max_requests
+    }
+
+    /// Whether the peer has as many requests in flight as it may have
+    /// ([`PeerBuilder::with_max_requests`]): selectors pass it over, as they pass over an
+    /// ejected peer, and panic mode does not pick it.
+    pub fn is_at_limit(&self) -> bool {
+        self.inner
+            .max_requests
+            .is_some_and(|max| self.health().in_flight() >= max)
     }
 
     /// The weight, used by weighted selectors.
@@ -252,13 +269,20 @@ impl Peer {
             Endpoint::Name { host, port } => Some(format!("{host}:{port}").into_boxed_str()),
             _ => None,
         };
-        Peer::from_parts(Endpoint::Inet(addr), weight, template, authority)
+        Peer::from_parts(
+            Endpoint::Inet(addr),
+            weight,
+            self.inner.max_requests,
+            template,
+            authority,
+        )
     }
 
     /// A new peer, with health of its own.
     fn from_parts(
         endpoint: Endpoint,
         weight: u32,
+        max_requests: Option<u32>,
         template: HttpPeer,
         authority: Option<Box<str>>,
     ) -> Peer {
@@ -267,6 +291,7 @@ impl Peer {
                 name: display_name(&endpoint, &template),
                 endpoint,
                 weight,
+                max_requests,
                 template,
                 authority,
                 health: Arc::default(),
@@ -282,6 +307,7 @@ impl Peer {
                 endpoint: self.inner.endpoint.clone(),
                 name: self.inner.name.clone(),
                 weight: self.inner.weight,
+                max_requests: self.inner.max_requests,
                 template: self.inner.template.clone(),
                 authority: self.inner.authority.clone(),
                 health: existing.inner.health.clone(),
@@ -296,6 +322,7 @@ impl Peer {
                 endpoint: self.inner.endpoint.clone(),
                 name: self.inner.name.clone(),
                 weight,
+                max_requests: self.inner.max_requests,
                 template: self.inner.template.clone(),
                 authority: self.inner.authority.clone(),
                 health: self.inner.health.clone(),

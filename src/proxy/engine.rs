@@ -142,7 +142,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let (peer, probe) = self.choose(&attempt).ok_or_else(|| {
                     Error::explain(
                         ErrorType::HTTPStatus(503),
-                        format!("no upstream peer available ({})", ctx.summary()),
+                        format!(
+                            "no upstream peer available: every one is tried or at its limit \
+                             of requests in flight ({})",
+                            ctx.summary()
+                        ),
                     )
                 })?;
                 Next {

@@ -139,16 +139,19 @@ impl<'a> Attempt<'a> {
         self.client
     }
 
-    /// Whether `peer` may take this attempt: not tried by this request, and healthy (not
-    /// ejected, passing its checks, not [suspected](crate::PeerHealth::is_suspected) of
-    /// stalling), or past its ejection with its probe slot free (this attempt would be its
-    /// probe). A pure query.
+    /// Whether `peer` may take this attempt: not tried by this request, below its limit of
+    /// requests in flight ([`Peer::is_at_limit`]), and healthy (not ejected, passing its
+    /// checks, not [suspected](crate::PeerHealth::is_suspected) of stalling), or past its
+    /// ejection with its probe slot free (this attempt would be its probe). A pure query.
     pub fn admits(&self, peer: &Peer) -> bool {
-        !self.has_tried(peer) && peer.health().admission() != Admission::Refused
+        !self.has_tried(peer)
+            && peer.health().admission() != Admission::Refused
+            && !peer.is_at_limit()
     }
 
     /// Panic mode's pick when no candidate [`admits`](Self::admits) the attempt: one of
-    /// `candidates` this request has not tried, drawn at random among those that will take
+    /// `candidates` this request has not tried and that are below their limit of requests in
+    /// flight, drawn at random among those that will take
     /// requests again soonest: first a peer that is out for the moment only (its probe slot
     /// taken, or suspected of stalling), then an ejected one, then one failing its active check.
     ///
@@ -160,7 +163,7 @@ impl<'a> Attempt<'a> {
         candidates: impl IntoIterator<Item = &'p Peer>,
     ) -> Option<&'p Peer> {
         let mut spread = Spread::new();
-        for p in candidates.into_iter().filter(|p| !self.has_tried(p)) {
+        for p in candidates.into_iter().filter(|p| self.untried_with_room(p)) {
             spread.offer(out_for(p), p);
         }
         spread.pick()
@@ -174,7 +177,7 @@ impl<'a> Attempt<'a> {
         candidates: impl IntoIterator<Item = &'p Peer>,
     ) -> Option<&'p Peer> {
         let mut spread = Spread::new();
-        for p in candidates.into_iter().filter(|p| !self.has_tried(p)) {
+        for p in candidates.into_iter().filter(|p| self.untried_with_room(p)) {
             spread.offer(0, p);
         }
         spread.pick()
@@ -185,10 +188,16 @@ impl<'a> Attempt<'a> {
     /// since health is ignored then. A pure query.
     pub fn takes(&self, peer: &Peer, panic: bool) -> bool {
         if panic {
-            !self.has_tried(peer)
+            self.untried_with_room(peer)
         } else {
             self.admits(peer)
         }
+    }
+
+    /// Not tried by this request, and below its limit of requests in flight: what panic mode
+    /// asks, health aside.
+    fn untried_with_room(&self, peer: &Peer) -> bool {
+        !self.has_tried(peer) && !peer.is_at_limit()
     }
 
     /// The attempt number, starting at 1.

@@ -137,7 +137,8 @@ impl PriorityTiers {
         for tier in self.tiers.iter() {
             let Some(set) = tier.peer_set() else { continue };
             let snapshot = set.snapshot();
-            for p in snapshot.peers().iter().filter(|p| !attempt.has_tried(p)) {
+            let room = |p: &&Peer| !attempt.has_tried(p) && !p.is_at_limit();
+            for p in snapshot.peers().iter().filter(room) {
                 spread.offer(out_for(p), p.clone());
             }
         }
