@@ -267,7 +267,7 @@ pub enum StopReason {
     /// Every peer was tried, and the upstream's `Retry-After` asked for a longer wait than the
     /// engine's maximum or the deadline allows: its answer goes to the client.
     RetryAfter,
-    /// The request failed the same way on two peers in a row (the same 5xx, or a connection
+    /// The request failed the same way on two peers in a row (a 500 on both, or a connection
     /// that broke after the request was sent): the request, not the peers, is the likely
     /// cause (a query of death). It is not sent to a third, and the second failure counts
     /// against no peer.

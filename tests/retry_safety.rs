@@ -434,7 +434,7 @@ async fn a_retry_after_holds_only_for_a_return_to_the_peer_that_sent_it() {
     );
 }
 
-/// A request two peers fail the same way (the same 5xx) is the likely cause, not the peers (a
+/// A request two peers fail the same way (a 500 on both) is the likely cause, not the peers (a
 /// query of death): it is not sent to a third peer, and the second peer is not blamed for it.
 /// Peers failing it differently are each tried as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +442,7 @@ async fn a_request_two_peers_fail_alike_stops_and_blames_no_second_peer() {
     let a = Upstream::start("a", Mode::Status(500)).await;
     let b = Upstream::start("b", Mode::Status(500)).await;
     let c = Upstream::start("c", Mode::Ok).await;
+    // (Two 503s are no query of death: `when_every_peer_answers_503_the_last_503_goes_through`.)
     let list = ordered(&[a.peer_addr(), b.peer_addr(), c.peer_addr()], READ_TIMEOUT);
     let peers = list.peers().to_vec();
     let engine = Failover::builder(list, statuses(&[500, 503])).with_outlier_detection(
@@ -465,8 +466,8 @@ async fn a_request_two_peers_fail_alike_stops_and_blames_no_second_peer() {
         "the second, alike, does not"
     );
 
-    // Failing differently (503 on one, 500 on the other) is no query of death: the third peer
-    // serves it.
+    // Failing differently (503 on one, 500 on the other) is no query of death either: the third
+    // peer serves it.
     let d = Upstream::start("d", Mode::Status(503)).await;
     let e = Upstream::start("e", Mode::Status(500)).await;
     let f = Upstream::start("f", Mode::Ok).await;

@@ -217,9 +217,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
 }
 
 /// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it
-/// on another peer: the same 5xx, or a connection that broke after the request was sent (an
-/// I/O error, not a stale pooled connection). Two peers failing one request alike point at the
-/// request (a query of death): no third peer is tried, and no peer blamed for the second.
+/// on another peer: a 500 on both, or a connection that broke after the request was sent on
+/// both (an I/O error, not a stale pooled connection). Two peers failing one request so point at
+/// the request (a query of death): no third peer is tried, and no peer blamed for the second.
+/// A 502, 503 or 504 is not: it speaks of the peer's state or its own upstream (draining in a
+/// rolling deploy, overloaded), and a third peer may well serve the request.
 pub(super) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
     let [.., before, current] = attempts else {
         return false;
@@ -231,7 +233,7 @@ pub(super) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
                 ..
             },
             FailureKind::Status(b),
-        ) => a == b && a >= 500,
+        ) => a == 500 && b == 500,
         (
             Outcome::Failed {
                 kind: FailureKind::Io,
