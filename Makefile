@@ -36,7 +36,7 @@ test: deps
 	$(CARGO) clippy --all-targets --features "$(FEATURES)" -- -D warnings
 	$(CARGO) build --examples --benches --features "$(FEATURES)"
 	ci/examples-standalone.sh
-	CARGO=$(CARGO) ci/tests.sh --features "$(FEATURES)"
+	$(CARGO) test --all-targets --features "$(FEATURES)"
 	$(CARGO) test --doc --features "$(FEATURES)"
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --features "$(FEATURES)"
 	$(CARGO) publish --dry-run --allow-dirty --no-verify --quiet
