@@ -16,7 +16,13 @@
 //! cargo bench --bench pool
 //! ```
 //!
-//! `POOL_SECONDS` sets each row's length (default 12: past a 10 s window, where a reserve spent
+//! Then failover under a limit: 64 clients loop GETs (each answered after 20 ms) over a primary,
+//! a backup and a third peer in that order; the primary crashes 2 s in. With `limit`, every peer
+//! may have 16 requests in flight (`--max-requests-per-peer 16`); `none` has no limit. Reported:
+//! the most requests the backup and the third peer had in flight at once, answers by status,
+//! and the slowest request: a full pool answers 503 at once, it waits for nothing.
+//!
+//! `POOL_ROWS=limit` runs the limit rows alone. `POOL_SECONDS` sets each row's length (default 12: past a 10 s window, where a reserve spent
 //! in the first seconds came back). Loopback only; every process it starts is killed when it
 //! ends.
 
@@ -182,6 +188,78 @@ async fn client_loop(proxy: SocketAddr, end: Instant, c: u64) {
     }
 }
 
+/// What the clients of the limit rows saw.
+#[derive(Default)]
+struct Seen {
+    ok: u64,
+    unavailable: u64,
+    other: u64,
+    /// The first other answer, or error, for the report.
+    first_other: Option<String>,
+    slowest: Duration,
+}
+
+async fn limited(limit: bool, seconds: u64) -> (u64, u64, Seen) {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(20))).await;
+    let backup = Upstream::start("backup", Mode::Slow(Duration::from_millis(20))).await;
+    let third = Upstream::start("third", Mode::Slow(Duration::from_millis(20))).await;
+    let listen = free_port();
+    let mut args = vec![
+        "--listen".to_owned(),
+        listen.to_string(),
+        "--quiet".to_owned(),
+        "--connect-timeout-ms".to_owned(),
+        "400".to_owned(),
+        "--read-timeout-ms".to_owned(),
+        "2000".to_owned(),
+    ];
+    for u in [&primary, &backup, &third] {
+        args.push("--peer".to_owned());
+        args.push(u.addr.to_string());
+    }
+    if limit {
+        args.push("--max-requests-per-peer".to_owned());
+        args.push("16".to_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let _proxy = common::spawn_proxy("failover_proxy", &args, listen).await;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let clients: Vec<_> = (0..64u64)
+        .map(|c| {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut client = Client::new(listen, b"backup");
+                let mut id = c << 32;
+                while Instant::now() < end {
+                    id += 1;
+                    let t = Instant::now();
+                    let status = client.get("/item", id, 0).await.map(|(s, _)| s);
+                    let took = t.elapsed();
+                    let mut seen = seen.lock().unwrap();
+                    seen.slowest = seen.slowest.max(took);
+                    match status {
+                        Ok(200) => seen.ok += 1,
+                        Ok(503) => seen.unavailable += 1,
+                        other => {
+                            seen.other += 1;
+                            seen.first_other.get_or_insert(format!("{other:?}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    primary.mode.send(Mode::Crash).unwrap();
+    for c in clients {
+        let _ = c.await;
+    }
+    let most = |u: &Upstream| u.load.most.load(std::sync::atomic::Ordering::Relaxed);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    (most(&backup), most(&third), seen)
+}
+
 fn main() {
     let Some(runtime) = bench_runtime("pool") else {
         return;
@@ -195,12 +273,17 @@ fn main() {
         "{:<12} {:<7} {:>9} {:>18} {:>12}  attempts/request each second",
         "peers", "budget", "requests", "after 1st second", "worst second"
     );
+    // `POOL_ROWS=limit`: the limit rows alone.
+    let down_rows = std::env::var("POOL_ROWS").map_or(true, |r| r != "limit");
     runtime.block_on(async {
         for (name, down) in [
             ("refused", Down::Refused),
             ("blackholed", Down::Blackholed),
             ("503", Down::Unavailable),
-        ] {
+        ]
+        .into_iter()
+        .filter(|_| down_rows)
+        {
             for budget in [true, false] {
                 let (requests, after, worst, series) = run(down, budget, seconds).await;
                 let series: Vec<String> = series.iter().map(|r| format!("{r:.2}")).collect();
@@ -213,6 +296,31 @@ fn main() {
                     worst,
                     series.join(" ")
                 );
+            }
+        }
+        println!();
+        println!(
+            "failover under a limit: 64 clients, answers after 20 ms, the primary crashes 2 s in, \
+             {seconds} s a row"
+        );
+        println!(
+            "{:<7} {:>14} {:>13} {:>9} {:>9} {:>7} {:>9}",
+            "limit", "backup at most", "third at most", "200", "503", "other", "slowest"
+        );
+        for limit in [true, false] {
+            let (backup, third, seen) = limited(limit, seconds).await;
+            println!(
+                "{:<7} {:>14} {:>13} {:>9} {:>9} {:>7} {:>7.0}ms",
+                if limit { "16" } else { "none" },
+                backup,
+                third,
+                seen.ok,
+                seen.unavailable,
+                seen.other,
+                seen.slowest.as_secs_f64() * 1000.0
+            );
+            if let Some(other) = seen.first_other {
+                println!("        first other answer: {other}");
             }
         }
     });

@@ -272,6 +272,10 @@ pub enum StopReason {
     /// cause (a query of death). It is not sent to a third, and the second failure counts
     /// against no peer.
     QueryOfDeath,
+    /// The peers that could take the retry are at their limit of requests in flight
+    /// ([`PeerBuilder::with_max_requests`](crate::PeerBuilder::with_max_requests)): the request
+    /// is shed, and the client gets a 503.
+    Full,
 }
 
 impl fmt::Display for StopReason {
@@ -291,6 +295,7 @@ impl fmt::Display for StopReason {
             Self::QueryOfDeath => {
                 "failed the same way on two peers: the request is the likely cause"
             }
+            Self::Full => "every peer with room was tried; the others are at their request limit",
         })
     }
 }

@@ -32,6 +32,27 @@ pub struct Upstream {
     pub mode: watch::Sender<Mode>,
     /// Request ids (`x-id`) answered, and how many times.
     pub posts: Arc<Mutex<HashMap<u64, u32>>>,
+    /// Requests being answered now, and the most at once.
+    pub load: Arc<Load>,
+}
+
+/// Requests an upstream is answering.
+#[derive(Default)]
+pub struct Load {
+    pub now: std::sync::atomic::AtomicU64,
+    pub most: std::sync::atomic::AtomicU64,
+}
+
+impl Load {
+    fn begin(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.now.fetch_add(1, Relaxed) + 1;
+        self.most.fetch_max(now, Relaxed);
+    }
+
+    fn end(&self) {
+        self.now.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Upstream {
@@ -40,8 +61,14 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let (mode, rx) = watch::channel(mode);
         let posts = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(serve(name, listener, rx, posts.clone()));
-        Self { addr, mode, posts }
+        let load = Arc::new(Load::default());
+        tokio::spawn(serve(name, listener, rx, posts.clone(), load.clone()));
+        Self {
+            addr,
+            mode,
+            posts,
+            load,
+        }
     }
 }
 
@@ -58,6 +85,7 @@ async fn serve(
     first: TcpListener,
     mut mode: watch::Receiver<Mode>,
     posts: Arc<Mutex<HashMap<u64, u32>>>,
+    load: Arc<Load>,
 ) {
     let addr = first.local_addr().unwrap();
     let mut listener = Some(first);
@@ -94,7 +122,7 @@ async fn serve(
                     // drop, which is what the deprecation warns of.)
                     #[allow(deprecated)]
                     let _ = stream.set_linger(Some(Duration::ZERO));
-                    tokio::spawn(connection(name, stream, mode.clone(), posts.clone()));
+                    tokio::spawn(connection(name, stream, mode.clone(), posts.clone(), load.clone()));
                 }
             }
             changed = mode.changed() => if changed.is_err() { return },
@@ -118,8 +146,9 @@ async fn connection(
     stream: TcpStream,
     mut mode: watch::Receiver<Mode>,
     posts: Arc<Mutex<HashMap<u64, u32>>>,
+    load: Arc<Load>,
 ) {
-    let serving = answer_all(name, stream, mode.clone(), posts);
+    let serving = answer_all(name, stream, mode.clone(), posts, &load);
     let crash = async {
         let _ = mode.wait_for(|m| *m == Mode::Crash).await;
     };
@@ -134,12 +163,22 @@ async fn answer_all(
     stream: TcpStream,
     mut mode: watch::Receiver<Mode>,
     posts: Arc<Mutex<HashMap<u64, u32>>>,
+    load: &Load,
 ) -> io::Result<()> {
     let mut stream = BufReader::new(stream);
     loop {
         let head = read_head(&mut stream).await?;
         let mut body = vec![0; head.length];
         stream.read_exact(&mut body).await?;
+        // Counted until the answer is written (or the connection ends).
+        load.begin();
+        struct Done<'a>(&'a Load);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.end();
+            }
+        }
+        let _done = Done(load);
         let now = *mode.borrow_and_update();
         if head.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(head.delay_ms)).await;

@@ -371,9 +371,18 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut FailoverCtx,
+        ctx: &mut FailoverCtx,
     ) -> FailToProxy {
-        let code = classify::error_status(e);
+        let shed = ctx.attempts().last().is_some_and(|a| {
+            matches!(
+                a.outcome(),
+                Outcome::Failed {
+                    verdict: Verdict::Stopped(StopReason::Full),
+                    ..
+                }
+            )
+        });
+        let code = if shed { 503 } else { classify::error_status(e) };
         if code > 0 {
             // The client may be gone already; nothing is left to do about that.
             let _ = session.respond_error(code).await;

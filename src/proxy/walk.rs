@@ -130,6 +130,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 paid: None,
             });
         }
+        // A healthy peer that is only full: shed the request, as a first attempt would be.
+        if let Some(pool) = &self.feed.pool {
+            if pool.snapshot().iter().any(|p| query.full(p)) {
+                return Err(StopReason::Full);
+            }
+        }
         // Every peer has been tried: return to the one that will be healthy first, after a
         // backoff, or after the wait the upstream asked for.
         let peer = revisit(attempts).ok_or(StopReason::NoPeerLeft)?;

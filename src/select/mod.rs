@@ -157,28 +157,41 @@ impl<'a> Attempt<'a> {
     ///
     /// At random, because every request on every thread asks at once: a pick by order, or by
     /// the least ejection time left, would send them all to one peer (Envoy's panic mode spreads
-    /// too). `None` when every candidate was tried.
+    /// too). `None` when every candidate was tried, or when one is healthy but
+    /// [`full`](Self::full): the request is shed then, not sent to a peer that is out.
     pub fn best_untried<'p>(
         &self,
         candidates: impl IntoIterator<Item = &'p Peer>,
     ) -> Option<&'p Peer> {
         let mut spread = Spread::new();
-        for p in candidates.into_iter().filter(|p| self.untried_with_room(p)) {
-            spread.offer(out_for(p), p);
+        for p in candidates.into_iter() {
+            if self.full(p) {
+                // A healthy peer that is only full: shed the request, do not panic.
+                return None;
+            }
+            if self.untried_with_room(p) {
+                spread.offer(out_for(p), p);
+            }
         }
         spread.pick()
     }
 
     /// One of `candidates` this request has not tried, drawn uniformly, whatever their health:
     /// how a selector past its [`PanicThreshold`] spreads its requests when it has no order of
-    /// its own to walk ([`OrderedList`] does). `None` when every candidate was tried.
+    /// its own to walk ([`OrderedList`] does). `None` when every candidate was tried, or one is
+    /// [`full`](Self::full).
     pub fn any_untried<'p>(
         &self,
         candidates: impl IntoIterator<Item = &'p Peer>,
     ) -> Option<&'p Peer> {
         let mut spread = Spread::new();
-        for p in candidates.into_iter().filter(|p| self.untried_with_room(p)) {
-            spread.offer(0, p);
+        for p in candidates.into_iter() {
+            if self.full(p) {
+                return None;
+            }
+            if self.untried_with_room(p) {
+                spread.offer(0, p);
+            }
         }
         spread.pick()
     }
@@ -192,6 +205,15 @@ impl<'a> Attempt<'a> {
         } else {
             self.admits(peer)
         }
+    }
+
+    /// Whether `peer` would take this attempt but for its limit of requests in flight: not
+    /// tried, healthy, and full. Panic mode yields to it: a pool whose healthy peers are full
+    /// sheds the request (a 503) rather than sending it to a peer that is out.
+    pub fn full(&self, peer: &Peer) -> bool {
+        peer.is_at_limit()
+            && !self.has_tried(peer)
+            && peer.health().admission() != Admission::Refused
     }
 
     /// Not tried by this request, and below its limit of requests in flight: what panic mode

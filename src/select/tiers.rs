@@ -137,8 +137,14 @@ impl PriorityTiers {
         for tier in self.tiers.iter() {
             let Some(set) = tier.peer_set() else { continue };
             let snapshot = set.snapshot();
-            let room = |p: &&Peer| !attempt.has_tried(p) && !p.is_at_limit();
-            for p in snapshot.peers().iter().filter(room) {
+            for p in snapshot.peers().iter() {
+                if attempt.full(p) {
+                    // Healthy but full: shed the request rather than panic.
+                    return None;
+                }
+                if attempt.has_tried(p) || p.is_at_limit() {
+                    continue;
+                }
                 spread.offer(out_for(p), p.clone());
             }
         }
