@@ -62,3 +62,59 @@ async fn each_key_stays_on_its_peer_and_only_a_failed_peers_keys_move() {
     // And they stay on their new peer.
     assert_eq!(owners(&proxy, 60).await, during);
 }
+
+/// With bounded loads, a hot key's concurrent requests spill to the next peers on the ring once
+/// its peer holds its share, and a key whose peer has room stays on it. Without, every one of
+/// them lands on the key's peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_key_spills_past_its_bound_and_other_keys_stay_put() {
+    for bounded in [true, false] {
+        let mut ups = Vec::new();
+        for name in ["a", "b", "c", "d"] {
+            ups.push(
+                Upstream::start(name, Mode::Slow(std::time::Duration::from_millis(300))).await,
+            );
+        }
+        let peers: Vec<Peer> = ups
+            .iter()
+            .map(|u| Peer::new(&u.peer_addr()).unwrap())
+            .collect();
+        let mut ring = HashRing::new(peers, HashKey::header("x-user").unwrap()).unwrap();
+        if bounded {
+            ring = ring.with_bounded_load(1.25).unwrap();
+        }
+        let owner = ring.owner(b"hot").unwrap().to_string();
+        let (proxy, _log) = start_failover(ring, StandardPolicy::default()).await;
+        let http = client();
+        // A quiet key first: it stays on its peer, request after request.
+        let quiet = owners(&proxy, 1).await;
+        assert_eq!(quiet, owners(&proxy, 1).await);
+        let before: Vec<usize> = ups.iter().map(Upstream::hits).collect();
+        let hot: Vec<_> = (0..12)
+            .map(|_| {
+                let (http, url) = (http.clone(), proxy.url("/cart"));
+                tokio::spawn(async move {
+                    let resp = http.get(url).header("x-user", "hot").send().await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                })
+            })
+            .collect();
+        for h in hot {
+            h.await.unwrap();
+        }
+        let took: Vec<usize> = ups.iter().zip(&before).map(|(u, b)| u.hits() - b).collect();
+        let on_owner = ups
+            .iter()
+            .zip(&took)
+            .find(|(u, _)| u.peer_addr() == owner)
+            .map(|(_, t)| *t)
+            .unwrap();
+        if bounded {
+            // At most ceil(1.25 x 12 / 4) = 4 at once on the owner; the rest on the next peers.
+            assert!(on_owner <= 4, "{took:?}");
+            assert!(took.iter().filter(|t| **t > 0).count() >= 3, "{took:?}");
+        } else {
+            assert_eq!(on_owner, 12, "{took:?}");
+        }
+    }
+}

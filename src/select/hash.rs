@@ -187,6 +187,8 @@ fn ring_addr(peer: &Peer) -> SocketAddr {
 ///   snapshot and before it is published, never on the request path: adding or removing one of
 ///   n peers moves about 1/n of the keys, and no others. (A ring of 200 peers of weight 100 has
 ///   3.2 million points.)
+/// - **Bounded load**, when asked for ([`with_bounded_load`](Self::with_bounded_load)): a key's
+///   peer loaded past `c` times the average moves the request on to the next peer clockwise.
 ///
 /// Selection allocates nothing.
 pub struct HashRing {
@@ -194,6 +196,8 @@ pub struct HashRing {
     key: HashKey,
     ring: Arc<RingCell>,
     panic: PanicThreshold,
+    /// The bounded-load factor `c`, when on.
+    balance: Option<f64>,
 }
 
 /// The ring of the set's current snapshot, rebuilt by each update of the set.
@@ -234,7 +238,31 @@ impl HashRing {
             key,
             ring,
             panic: PanicThreshold::NEVER,
+            balance: None,
         }
+    }
+
+    /// Consistent hashing with bounded loads (Mirrokni, Thorup and Zadimoghaddam, 2018; Envoy's
+    /// `hash_balance_factor`, HAProxy's `hash-balance-factor`): a peer may have at most
+    /// `ceil(factor × (requests in flight + 1) / peers)` requests in flight; a key whose peer is
+    /// past it goes on to the next peer clockwise that is not. A hot key spills over a few
+    /// peers instead of flattening one, and every other key stays where it is while its peer
+    /// has room. `factor` is 1.0 to 10.0 (Envoy suggests 1.25 to 1.5); weights are not taken
+    /// into the bound.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::OutOfRange`] for a factor outside 1.0..=10.0.
+    pub fn with_bounded_load(mut self, factor: f64) -> Result<Self, ConfigError> {
+        if !(1.0..=10.0).contains(&factor) {
+            return Err(ConfigError::OutOfRange {
+                what: "hash balance factor",
+                value: factor.to_string(),
+                range: "1.0..=10.0",
+            });
+        }
+        self.balance = Some(factor);
+        Ok(self)
     }
 
     /// As [`RoundRobin::with_panic_threshold`](crate::RoundRobin::with_panic_threshold).
@@ -250,6 +278,26 @@ impl HashRing {
     /// The set the ring is built from.
     pub fn set(&self) -> &PeerSet {
         &self.set
+    }
+
+    /// The first peer clockwise from the attempt's key that takes it, whatever its load.
+    fn unbounded(&self, attempt: &Attempt<'_>, ring: &Ring, panic: bool) -> Option<Peer> {
+        let peers = ring.snapshot.peers();
+        let mut idx = self.key.with_key(attempt, |k| ring.continuum.node_idx(k));
+        let mut last = None;
+        for _ in 0..(4 * peers.len() * 160).min(ring.points.max(1)) {
+            let addr = ring.continuum.get_addr(&mut idx)?;
+            if last == Some(*addr) {
+                continue;
+            }
+            last = Some(*addr);
+            if let Some(i) = ring.peer_index(addr) {
+                if attempt.takes(&peers[i], panic) {
+                    return Some(peers[i].clone());
+                }
+            }
+        }
+        None
     }
 
     /// The peer `key` maps to while every peer is healthy, for tests and diagnostics.
@@ -269,6 +317,15 @@ impl PeerSelector for HashRing {
             return None;
         }
         let panic = self.panic.reached(peers);
+        // With bounded loads, what a peer may have in flight now: one pass over the peers.
+        let bound = self.balance.map(|factor| {
+            let total: u64 = peers
+                .iter()
+                .map(|p| u64::from(p.health().in_flight()))
+                .sum();
+            (factor * (total + 1) as f64 / peers.len() as f64).ceil() as u64
+        });
+        let room = |p: &Peer| bound.is_none_or(|b| u64::from(p.health().in_flight()) < b);
         let mut idx = self.key.with_key(attempt, |k| ring.continuum.node_idx(k));
         // Clockwise from the key's point: the first peer that takes the attempt. Every point is
         // visited at most once, so a ring where no peer takes it ends the walk.
@@ -288,9 +345,15 @@ impl PeerSelector for HashRing {
                 break;
             }
             if let Some(i) = ring.peer_index(addr) {
-                if attempt.takes(&peers[i], panic) {
+                if attempt.takes(&peers[i], panic) && room(&peers[i]) {
                     return Some(peers[i].clone());
                 }
+            }
+        }
+        // Past the bound everywhere the attempt may go: the ring's own choice, unbounded.
+        if bound.is_some() {
+            if let Some(p) = self.unbounded(attempt, &ring, panic) {
+                return Some(p);
             }
         }
         attempt.best_untried(peers.iter()).cloned()
