@@ -213,23 +213,10 @@ impl HealthCell {
     }
 
     /// Records a failure at `now` (`connect`: nothing was sent); the ejection when it ejected
-    /// the peer. (Without a cap: the loom models in `tests/loom.rs` call it.)
-    #[allow(dead_code)]
-    pub(crate) fn record_failure(
-        &self,
-        now: u64,
-        connect: bool,
-        rules: &Thresholds,
-        tally: &(impl Tally + ?Sized),
-    ) -> Option<Ejected> {
-        self.record_failure_capped(now, connect, rules, tally, &|| true)
-    }
-
-    /// [`record_failure`](Self::record_failure), where a new ejection is made only when
-    /// `may_eject` allows it (the share of its pool already ejected is below the cap). A peer
+    /// the peer. A new ejection is made only when `may_eject` allows it (the share of its pool already ejected is below the cap). A peer
     /// refused so stays in with its failures counted, and the next failure asks again; a peer
     /// ejected already (its probe failed) is ejected again without asking.
-    pub(crate) fn record_failure_capped(
+    pub(crate) fn record_failure(
         &self,
         now: u64,
         connect: bool,

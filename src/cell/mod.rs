@@ -366,7 +366,7 @@ impl PeerHealth {
         self.membership.keep(accounts);
         let ejection = self
             .cell
-            .record_failure_capped(self.now_ms(), connect, thresholds, accounts, may_eject)
+            .record_failure(self.now_ms(), connect, thresholds, accounts, may_eject)
             .map(|e| Ejection {
                 time: Duration::from_millis(e.ms),
                 repeat: e.repeat,

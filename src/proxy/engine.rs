@@ -12,7 +12,7 @@ use pingora_proxy::{FailToProxy, Session};
 
 use super::builder::FailoverBuilder;
 use super::feed::Feed;
-use super::walk::{client_ip, poisoned};
+use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
 use crate::cut::{AdaptiveTimeouts, Armed, Cut, Watchdog};
@@ -339,9 +339,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 .map(FailureKind::GrpcStatus)
         };
         if let Some(kind) = kind {
-            if !poisoned(ctx.attempts(), kind) {
-                self.feed.failed(ctx, kind);
-            }
+            self.feed.failed(ctx, kind);
             ctx.retry_after = classify::retry_after(response);
             match self.judge(session, ctx, kind, false, None) {
                 Ok(next) => {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::rules;
 use super::signals::Signals;
 use crate::classify::FailureKind;
 use crate::ctx::{AttemptRecord, FailoverCtx, Outcome};
@@ -64,10 +65,12 @@ impl Feed {
     }
 
     /// The current attempt failed with `kind`: counted against its peer, unless the stall cut
-    /// made the failure (the retry that follows judges it, in [`blame_cuts`](Self::blame_cuts)).
+    /// made the failure (the retry that follows judges it, in [`blame_cuts`](Self::blame_cuts))
+    /// or the attempt before it failed the same way on another peer (a query of death, which
+    /// blames no second peer; [`rules::poisoned`]).
     pub(crate) fn failed(&self, ctx: &FailoverCtx, kind: FailureKind) {
         if let Some(rec) = ctx.attempts().last() {
-            if !rec.stall_cut(kind) {
+            if !rec.stall_cut(kind) && !rules::poisoned(ctx.attempts(), kind) {
                 self.count_failure(rec, kind);
             }
         }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::classify::FailureKind;
-use crate::ctx::StopReason;
+use crate::ctx::{AttemptRecord, Outcome, StopReason};
 
 /// What the rules need to know of a failure, real or foreseen.
 #[derive(Debug, Clone, Copy)]
@@ -68,6 +68,36 @@ pub(crate) fn cut_is_retried(f: &Facts, configured: Duration, limit: Duration) -
     stop(f).is_none()
         && f.time_left
             .is_none_or(|left| left > configured.saturating_add(limit))
+}
+
+/// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it
+/// on another peer: a 500 on both, or a connection that broke after the request was sent on
+/// both (an I/O error, not a stale pooled connection). Two peers failing one request so point at
+/// the request (a query of death): no third peer is tried, and no peer blamed for the second.
+/// A 502, 503 or 504 is not: it speaks of the peer's state or its own upstream (draining in a
+/// rolling deploy, overloaded), and a third peer may well serve the request.
+pub(crate) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
+    let [.., before, current] = attempts else {
+        return false;
+    };
+    let alike = match (before.outcome(), kind) {
+        (
+            Outcome::Failed {
+                kind: FailureKind::Status(a),
+                ..
+            },
+            FailureKind::Status(b),
+        ) => a == 500 && b == 500,
+        (
+            Outcome::Failed {
+                kind: FailureKind::Io,
+                ..
+            },
+            FailureKind::Io,
+        ) => true,
+        _ => false,
+    };
+    alike && !before.peer().same(current.peer())
 }
 
 #[cfg(test)]

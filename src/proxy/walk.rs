@@ -34,9 +34,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             // Not an attempt this engine started: leave pingora's decision alone.
             return e;
         }
-        if !poisoned(ctx.attempts(), kind) {
-            self.feed.failed(ctx, kind);
-        }
+        self.feed.failed(ctx, kind);
         // Read only after `decide_reuse`, which every caller has done.
         let pingora_retriable = e.retry();
         match self.judge(session, ctx, kind, pingora_retriable, Some(&e)) {
@@ -69,7 +67,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     ) -> std::result::Result<Next, StopReason> {
         let attempts = ctx.attempts();
         let rec = attempts.last().ok_or(StopReason::NoPeerLeft)?;
-        if poisoned(attempts, kind) {
+        if rules::poisoned(attempts, kind) {
             return Err(StopReason::QueryOfDeath);
         }
         let left = self.time_left(ctx);
@@ -220,36 +218,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     pub(super) fn time_left(&self, ctx: &FailoverCtx) -> Option<Duration> {
         self.deadline.map(|d| d.saturating_sub(ctx.elapsed()))
     }
-}
-
-/// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it
-/// on another peer: a 500 on both, or a connection that broke after the request was sent on
-/// both (an I/O error, not a stale pooled connection). Two peers failing one request so point at
-/// the request (a query of death): no third peer is tried, and no peer blamed for the second.
-/// A 502, 503 or 504 is not: it speaks of the peer's state or its own upstream (draining in a
-/// rolling deploy, overloaded), and a third peer may well serve the request.
-pub(super) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
-    let [.., before, current] = attempts else {
-        return false;
-    };
-    let alike = match (before.outcome(), kind) {
-        (
-            Outcome::Failed {
-                kind: FailureKind::Status(a),
-                ..
-            },
-            FailureKind::Status(b),
-        ) => a == 500 && b == 500,
-        (
-            Outcome::Failed {
-                kind: FailureKind::Io,
-                ..
-            },
-            FailureKind::Io,
-        ) => true,
-        _ => false,
-    };
-    alike && !before.peer().same(current.peer())
 }
 
 /// The peer a retry returns to once every peer was tried: one that health admits now if any,

@@ -280,26 +280,6 @@ impl HashRing {
         &self.set
     }
 
-    /// The first peer clockwise from the attempt's key that takes it, whatever its load.
-    fn unbounded(&self, attempt: &Attempt<'_>, ring: &Ring, panic: bool) -> Option<Peer> {
-        let peers = ring.snapshot.peers();
-        let mut idx = self.key.with_key(attempt, |k| ring.continuum.node_idx(k));
-        let mut last = None;
-        for _ in 0..(4 * peers.len() * 160).min(ring.points.max(1)) {
-            let addr = ring.continuum.get_addr(&mut idx)?;
-            if last == Some(*addr) {
-                continue;
-            }
-            last = Some(*addr);
-            if let Some(i) = ring.peer_index(addr) {
-                if attempt.takes(&peers[i], panic) {
-                    return Some(peers[i].clone());
-                }
-            }
-        }
-        None
-    }
-
     /// The peer `key` maps to while every peer is healthy, for tests and diagnostics.
     pub fn owner(&self, key: &[u8]) -> Option<Peer> {
         let ring = self.ring.0.load();
@@ -327,10 +307,14 @@ impl PeerSelector for HashRing {
         });
         let room = |p: &Peer| bound.is_none_or(|b| u64::from(p.health().in_flight()) < b);
         let mut idx = self.key.with_key(attempt, |k| ring.continuum.node_idx(k));
-        // Clockwise from the key's point: the first peer that takes the attempt. Every point is
-        // visited at most once, so a ring where no peer takes it ends the walk.
+        // Clockwise from the key's point: the first peer that takes the attempt (and has room,
+        // with bounded loads). Every point is visited at most once, so a ring where no peer takes
+        // it ends the walk.
         let mut last = None;
         let mut changes = 0;
+        // The first peer that takes the attempt but is past its bound: the ring's own choice when
+        // no peer has room where the attempt may go.
+        let mut over = None;
         for _ in 0..ring.points.max(1) {
             let Some(addr) = ring.continuum.get_addr(&mut idx) else {
                 break;
@@ -341,20 +325,22 @@ impl PeerSelector for HashRing {
             last = Some(*addr);
             changes += 1;
             // Long past every peer's turn: stop walking if no peer can take the attempt.
-            if changes == 4 * peers.len() && !peers.iter().any(|p| attempt.takes(p, panic)) {
+            if changes == 4 * peers.len()
+                && (over.is_some() || !peers.iter().any(|p| attempt.takes(p, panic)))
+            {
                 break;
             }
             if let Some(i) = ring.peer_index(addr) {
-                if attempt.takes(&peers[i], panic) && room(&peers[i]) {
-                    return Some(peers[i].clone());
+                if attempt.takes(&peers[i], panic) {
+                    if room(&peers[i]) {
+                        return Some(peers[i].clone());
+                    }
+                    over.get_or_insert(i);
                 }
             }
         }
-        // Past the bound everywhere the attempt may go: the ring's own choice, unbounded.
-        if bound.is_some() {
-            if let Some(p) = self.unbounded(attempt, &ring, panic) {
-                return Some(p);
-            }
+        if let Some(i) = over {
+            return Some(peers[i].clone());
         }
         attempt.best_untried(peers.iter()).cloned()
     }

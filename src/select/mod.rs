@@ -250,7 +250,7 @@ impl<'a> Attempt<'a> {
 
 /// How long until `p` takes requests again, coarsely: 0 for a peer out for the moment only, 1
 /// for an ejected peer, 2 for one failing its active check.
-pub(crate) fn out_for(p: &Peer) -> u8 {
+fn out_for(p: &Peer) -> u8 {
     match p.health().wait_ms() {
         0 => 0,
         u64::MAX => 2,
@@ -261,13 +261,13 @@ pub(crate) fn out_for(p: &Peer) -> u8 {
 /// A draw of one item, uniformly, among those offered with the lowest rank so far (reservoir
 /// sampling: one pass, nothing stored but the pick).
 #[derive(Debug)]
-pub(crate) struct Spread<T> {
+struct Spread<T> {
     pick: Option<(u8, T)>,
     seen: u64,
 }
 
 impl<T> Spread<T> {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         Self {
             pick: None,
             seen: 0,
@@ -275,7 +275,7 @@ impl<T> Spread<T> {
     }
 
     /// Offers `item` of rank `rank` (lower is better).
-    pub(crate) fn offer(&mut self, rank: u8, item: T) {
+    fn offer(&mut self, rank: u8, item: T) {
         match &self.pick {
             Some((best, _)) if rank > *best => {}
             Some((best, _)) if rank == *best => {
@@ -292,7 +292,7 @@ impl<T> Spread<T> {
     }
 
     /// The item drawn.
-    pub(crate) fn pick(self) -> Option<T> {
+    fn pick(self) -> Option<T> {
         self.pick.map(|(_, item)| item)
     }
 }

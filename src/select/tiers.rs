@@ -4,8 +4,8 @@
 use crate::error::ConfigError;
 use crate::peer::Peer;
 use crate::rng::Rng;
-use crate::select::{out_for, Attempt, PeerSelector, Spread};
-use crate::set::Snapshot;
+use crate::select::{Attempt, PeerSelector};
+use crate::set::{PeerSet, Snapshot};
 
 /// The most tiers a [`PriorityTiers`] takes (their shares are worked out on the stack).
 pub const MAX_TIERS: usize = 16;
@@ -131,24 +131,17 @@ impl PriorityTiers {
         spill(&mut loads[..n])
     }
 
-    /// Panic mode over every tier: as [`Attempt::best_untried`] over all their peers.
+    /// Panic mode over every tier: [`Attempt::best_untried`] over all their peers (the tiers'
+    /// snapshots are gathered first: panic mode is rare, and allocates).
     fn best_untried(&self, attempt: &Attempt<'_>) -> Option<Peer> {
-        let mut spread = Spread::new();
-        for tier in self.tiers.iter() {
-            let Some(set) = tier.peer_set() else { continue };
-            let snapshot = set.snapshot();
-            for p in snapshot.peers().iter() {
-                if attempt.full(p) {
-                    // Healthy but full: shed the request rather than panic.
-                    return None;
-                }
-                if attempt.has_tried(p) || p.is_at_limit() {
-                    continue;
-                }
-                spread.offer(out_for(p), p.clone());
-            }
-        }
-        spread.pick()
+        let snapshots: Vec<_> = self
+            .tiers
+            .iter()
+            .filter_map(|tier| tier.peer_set().map(PeerSet::snapshot))
+            .collect();
+        attempt
+            .best_untried(snapshots.iter().flat_map(|s| s.peers()))
+            .cloned()
     }
 }
 
