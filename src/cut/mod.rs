@@ -16,9 +16,10 @@ mod evidence;
 mod routes;
 mod sys;
 mod watch;
+mod watchdog;
 
 pub use adaptive::AdaptiveTimeouts;
 pub(crate) use adaptive::Cut;
 
 pub(crate) use routes::{RouteKey, Routes};
-pub(crate) use watch::{Armed, Watchdog};
+pub(crate) use watchdog::{Armed, Watchdog};
