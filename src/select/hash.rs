@@ -248,7 +248,8 @@ impl HashRing {
     /// past it goes on to the next peer clockwise that is not. A hot key spills over a few
     /// peers instead of flattening one, and every other key stays where it is while its peer
     /// has room. `factor` is 1.0 to 10.0 (Envoy suggests 1.25 to 1.5); weights are not taken
-    /// into the bound.
+    /// into the bound. The loads are read, not claimed: two threads choosing at the same
+    /// instant may both take a peer's last place.
     ///
     /// # Errors
     ///
