@@ -672,19 +672,35 @@ impl RequestLog {
            + 'static {
         let log = self.clone();
         move |_, e, ctx| {
-            log.errors.lock().unwrap().push(e.map(ToString::to_string));
-            log.done.lock().unwrap().push(ctx.attempts().to_vec());
+            // In the order the requests began, not the order pingora got round to logging them:
+            // a request answered first may be logged after the next one.
+            let attempts = ctx.attempts().to_vec();
+            let began = attempts
+                .first()
+                .map(pingora_failover::AttemptRecord::started);
+            let mut done = log.done.lock().unwrap();
+            let at = match began {
+                Some(t) => done.partition_point(|r| r.first().is_none_or(|a| a.started() <= t)),
+                None => done.len(),
+            };
+            done.insert(at, attempts);
+            log.errors
+                .lock()
+                .unwrap()
+                .insert(at, e.map(ToString::to_string));
+            drop(done);
             log.changed.notify_waiters();
         }
     }
 
-    /// The final errors of the requests finished so far, in order (`None`: no error).
+    /// The final errors of the requests finished so far, in the order they began (`None`: no
+    /// error).
     pub fn errors(&self) -> Vec<Option<String>> {
         self.errors.lock().unwrap().clone()
     }
 
-    /// The outcome of the first attempt of each of the first `n` requests, in the order they
-    /// were logged.
+    /// The outcome of the first attempt of each of the first `n` requests to finish, in the
+    /// order they began.
     pub async fn first_outcomes(&self, n: usize) -> Vec<pingora_failover::Outcome> {
         self.wait_for(n)
             .await
@@ -694,7 +710,7 @@ impl RequestLog {
     }
 
     /// Waits until `n` requests have finished (pingora logs after the response is sent), then
-    /// returns all records so far.
+    /// returns all records so far, in the order the requests began.
     pub async fn wait_for(&self, n: usize) -> Vec<Vec<pingora_failover::AttemptRecord>> {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
