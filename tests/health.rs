@@ -328,6 +328,87 @@ async fn a_cap_keeps_a_shared_overload_from_ejecting_more_than_its_share() {
     }
 }
 
+/// A peer failing 30 % of its requests, never twice in a row, is ejected by the failure-ratio
+/// rule once it has had its minimum of requests; a peer failing 1 % is not, and without the rule
+/// neither is (the consecutive rule never sees five in a row). Every GET is answered 200: the
+/// 503s are retried on another peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_failing_a_third_of_its_requests_is_ejected_and_one_failing_one_percent_is_not() {
+    for with_ratio in [true, false] {
+        let partly = Upstream::start(
+            "partly",
+            Mode::FailSome {
+                status: 503,
+                k: 3,
+                n: 10,
+            },
+        )
+        .await;
+        let rarely = Upstream::start(
+            "rarely",
+            Mode::FailSome {
+                status: 503,
+                k: 1,
+                n: 100,
+            },
+        )
+        .await;
+        let fine = Upstream::start("fine", Mode::Ok).await;
+        let peers: Vec<Peer> = [&partly, &rarely, &fine]
+            .iter()
+            .map(|u| Peer::new(&u.peer_addr()).unwrap())
+            .collect();
+        let mut rules = OutlierDetection::new()
+            .with_base_ejection(Duration::from_secs(60))
+            .without_recovery_probe();
+        if with_ratio {
+            rules = rules.with_failure_ratio(30, 20, Duration::from_secs(10));
+        }
+        let events = Events::default();
+        let policy = StandardPolicy::builder()
+            .with_retry_statuses([503])
+            .build()
+            .unwrap();
+        let engine = Failover::builder(
+            pingora_failover::RoundRobin::new(peers.clone()).unwrap(),
+            policy,
+        )
+        .with_outlier_detection(rules)
+        .on_health_change(events.observer());
+        let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+        let http = client();
+        for i in 0..300 {
+            let resp = http.get(proxy.url("/")).send().await.unwrap();
+            if resp.status() != 200 {
+                panic!("{i}: {:?}", log.wait_for(i + 1).await[i]);
+            }
+        }
+        assert!(rarely.hits() >= 100, "{}", rarely.hits());
+        assert!(peers[1].health().is_healthy(), "1 % never ejects");
+        if with_ratio {
+            assert!(!peers[0].health().is_healthy(), "30 % ejects");
+            assert!(
+                (20..=40).contains(&partly.hits()),
+                "ejected soon after its 20th request: {}",
+                partly.hits()
+            );
+            let ejections: Vec<_> = events
+                .all()
+                .into_iter()
+                .filter(|(_, c)| matches!(c, HealthChange::Ejected { .. }))
+                .collect();
+            assert_eq!(
+                ejections.len(),
+                1,
+                "the partly failing peer alone: {ejections:?}"
+            );
+        } else {
+            assert!(peers[0].health().is_healthy(), "never five in a row");
+            assert!(partly.hits() >= 100);
+        }
+    }
+}
+
 /// A peer at its limit of requests in flight is passed over while another has room, and when
 /// every peer is at its limit a request fails with a 503 without reaching any upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

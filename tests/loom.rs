@@ -61,7 +61,7 @@ fn ejection_and_readmission_keep_the_count_of_ejected_peers_non_negative() {
         let fail = {
             let (cell, gauge) = (cell.clone(), gauge.clone());
             thread::spawn(move || {
-                cell.record_failure(1, true, &RULES, &*gauge, &|| true);
+                cell.record_failure(1, true, false, &RULES, &*gauge, &|| true);
             })
         };
         let ok = {
@@ -83,7 +83,7 @@ fn a_departure_racing_a_readmission_counts_the_ejection_out_once() {
     model(|| {
         let cell = Arc::new(HealthCell::new());
         let gauge = Arc::new(Gauge::default());
-        cell.record_failure(1, true, &RULES, &*gauge, &|| true)
+        cell.record_failure(1, true, false, &RULES, &*gauge, &|| true)
             .unwrap();
         // The peer leaves its set (its ejection is ended) while its probe re-admits it.
         let leave = {
@@ -115,7 +115,7 @@ fn a_departure_racing_a_fresh_ejection_leaves_no_count_when_cleared_after() {
         let fail = {
             let (cell, gauge) = (cell.clone(), gauge.clone());
             thread::spawn(move || {
-                cell.record_failure(1, true, &RULES, &*gauge, &|| true);
+                cell.record_failure(1, true, false, &RULES, &*gauge, &|| true);
                 cell.clear_ejection(&*gauge);
             })
         };
@@ -136,7 +136,7 @@ fn at_most_one_probe_at_a_time() {
     model(|| {
         let cell = Arc::new(HealthCell::new());
         let gauge = Gauge::default();
-        cell.record_failure(1, true, &RULES, &gauge, &|| true)
+        cell.record_failure(1, true, false, &RULES, &gauge, &|| true)
             .unwrap();
         // The ejection (10 ms from 1) is over at 11. One request takes the probe slot; another
         // races for it while a straggler's failure ejects the peer again.
@@ -155,7 +155,7 @@ fn at_most_one_probe_at_a_time() {
         let again = {
             let cell = cell.clone();
             thread::spawn(move || {
-                cell.record_failure(20, true, &RULES, &Gauge::default(), &|| true);
+                cell.record_failure(20, true, false, &RULES, &Gauge::default(), &|| true);
             })
         };
         racer.join().unwrap();

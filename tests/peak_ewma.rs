@@ -82,3 +82,37 @@ async fn under_concurrent_load_too() {
     );
     assert!(ewma < 0.10, "peak EWMA sent {:.1} %", ewma * 100.0);
 }
+
+/// The hits of `fast` and `good` after 60 GETs, one at a time, through a peak EWMA balancer
+/// over the two (no ejection, no retry: balancing alone).
+async fn hits_of(fast: &Upstream, good: &Upstream) -> (usize, usize) {
+    let peers = vec![
+        Peer::new(&fast.peer_addr()).unwrap(),
+        Peer::new(&good.peer_addr()).unwrap(),
+    ];
+    let engine = Failover::builder(PeakEwma::new(peers).unwrap(), StandardPolicy::default())
+        .without_outlier_detection();
+    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..60 {
+        http.get(proxy.url("/")).send().await.unwrap();
+    }
+    (fast.hits(), good.hits())
+}
+
+/// A peer that answers 503 at once does not win the traffic for answering fast: the peer that
+/// answers 200 in 10 ms takes it. And a 429 with `Retry-After` keeps a fast peer's cost up for
+/// the time it asked, where its failure rate alone (one failure in a few) would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_failure_is_not_a_fast_answer_and_a_retry_after_holds() {
+    let good_time = Mode::Slow(Duration::from_millis(10));
+    let failing = Upstream::start("failing", Mode::Status(503)).await;
+    let good = Upstream::start("good", good_time).await;
+    let (f, g) = hits_of(&failing, &good).await;
+    assert!(g >= 50 && f <= 10, "failing {f}, good {g}");
+
+    let busy = Upstream::start("busy", Mode::StatusRetryAfter(429, 30)).await;
+    let good = Upstream::start("good", good_time).await;
+    let (b, g) = hits_of(&busy, &good).await;
+    assert!(g >= 57 && b <= 3, "busy {b}, good {g}");
+}

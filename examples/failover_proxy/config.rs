@@ -132,6 +132,11 @@ pub struct Health {
     pub max_ejection_ms: Option<u64>,
     /// The largest share of the peers ejected at once, in percent.
     pub max_ejection_percent: Option<u8>,
+    /// Ejects a peer failing this share of its requests (percent), once it had
+    /// `failure_ratio_min_requests` (default 20) over `failure_ratio_window_ms` (default 10 s).
+    pub failure_ratio_percent: Option<u8>,
+    pub failure_ratio_min_requests: Option<u32>,
+    pub failure_ratio_window_ms: Option<u64>,
     /// How an ejected peer is probed in the background: a path (`GET` it; 200 to 399 pass),
     /// `connect`, or `off` (the first request after the ejection time probes it instead).
     pub recovery_probe: Option<String>,
@@ -391,6 +396,13 @@ impl Config {
             }
             if let Some(percent) = h.max_ejection_percent {
                 rules = rules.with_max_ejection_percent(percent);
+            }
+            if let Some(percent) = h.failure_ratio_percent {
+                rules = rules.with_failure_ratio(
+                    percent,
+                    h.failure_ratio_min_requests.unwrap_or(20),
+                    Duration::from_millis(h.failure_ratio_window_ms.unwrap_or(10_000)),
+                );
             }
             let probe = match h.recovery_probe.as_deref() {
                 Some("off") => None,

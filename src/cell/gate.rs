@@ -212,14 +212,18 @@ impl HealthCell {
         true
     }
 
-    /// Records a failure at `now` (`connect`: nothing was sent); the ejection when it ejected
-    /// the peer. A new ejection is made only when `may_eject` allows it (the share of its pool already ejected is below the cap). A peer
-    /// refused so stays in with its failures counted, and the next failure asks again; a peer
-    /// ejected already (its probe failed) is ejected again without asking.
+    /// Records a failure at `now` (`connect`: nothing was sent; `tripped`: another rule, the
+    /// failure ratio, would eject the peer whatever its count); the ejection when it ejected
+    /// the peer. A new ejection is made only when `may_eject` allows it (the share of its pool
+    /// already ejected is below the cap). A peer refused so stays in with its failures counted,
+    /// and the next failure asks again; a peer ejected already (its probe failed) is ejected
+    /// again without asking.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record_failure(
         &self,
         now: u64,
         connect: bool,
+        tripped: bool,
         rules: &Thresholds,
         tally: &(impl Tally + ?Sized),
         may_eject: &dyn Fn() -> bool,
@@ -240,7 +244,8 @@ impl HealthCell {
             self.connect_failures.store(0, Ordering::Relaxed);
             0
         };
-        if (failures >= rules.failures || connect_failures >= rules.connect_failures) && may_eject()
+        if (tripped || failures >= rules.failures || connect_failures >= rules.connect_failures)
+            && may_eject()
         {
             self.eject(now, 0, rules, tally)
         } else {

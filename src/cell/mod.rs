@@ -16,6 +16,7 @@
 pub(crate) mod gate;
 pub(crate) mod membership;
 mod ramp;
+pub(crate) mod ratio;
 pub(crate) mod suspicion;
 mod timing;
 
@@ -28,6 +29,7 @@ use crate::classify::FailureKind;
 use gate::{Admit, HealthCell, NoTally, Tally, Thresholds};
 use membership::{Accounts, Membership};
 use ramp::Ramp;
+use ratio::{Ratio, RatioRule};
 use suspicion::Waiting;
 use timing::Timing;
 
@@ -44,6 +46,8 @@ pub struct PeerHealth {
     origin: Instant,
     /// Failures, ejection, the probe slot, the active check.
     cell: HealthCell,
+    /// Its requests and failures over a sliding window, for the failure-ratio rule.
+    ratio: Ratio,
     /// Requests sent to the peer and not finished: its load, for load-aware selectors.
     in_flight: AtomicU32,
     /// What its answers and connects take.
@@ -72,6 +76,7 @@ impl Default for PeerHealth {
         Self {
             origin: Instant::now(),
             cell: HealthCell::new(),
+            ratio: Ratio::new(),
             in_flight: AtomicU32::new(0),
             timing: Timing::new(),
             waiting: Waiting::default(),
@@ -146,14 +151,34 @@ impl PeerHealth {
     }
 
     /// Learns from an attempt that took `took`, ending at `now`: answered, or failed, when only
-    /// a wait longer than the estimate is learned.
+    /// a wait longer than the estimate is learned. Either counts towards its failure rate.
     pub(crate) fn learn_latency(&self, took: Duration, answered: bool, now: Instant) {
         let now_ms = self.ms_at(now);
         self.timing
             .learn(took.as_secs_f64() * 1e6, now_ms, answered);
+        self.timing.learn_outcome(!answered, now_ms);
         if answered {
             self.waiting.answered(now_ms);
         }
+    }
+
+    /// Learns an answer that is a failure (a 5xx, a 429) and took `took`, ending at `now`: as a
+    /// failure (a fast one is not a fast answer), and with the wait its `Retry-After` asked for,
+    /// `hold`, as a floor under its cost until then.
+    pub(crate) fn learn_failed_answer(&self, took: Duration, hold: Option<Duration>, now: Instant) {
+        let now_ms = self.ms_at(now);
+        let hold_ms = hold.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u64);
+        self.timing
+            .learn_failed_answer(took.as_secs_f64() * 1e6, now_ms, hold_ms);
+        self.waiting.answered(now_ms);
+    }
+
+    /// What weighs on the peer's cost besides its latency, at `now`, for latency-aware
+    /// balancing: its failure rate (the share of about its last 20 outcomes that failed, 0 to
+    /// 1, fading without outcomes, time constant 10 s), and the floor in microseconds that a
+    /// `Retry-After` puts under its cost (the time left of it, at most 60 s; 0 for none).
+    pub(crate) fn penalty_at(&self, now: Instant) -> (f64, f64) {
+        self.timing.penalty(self.ms_at(now))
     }
 
     /// What an answer typically takes: a moving average of about the last 20 times to the
@@ -324,8 +349,9 @@ impl PeerHealth {
     }
 
     /// Records a success; `true` when it re-admitted an ejected peer.
+    #[cfg(test)]
     pub(crate) fn record_success(&self) -> bool {
-        self.record_success_counted(true, &NoTally)
+        self.record_success_counted(true, &NoTally, None)
     }
 
     /// Records a failure of `kind`; the ejection when it ejected the peer.
@@ -333,15 +359,24 @@ impl PeerHealth {
         &self,
         kind: FailureKind,
         thresholds: &Thresholds,
+        ratio: Option<&RatioRule>,
     ) -> Option<Ejection> {
-        self.record_failure_as(kind.is_connect(), thresholds, &NoTally, &|| true)
+        self.record_failure_as(kind.is_connect(), thresholds, ratio, &NoTally, &|| true)
     }
 
     /// [`record_success`](Self::record_success), keeping `tally` (the engine's count of ejected
     /// peers) right.
     /// `readmit`: the success may end an ejection (it came from the probe, or from an attempt
-    /// sent while the peer was out).
-    pub(crate) fn record_success_counted(&self, readmit: bool, tally: &dyn Tally) -> bool {
+    /// sent while the peer was out). Counted towards the failure ratio under `ratio`.
+    pub(crate) fn record_success_counted(
+        &self,
+        readmit: bool,
+        tally: &dyn Tally,
+        ratio: Option<&RatioRule>,
+    ) -> bool {
+        if let Some(rule) = ratio {
+            self.count_for_ratio(false, rule);
+        }
         let readmitted = self.cell.record_success(|| self.now_ms(), readmit, tally);
         if readmitted {
             self.start_ramp();
@@ -351,7 +386,9 @@ impl PeerHealth {
 
     /// Records a failure, as a connect failure (`connect`: nothing was sent, and its own
     /// threshold applies) or as any other. A new ejection is made only when `may_eject` allows
-    /// it (the cap on the share of a pool ejected at once).
+    /// it (the cap on the share of a pool ejected at once). Under `ratio`, the failure is
+    /// counted towards the failure ratio, and a ratio over the rule's ejects the peer whatever
+    /// its count in a row.
     ///
     /// The accounts that count the ejection are remembered first, so that the peer's departure
     /// from its sets can settle them. A peer that has departed is not kept out: an ejection
@@ -360,23 +397,42 @@ impl PeerHealth {
         &self,
         connect: bool,
         thresholds: &Thresholds,
+        ratio: Option<&RatioRule>,
         accounts: &dyn Accounts,
         may_eject: &dyn Fn() -> bool,
     ) -> Option<Ejection> {
         self.membership.keep(accounts);
+        let tripped = ratio.is_some_and(|rule| self.count_for_ratio(true, rule));
+        let now = self.now_ms();
         let ejection = self
             .cell
-            .record_failure(self.now_ms(), connect, thresholds, accounts, may_eject)
+            .record_failure(now, connect, tripped, thresholds, accounts, may_eject)
             .map(|e| Ejection {
                 time: Duration::from_millis(e.ms),
                 repeat: e.repeat,
             });
+        if ejection.is_some() {
+            // Back from its ejection, the peer is judged on what it does then.
+            self.ratio.reset();
+        }
         if ejection.is_some() && self.membership.departed_after() {
             // Gone from its sets: nothing to eject it from, no one to probe it for.
             self.cell.clear_ejection(self.membership.accounts());
             return None;
         }
         ejection
+    }
+
+    /// Counts an outcome towards the failure ratio (not while the peer is ejected: what its
+    /// probe or panic mode meets is judged by the ejection's own rules); whether the ratio is
+    /// now over `rule`.
+    fn count_for_ratio(&self, failed: bool, rule: &RatioRule) -> bool {
+        if self.cell.ejected_until() != 0 {
+            return false;
+        }
+        let now = self.now_ms();
+        self.ratio.count(now, failed, rule);
+        failed && self.ratio.tripped(now, rule)
     }
 
     /// Counts the peer into a set.

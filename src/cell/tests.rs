@@ -15,12 +15,12 @@ fn rules() -> Thresholds {
 async fn ejects_after_the_threshold_and_a_success_resets_it() {
     let h = PeerHealth::default();
     let r = rules();
-    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
-    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
+    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r, None), None);
+    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r, None), None);
     assert!(!h.record_success());
-    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
-    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r), None);
-    let ejected = h.record_failure(FailureKind::Status(503), &r);
+    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r, None), None);
+    assert_eq!(h.record_failure(FailureKind::HeaderTimeout, &r, None), None);
+    let ejected = h.record_failure(FailureKind::Status(503), &r, None);
     assert_eq!(
         ejected,
         Some(Ejection {
@@ -39,7 +39,9 @@ async fn one_connect_failure_ejects_and_ejections_grow_to_the_cap() {
     let window = Duration::from_secs(1);
     let mut times = Vec::new();
     for n in 0..4 {
-        let e = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+        let e = h
+            .record_failure(FailureKind::ConnectRefused, &r, None)
+            .unwrap();
         assert_eq!(e.repeat, n > 0, "only the first ejection is new");
         let t = e.time;
         times.push(t);
@@ -56,13 +58,17 @@ async fn one_connect_failure_ejects_and_ejections_grow_to_the_cap() {
     // it starts from the base again.
     assert!(h.record_success());
     assert_eq!(h.claim(window), Admission::Healthy);
-    let again = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+    let again = h
+        .record_failure(FailureKind::ConnectRefused, &r, None)
+        .unwrap();
     assert_eq!((again.time, again.repeat), (s(25), false));
     tokio::time::advance(again.time).await;
     assert_eq!(h.claim(window), Admission::Probe);
     assert!(h.record_success());
     tokio::time::advance(s(25)).await;
-    let quiet = h.record_failure(FailureKind::ConnectRefused, &r).unwrap();
+    let quiet = h
+        .record_failure(FailureKind::ConnectRefused, &r, None)
+        .unwrap();
     assert_eq!((quiet.time, quiet.repeat), (s(10), false));
 }
 
@@ -70,7 +76,7 @@ async fn one_connect_failure_ejects_and_ejections_grow_to_the_cap() {
 async fn asking_claims_nothing() {
     let h = PeerHealth::default();
     let t = h
-        .record_failure(FailureKind::ConnectRefused, &rules())
+        .record_failure(FailureKind::ConnectRefused, &rules(), None)
         .unwrap()
         .time;
     assert_eq!(h.admission(), Admission::Refused);
@@ -92,7 +98,7 @@ async fn asking_claims_nothing() {
 async fn a_lost_probe_frees_the_slot_after_its_window() {
     let h = PeerHealth::default();
     let t = h
-        .record_failure(FailureKind::ConnectTimeout, &rules())
+        .record_failure(FailureKind::ConnectTimeout, &rules(), None)
         .unwrap()
         .time;
     tokio::time::advance(t).await;
@@ -114,7 +120,7 @@ async fn a_peer_failing_its_active_check_is_newly_ejected_not_again() {
     let h = PeerHealth::default();
     h.set_check_failed(true);
     let e = h
-        .record_failure(FailureKind::ConnectRefused, &rules())
+        .record_failure(FailureKind::ConnectRefused, &rules(), None)
         .unwrap();
     assert!(!e.repeat);
     h.set_check_failed(false);
@@ -124,12 +130,12 @@ async fn a_peer_failing_its_active_check_is_newly_ejected_not_again() {
 #[tokio::test(start_paused = true)]
 async fn a_success_from_before_the_ejection_does_not_readmit() {
     let h = PeerHealth::default();
-    h.record_failure(FailureKind::ConnectRefused, &rules())
+    h.record_failure(FailureKind::ConnectRefused, &rules(), None)
         .unwrap();
     // A request sent while the peer was healthy answers after the ejection.
-    assert!(!h.record_success_counted(false, &NoTally));
+    assert!(!h.record_success_counted(false, &NoTally, None));
     assert!(matches!(h.state(), HealthState::Ejected { .. }));
     // Its probe (or an attempt sent while it was out) does.
-    assert!(h.record_success_counted(true, &NoTally));
+    assert!(h.record_success_counted(true, &NoTally, None));
     assert_eq!(h.state(), HealthState::Healthy);
 }

@@ -26,6 +26,20 @@ const EMPTY: u64 = u64::MAX;
 /// The weight of a new sample in a plain moving average: about the last 20 samples count.
 const MEAN_WEIGHT: f64 = 0.05;
 
+/// The failure rate is kept as a moving average of outcomes (1 a failure, 0 a success), scaled
+/// by this, in a [`Latency`] word, which decays towards zero without outcomes.
+const RATE_SCALE: f64 = 1e6;
+
+/// The weight of an outcome in the failure rate: about the last 20 count.
+const RATE_WEIGHT: f64 = 0.05;
+
+/// A failure rate below this (0.1 %) is not written down further on a success, so that a
+/// healthy peer's successes write nothing.
+const RATE_QUIET: f64 = 1e-3;
+
+/// The longest a `Retry-After` holds up a peer's cost (ms).
+const HOLD_MAX_MS: u64 = 60_000;
+
 #[derive(Debug)]
 pub(crate) struct Latency(AtomicU64);
 
@@ -97,6 +111,21 @@ impl Latency {
         });
     }
 
+    /// Moves the estimate, as it stands at `now_ms` (decayed), `weight` of the way to a sample
+    /// of `us` (no peak); with no estimate yet, from zero.
+    pub(crate) fn average(&self, us: f64, now_ms: u64, weight: f64) {
+        self.update(now_ms, |word| {
+            let now_est = match word {
+                EMPTY => 0.0,
+                _ => {
+                    let (est, at) = unpack(word);
+                    decayed(est, at, now_ms)
+                }
+            };
+            Some(now_est + (us - now_est) * weight)
+        });
+    }
+
     /// Replaces the estimate with what `next` makes of the current word (nothing when it
     /// returns `None`), stamped `now_ms` (or the word's own stamp, if a racing thread left a
     /// later one): one compare-and-swap, retried if another thread wrote in between.
@@ -153,6 +182,11 @@ pub(crate) struct Timing {
     connect: Latency,
     /// The time to the response header, as a plain moving average.
     typical: Latency,
+    /// The share of its recent requests that failed, as a time-decayed average.
+    failures: Latency,
+    /// Until when (ms on the peer's clock; 0: none) the peer asked, with a `Retry-After`, not
+    /// to be sent requests: its cost is at least the time left until then.
+    hold_until: AtomicU64,
 }
 
 fn from_us(us: f64) -> Duration {
@@ -165,12 +199,56 @@ impl Timing {
             latency: Latency::new(),
             connect: Latency::new(),
             typical: Latency::new(),
+            failures: Latency::new(),
+            hold_until: AtomicU64::new(0),
         }
     }
 
     /// The peak EWMA in microseconds at `now_ms`.
     pub(crate) fn latency_us(&self, now_ms: u64) -> Option<f64> {
         self.latency.estimate_us(now_ms)
+    }
+
+    /// What weighs on the peer's cost besides its latency, at `now_ms`: its failure rate, and
+    /// the floor a `Retry-After` puts under it (µs; 0 for none).
+    pub(crate) fn penalty(&self, now_ms: u64) -> (f64, f64) {
+        let floor = match self.hold_until.load(Ordering::Relaxed) {
+            until if until > now_ms => (until - now_ms) as f64 * 1_000.0,
+            _ => 0.0,
+        };
+        (self.failure_rate(now_ms), floor)
+    }
+
+    /// The share of its recent outcomes that failed, 0 to 1: a moving average over about the
+    /// last 20, which decays towards 0 without outcomes (time constant 10 s), so that a peer
+    /// that lost its traffic to its failures gets it back.
+    pub(crate) fn failure_rate(&self, now_ms: u64) -> f64 {
+        self.failures
+            .estimate_us(now_ms)
+            .map_or(0.0, |r| (r / RATE_SCALE).clamp(0.0, 1.0))
+    }
+
+    /// Counts an outcome into the failure rate: a failure, or a success (written only while
+    /// the rate is above 0.1 %).
+    pub(crate) fn learn_outcome(&self, failed: bool, now_ms: u64) {
+        if failed {
+            self.failures.average(RATE_SCALE, now_ms, RATE_WEIGHT);
+        } else if self.failure_rate(now_ms) >= RATE_QUIET {
+            self.failures.average(0.0, now_ms, RATE_WEIGHT);
+        }
+    }
+
+    /// Learns a failed answer (a 5xx or a 429) that took `us` microseconds, ending at
+    /// `now_ms`: a fast failure is not a fast answer. Only an answer slower than the estimate
+    /// teaches the peak EWMA, as any failure; the failure rate counts it; and a `Retry-After` of
+    /// `hold_ms` holds the cost up to the time left of it (at most 60 s).
+    pub(crate) fn learn_failed_answer(&self, us: f64, now_ms: u64, hold_ms: Option<u64>) {
+        self.learn(us, now_ms, false);
+        self.learn_outcome(true, now_ms);
+        if let Some(hold) = hold_ms {
+            self.hold_until
+                .fetch_max(now_ms + hold.min(HOLD_MAX_MS), Ordering::Relaxed);
+        }
     }
 
     /// Learns an attempt of `us` microseconds ending at `now_ms`: answered, or failed, when only
@@ -242,6 +320,64 @@ mod tests {
         l.observe_mean(1_000.0);
         l.observe_mean(21_000.0);
         assert_eq!(l.mean_us(), Some(2_000.0));
+    }
+
+    #[test]
+    fn the_failure_rate_is_the_share_failed_of_the_last_seconds_and_fades() {
+        // An outcome every 10 ms for 30 s; every tenth or every hundredth a failure.
+        let run = |fail_every: u64| {
+            let t = Timing::new();
+            for i in 1..=3_000u64 {
+                t.learn_outcome(i % fail_every == 0, i * 10);
+            }
+            t
+        };
+        let (tenth, hundredth) = (run(10), run(100));
+        // Just after a failure (the last outcome was one): a tenth reads about 12 %, a
+        // hundredth 5 %, falling to nothing over the next ones.
+        let rate = tenth.failure_rate(30_000);
+        assert!((0.10..0.14).contains(&rate), "{rate}");
+        let rate = hundredth.failure_rate(30_000);
+        assert!((0.04..0.06).contains(&rate), "{rate}");
+        let (rate, floor) = tenth.penalty(30_000);
+        assert!((0.10..0.14).contains(&rate) && floor == 0.0, "{rate}");
+        // Without outcomes it fades: 10 s on, to e^-1 of it.
+        let later = tenth.failure_rate(40_000) / tenth.failure_rate(30_000);
+        assert!((0.36..0.37).contains(&later), "{later}");
+        // A thousand successes, then one failure: 5 %, not the whole of it.
+        let once = Timing::new();
+        for i in 1..=1_000u64 {
+            once.learn_outcome(false, i);
+        }
+        once.learn_outcome(true, 1_001);
+        assert!((0.049..0.051).contains(&once.failure_rate(1_001)));
+        assert_eq!(
+            Timing::new().penalty(5),
+            (0.0, 0.0),
+            "no outcome, no penalty"
+        );
+    }
+
+    #[test]
+    fn a_fast_failure_is_not_a_fast_answer() {
+        let t = Timing::new();
+        t.learn(20_000.0, 1, true);
+        t.learn_failed_answer(100.0, 2, None);
+        assert!(t.latency_us(2).is_some_and(|e| e > 19_990.0));
+        assert_eq!(t.typical().map(|d| d.as_micros()), Some(20_000));
+        assert!(t.failure_rate(2) > 0.04);
+    }
+
+    #[test]
+    fn a_retry_after_holds_the_cost_up_until_it_ends() {
+        let t = Timing::new();
+        t.learn(1_000.0, 1, true);
+        t.learn_failed_answer(100.0, 2, Some(2_000));
+        assert_eq!(t.penalty(1_002).1, 1_000_000.0, "a second left");
+        assert_eq!(t.penalty(2_002).1, 0.0);
+        let never = Timing::new();
+        never.learn_failed_answer(100.0, 1, Some(600_000));
+        assert_eq!(never.penalty(1).1, 60_000_000.0, "60 s at most");
     }
 
     #[test]

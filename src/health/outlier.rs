@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::RecoveryProbe;
 use crate::cell::gate::Thresholds;
+use crate::cell::ratio::RatioRule;
 use crate::cell::Ejection;
 use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
@@ -23,6 +24,12 @@ use crate::peer::Peer;
 ///   peer ejected again before it has stayed healthy for as long as it was last out is in the
 ///   same row (flapping)
 /// - maximum ejection time: 300 s (Envoy's `max_ejection_time`)
+/// - no failure-ratio rule: a peer is ejected by failures in a row only.
+///   [`with_failure_ratio`](Self::with_failure_ratio) adds one (Envoy's `failure_percentage`,
+///   gRPC's failure-percentage ejection), for a peer that fails part of the time: a peer
+///   failing 30 % of its requests rarely fails 5 in a row. It is off by default, as in Envoy
+///   and gRPC: it judges a peer on the mix of requests it was sent, and a selector that sends
+///   one peer a key's every request (hashing) would have it judge the key
 /// - no cap on the share of a pool ejected at once (100 %): every peer that fails is taken out,
 ///   and the selectors' panic mode spreads requests over the ejected ones once none is left.
 ///   [`with_max_ejection_percent`](Self::with_max_ejection_percent) sets one (Envoy's
@@ -43,6 +50,7 @@ pub struct OutlierDetection {
     base_ejection: Duration,
     max_ejection: Duration,
     max_ejection_percent: u8,
+    ratio: Option<RatioRule>,
     recovery: Option<RecoveryProbe>,
 }
 
@@ -55,6 +63,7 @@ impl Default for OutlierDetection {
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 100,
+            ratio: None,
             recovery: Some(RecoveryProbe::default()),
         }
     }
@@ -118,6 +127,31 @@ impl OutlierDetection {
         self
     }
 
+    /// Ejects a peer that failed `percent` (1 to 100) of its requests over the last `window`
+    /// (1 s to 300 s), once it was sent at least `min_requests` in that window (so that a quiet
+    /// peer is not judged on two requests), whatever its failures in a row. What counts as a
+    /// failure is what counts towards the consecutive rule (a 5xx, a timeout, a refused
+    /// connect; not a request the client gave up on). The window slides: the counts of the
+    /// window before are weighed by the share of it still covered. The counts start afresh
+    /// when the peer is ejected. The cap on the share of a pool ejected at once applies.
+    ///
+    /// With 30 % over 10 s and at least 20 requests: a peer failing 30 % is ejected within the
+    /// window once it has had 20 requests, one failing 1 % never.
+    #[must_use]
+    pub fn with_failure_ratio(mut self, percent: u8, min_requests: u32, window: Duration) -> Self {
+        self.ratio = Some(RatioRule {
+            percent,
+            min_requests,
+            window_ms: window.as_millis().min(u128::from(u64::MAX)) as u64,
+        });
+        self
+    }
+
+    /// The failure-ratio rule, when there is one.
+    pub(crate) fn ratio(&self) -> Option<&RatioRule> {
+        self.ratio.as_ref()
+    }
+
     /// How many of `pool` peers may be ejected at once.
     pub(crate) fn max_ejected(&self, pool: usize) -> usize {
         (pool * usize::from(self.max_ejection_percent) / 100).max(1)
@@ -159,12 +193,14 @@ impl OutlierDetection {
     /// ejected the peer. The engine does this after every failed attempt; call it yourself to
     /// feed health from elsewhere (a failure your own code saw, a simulation).
     pub fn record_failure(&self, peer: &Peer, kind: FailureKind) -> Option<Ejection> {
-        peer.health().record_failure(kind, &self.thresholds())
+        peer.health()
+            .record_failure(kind, &self.thresholds(), self.ratio())
     }
 
     /// Records a success of `peer`; `true` when it re-admitted the peer.
     pub fn record_success(&self, peer: &Peer) -> bool {
-        peer.health().record_success()
+        peer.health()
+            .record_success_counted(true, &crate::cell::gate::NoTally, self.ratio())
     }
 
     pub(crate) fn thresholds(&self) -> Thresholds {
@@ -195,6 +231,29 @@ impl OutlierDetection {
                     what,
                     value: n.to_string(),
                     range: "1 or more",
+                });
+            }
+        }
+        if let Some(rule) = &self.ratio {
+            if !(1..=100).contains(&rule.percent) {
+                return Err(ConfigError::OutOfRange {
+                    what: "failure ratio percent",
+                    value: rule.percent.to_string(),
+                    range: "1..=100",
+                });
+            }
+            if rule.min_requests == 0 {
+                return Err(ConfigError::OutOfRange {
+                    what: "failure ratio minimum requests",
+                    value: "0".into(),
+                    range: "1 or more",
+                });
+            }
+            if !(1_000..=300_000).contains(&rule.window_ms) {
+                return Err(ConfigError::OutOfRange {
+                    what: "failure ratio window",
+                    value: format!("{:?}", Duration::from_millis(rule.window_ms)),
+                    range: "1 s..=300 s",
                 });
             }
         }
@@ -244,6 +303,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_rules() {
+        let ratio = |p, n, ms| {
+            OutlierDetection::new()
+                .with_failure_ratio(p, n, Duration::from_millis(ms))
+                .validate()
+                .is_err()
+        };
+        assert!(!ratio(30, 20, 10_000));
+        assert!(ratio(0, 20, 10_000) && ratio(101, 20, 10_000));
+        assert!(ratio(30, 0, 10_000));
+        assert!(ratio(30, 20, 0) && ratio(30, 20, 999) && ratio(30, 20, 300_001));
         assert!(OutlierDetection::new()
             .with_max_ejection_percent(101)
             .validate()

@@ -331,6 +331,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return Ok(());
         }
         self.feed.blame_cuts(ctx);
+        ctx.retry_after = classify::retry_after(response);
         let kind = if self.policy.is_retriable_status(status) {
             Some(FailureKind::Status(status))
         } else {
@@ -340,7 +341,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         };
         if let Some(kind) = kind {
             self.feed.failed(ctx, kind);
-            ctx.retry_after = classify::retry_after(response);
             match self.judge(session, ctx, kind, false, None) {
                 Ok(next) => {
                     self.finish(ctx, kind, Verdict::Retried);

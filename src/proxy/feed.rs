@@ -28,6 +28,7 @@ impl Feed {
     /// Ends the current attempt with `outcome`, and reports it.
     pub(crate) fn finish(&self, ctx: &mut FailoverCtx, outcome: Outcome) {
         let route = ctx.route;
+        let hold = ctx.retry_after;
         let Some(rec) = ctx.current_mut() else {
             return;
         };
@@ -44,6 +45,14 @@ impl Feed {
         health.header_done();
         let now = Instant::now();
         match outcome {
+            // A fast failure is not a fast answer.
+            Outcome::Responded { status } if rules::is_failed_answer(status) => {
+                health.learn_failed_answer(took, hold, now);
+            }
+            Outcome::Failed {
+                kind: FailureKind::Status(_) | FailureKind::GrpcStatus(_),
+                ..
+            } => health.learn_failed_answer(took, hold, now),
             Outcome::Responded { .. } => {
                 health.learn_latency(took, true, now);
                 if let Some(route) = route {
@@ -94,12 +103,13 @@ impl Feed {
             return;
         };
         let readmit = rec.is_probe() || rec.started_ejected;
-        if !counts
-            && self.outliers.is_some()
-            && rec
-                .peer()
-                .health()
-                .record_success_counted(readmit, &*self.signals)
+        let Some(rules) = self.outliers.as_ref().filter(|_| !counts) else {
+            return;
+        };
+        if rec
+            .peer()
+            .health()
+            .record_success_counted(readmit, &*self.signals, rules.ratio())
         {
             self.signals.readmitted(rec.peer());
         }
@@ -144,6 +154,7 @@ impl Feed {
         if let Some(ejection) = peer.health().record_failure_as(
             connect,
             &rules.thresholds(),
+            rules.ratio(),
             &*self.signals,
             &may_eject,
         ) {

@@ -100,6 +100,13 @@ pub(crate) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
     alike && !before.peer().same(current.peer())
 }
 
+/// Whether an answer with `status` is a failure of its peer for balancing: a 5xx, or a 429 (too
+/// many requests). A fast one is not a fast answer: it teaches latency-aware balancing a
+/// failure, not a time.
+pub(crate) fn is_failed_answer(status: u16) -> bool {
+    status == 429 || (500..=599).contains(&status)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

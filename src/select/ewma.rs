@@ -29,6 +29,16 @@ use crate::select::p2c::{Cost, TwoChoices};
 /// weight, where a strict comparison would let the noise send everything to one of them, and a
 /// peer 10 times slower gets nothing while another answers.
 ///
+/// A fast failure is not a fast answer. Each peer's latency has added to it `10 × r ×` the
+/// latency of the slower of the two, where `r` is the share of its recent outcomes that failed
+/// (about the last 20, fading without outcomes over about 10 s): a 5xx or a 429 answer, a
+/// timeout, a reset, a refused connect. Two peers of the same latency compare at about 1.1
+/// times for one failing 1 %, 4 times for 30 %; a peer that answers 503 in 0.3 ms does not win
+/// the traffic from one that answers 200 in 10 ms (it costs 100 ms), while one failing 1 % of
+/// the time at 0.3 ms still does (1.3 ms). A `Retry-After` on a failed answer puts a floor
+/// under the peer's cost, the time left of it (at most 60 s): the peer asked not to be sent
+/// requests until then.
+///
 /// A peer that has not answered yet borrows the estimate of the peer it is compared with, so
 /// the two compare on load alone: a new peer neither wins every request until its first answer
 /// nor waits behind a guessed default.
@@ -47,6 +57,9 @@ pub type PeakEwma = TwoChoices<PeakLatency>;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PeakLatency;
 
+/// How many retries' time a failure costs (see [`PeakEwma`]).
+const FAILURE_WEIGHT: f64 = 10.0;
+
 impl Cost for PeakLatency {
     fn estimates(&self, a: &Peer, b: &Peer) -> (f64, f64) {
         let now = Instant::now();
@@ -56,8 +69,16 @@ impl Cost for PeakLatency {
             (Some(l), None) | (None, Some(l)) => (l, l),
             (None, None) => (1.0, 1.0),
         };
-        // A latency of zero (an estimate long decayed) would make load count for nothing.
-        (la.max(1.0), lb.max(1.0))
+        // A failure costs the time of a retry, at the slower of the two.
+        let retry = la.max(lb);
+        let cost = |latency: f64, peer: &Peer| {
+            let (failing, floor) = peer.health().penalty_at(now);
+            // A latency of zero (an estimate long decayed) would make load count for nothing.
+            (latency + FAILURE_WEIGHT * failing * retry)
+                .max(floor)
+                .max(1.0)
+        };
+        (cost(la, a), cost(lb, b))
     }
 }
 

@@ -40,6 +40,8 @@ pub enum Mode {
     Hang,
     /// This status at once, body = "<name> <status>".
     Status(u16),
+    /// Fails `k` of every `n` requests with `status`, spread evenly (the others: 200 at once).
+    FailSome { status: u16, k: usize, n: usize },
     /// This status at once, with `Retry-After: <seconds>`.
     StatusRetryAfter(u16, u32),
     /// 200 header and a first body chunk, then the body stalls forever.
@@ -296,7 +298,7 @@ async fn handle(
         host: header("host"),
         user_agent: header("user-agent"),
     });
-    state.hits.fetch_add(1, Ordering::SeqCst);
+    let hit = state.hits.fetch_add(1, Ordering::SeqCst);
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         *state.ids.lock().unwrap().entry(id.to_owned()).or_default() += 1;
     }
@@ -347,6 +349,16 @@ async fn handle(
         }
         Mode::Hang => std::future::pending().await,
         Mode::Status(s) => reply(StatusCode::from_u16(s).unwrap(), format!("{name} {s}")),
+        Mode::FailSome { status, k, n } => {
+            if (hit + 1) * k / n > hit * k / n {
+                reply(
+                    StatusCode::from_u16(status).unwrap(),
+                    format!("{name} {status}"),
+                )
+            } else {
+                reply(StatusCode::OK, name.to_owned())
+            }
+        }
         Mode::StatusRetryAfter(s, secs) => {
             let mut r = reply(StatusCode::from_u16(s).unwrap(), format!("{name} {s}"));
             r.headers_mut().insert("retry-after", secs.into());

@@ -81,7 +81,7 @@ async fn run(
         }
         let since = *probing_since.get_or_insert_with(tokio::time::Instant::now);
         if probe.passes(peer).await {
-            if health.record_success_counted(true, reports) {
+            if health.record_success_counted(true, reports, None) {
                 reports.readmitted(peer);
             }
             return true;
