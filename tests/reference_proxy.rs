@@ -180,6 +180,67 @@ async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_lin
     assert_eq!(backup.hits(), 6);
 }
 
+/// The statuses of `n` concurrent GETs through `proxy`, sorted.
+async fn concurrent_statuses(proxy: &Running, n: usize) -> Vec<u16> {
+    let http = client();
+    let mut statuses: Vec<u16> =
+        futures_util::future::join_all((0..n).map(|_| http.get(proxy.url("/")).send()))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+    statuses.sort_unstable();
+    statuses
+}
+
+/// Limits on requests in flight: a pool default (the flag, or `[limits]`) and a peer's own (its
+/// table in the file). Five slow GETs at once: each peer takes its limit, and the rest are
+/// answered 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_limit_comes_from_the_pool_default_or_the_peers_own() {
+    let slow = Mode::Slow(Duration::from_millis(600));
+    let (a, b) = (
+        Upstream::start("a", slow).await,
+        Upstream::start("b", slow).await,
+    );
+    let listen = free_addr();
+    let flags = [
+        "--listen",
+        &listen,
+        "--peer",
+        &a.peer_addr(),
+        "--peer",
+        &b.peer_addr(),
+        "--max-requests-per-peer",
+        "1",
+        "--quiet",
+    ];
+    let proxy = Running::start(&flags, &listen).await;
+    assert_eq!(
+        concurrent_statuses(&proxy, 5).await,
+        [200, 200, 503, 503, 503]
+    );
+    assert_eq!((a.hits(), b.hits()), (1, 1));
+    drop(proxy);
+
+    let listen = free_addr();
+    let file = TempPath::with_text(
+        "failover-proxy.toml",
+        &format!(
+            "listen = \"{listen}\"\npeers = [{{ addr = \"{}\", max_requests = 3 }}, \"{}\"]\n\
+             log.access = false\n[limits]\nmax_requests_per_peer = 1\n",
+            a.peer_addr(),
+            b.peer_addr()
+        ),
+    );
+    let proxy = Running::start(&["--config", file.as_str()], &listen).await;
+    assert_eq!(
+        concurrent_statuses(&proxy, 5).await,
+        [200, 200, 200, 200, 503]
+    );
+    assert_eq!((a.hits(), b.hits()), (1 + 3, 1 + 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_override_the_file() {
     let (a, b) = (

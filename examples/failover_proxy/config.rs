@@ -82,6 +82,8 @@ impl<'de> Deserialize<'de> for PeerEntry {
 pub struct PeerTable {
     pub addr: String,
     pub weight: Option<u32>,
+    /// The most requests in flight to this peer (over `[limits] max_requests_per_peer`).
+    pub max_requests: Option<u32>,
     /// Connect with TLS and send this server name.
     pub tls: Option<String>,
     /// A PEM file of CAs to trust for this peer instead of the system's.
@@ -450,6 +452,9 @@ fn peer(
     let mut b = settings(Peer::builder(t.addr.as_str()));
     if let Some(w) = t.weight {
         b = b.with_weight(w);
+    }
+    if let Some(n) = t.max_requests {
+        b = b.with_max_requests(n);
     }
     if let Some(sni) = &t.tls {
         b = b.with_tls(sni.as_str());
