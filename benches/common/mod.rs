@@ -24,6 +24,8 @@ pub enum Mode {
     /// Answers after this long.
     Slow(Duration),
     Unavailable,
+    /// Answers 503 to `k` of every `n` requests, spread evenly; 200 to the others.
+    FailSome(u64, u64),
 }
 
 /// An HTTP/1.1 upstream that answers with its name, and can break in each of the modes.
@@ -36,11 +38,15 @@ pub struct Upstream {
     pub load: Arc<Load>,
 }
 
-/// Requests an upstream is answering.
+/// Requests an upstream is answering, and what it answered.
 #[derive(Default)]
 pub struct Load {
     pub now: std::sync::atomic::AtomicU64,
     pub most: std::sync::atomic::AtomicU64,
+    /// Requests answered.
+    pub hits: AtomicU64,
+    /// Requests answered per path.
+    pub paths: Mutex<HashMap<String, u64>>,
 }
 
 impl Load {
@@ -194,8 +200,18 @@ async fn answer_all(
                 200
             }
             Mode::Unavailable => 503,
+            Mode::FailSome(k, n) => {
+                let hit = load.hits.load(Ordering::Relaxed);
+                if (hit + 1) * k / n > hit * k / n {
+                    503
+                } else {
+                    200
+                }
+            }
             Mode::Up | Mode::Crash => 200,
         };
+        load.hits.fetch_add(1, Ordering::Relaxed);
+        *load.paths.lock().unwrap().entry(head.path).or_default() += 1;
         if status == 200 {
             if let Some(id) = head.id {
                 *posts.lock().unwrap().entry(id).or_default() += 1;
@@ -211,6 +227,8 @@ async fn answer_all(
 
 struct Head {
     status: u16,
+    /// The path of a request.
+    path: String,
     length: usize,
     id: Option<u64>,
     close: bool,
@@ -222,6 +240,7 @@ struct Head {
 async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Head> {
     let mut head = Head {
         status: 0,
+        path: String::new(),
         length: 0,
         id: None,
         close: false,
@@ -239,6 +258,8 @@ async fn read_head<R: AsyncBufReadExt + Unpin>(r: &mut R) -> io::Result<Head> {
             first = false;
             if let Some(rest) = l.strip_prefix("HTTP/1.1 ") {
                 head.status = rest.get(..3).and_then(|s| s.parse().ok()).unwrap_or(0);
+            } else if let Some(path) = l.split(' ').nth(1) {
+                head.path = path.to_owned();
             }
             continue;
         }

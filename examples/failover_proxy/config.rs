@@ -28,6 +28,9 @@ pub struct Config {
     pub selector: Option<String>,
     /// For `hash`: `header:NAME`, `path`, `uri` or `client-ip`.
     pub hash_key: Option<String>,
+    /// For `hash`: bounded loads, a peer taking at most this factor (1.0 to 10.0; 1.25 is
+    /// usual) times the average of requests in flight; a hot key spills to the next peers.
+    pub hash_balance_factor: Option<f64>,
     /// For `round-robin`, `least-request` and `ewma`: a peer that joins traffic ramps up over
     /// this many milliseconds.
     pub slow_start_ms: Option<u64>,

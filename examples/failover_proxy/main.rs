@@ -69,6 +69,10 @@ struct Flags {
     /// For `--selector hash`: header:NAME | path | uri | client-ip [default: path].
     #[arg(long, value_name = "KEY")]
     hash_key: Option<String>,
+    /// For `--selector hash`: bounded loads, a peer taking at most this factor (1.0 to 10.0)
+    /// times the average of requests in flight [default: unbounded].
+    #[arg(long, value_name = "FACTOR")]
+    hash_balance_factor: Option<f64>,
     /// The least wait before a safe request's attempt whose header is late (10 times what the
     /// peer typically takes) is cut while the peer answers nothing else, and retried elsewhere
     /// [default: 50].
@@ -131,6 +135,7 @@ impl Flags {
         over!(self.listen => c.listen);
         over!(self.selector => c.selector);
         over!(self.hash_key => c.hash_key);
+        over!(self.hash_balance_factor => c.hash_balance_factor);
         over!(self.slow_start_ms => c.slow_start_ms);
         over!(self.stall_cut_ms => c.timeouts.stall_cut_ms);
         if self.no_stall_cut {
@@ -215,7 +220,15 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
             &config,
             flags.check,
             names,
-            HashRing::from_set(set, config.hash_key()?),
+            match config.hash_balance_factor {
+                Some(factor) => HashRing::from_set(set, config.hash_key()?)
+                    .with_bounded_load(factor)
+                    .map_err(|e| Invalid::Value {
+                        key: "hash_balance_factor",
+                        reason: e.to_string(),
+                    })?,
+                None => HashRing::from_set(set, config.hash_key()?),
+            },
         ),
         other => Err(Invalid::Value {
             key: "selector",
@@ -250,7 +263,9 @@ fn serve<S: PeerSelector>(
         selector,
         config.policy()?,
     ))?;
-    let engine = with_metrics(engine, metrics.is_some())?;
+    let engine = with_metrics(engine, metrics.is_some())?
+        // Every change of a peer's health, on stderr: ejected (and why), probing, re-admitted.
+        .on_health_change(|e| eprintln!("failover_proxy: peer {} {}", e.peer.name(), e.change));
     let mut proxy = FailoverProxy::from_builder(engine)?;
     if config.access_log() {
         proxy = proxy.on_request_done(access_log);
