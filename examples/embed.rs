@@ -1,6 +1,6 @@
 //! An existing `ProxyHttp` that gains failover by embedding the engine. It keeps its own `CTX`
 //! (a request id, with the failover record inside), its own `request_filter` (a `/healthz` that
-//! never reaches an upstream) and its own access log, and hands six hooks to the engine.
+//! never reaches an upstream) and its own access log, and hands its hooks to the engine.
 //!
 //! It starts a backup upstream on loopback, lists a primary that refuses connections before it,
 //! runs a pingora `Server` on 127.0.0.1:6190, sends three requests through it and exits:
@@ -47,8 +47,9 @@ impl ProxyHttp for MyProxy {
         }
     }
 
-    // The user's own logic, untouched by failover.
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut MyCtx) -> Result<bool> {
+    // The user's own logic first, untouched by failover; then the engine's, which answers a
+    // hedged request (`FailoverBuilder::with_hedging`; it does nothing otherwise).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut MyCtx) -> Result<bool> {
         if session.req_header().uri.path() == "/healthz" {
             let mut resp = ResponseHeader::build(200, None)?;
             resp.insert_header("content-length", "2")?;
@@ -56,10 +57,17 @@ impl ProxyHttp for MyProxy {
             session.write_response_body(Some("ok".into()), true).await?;
             return Ok(true);
         }
-        Ok(false)
+        self.failover
+            .request_filter(session, &mut ctx.failover)
+            .await
     }
 
-    // The six hooks below hand over to the engine. Leaving out `fail_to_connect` or
+    // A hedged request runs its attempts as pingora subrequests.
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &MyCtx) -> bool {
+        self.failover.allows_subrequests()
+    }
+
+    // The hooks below hand over to the engine. Leaving out `fail_to_connect` or
     // `error_while_proxy` fails the first retried request with an error that names them.
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut MyCtx) -> Result<Box<HttpPeer>> {
         self.failover
@@ -132,8 +140,11 @@ impl ProxyHttp for MyProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut MyCtx) {
-        // Completes the failover record before the access log reads it.
-        self.failover.logging(session, e, &mut ctx.failover);
+        // Completes the failover record before the access log reads it. An attempt of a hedged
+        // request is reported with the client's request, not on its own.
+        if self.failover.logging(session, e, &mut ctx.failover) {
+            return;
+        }
         println!(
             "request {} {} -> {} [{}]",
             ctx.request_id,

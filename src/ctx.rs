@@ -23,6 +23,8 @@ pub struct FailoverCtx {
     in_flight: bool,
     /// The request's kind, for learning what it typically takes.
     pub(crate) route: Option<crate::cut::RouteKey>,
+    /// The other peer a hedged request was sent to.
+    pub(crate) hedged: Option<Peer>,
 }
 
 impl Drop for FailoverCtx {
@@ -85,6 +87,22 @@ impl FailoverCtx {
     /// A one-line account of every attempt, for logs and error messages.
     pub fn summary(&self) -> Summary<'_> {
         Summary(&self.attempts)
+    }
+
+    /// The other peer a hedged request was also sent to, whose answer was not used (its
+    /// attempts are its own; [`attempts`](Self::attempts) are those of the answer's).
+    /// [`Hedging`](crate::Hedging).
+    pub fn hedged(&self) -> Option<&Peer> {
+        self.hedged.as_ref()
+    }
+
+    /// Takes the attempts of the hedged request's answer as this request's own (they were
+    /// made, and counted, by its subrequest).
+    pub(crate) fn adopt(&mut self, attempts: Vec<AttemptRecord>) {
+        if self.attempts.is_empty() {
+            self.started = attempts.first().map(|a| a.started);
+            self.attempts = attempts;
+        }
     }
 
     pub(crate) fn start_attempt(&mut self, peer: Peer, probe: bool) {

@@ -74,7 +74,7 @@ pub use health::{
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use peer::{Endpoint, HttpVersion, Peer, PeerBuilder};
-pub use proxy::{Failover, FailoverBuilder, FailoverProxy};
+pub use proxy::{Failover, FailoverBuilder, FailoverProxy, Hedging};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora_failover::{
-    AdaptiveTimeouts, ConfigError, FailoverBuilder, HashKey, HttpVersion, OutlierDetection, Peer,
-    PeerBuilder, PeerSet, PeersFile, RecoveryProbe, RetryBudget, SlowStart, StandardPolicy,
+    AdaptiveTimeouts, ConfigError, FailoverBuilder, HashKey, Hedging, HttpVersion,
+    OutlierDetection, Peer, PeerBuilder, PeerSet, PeersFile, RecoveryProbe, RetryBudget, SlowStart,
+    StandardPolicy,
 };
 use serde::Deserialize;
 
@@ -125,6 +126,9 @@ pub struct Policy {
     /// Statuses that fail over (idempotent requests only, as every retry).
     #[serde(default)]
     pub retry_statuses: Vec<u16>,
+    /// Hedges a safe request without a body whose first attempt has no response header after
+    /// this many milliseconds: a second peer gets it too, and the first answer wins.
+    pub hedge_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -348,6 +352,9 @@ impl Config {
         let mut b = b;
         if let Some(ms) = self.timeouts.deadline_ms {
             b = b.with_deadline(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.policy.hedge_after_ms {
+            b = b.with_hedging(Hedging::after(Duration::from_millis(ms))?);
         }
         let t = &self.timeouts;
         let mut adaptive = AdaptiveTimeouts::new();

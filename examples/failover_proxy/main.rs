@@ -107,6 +107,10 @@ struct Flags {
     /// Run in the background as a daemon, writing its process id to PID_FILE.
     #[arg(long, value_name = "PID_FILE")]
     daemon: Option<PathBuf>,
+    /// Hedges a safe request without a body whose first attempt has no response header after
+    /// MS: a second peer gets it too, and the first answer wins [default: off].
+    #[arg(long, value_name = "MS")]
+    hedge_after_ms: Option<u64>,
     /// A status that fails over (repeatable). Replaces the file's list.
     #[arg(long = "retry-status", value_name = "CODE")]
     retry_statuses: Vec<u16>,
@@ -150,6 +154,7 @@ impl Flags {
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
         over!(self.max_attempts => c.policy.max_attempts);
+        over!(self.hedge_after_ms => c.policy.hedge_after_ms);
         over!(self.max_requests_per_peer => c.limits.max_requests_per_peer);
         over!(self.threads => c.threads);
         over!(self.daemon => c.daemon_pid_file);

@@ -7,6 +7,7 @@ use pingora_core::server::configuration::ServerConf;
 
 use super::engine::{Failover, DEFAULT_MAX_RETRY_AFTER};
 use super::feed::Feed;
+use super::hedge::Hedging;
 use super::signals::Signals;
 use crate::cut::{AdaptiveTimeouts, Watchdog};
 use crate::error::{check_timeout, ConfigError};
@@ -23,7 +24,8 @@ const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 ///
 /// - overall deadline: none (each attempt is bounded by its peer's timeouts, and the number of
 ///   attempts by the policy)
-/// - retry budget: [`RetryBudget::default`] (20 % of requests plus 10 per second, over 10 s)
+/// - retry budget: [`RetryBudget::default`] (20 % of requests over 10 s, or 3 a second with 20
+///   at once where that is more)
 /// - outlier ejection: [`OutlierDetection::default`] (1 connect failure or 5 failures in a row;
 ///   out for 1 s, then probed in the background until a probe passes)
 /// - adaptive timeouts: [`AdaptiveTimeouts::default`] (a connect is abandoned after 10 times the
@@ -31,6 +33,7 @@ const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 ///   is cut after 10 times what the peer or that kind of request typically takes, at least
 ///   50 ms, on evidence that the peer is stuck; never on a request's last attempt)
 /// - longest `Retry-After` honoured: [`DEFAULT_MAX_RETRY_AFTER`] (3 s)
+/// - hedging: off ([`with_hedging`](Self::with_hedging))
 /// - health observer and metrics: none
 #[derive(Debug)]
 #[must_use]
@@ -42,6 +45,7 @@ pub struct FailoverBuilder<S, R> {
     outliers: Option<OutlierDetection>,
     max_retry_after: Duration,
     adaptive: Option<AdaptiveTimeouts>,
+    hedging: Option<Hedging>,
     signals: Signals,
 }
 
@@ -56,6 +60,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             outliers: Some(OutlierDetection::default()),
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             adaptive: Some(AdaptiveTimeouts::default()),
+            hedging: None,
             signals: Signals::default(),
         }
     }
@@ -103,6 +108,14 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
     /// The rules for ejecting failing peers.
     pub fn with_outlier_detection(mut self, rules: OutlierDetection) -> Self {
         self.outliers = Some(rules);
+        self
+    }
+
+    /// Hedges safe requests without a body: one whose first attempt has no response header
+    /// after the [`Hedging`] delay is sent to a second peer too, and the first header answers
+    /// (each hedge takes a retry from the budget). Off by default: it adds requests to the pool.
+    pub fn with_hedging(mut self, hedging: Hedging) -> Self {
+        self.hedging = Some(hedging);
         self
     }
 
@@ -180,6 +193,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
                 pool,
             },
             watchdog: Watchdog::new(budget, liveness),
+            hedging: self.hedging,
         })
     }
 }

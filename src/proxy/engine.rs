@@ -12,6 +12,7 @@ use pingora_proxy::{FailToProxy, Session};
 
 use super::builder::FailoverBuilder;
 use super::feed::Feed;
+use super::hedge::{Hedging, Leg};
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
@@ -36,8 +37,9 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// [`connected_to_upstream`](Self::connected_to_upstream),
 /// [`error_while_proxy`](Self::error_while_proxy),
 /// [`upstream_response_filter`](Self::upstream_response_filter),
-/// [`fail_to_proxy`](Self::fail_to_proxy) and [`logging`](Self::logging). The `embed` example
-/// shows it.
+/// [`fail_to_proxy`](Self::fail_to_proxy) and [`logging`](Self::logging); for hedging
+/// ([`Hedging`]), [`request_filter`](Self::request_filter) too, and `allow_spawning_subrequest`
+/// returning [`allows_subrequests`](Self::allows_subrequests). The `embed` example shows it.
 ///
 /// # Safety rules
 ///
@@ -61,6 +63,8 @@ pub struct Failover<S, R> {
     pub(super) feed: Feed,
     /// Watches each attempt's wait for its header ([`AdaptiveTimeouts`]' stall cut).
     pub(super) watchdog: Watchdog,
+    /// When a safe request is sent to a second peer too.
+    pub(super) hedging: Option<Hedging>,
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
@@ -139,7 +143,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 }
                 let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()))
                     .with_client_ip(client_ip(session));
-                let (peer, probe) = self.choose(&attempt).ok_or_else(|| {
+                // An attempt of a hedged request goes first to the peer chosen for it.
+                let leg = Leg::of(session)
+                    .filter(|_| ctx.attempts().is_empty())
+                    .map(|leg| (leg.peer.clone(), leg.probe));
+                let (peer, probe) = leg.or_else(|| self.choose(&attempt)).ok_or_else(|| {
                     Error::explain(
                         ErrorType::HTTPStatus(503),
                         format!(
@@ -160,7 +168,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if next.probe {
             self.feed.signals.probing(&next.peer);
         }
-        if ctx.attempts().is_empty() {
+        // A request counts once towards the budget: a hedge is not a request of its own.
+        if ctx.attempts().is_empty() && !Leg::of(session).is_some_and(|leg| leg.hedge) {
             if let Some(budget) = &self.budget {
                 budget.deposit();
             }
@@ -396,11 +405,26 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// than claiming a retry that never happened. Call it before reading the record in your own
     /// `logging`. (The retry goes back to the budget when the context is dropped, with or
     /// without this call.)
-    pub fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut FailoverCtx) {
+    ///
+    /// `true` when the request was an attempt of a hedged request: its records went to the
+    /// client's request, and it should not be reported on its own.
+    pub fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&Error>,
+        ctx: &mut FailoverCtx,
+    ) -> bool {
         if ctx.next.take().is_some() {
             if let Some(rec) = ctx.current_mut() {
                 rec.set_verdict(Verdict::Stopped(StopReason::PingoraRetryCap));
             }
+        }
+        match Leg::of(session) {
+            Some(leg) => {
+                *leg.records.lock().expect("records") = ctx.attempts().to_vec();
+                true
+            }
+            None => false,
         }
     }
 }

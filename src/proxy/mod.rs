@@ -3,12 +3,14 @@
 mod builder;
 mod engine;
 mod feed;
+mod hedge;
 mod rules;
 mod signals;
 mod walk;
 
 pub use builder::FailoverBuilder;
 pub use engine::{Failover, DEFAULT_MAX_RETRY_AFTER};
+pub use hedge::Hedging;
 
 use std::fmt;
 use std::sync::Arc;
@@ -121,6 +123,14 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
         FailoverCtx::new()
     }
 
+    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &FailoverCtx) -> bool {
+        self.engine.allows_subrequests()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut FailoverCtx) -> Result<bool> {
+        self.engine.request_filter(session, ctx).await
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -190,7 +200,11 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut FailoverCtx) {
-        self.engine.logging(session, e, ctx);
+        // An attempt of a hedged request leaves its records to the client's request, which
+        // is the one reported.
+        if self.engine.logging(session, e, ctx) {
+            return;
+        }
         if let Some(f) = &self.on_done {
             f(session, e, ctx);
         }

@@ -1,0 +1,107 @@
+//! Hedged requests end to end: a GET late on its first peer is sent to a second, and the first
+//! answer wins; a fast GET, a POST, and a GET without a retry in the budget are sent once.
+
+mod support;
+
+use std::time::Duration;
+
+use pingora_failover::{
+    AdaptiveTimeouts, Failover, FailoverProxy, Hedging, Outcome, RetryBudget, StandardPolicy,
+};
+use support::{client, ordered, start_proxy, Mode, ProxyServer, RequestLog, Upstream};
+
+const DELAY: Duration = Duration::from_millis(50);
+
+/// A proxy over `primary` then `backup` that hedges after 50 ms; `budget` when given. The stall
+/// cut is off: hedging alone is tested.
+async fn hedging(
+    primary: &Upstream,
+    backup: &Upstream,
+    budget: Option<RetryBudget>,
+) -> (ProxyServer, RequestLog) {
+    let list = ordered(
+        &[primary.peer_addr(), backup.peer_addr()],
+        Duration::from_secs(5),
+    );
+    let mut engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
+        .with_hedging(Hedging::after(DELAY).unwrap());
+    if let Some(budget) = budget {
+        engine = engine.with_budget(budget);
+    }
+    start_proxy(FailoverProxy::from_builder(engine).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_get_is_hedged_and_the_first_answer_wins() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(800))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let (proxy, log) = hedging(&primary, &backup, None).await;
+    let resp = client().get(proxy.url("/report")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        "backup",
+        "the hedge answered first"
+    );
+    assert_eq!((primary.hits(), backup.hits()), (1, 1));
+    // The record: the answer's attempt, and the other peer named.
+    let records = log.wait_for(1).await;
+    assert_eq!(records.len(), 1, "one record for the client's request");
+    assert_eq!(records[0].len(), 1);
+    assert_eq!(records[0][0].peer().name(), backup.peer_addr());
+    assert_eq!(records[0][0].outcome(), Outcome::Responded { status: 200 });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_answered_in_time_and_a_post_are_sent_once() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let (proxy, _log) = hedging(&primary, &backup, None).await;
+    let http = client();
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    assert_eq!((primary.hits(), backup.hits()), (5, 0));
+
+    primary.set_mode(Mode::Slow(Duration::from_millis(300)));
+    let resp = http
+        .post(proxy.url("/orders"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "primary");
+    // (The primary may also see a liveness check, `GET /`, while the POST waits.)
+    let posts = primary
+        .seen()
+        .iter()
+        .filter(|s| s.path == "/orders")
+        .count();
+    assert_eq!((posts, backup.hits()), (1, 0), "a POST is never hedged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_needs_a_retry_from_the_budget() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(300))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    // No ratio and no floor: no retry, so no hedge.
+    let budget = RetryBudget::new(0.0, 0, Duration::from_secs(10)).unwrap();
+    let (proxy, _log) = hedging(&primary, &backup, Some(budget)).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "primary");
+    assert_eq!((primary.hits(), backup.hits()), (1, 0));
+}
+
+/// A fast 503 from the hedge does not beat the late 200 of the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_from_one_attempt_waits_for_the_other() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(300))).await;
+    let backup = Upstream::start("backup", Mode::Status(503)).await;
+    let (proxy, _log) = hedging(&primary, &backup, None).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "primary");
+    assert_eq!((primary.hits(), backup.hits()), (1, 1));
+}
