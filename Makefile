@@ -51,8 +51,10 @@ test: deps
 # steady state, four scenarios; then the onset of four faults mid-run (bench onset, about 3
 # minutes); then endpoints 100x apart at 1, 4 and 32 clients, with a proxy that stalls too
 # (bench mixed, about 2 minutes); then WebSocket upgrades against bare pingora (bench upgrade,
-# seconds); then balancing around a slowed peer (bench balance, 20 s); then every peer down, with
-# and without the retry budget (bench pool, about 80 s). Installs wrk when missing.
+# seconds); then balancing around a slowed peer (bench balance, 20 s); then protecting the pool:
+# every peer down with and without the retry budget, failover under a limit, a partly failing
+# peer, a shared overload, a hot key (bench pool, about 4 minutes); then hedging against a peer
+# slow on 1 request in 100 (bench hedge, 35 s). Installs wrk when missing.
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -65,6 +67,7 @@ bench: deps
 	$(CARGO) bench --bench upgrade
 	$(CARGO) bench --bench balance
 	$(CARGO) bench --bench pool
+	$(CARGO) bench --bench hedge
 
 # Micro-benchmarks (criterion): selection, policy, budget, health.
 bench-micro: deps

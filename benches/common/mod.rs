@@ -26,6 +26,9 @@ pub enum Mode {
     Unavailable,
     /// Answers 503 to `k` of every `n` requests, spread evenly; 200 to the others.
     FailSome(u64, u64),
+    /// Answers after the first time, except `k` of every `n` requests (spread evenly), after
+    /// the second.
+    SlowSome(Duration, Duration, u64, u64),
 }
 
 /// An HTTP/1.1 upstream that answers with its name, and can break in each of the modes.
@@ -45,6 +48,8 @@ pub struct Load {
     pub most: std::sync::atomic::AtomicU64,
     /// Requests answered.
     pub hits: AtomicU64,
+    /// Requests seen by `SlowSome` (counted on arrival).
+    slow_hits: AtomicU64,
     /// Requests answered per path.
     pub paths: Mutex<HashMap<String, u64>>,
 }
@@ -200,6 +205,12 @@ async fn answer_all(
                 200
             }
             Mode::Unavailable => 503,
+            Mode::SlowSome(base, slow, k, n) => {
+                let hit = load.slow_hits.fetch_add(1, Ordering::Relaxed);
+                let late = (hit + 1) * k / n > hit * k / n;
+                tokio::time::sleep(if late { slow } else { base }).await;
+                200
+            }
             Mode::FailSome(k, n) => {
                 let hit = load.hits.load(Ordering::Relaxed);
                 if (hit + 1) * k / n > hit * k / n {
