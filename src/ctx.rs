@@ -105,6 +105,8 @@ impl FailoverCtx {
         }
     }
 
+    /// Starts an attempt on `peer`, whose place in flight the caller reserved
+    /// ([`PeerHealth::reserve`](crate::PeerHealth)).
     pub(crate) fn start_attempt(&mut self, peer: Peer, probe: bool) {
         let now = Instant::now();
         self.started.get_or_insert(now);
@@ -112,7 +114,7 @@ impl FailoverCtx {
         self.retry_after = None;
         let started_ejected = !peer.health().is_healthy();
         self.end_in_flight();
-        peer.health().begin_request_at(now);
+        peer.health().begin_reserved_at(now);
         self.in_flight = true;
         self.attempts.push(AttemptRecord {
             peer,

@@ -250,8 +250,34 @@ impl PeerHealth {
 
     /// Counts a request sent to the peer at `now`, waiting for its header;
     /// [`header_done`](Self::header_done) and [`end_request`](Self::end_request) settle it.
+    #[cfg(test)]
     pub(crate) fn begin_request_at(&self, now: Instant) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.reserve(None);
+        self.begin_reserved_at(now);
+    }
+
+    /// Takes a place in flight for a request, if the peer has one below `limit`: the check and
+    /// the count are one atomic step, so that racing requests never take it past its limit.
+    /// [`begin_reserved_at`](Self::begin_reserved_at) then starts the request, or
+    /// [`end_request`](Self::end_request) gives the place back.
+    pub(crate) fn reserve(&self, limit: Option<u32>) -> bool {
+        match limit {
+            None => {
+                self.in_flight.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Some(max) => self
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok(),
+        }
+    }
+
+    /// Starts a request at `now` in the place [`reserve`](Self::reserve) took: it waits for its
+    /// header.
+    pub(crate) fn begin_reserved_at(&self, now: Instant) {
         self.waiting.start(self.ms_at(now));
     }
 

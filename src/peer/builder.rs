@@ -137,8 +137,9 @@ impl PeerBuilder {
     /// breaker `max_requests`, HAProxy's `maxconn`). A peer at its limit is passed over while
     /// another peer or tier has room, so a backup sized for part of the load is not flattened
     /// at failover; when every candidate is at its limit, the request fails at once with a 503
-    /// (no queue). Counted per peer across every request of the engine; two worker threads
-    /// choosing the same peer at the same instant may take it one past its limit.
+    /// (no queue). Counted per peer across every request of the engine, and exact: the engine
+    /// takes a place below the limit in one atomic step when an attempt starts, and a peer that
+    /// filled up since it was chosen is passed over for another.
     pub fn with_max_requests(mut self, max: u32) -> Self {
         self.max_requests = Some(max);
         self

@@ -147,16 +147,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let leg = Leg::of(session)
                     .filter(|_| ctx.attempts().is_empty())
                     .map(|leg| (leg.peer.clone(), leg.probe));
-                let (peer, probe) = leg.or_else(|| self.choose(&attempt)).ok_or_else(|| {
-                    Error::explain(
-                        ErrorType::HTTPStatus(503),
-                        format!(
-                            "no upstream peer available: every one is tried or at its limit \
-                             of requests in flight ({})",
-                            ctx.summary()
-                        ),
-                    )
-                })?;
+                let (peer, probe) = leg
+                    .or_else(|| self.choose(&attempt))
+                    .ok_or_else(|| no_peer(ctx))?;
                 Next {
                     peer,
                     probe,
@@ -177,10 +170,17 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if !next.wait.is_zero() {
             tokio::time::sleep(next.wait).await;
         }
-        if let Some(paid) = next.paid {
+        let mut next = self.reserve(session, ctx, next)?;
+        if let Some(paid) = next.paid.take() {
             paid.spend();
         }
-        let mut http_peer = Box::new(next.peer.connect_target()?.clone());
+        let mut http_peer = match next.peer.connect_target() {
+            Ok(target) => Box::new(target.clone()),
+            Err(e) => {
+                next.peer.health().end_request();
+                return Err(e);
+            }
+        };
         let cut = match &self.adaptive {
             Some(adaptive) => {
                 let route = *ctx
@@ -205,6 +205,32 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             clamp_timeouts(&mut http_peer, left.max(Duration::from_millis(1)));
         }
         Ok(http_peer)
+    }
+
+    /// Takes `next`'s peer a place in flight below its limit; a peer that filled up since it
+    /// was chosen (another request took its last place) is passed over for another, chosen
+    /// again. A 503 error when none is left: the retry that was decided, if any, is recorded
+    /// as stopped for [`StopReason::Full`].
+    fn reserve(&self, session: &Session, ctx: &mut FailoverCtx, mut next: Next) -> Result<Next> {
+        // Each pass finds the peer full: a bound for a pool whose places come and go.
+        for _ in 0..8 {
+            if next.peer.health().reserve(next.peer.max_requests()) {
+                return Ok(next);
+            }
+            let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()))
+                .with_client_ip(client_ip(session));
+            match self.choose(&attempt) {
+                Some((peer, probe)) => {
+                    next.peer = peer;
+                    next.probe = probe;
+                }
+                None => break,
+            }
+        }
+        if let Some(rec) = ctx.current_mut() {
+            rec.set_verdict(Verdict::Stopped(StopReason::Full));
+        }
+        Err(no_peer(ctx))
     }
 
     /// For `ProxyHttp::connected_to_upstream`, with the hook's arguments: the peer learns its
@@ -427,6 +453,18 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             None => false,
         }
     }
+}
+
+/// The error when the selector has no peer to offer: every one is tried, out, or full.
+fn no_peer(ctx: &FailoverCtx) -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(503),
+        format!(
+            "no upstream peer available: every one is tried or at its limit of requests in \
+             flight ({})",
+            ctx.summary()
+        ),
+    )
 }
 
 /// The error for a retry that pingora started after a failure no engine hook saw: the
