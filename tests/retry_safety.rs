@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pingora_failover::{
@@ -475,4 +477,66 @@ async fn a_request_two_peers_fail_alike_stops_and_blames_no_second_peer() {
     let (proxy, _log) = start_failover(list, statuses(&[500, 503])).await;
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "f");
+}
+
+/// An upstream that reads each request and resets the connection unanswered; its count of
+/// requests read.
+async fn resets_after_reading() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                // A zero linger: the drop resets the connection.
+                #[allow(deprecated)]
+                let _ = s.set_linger(Some(Duration::ZERO));
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// A request that breaks the connection after it was sent, on two peers in a row, is the
+/// likely cause (a query of death): no third peer, and the second not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_breaks_two_connections_after_sending_stops() {
+    let (a, a_seen) = resets_after_reading().await;
+    let (b, b_seen) = resets_after_reading().await;
+    let c = Upstream::start("c", Mode::Ok).await;
+    let list = ordered(&[a, b, c.peer_addr()], READ_TIMEOUT);
+    let peers = list.peers().to_vec();
+    let engine = Failover::builder(list, StandardPolicy::default()).with_outlier_detection(
+        pingora_failover::OutlierDetection::new()
+            .with_consecutive_failures(1)
+            .without_recovery_probe(),
+    );
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let seen = (a_seen.load(Ordering::SeqCst), b_seen.load(Ordering::SeqCst));
+    assert_eq!((seen, c.hits()), ((1, 1), 0), "no third peer");
+    let records = log.wait_for(1).await;
+    assert_eq!(
+        records[0][1].outcome(),
+        stopped(FailureKind::Io, StopReason::QueryOfDeath),
+        "{records:?}"
+    );
+    assert!(!peers[0].health().is_healthy(), "the first failure counts");
+    assert!(
+        peers[1].health().is_healthy(),
+        "the second, alike, does not"
+    );
 }
