@@ -25,6 +25,8 @@ pub struct FailoverCtx {
     pub(crate) route: Option<crate::cut::RouteKey>,
     /// The other peer a hedged request was sent to.
     pub(crate) hedged: Option<Peer>,
+    /// The engine's queue, told when this request's attempt gives its place back.
+    pub(crate) queue: Option<std::sync::Arc<crate::proxy::queue::Queue>>,
 }
 
 impl Drop for FailoverCtx {
@@ -45,6 +47,18 @@ pub(crate) struct Next {
     pub(crate) probe: bool,
     pub(crate) wait: Duration,
     pub(crate) paid: Option<crate::retry::Withdrawn>,
+}
+
+impl Next {
+    /// An attempt on `peer` at once, with no retry paid for (a request's first).
+    pub(crate) fn to(peer: Peer, probe: bool) -> Self {
+        Self {
+            peer,
+            probe,
+            wait: Duration::ZERO,
+            paid: None,
+        }
+    }
 }
 
 impl FailoverCtx {
@@ -137,6 +151,9 @@ impl FailoverCtx {
                     health.header_done();
                 }
                 health.end_request();
+                if let Some(queue) = &self.queue {
+                    queue.freed();
+                }
             }
         }
     }

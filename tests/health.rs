@@ -445,6 +445,39 @@ async fn a_peer_at_its_limit_spills_to_the_next_and_then_requests_fail_fast() {
     assert_eq!(refused, 3, "the rest: {answers:?}");
 }
 
+/// With a queue, a new request that finds every peer at its limit waits for a place rather than
+/// failing at once: one waits and is served when a place frees, one more than the queue holds
+/// is turned away at once, and a wait that runs out is answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_request_waits_for_a_place_and_the_queue_is_bounded() {
+    for (wait, served) in [(Duration::from_secs(5), 3), (Duration::from_millis(50), 2)] {
+        let only = Upstream::start("only", Mode::Slow(Duration::from_millis(300))).await;
+        let list = OrderedList::new(vec![Peer::builder(only.peer_addr())
+            .with_max_requests(2)
+            .build()
+            .unwrap()])
+        .unwrap();
+        let engine = Failover::builder(list, StandardPolicy::default()).with_queue(1, wait);
+        let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+        let http = client();
+        let requests: Vec<_> = (0..4)
+            .map(|_| {
+                let (http, url) = (http.clone(), proxy.url("/"));
+                tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap());
+        }
+        statuses.sort_unstable();
+        let mut due = vec![200; served];
+        due.resize(4, 503);
+        assert_eq!(statuses, due, "waiting up to {wait:?}");
+        assert_eq!(only.hits(), served);
+    }
+}
+
 /// With the primary down and the backup full, a request is shed with a 503, on its first
 /// attempt or on its retry: panic mode does not send it to the peer that is out while a healthy
 /// peer is only full.

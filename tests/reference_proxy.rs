@@ -195,7 +195,7 @@ async fn concurrent_statuses(proxy: &Running, n: usize) -> Vec<u16> {
 
 /// Limits on requests in flight: a pool default (the flag, or `[limits]`) and a peer's own (its
 /// table in the file). Five slow GETs at once: each peer takes its limit, and the rest are
-/// answered 503 at once.
+/// answered 503 at once, or wait in the queue when there is one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_limit_comes_from_the_pool_default_or_the_peers_own() {
     let slow = Mode::Slow(Duration::from_millis(600));
@@ -239,6 +239,19 @@ async fn a_peer_limit_comes_from_the_pool_default_or_the_peers_own() {
         [200, 200, 200, 200, 503]
     );
     assert_eq!((a.hits(), b.hits()), (1 + 3, 1 + 1));
+    drop(proxy);
+
+    // With a queue of 2: two wait for a place and are served, the fifth is turned away.
+    let listen = free_addr();
+    let mut queued = flags.to_vec();
+    queued[1] = &listen;
+    queued.extend(["--queue", "2", "--queue-timeout-ms", "5000"]);
+    let proxy = Running::start(&queued, &listen).await;
+    assert_eq!(
+        concurrent_statuses(&proxy, 5).await,
+        [200, 200, 200, 200, 503]
+    );
+    assert_eq!(a.hits() + b.hits(), 6 + 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

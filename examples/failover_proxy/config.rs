@@ -158,6 +158,10 @@ pub struct Limits {
     /// The most requests each peer may have in flight; past it, the next peer takes the
     /// request, and with every peer full it gets a 503 at once.
     pub max_requests_per_peer: Option<u32>,
+    /// With every peer full, up to this many new requests wait for a place (default: none, a
+    /// 503 at once), each for up to `queue_timeout_ms` (default 1000).
+    pub queue: Option<usize>,
+    pub queue_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,6 +356,10 @@ impl Config {
         let mut b = b;
         if let Some(ms) = self.timeouts.deadline_ms {
             b = b.with_deadline(Duration::from_millis(ms));
+        }
+        if let Some(n) = self.limits.queue {
+            let ms = self.limits.queue_timeout_ms.unwrap_or(1_000);
+            b = b.with_queue(n, Duration::from_millis(ms));
         }
         if let Some(ms) = self.policy.hedge_after_ms {
             b = b.with_hedging(Hedging::after(Duration::from_millis(ms))?);

@@ -101,6 +101,13 @@ struct Flags {
     /// request, and with every peer full it gets a 503 at once [default: no limit].
     #[arg(long, value_name = "N")]
     max_requests_per_peer: Option<u32>,
+    /// With every peer full, up to N new requests wait for a place, each for up to
+    /// --queue-timeout-ms [default: no queue, a 503 at once].
+    #[arg(long, value_name = "N")]
+    queue: Option<usize>,
+    /// How long a queued request waits for a place [default: 1000].
+    #[arg(long, value_name = "MS")]
+    queue_timeout_ms: Option<u64>,
     /// Worker threads [default: 1].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -156,6 +163,8 @@ impl Flags {
         over!(self.max_attempts => c.policy.max_attempts);
         over!(self.hedge_after_ms => c.policy.hedge_after_ms);
         over!(self.max_requests_per_peer => c.limits.max_requests_per_peer);
+        over!(self.queue => c.limits.queue);
+        over!(self.queue_timeout_ms => c.limits.queue_timeout_ms);
         over!(self.threads => c.threads);
         over!(self.daemon => c.daemon_pid_file);
         over!(self.metrics => c.metrics.listen);

@@ -8,6 +8,7 @@ use pingora_core::server::configuration::ServerConf;
 use super::engine::{Failover, DEFAULT_MAX_RETRY_AFTER};
 use super::feed::Feed;
 use super::hedge::Hedging;
+use super::queue::Queue;
 use super::signals::Signals;
 use crate::cut::{AdaptiveTimeouts, Watchdog};
 use crate::error::{check_timeout, ConfigError};
@@ -34,6 +35,8 @@ const MAX_DEADLINE: Duration = Duration::from_secs(3600);
 ///   50 ms, on evidence that the peer is stuck; never on a request's last attempt)
 /// - longest `Retry-After` honoured: [`DEFAULT_MAX_RETRY_AFTER`] (3 s)
 /// - hedging: off ([`with_hedging`](Self::with_hedging))
+/// - queue: none: with every peer at its limit of requests in flight, a request gets a 503 at
+///   once ([`with_queue`](Self::with_queue))
 /// - health observer and metrics: none
 #[derive(Debug)]
 #[must_use]
@@ -46,6 +49,7 @@ pub struct FailoverBuilder<S, R> {
     max_retry_after: Duration,
     adaptive: Option<AdaptiveTimeouts>,
     hedging: Option<Hedging>,
+    queue: Option<(usize, Duration)>,
     signals: Signals,
 }
 
@@ -61,6 +65,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             max_retry_after: DEFAULT_MAX_RETRY_AFTER,
             adaptive: Some(AdaptiveTimeouts::default()),
             hedging: None,
+            queue: None,
             signals: Signals::default(),
         }
     }
@@ -116,6 +121,18 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
     /// (each hedge takes a retry from the budget). Off by default: it adds requests to the pool.
     pub fn with_hedging(mut self, hedging: Hedging) -> Self {
         self.hedging = Some(hedging);
+        self
+    }
+
+    /// Lets a new request wait for a place when every peer it could go to is at its limit of
+    /// requests in flight ([`PeerBuilder::with_max_requests`](crate::PeerBuilder::with_max_requests)):
+    /// at most `max` requests wait at once, each for at most `wait` (1 ms to 60 s), and each
+    /// place given back lets the waiting requests look again. Past either bound, the request
+    /// gets the 503 it gets without a queue (Envoy's `max_pending_requests`, HAProxy's queue
+    /// with `timeout queue`). Retries do not wait: a retry with every peer full stops
+    /// ([`StopReason::Full`](crate::StopReason::Full)). None by default.
+    pub fn with_queue(mut self, max: usize, wait: Duration) -> Self {
+        self.queue = Some((max, wait));
         self
     }
 
@@ -194,6 +211,10 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
             },
             watchdog: Watchdog::new(budget, liveness),
             hedging: self.hedging,
+            queue: self
+                .queue
+                .map(|(max, wait)| Queue::new(max, wait).map(Arc::new))
+                .transpose()?,
         })
     }
 }

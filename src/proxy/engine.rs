@@ -13,6 +13,7 @@ use pingora_proxy::{FailToProxy, Session};
 use super::builder::FailoverBuilder;
 use super::feed::Feed;
 use super::hedge::{Hedging, Leg};
+use super::queue::Queue;
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
@@ -63,6 +64,8 @@ pub struct Failover<S, R> {
     pub(super) feed: Feed,
     /// Watches each attempt's wait for its header ([`AdaptiveTimeouts`]' stall cut).
     pub(super) watchdog: Watchdog,
+    /// New requests waiting for a place when every peer is full.
+    pub(super) queue: Option<Arc<Queue>>,
     /// When a safe request is sent to a second peer too.
     pub(super) hedging: Option<Hedging>,
 }
@@ -134,7 +137,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &mut FailoverCtx,
     ) -> Result<Box<HttpPeer>> {
         let next = match ctx.next.take() {
-            Some(next) => next,
+            Some(next) => Some(next),
             None => {
                 if let Some(rec) = ctx.attempts().last() {
                     if matches!(rec.outcome(), Outcome::Pending) {
@@ -147,18 +150,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let leg = Leg::of(session)
                     .filter(|_| ctx.attempts().is_empty())
                     .map(|leg| (leg.peer.clone(), leg.probe));
-                let (peer, probe) = leg
-                    .or_else(|| self.choose(&attempt))
-                    .ok_or_else(|| no_peer(ctx))?;
-                Next {
-                    peer,
-                    probe,
-                    wait: Duration::ZERO,
-                    paid: None,
-                }
+                leg.or_else(|| self.choose(&attempt))
+                    .map(|(peer, probe)| Next::to(peer, probe))
             }
         };
-        if next.probe {
+        if let Some(next) = next.as_ref().filter(|n| n.probe) {
             self.feed.signals.probing(&next.peer);
         }
         // A request counts once towards the budget: a hedge is not a request of its own.
@@ -167,10 +163,13 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 budget.deposit();
             }
         }
-        if !next.wait.is_zero() {
-            tokio::time::sleep(next.wait).await;
+        if let Some(wait) = next.as_ref().map(|n| n.wait).filter(|w| !w.is_zero()) {
+            tokio::time::sleep(wait).await;
         }
-        let mut next = self.reserve(session, ctx, next)?;
+        if let Some(queue) = &self.queue {
+            ctx.queue.get_or_insert_with(|| queue.clone());
+        }
+        let mut next = self.place(session, ctx, next).await?;
         if let Some(paid) = next.paid.take() {
             paid.spend();
         }
@@ -207,24 +206,46 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Ok(http_peer)
     }
 
-    /// Takes `next`'s peer a place in flight below its limit; a peer that filled up since it
+    /// Takes the chosen peer a place in flight below its limit; a peer that filled up since it
     /// was chosen (another request took its last place) is passed over for another, chosen
-    /// again. A 503 error when none is left: the retry that was decided, if any, is recorded
+    /// again. With no peer to offer, a new request waits in the queue for a place, when there
+    /// is one. A 503 error when none is left: the retry that was decided, if any, is recorded
     /// as stopped for [`StopReason::Full`].
-    fn reserve(&self, session: &Session, ctx: &mut FailoverCtx, mut next: Next) -> Result<Next> {
+    async fn place(
+        &self,
+        session: &Session,
+        ctx: &mut FailoverCtx,
+        mut next: Option<Next>,
+    ) -> Result<Next> {
+        fn attempt<'a>(ctx: &'a FailoverCtx, session: &'a Session) -> Attempt<'a> {
+            Attempt::new(ctx.attempts(), Some(session.req_header()))
+                .with_client_ip(client_ip(session))
+        }
         // Each pass finds the peer full: a bound for a pool whose places come and go.
         for _ in 0..8 {
-            if next.peer.health().reserve(next.peer.max_requests()) {
-                return Ok(next);
+            let Some(mut n) = next.take() else {
+                break;
+            };
+            if n.peer.health().reserve(n.peer.max_requests()) {
+                return Ok(n);
             }
-            let attempt = Attempt::new(ctx.attempts(), Some(session.req_header()))
-                .with_client_ip(client_ip(session));
-            match self.choose(&attempt) {
-                Some((peer, probe)) => {
-                    next.peer = peer;
-                    next.probe = probe;
-                }
-                None => break,
+            next = self.choose(&attempt(ctx, session)).map(|(peer, probe)| {
+                n.peer = peer;
+                n.probe = probe;
+                n
+            });
+        }
+        if let Some(queue) = self.queue.as_ref().filter(|_| ctx.attempts().is_empty()) {
+            let attempt = attempt(ctx, session);
+            let placed = queue
+                .wait(|| {
+                    let (peer, probe) = self.choose(&attempt)?;
+                    let health = peer.health();
+                    health.reserve(peer.max_requests()).then_some((peer, probe))
+                })
+                .await;
+            if let Some((peer, probe)) = placed {
+                return Ok(Next::to(peer, probe));
             }
         }
         if let Some(rec) = ctx.current_mut() {

@@ -4,6 +4,7 @@ mod builder;
 mod engine;
 mod feed;
 mod hedge;
+pub(crate) mod queue;
 mod rules;
 mod signals;
 mod walk;
