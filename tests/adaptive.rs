@@ -189,7 +189,11 @@ async fn the_last_attempt_keeps_the_configured_connect_timeout() {
         .unwrap();
     let (status, took) = connect_to_a_vanished_host(false, policy).await;
     assert_eq!(status, 504);
-    assert!(took >= CUT_FREE, "cut after {took:?} on the only attempt");
+    // (Tokio's timers keep whole milliseconds: the timeout may fire a fraction of one early.)
+    assert!(
+        took >= CUT_FREE - Duration::from_millis(2),
+        "cut after {took:?} on the only attempt"
+    );
 }
 
 /// A cut where no retry could follow would turn a slow connect into an error: a policy that does
@@ -203,7 +207,7 @@ async fn no_connect_is_cut_when_the_policy_would_not_retry_it() {
     let (status, took) = connect_to_a_vanished_host(true, policy).await;
     assert_eq!(status, 504, "not retried, as the policy says");
     assert!(
-        took >= CUT_FREE,
+        took >= CUT_FREE - Duration::from_millis(2),
         "cut after {took:?} with no retry to follow"
     );
 }

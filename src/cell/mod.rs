@@ -151,20 +151,25 @@ impl PeerHealth {
     }
 
     /// Learns from an attempt that took `took`, ending at `now`: answered, or failed, when only
-    /// a wait longer than the estimate is learned. Either counts towards its failure rate.
+    /// a wait longer than the estimate is learned.
     pub(crate) fn learn_latency(&self, took: Duration, answered: bool, now: Instant) {
         let now_ms = self.ms_at(now);
         self.timing
             .learn(took.as_secs_f64() * 1e6, now_ms, answered);
-        self.timing.learn_outcome(!answered, now_ms);
         if answered {
             self.waiting.answered(now_ms);
         }
     }
 
-    /// Learns an answer that is a failure (a 5xx, a 429) and took `took`, ending at `now`: as a
-    /// failure (a fast one is not a fast answer), and with the wait its `Retry-After` asked for,
-    /// `hold`, as a floor under its cost until then.
+    /// Counts an outcome at `now` into the peer's failure rate.
+    pub(crate) fn learn_outcome(&self, failed: bool, now: Instant) {
+        self.timing.learn_outcome(failed, self.ms_at(now));
+    }
+
+    /// Learns an answer that is a failure (a 5xx) and took `took`, ending at `now`: as a
+    /// failure (a fast one is not a fast answer: only a wait longer than the estimate is
+    /// learned), and with the wait its `Retry-After` asked for, `hold`, as a floor under its
+    /// cost until then.
     pub(crate) fn learn_failed_answer(&self, took: Duration, hold: Option<Duration>, now: Instant) {
         let now_ms = self.ms_at(now);
         let hold_ms = hold.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u64);

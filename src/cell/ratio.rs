@@ -16,10 +16,12 @@ pub(crate) struct RatioRule {
     pub(crate) window_ms: u64,
 }
 
-/// 16 bits of window number, 24 of requests, 24 of failures.
-const COUNT_BITS: u32 = 24;
+/// 32 bits of window number (it never wraps: 4 billion windows), 16 of requests and 16 of
+/// failures (counting stops at 65,535 requests a window, both counts together, which leaves
+/// the ratio a sample of the window's first requests).
+const COUNT_BITS: u32 = 16;
 const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
-const EPOCH_MASK: u64 = 0xffff;
+const EPOCH_MASK: u64 = 0xffff_ffff;
 
 fn pack(epoch: u64, requests: u64, failures: u64) -> u64 {
     ((epoch & EPOCH_MASK) << (2 * COUNT_BITS)) | (requests << COUNT_BITS) | failures
@@ -53,12 +55,11 @@ impl Ratio {
         let _ = window.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
             let (seen, requests, failures) = unpack(word);
             let (requests, failures) = match seen {
-                e if e == epoch => (requests, failures),
-                // Two windows ago: this window starts afresh.
-                e if e == epoch.wrapping_sub(2) & EPOCH_MASK || word == 0 => (0, 0),
-                // A later window than this caller's clock (it read the time just before the
-                // turn): its count is dropped rather than wipe the new window's.
-                _ if e_is_later(seen, epoch) => return None,
+                e if e == epoch && word != 0 => (requests, failures),
+                // The window after this caller's (it read the clock a window ago, and the
+                // slot turned since): its count is dropped rather than wipe the newer one's.
+                e if e == epoch.wrapping_add(2) & EPOCH_MASK => return None,
+                // An older window, or none yet: this one starts afresh.
                 _ => (0, 0),
             };
             // Saturated counts stop together, so the ratio they give stays right.
@@ -99,12 +100,6 @@ impl Ratio {
             window.store(0, Ordering::Relaxed);
         }
     }
-}
-
-/// Whether window `seen` is after window `epoch` (16-bit numbers, compared wrapping).
-fn e_is_later(seen: u64, epoch: u64) -> bool {
-    let ahead = seen.wrapping_sub(epoch) & EPOCH_MASK;
-    ahead != 0 && ahead < 1 << 15
 }
 
 #[cfg(test)]
@@ -175,6 +170,18 @@ mod tests {
         assert!(r.tripped(21_200, &RULE));
         r.reset();
         assert!(!r.tripped(21_200, &RULE));
+    }
+
+    #[test]
+    fn a_slot_idle_for_long_starts_afresh() {
+        let r = Ratio::new();
+        run(&r, 1_000, 20, 1);
+        // Many windows later (past any 16-bit wrap), a new count starts the slot afresh.
+        let later = 70_000 * RULE.window_ms;
+        r.count(later, false, &RULE);
+        assert!(!r.tripped(later, &RULE));
+        run(&r, later, 20, 1);
+        assert!(r.tripped(later, &RULE), "counting again");
     }
 
     #[test]

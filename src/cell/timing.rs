@@ -70,6 +70,15 @@ fn decayed(est: f64, at: u64, now_ms: u64) -> f64 {
     est * (-since(at, now_ms) / DECAY_MS).exp()
 }
 
+/// How long an average of outcomes holds before it starts to fade (ms).
+const FADE_AFTER_MS: f64 = 10_000.0;
+
+/// The average `est` from `at`, faded to `now`: it holds for 10 s, then decays as an estimate
+/// does. Outcomes a second apart weigh as outcomes, not as time.
+fn faded(est: f64, at: u64, now_ms: u64) -> f64 {
+    est * (-(since(at, now_ms) - FADE_AFTER_MS).max(0.0) / DECAY_MS).exp()
+}
+
 impl Latency {
     pub(crate) fn new() -> Self {
         Self(AtomicU64::new(EMPTY))
@@ -111,19 +120,29 @@ impl Latency {
         });
     }
 
-    /// Moves the estimate, as it stands at `now_ms` (decayed), `weight` of the way to a sample
-    /// of `us` (no peak); with no estimate yet, from zero.
+    /// Moves an average of outcomes, as it stands at `now_ms` ([`faded`](Self::faded)),
+    /// `weight` of the way to a sample of `us` (no peak); with none yet, from zero.
     pub(crate) fn average(&self, us: f64, now_ms: u64, weight: f64) {
         self.update(now_ms, |word| {
-            let now_est = match word {
-                EMPTY => 0.0,
-                _ => {
-                    let (est, at) = unpack(word);
-                    decayed(est, at, now_ms)
-                }
-            };
+            let now_est = self.faded_from(word, now_ms);
             Some(now_est + (us - now_est) * weight)
         });
+    }
+
+    /// An average of outcomes at `now_ms`: it holds for 10 s after the last, then fades
+    /// towards zero; 0 before the first.
+    pub(crate) fn faded(&self, now_ms: u64) -> f64 {
+        self.faded_from(self.0.load(Ordering::Relaxed), now_ms)
+    }
+
+    fn faded_from(&self, word: u64, now_ms: u64) -> f64 {
+        match word {
+            EMPTY => 0.0,
+            _ => {
+                let (est, at) = unpack(word);
+                faded(est, at, now_ms)
+            }
+        }
     }
 
     /// Replaces the estimate with what `next` makes of the current word (nothing when it
@@ -220,12 +239,10 @@ impl Timing {
     }
 
     /// The share of its recent outcomes that failed, 0 to 1: a moving average over about the
-    /// last 20, which decays towards 0 without outcomes (time constant 10 s), so that a peer
-    /// that lost its traffic to its failures gets it back.
+    /// last 20, whatever their rate, which fades towards 0 from 10 s after the last outcome
+    /// (time constant 10 s), so that a peer that lost its traffic to its failures gets it back.
     pub(crate) fn failure_rate(&self, now_ms: u64) -> f64 {
-        self.failures
-            .estimate_us(now_ms)
-            .map_or(0.0, |r| (r / RATE_SCALE).clamp(0.0, 1.0))
+        (self.failures.faded(now_ms) / RATE_SCALE).clamp(0.0, 1.0)
     }
 
     /// Counts an outcome into the failure rate: a failure, or a success (written only while
@@ -238,13 +255,13 @@ impl Timing {
         }
     }
 
-    /// Learns a failed answer (a 5xx or a 429) that took `us` microseconds, ending at
-    /// `now_ms`: a fast failure is not a fast answer. Only an answer slower than the estimate
-    /// teaches the peak EWMA, as any failure; the failure rate counts it; and a `Retry-After` of
-    /// `hold_ms` holds the cost up to the time left of it (at most 60 s).
+    /// Learns a failed answer (a 5xx) that took `us` microseconds, ending at `now_ms`: a fast
+    /// failure is not a fast answer. Only an answer slower than the estimate teaches the peak
+    /// EWMA, as any failure; and a `Retry-After` of `hold_ms` holds the cost up to the time left
+    /// of it (at most 60 s). The failure rate is counted apart
+    /// ([`learn_outcome`](Self::learn_outcome)).
     pub(crate) fn learn_failed_answer(&self, us: f64, now_ms: u64, hold_ms: Option<u64>) {
         self.learn(us, now_ms, false);
-        self.learn_outcome(true, now_ms);
         if let Some(hold) = hold_ms {
             self.hold_until
                 .fetch_max(now_ms + hold.min(HOLD_MAX_MS), Ordering::Relaxed);
@@ -341,9 +358,21 @@ mod tests {
         assert!((0.04..0.06).contains(&rate), "{rate}");
         let (rate, floor) = tenth.penalty(30_000);
         assert!((0.10..0.14).contains(&rate) && floor == 0.0, "{rate}");
-        // Without outcomes it fades: 10 s on, to e^-1 of it.
-        let later = tenth.failure_rate(40_000) / tenth.failure_rate(30_000);
+        // Without outcomes it holds for 10 s, then fades: 10 s more, to e^-1 of it.
+        assert_eq!(tenth.failure_rate(40_000), tenth.failure_rate(30_000));
+        let later = tenth.failure_rate(50_000) / tenth.failure_rate(30_000);
         assert!((0.36..0.37).contains(&later), "{later}");
+        // Outcomes a second apart weigh as outcomes: a peer failing every request reads near
+        // 1 after 60 of them, not what a decay between them would leave.
+        let slow = Timing::new();
+        for i in 1..=60u64 {
+            slow.learn_outcome(true, i * 1_000);
+        }
+        assert!(
+            slow.failure_rate(60_000) > 0.95,
+            "{}",
+            slow.failure_rate(60_000)
+        );
         // A thousand successes, then one failure: 5 %, not the whole of it.
         let once = Timing::new();
         for i in 1..=1_000u64 {
@@ -365,7 +394,6 @@ mod tests {
         t.learn_failed_answer(100.0, 2, None);
         assert!(t.latency_us(2).is_some_and(|e| e > 19_990.0));
         assert_eq!(t.typical().map(|d| d.as_micros()), Some(20_000));
-        assert!(t.failure_rate(2) > 0.04);
     }
 
     #[test]

@@ -136,8 +136,9 @@ impl PeerBuilder {
     /// The most requests this peer may have in flight at once, 1 or more (Envoy's circuit
     /// breaker `max_requests`, HAProxy's `maxconn`). A peer at its limit is passed over while
     /// another peer or tier has room, so a backup sized for part of the load is not flattened
-    /// at failover; when every candidate is at its limit, the request fails at once with a 503
-    /// (no queue). Counted per peer across every request of the engine, and exact: the engine
+    /// at failover; when every candidate is at its limit, the request fails at once with a 503,
+    /// or waits in the engine's queue when it has one
+    /// ([`FailoverBuilder::with_queue`](crate::FailoverBuilder::with_queue)). Counted per peer across every request of the engine, and exact: the engine
     /// takes a place below the limit in one atomic step when an attempt starts, and a peer that
     /// filled up since it was chosen is passed over for another.
     pub fn with_max_requests(mut self, max: u32) -> Self {

@@ -130,7 +130,10 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
     /// place given back lets the waiting requests look again. Past either bound, the request
     /// gets the 503 it gets without a queue (Envoy's `max_pending_requests`, HAProxy's queue
     /// with `timeout queue`). Retries do not wait: a retry with every peer full stops
-    /// ([`StopReason::Full`](crate::StopReason::Full)). None by default.
+    /// ([`StopReason::Full`](crate::StopReason::Full)), and a request that finds no peer with
+    /// none of them full (all tried, or none at all) does not wait either. Each place given back
+    /// wakes every waiting request to look again, in no set order: keep the queue short. None by
+    /// default.
     pub fn with_queue(mut self, max: usize, wait: Duration) -> Self {
         self.queue = Some((max, wait));
         self

@@ -154,9 +154,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     .map(|(peer, probe)| Next::to(peer, probe))
             }
         };
-        if let Some(next) = next.as_ref().filter(|n| n.probe) {
-            self.feed.signals.probing(&next.peer);
-        }
         // A request counts once towards the budget: a hedge is not a request of its own.
         if ctx.attempts().is_empty() && !Leg::of(session).is_some_and(|leg| leg.hedge) {
             if let Some(budget) = &self.budget {
@@ -170,6 +167,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             ctx.queue.get_or_insert_with(|| queue.clone());
         }
         let mut next = self.place(session, ctx, next).await?;
+        if next.probe {
+            self.feed.signals.probing(&next.peer);
+        }
         if let Some(paid) = next.paid.take() {
             paid.spend();
         }
@@ -177,6 +177,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             Ok(target) => Box::new(target.clone()),
             Err(e) => {
                 next.peer.health().end_request();
+                if let Some(queue) = &self.queue {
+                    queue.freed();
+                }
                 return Err(e);
             }
         };
@@ -235,7 +238,18 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 n
             });
         }
-        if let Some(queue) = self.queue.as_ref().filter(|_| ctx.attempts().is_empty()) {
+        // Only a pool with a full peer is worth waiting for.
+        let full = || {
+            self.feed
+                .pool
+                .as_ref()
+                .is_none_or(|pool| pool.snapshot().iter().any(crate::peer::Peer::is_at_limit))
+        };
+        if let Some(queue) = self
+            .queue
+            .as_ref()
+            .filter(|_| ctx.attempts().is_empty() && full())
+        {
             let attempt = attempt(ctx, session);
             let placed = queue
                 .wait(|| {

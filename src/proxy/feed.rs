@@ -28,7 +28,27 @@ impl Feed {
     /// Ends the current attempt with `outcome`, and reports it.
     pub(crate) fn finish(&self, ctx: &mut FailoverCtx, outcome: Outcome) {
         let route = ctx.route;
-        let hold = ctx.retry_after;
+        // A `Retry-After` holds a peer's cost up only on a 503: on a 429 it is often one
+        // client's limit.
+        let hold = ctx.retry_after.filter(|_| {
+            matches!(
+                outcome,
+                Outcome::Responded { status: 503 }
+                    | Outcome::Failed {
+                        kind: FailureKind::Status(503),
+                        ..
+                    }
+            )
+        });
+        // What counts towards the peer's failure rate: a failure of the peer's own (not the
+        // client's, not the proxy's, not the second of a query of death), or an answer.
+        let counted = match outcome {
+            Outcome::Failed { kind, .. } => (kind.counts_against_peer()
+                && !rules::poisoned(ctx.attempts(), kind))
+            .then_some(true),
+            Outcome::Responded { status } => Some(rules::is_failed_answer(status)),
+            Outcome::Pending => None,
+        };
         let Some(rec) = ctx.current_mut() else {
             return;
         };
@@ -44,6 +64,10 @@ impl Feed {
         let health = rec.peer().health();
         health.header_done();
         let now = Instant::now();
+        let cut = matches!(outcome, Outcome::Failed { kind, .. } if rec.stall_cut(kind));
+        if let Some(failed) = counted.filter(|_| !cut) {
+            health.learn_outcome(failed, now);
+        }
         match outcome {
             // A fast failure is not a fast answer.
             Outcome::Responded { status } if rules::is_failed_answer(status) => {

@@ -34,8 +34,8 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// A safe request (`GET`, `HEAD`, `OPTIONS`) without a body, that is not an upgrade, whose first
 /// attempt has no response header after the delay, is sent to a second peer (chosen as a retry
 /// would be: not the first, healthy, below its limit), and the first header to arrive answers
-/// the client; the other attempt is left to finish, its answer unread. A 5xx answer waits for the
-/// other attempt while it runs. The second attempt is an extra request on the pool: it takes a
+/// the client; the other attempt is abandoned (its connection closed, as when a client leaves;
+/// it teaches its peer nothing). A 5xx answer waits for the other attempt while it runs. The second attempt is an extra request on the pool: it takes a
 /// retry from the retry budget, and without one it is not made.
 ///
 /// Pick the delay from the latency you want to cut: the 95th percentile of the peers' answers
@@ -164,16 +164,27 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 ))
             }
         };
-        let mut leg = legs.swap_remove(index);
+        let leg = legs.swap_remove(index);
         if let Some(other) = legs.first() {
             ctx.hedged = Some(other.peer.clone());
         }
-        // The other attempt is left to finish, its answer unread.
-        drop(legs);
-        let forwarded = forward(session, &mut leg.handle, header).await;
+        // The other attempt is abandoned: it would go on failing over, or wait out its
+        // timeout, for an answer no one reads. Its place in flight is given back as it ends.
+        for other in legs {
+            other.task.abort();
+        }
+        let Running {
+            handle,
+            task,
+            records,
+            ..
+        } = leg;
+        // The handle goes with the forwarding: a client that left mid-answer closes the
+        // attempt's channel, so that its subrequest ends rather than wait to send.
+        let forwarded = forward(session, handle, header).await;
         // The winner's records are left when its subrequest ends (its `logging`).
-        let _ = (&mut leg.task).await;
-        ctx.adopt(std::mem::take(&mut *leg.records.lock().expect("records")));
+        let _ = task.await;
+        ctx.adopt(std::mem::take(&mut *records.lock().expect("records")));
         forwarded.map(|()| true)
     }
 
@@ -274,10 +285,11 @@ async fn next_header(leg: &mut Running) -> Option<Box<ResponseHeader>> {
 }
 
 /// Forwards the winning leg's response to the client: its header, then every task until the
-/// end.
+/// end. An attempt that ends without saying its response did (its upstream broke mid-body) is
+/// an error, so that the client's response is not finished as if whole.
 async fn forward(
     session: &mut Session,
-    handle: &mut SubrequestHandle,
+    mut handle: SubrequestHandle,
     header: Box<ResponseHeader>,
 ) -> Result<()> {
     session
@@ -293,8 +305,12 @@ async fn forward(
             return Ok(());
         }
     }
-    // The attempt ended without saying so.
-    session.finish_body().await
+    Err(handle.subreq_proxy_error.try_recv().unwrap_or_else(|_| {
+        Error::explain(
+            ErrorType::ReadError,
+            "hedged request: the answering attempt ended before its response did",
+        )
+    }))
 }
 
 /// The first of `waits` to finish.

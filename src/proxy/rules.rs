@@ -100,11 +100,11 @@ pub(crate) fn poisoned(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
     alike && !before.peer().same(current.peer())
 }
 
-/// Whether an answer with `status` is a failure of its peer for balancing: a 5xx, or a 429 (too
-/// many requests). A fast one is not a fast answer: it teaches latency-aware balancing a
-/// failure, not a time.
+/// Whether an answer with `status` is a failure of its peer for balancing: a 5xx. A fast one is
+/// not a fast answer: it teaches latency-aware balancing a failure, not a time. A 429 is not
+/// one: it is often one client's rate limit, and would let one tenant steer everyone's traffic.
 pub(crate) fn is_failed_answer(status: u16) -> bool {
-    status == 429 || (500..=599).contains(&status)
+    (500..=599).contains(&status)
 }
 
 #[cfg(test)]
