@@ -19,10 +19,16 @@ async fn hedging(
     backup: &Upstream,
     budget: Option<RetryBudget>,
 ) -> (ProxyServer, RequestLog) {
-    let list = ordered(
-        &[primary.peer_addr(), backup.peer_addr()],
-        Duration::from_secs(5),
-    );
+    hedging_with_read_timeout(primary, backup, budget, Duration::from_secs(5)).await
+}
+
+async fn hedging_with_read_timeout(
+    primary: &Upstream,
+    backup: &Upstream,
+    budget: Option<RetryBudget>,
+    read_timeout: Duration,
+) -> (ProxyServer, RequestLog) {
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()], read_timeout);
     let mut engine = Failover::builder(list, StandardPolicy::default())
         .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
         .with_hedging(Hedging::after(DELAY).unwrap());
@@ -104,4 +110,18 @@ async fn a_5xx_from_one_attempt_waits_for_the_other() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.text().await.unwrap(), "primary");
     assert_eq!((primary.hits(), backup.hits()), (1, 1));
+}
+
+/// The hedge answers first, then its body stalls until the read timeout: the client's response
+/// fails, rather than ending cleanly on the part that came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_fails_the_response() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(2))).await;
+    let backup = Upstream::start("backup", Mode::StallBody).await;
+    let (proxy, _log) =
+        hedging_with_read_timeout(&primary, &backup, None, Duration::from_millis(300)).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.bytes().await.is_err(), "a cut-short body is not a whole one");
+    assert_eq!(backup.hits(), 1);
 }
