@@ -122,6 +122,9 @@ async fn an_answer_cut_short_fails_the_response() {
         hedging_with_read_timeout(&primary, &backup, None, Duration::from_millis(300)).await;
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.bytes().await.is_err(), "a cut-short body is not a whole one");
+    assert!(
+        resp.bytes().await.is_err(),
+        "a cut-short body is not a whole one"
+    );
     assert_eq!(backup.hits(), 1);
 }
