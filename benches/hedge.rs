@@ -72,15 +72,7 @@ async fn run(hedge: Option<Option<u64>>) -> Row {
     tokio::time::sleep(SLOW * 2).await;
     let answered: u64 = [&jittery, &steady]
         .iter()
-        .map(|u| {
-            u.load
-                .paths
-                .lock()
-                .unwrap()
-                .get("/item")
-                .copied()
-                .unwrap_or(0)
-        })
+        .map(|u| u.answered("/item"))
         .sum();
     let mut plain: Vec<f64> = records.iter().map(|r| r.latency.as_secs_f64()).collect();
     plain.sort_by(f64::total_cmp);

@@ -51,7 +51,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{bench_runtime, binary, free_port, Client, Mode, Upstream};
+use common::{bench_runtime, binary, free_port, until_listening, Client, Mode, Upstream};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::Command;
@@ -147,11 +147,7 @@ async fn run(down: Down, budget: bool, seconds: u64) -> (u64, f64, f64, Vec<f64>
         .kill_on_drop(true)
         .spawn()
         .expect("the proxy starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).await.is_err() {
-        assert!(Instant::now() < deadline, "the proxy never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_listening("the proxy", listen).await;
     let t0 = Instant::now();
     let counted = Arc::new(Mutex::new(Seconds::default()));
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -305,11 +301,7 @@ async fn spawn_watched(
         .kill_on_drop(true)
         .spawn()
         .expect("the proxy starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).await.is_err() {
-        assert!(Instant::now() < deadline, "the proxy never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_listening("the proxy", listen).await;
     let _ = std::fs::remove_file(&path);
     let t0 = Instant::now();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -359,13 +351,7 @@ async fn clients_on(
 
 /// The requests for `/item` an upstream answered.
 fn items(u: &Upstream) -> u64 {
-    u.load
-        .paths
-        .lock()
-        .unwrap()
-        .get("/item")
-        .copied()
-        .unwrap_or(0)
+    u.answered("/item")
 }
 
 /// What a row of partly failing peers showed.

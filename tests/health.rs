@@ -459,18 +459,7 @@ async fn a_queued_request_waits_for_a_place_and_the_queue_is_bounded() {
         .unwrap();
         let engine = Failover::builder(list, StandardPolicy::default()).with_queue(1, wait);
         let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
-        let http = client();
-        let requests: Vec<_> = (0..4)
-            .map(|_| {
-                let (http, url) = (http.clone(), proxy.url("/"));
-                tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
-            })
-            .collect();
-        let mut statuses = Vec::new();
-        for r in requests {
-            statuses.push(r.await.unwrap());
-        }
-        statuses.sort_unstable();
+        let statuses = proxy.concurrent_statuses(4).await;
         let mut due = vec![200; served];
         due.resize(4, 503);
         assert_eq!(statuses, due, "waiting up to {wait:?}");
@@ -493,18 +482,7 @@ async fn a_full_backup_sheds_with_503_rather_than_panic_to_a_dead_primary() {
     ])
     .unwrap();
     let (proxy, log) = support::start_failover(list, StandardPolicy::default()).await;
-    let http = client();
-    let requests: Vec<_> = (0..6)
-        .map(|_| {
-            let (http, url) = (http.clone(), proxy.url("/"));
-            tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    for r in requests {
-        statuses.push(r.await.unwrap());
-    }
-    statuses.sort_unstable();
+    let statuses = proxy.concurrent_statuses(6).await;
     assert_eq!(statuses, [200, 200, 503, 503, 503, 503], "never a 502");
     assert_eq!(backup.hits(), 2);
     let records = log.wait_for(6).await;

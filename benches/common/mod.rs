@@ -67,6 +67,12 @@ impl Load {
 }
 
 impl Upstream {
+    /// The requests for `path` it answered.
+    pub fn answered(&self, path: &str) -> u64 {
+        let paths = self.load.paths.lock().unwrap();
+        paths.get(path).copied().unwrap_or(0)
+    }
+
     pub async fn start(name: &'static str, mode: Mode) -> Self {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -475,12 +481,17 @@ pub async fn spawn_proxy(name: &str, args: &[&str], listen: SocketAddr) -> Proxy
         .spawn()
         .expect("the proxy starts");
     let proxy = Proxy(child);
+    until_listening(name, listen).await;
+    proxy
+}
+
+/// Waits until something listens on `listen` (at most 10 s; `name` says what, if not).
+pub async fn until_listening(name: &str, listen: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(listen).await.is_err() {
         assert!(Instant::now() < deadline, "{name} never listened");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    proxy
 }
 
 /// The `q` quantile of `sorted` (seconds).

@@ -593,6 +593,23 @@ impl ProxyServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The statuses of `n` GETs of `/` sent at once, sorted.
+    pub async fn concurrent_statuses(&self, n: usize) -> Vec<u16> {
+        let http = client();
+        let requests: Vec<_> = (0..n)
+            .map(|_| {
+                let (http, url) = (http.clone(), self.url("/"));
+                tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for r in requests {
+            statuses.push(r.await.unwrap());
+        }
+        statuses.sort_unstable();
+        statuses
+    }
+
     /// GETs `/` until upstream `want` answers (at most 10 s); how long that took.
     pub async fn until_answered_by(&self, want: &str) -> Duration {
         self.poll_until(want, |_| ()).await
