@@ -128,3 +128,42 @@ async fn an_answer_cut_short_fails_the_response() {
     );
     assert_eq!(backup.hits(), 1);
 }
+
+/// A client speaking HTTP/2 (h2c) is answered, not hedged: pingora 0.9.1 builds a subrequest
+/// from the HTTP/1 form of its request, which an HTTP/2 request does not survive (it was
+/// answered 400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_is_answered_without_a_hedge() {
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(800))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(
+        &[primary.peer_addr(), backup.peer_addr()],
+        Duration::from_secs(5),
+    );
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
+        .with_hedging(Hedging::after(DELAY).unwrap());
+    let log = RequestLog::default();
+    let mut app = FailoverProxy::from_builder(engine)
+        .unwrap()
+        .on_request_done(log.recorder())
+        .into_app(&support::server_conf())
+        .unwrap();
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2c = true;
+    app.server_options = Some(options);
+    let proxy = ProxyServer::start(app).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let resp = h2.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    assert_eq!((primary.hits(), backup.hits()), (2, 0));
+    assert_eq!(log.wait_for(2).await.len(), 2);
+}

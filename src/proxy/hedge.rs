@@ -31,8 +31,9 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// When a request is hedged ([`FailoverBuilder::with_hedging`](crate::FailoverBuilder::with_hedging)).
 ///
-/// A safe request (`GET`, `HEAD`, `OPTIONS`) without a body, that is not an upgrade, whose first
-/// attempt has no response header after the delay, is sent to a second peer (chosen as a retry
+/// A safe request (`GET`, `HEAD`, `OPTIONS`) without a body, that is not an upgrade, from an
+/// HTTP/1 client, whose first attempt has no response header after the delay, is sent to a
+/// second peer (chosen as a retry
 /// would be: not the first, healthy, below its limit), and the first header to arrive answers
 /// the client; the other attempt is abandoned (its connection closed, as when a client leaves;
 /// it teaches its peer nothing). A 5xx answer waits for the other attempt while it runs. The second attempt is an extra request on the pool: it takes a
@@ -103,11 +104,13 @@ struct Running {
     records: Arc<Mutex<Vec<AttemptRecord>>>,
 }
 
-/// Whether `session`'s request may be sent twice: safe, without a body, not an upgrade.
+/// Whether `session`'s request may be sent twice: safe, without a body, not an upgrade, and
+/// from an HTTP/1 client. Pingora 0.9.1 builds a subrequest from the HTTP/1 form of its
+/// request (`to_h1_raw`), and an HTTP/2 request's (`GET / HTTP/2.0`) is answered 400 there.
 fn hedgeable(session: &mut Session) -> bool {
     let req = session.req_header();
     let safe = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
-    safe && session.is_body_empty() && !session.is_upgrade_req()
+    safe && !session.is_http2() && session.is_body_empty() && !session.is_upgrade_req()
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
