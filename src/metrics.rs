@@ -41,6 +41,8 @@ const OUTCOMES: [&str; 21] = [
 /// |---|---|---|
 /// | `failover_attempts_total` | counter | `peer`, `outcome` (`ok`, or [`FailureKind::label`]) |
 /// | `failover_retries_total` | counter | |
+/// | `failover_hedges_total` | counter | (second attempts sent by [`Hedging`](crate::Hedging)) |
+/// | `failover_queued_total` | counter | `outcome` (`placed`, `full`, `timeout`: the queue of [`FailoverBuilder::with_queue`](crate::FailoverBuilder::with_queue)) |
 /// | `failover_budget_refusals_total` | counter | |
 /// | `failover_ejections_total` | counter | `peer` |
 /// | `failover_ejected_peers` | gauge | |
@@ -60,6 +62,8 @@ const OUTCOMES: [&str; 21] = [
 pub struct Metrics {
     attempts: IntCounterVec,
     retries: IntCounter,
+    hedges: IntCounter,
+    queued: IntCounterVec,
     budget_refusals: IntCounter,
     ejections: IntCounterVec,
     ejected: IntGauge,
@@ -81,6 +85,17 @@ impl Metrics {
                 &["peer", "outcome"],
             )?,
             retries: IntCounter::new("failover_retries_total", "Retries made.")?,
+            hedges: IntCounter::new(
+                "failover_hedges_total",
+                "Second attempts sent for hedged requests.",
+            )?,
+            queued: IntCounterVec::new(
+                Opts::new(
+                    "failover_queued_total",
+                    "Requests that waited for a place on a full pool, by how it ended.",
+                ),
+                &["outcome"],
+            )?,
             budget_refusals: IntCounter::new(
                 "failover_budget_refusals_total",
                 "Retries refused because the retry budget was spent.",
@@ -108,6 +123,8 @@ impl Metrics {
         };
         registry.register(Box::new(m.attempts.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.hedges.clone()))?;
+        registry.register(Box::new(m.queued.clone()))?;
         registry.register(Box::new(m.budget_refusals.clone()))?;
         registry.register(Box::new(m.ejections.clone()))?;
         registry.register(Box::new(m.ejected.clone()))?;
@@ -136,6 +153,14 @@ impl Metrics {
 
     pub(crate) fn budget_refused(&self) {
         self.budget_refusals.inc();
+    }
+
+    pub(crate) fn hedge(&self) {
+        self.hedges.inc();
+    }
+
+    pub(crate) fn queued(&self, outcome: &str) {
+        self.queued.with_label_values(&[outcome]).inc();
     }
 
     pub(crate) fn ejected(&self, peer: &Peer) {

@@ -167,3 +167,51 @@ async fn an_h2_client_is_answered_without_a_hedge() {
     assert_eq!((primary.hits(), backup.hits()), (2, 0));
     assert_eq!(log.wait_for(2).await.len(), 2);
 }
+
+/// Hedges, and requests that waited in the queue, are counted.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedges_and_queued_requests_are_counted() {
+    use pingora_failover::{Metrics, OrderedList, Peer};
+
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::register(&registry).unwrap();
+    let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(600))).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(
+        &[primary.peer_addr(), backup.peer_addr()],
+        Duration::from_secs(5),
+    );
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
+        .with_hedging(Hedging::after(DELAY).unwrap())
+        .with_metrics(metrics.clone());
+    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let resp = client().get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "backup");
+
+    // One place, a queue of one: of three at once, one waits and is placed, one is turned away.
+    let only = Upstream::start("only", Mode::Slow(Duration::from_millis(300))).await;
+    let list = OrderedList::new(vec![Peer::builder(only.peer_addr())
+        .with_max_requests(1)
+        .build()
+        .unwrap()])
+    .unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_queue(1, Duration::from_secs(5))
+        .with_metrics(metrics);
+    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    assert_eq!(proxy.concurrent_statuses(3).await, [200, 200, 503]);
+
+    let text = support::metrics_text(&registry);
+    for line in [
+        "failover_hedges_total 1",
+        "failover_queued_total{outcome=\"placed\"} 1",
+        "failover_queued_total{outcome=\"full\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}

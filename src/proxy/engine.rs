@@ -258,8 +258,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     health.reserve(peer.max_requests()).then_some((peer, probe))
                 })
                 .await;
-            if let Some((peer, probe)) = placed {
-                return Ok(Next::to(peer, probe));
+            match placed {
+                Ok((peer, probe)) => {
+                    self.feed.signals.queued("placed");
+                    return Ok(Next::to(peer, probe));
+                }
+                Err(turned) => self.feed.signals.queued(turned.label()),
             }
         }
         if let Some(rec) = ctx.current_mut() {

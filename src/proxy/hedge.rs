@@ -200,7 +200,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             Attempt::new(&tried, Some(session.req_header())).with_client_ip(client_ip(session));
         let second = self.choose(&attempt)?;
         paid.spend();
-        self.feed.signals.retry();
+        self.feed.signals.hedge();
         Some(second)
     }
 

@@ -12,6 +12,24 @@ use crate::error::{check_timeout, ConfigError};
 /// The longest a request may wait in the queue.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Why a request left the queue without a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Turned {
+    /// The queue was full when it came.
+    Full,
+    /// It waited as long as allowed.
+    Timeout,
+}
+
+impl Turned {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
 /// New requests waiting for a place in flight when every peer is at its limit.
 #[derive(Debug)]
 pub(crate) struct Queue {
@@ -47,16 +65,16 @@ impl Queue {
         }
     }
 
-    /// Waits until `take` gets a place, each time one is freed; `None` when the queue is full
-    /// (at once) or the wait ran out.
-    pub(crate) async fn wait<T>(&self, mut take: impl FnMut() -> Option<T>) -> Option<T> {
+    /// Waits until `take` gets a place, each time one is freed; why not when the queue was
+    /// full (at once) or the wait ran out.
+    pub(crate) async fn wait<T>(&self, mut take: impl FnMut() -> Option<T>) -> Result<T, Turned> {
         let joined = self
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.max).then_some(n + 1)
             });
         if joined.is_err() {
-            return None;
+            return Err(Turned::Full);
         }
         struct Leave<'a>(&'a AtomicUsize);
         impl Drop for Leave<'_> {
@@ -72,10 +90,10 @@ impl Queue {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(taken) = take() {
-                return Some(taken);
+                return Ok(taken);
             }
             if tokio::time::timeout_at(until, freed).await.is_err() {
-                return None;
+                return Err(Turned::Timeout);
             }
         }
     }
@@ -100,16 +118,13 @@ mod tests {
             })
         };
         tokio::task::yield_now().await;
-        assert_eq!(
-            queue.wait(|| None::<u8>).await,
-            None,
-            "full: turned away at once"
-        );
+        let turned = queue.wait(|| None::<u8>).await;
+        assert_eq!(turned, Err(Turned::Full), "full: turned away at once");
         free.store(true, Ordering::SeqCst);
         queue.freed();
-        assert_eq!(waiter.await.unwrap(), Some(7));
+        assert_eq!(waiter.await.unwrap(), Ok(7));
         // Nothing freed: the wait runs out.
-        assert_eq!(queue.wait(|| None::<u8>).await, None);
+        assert_eq!(queue.wait(|| None::<u8>).await, Err(Turned::Timeout));
         assert!(Queue::new(0, Duration::from_secs(1)).is_err());
         assert!(Queue::new(1, Duration::ZERO).is_err());
     }

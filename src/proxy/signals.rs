@@ -111,4 +111,20 @@ impl Signals {
             m.budget_refused();
         }
     }
+
+    pub(crate) fn hedge(&self) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.hedge();
+        }
+    }
+
+    /// A request left the queue: `placed`, or turned away (`full`, `timeout`).
+    pub(crate) fn queued(&self, outcome: &'static str) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.queued(outcome);
+        }
+        let _ = outcome;
+    }
 }
