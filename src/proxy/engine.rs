@@ -209,69 +209,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Ok(http_peer)
     }
 
-    /// Takes the chosen peer a place in flight below its limit; a peer that filled up since it
-    /// was chosen (another request took its last place) is passed over for another, chosen
-    /// again. With no peer to offer, a new request waits in the queue for a place, when there
-    /// is one. A 503 error when none is left: the retry that was decided, if any, is recorded
-    /// as stopped for [`StopReason::Full`].
-    async fn place(
-        &self,
-        session: &Session,
-        ctx: &mut FailoverCtx,
-        mut next: Option<Next>,
-    ) -> Result<Next> {
-        fn attempt<'a>(ctx: &'a FailoverCtx, session: &'a Session) -> Attempt<'a> {
-            Attempt::new(ctx.attempts(), Some(session.req_header()))
-                .with_client_ip(client_ip(session))
-        }
-        // Each pass finds the peer full: a bound for a pool whose places come and go.
-        for _ in 0..8 {
-            let Some(mut n) = next.take() else {
-                break;
-            };
-            if n.peer.health().reserve(n.peer.max_requests()) {
-                return Ok(n);
-            }
-            next = self.choose(&attempt(ctx, session)).map(|(peer, probe)| {
-                n.peer = peer;
-                n.probe = probe;
-                n
-            });
-        }
-        // Only a pool with a full peer is worth waiting for.
-        let full = || {
-            self.feed
-                .pool
-                .as_ref()
-                .is_none_or(|pool| pool.snapshot().iter().any(crate::peer::Peer::is_at_limit))
-        };
-        if let Some(queue) = self
-            .queue
-            .as_ref()
-            .filter(|_| ctx.attempts().is_empty() && full())
-        {
-            let attempt = attempt(ctx, session);
-            let placed = queue
-                .wait(|| {
-                    let (peer, probe) = self.choose(&attempt)?;
-                    let health = peer.health();
-                    health.reserve(peer.max_requests()).then_some((peer, probe))
-                })
-                .await;
-            match placed {
-                Ok((peer, probe)) => {
-                    self.feed.signals.queued("placed");
-                    return Ok(Next::to(peer, probe));
-                }
-                Err(turned) => self.feed.signals.queued(turned.label()),
-            }
-        }
-        if let Some(rec) = ctx.current_mut() {
-            rec.set_verdict(Verdict::Stopped(StopReason::Full));
-        }
-        Err(no_peer(ctx))
-    }
-
     /// For `ProxyHttp::connected_to_upstream`, with the hook's arguments: the peer learns its
     /// connect time from a new connection (`reused == false`), and the attempt's wait for its
     /// header is watched on the connection, for [`AdaptiveTimeouts`]. Without this call,
@@ -495,7 +432,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
 }
 
 /// The error when the selector has no peer to offer: every one is tried, out, or full.
-fn no_peer(ctx: &FailoverCtx) -> Box<Error> {
+pub(super) fn no_peer(ctx: &FailoverCtx) -> Box<Error> {
     Error::explain(
         ErrorType::HTTPStatus(503),
         format!(

@@ -1,5 +1,6 @@
-//! The queue of requests waiting for a place on a full pool (Envoy's `max_pending_requests`,
-//! HAProxy's queue and `timeout queue`).
+//! Places in flight: an attempt takes one below its peer's limit, and a new request that finds
+//! every peer full may wait for one in the queue (Envoy's `max_pending_requests`, HAProxy's
+//! queue and `timeout queue`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -7,7 +8,15 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use pingora_error::Result;
+use pingora_proxy::Session;
+
+use super::engine::{no_peer, Failover};
+use super::walk::client_ip;
+use crate::ctx::{FailoverCtx, Next, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
+use crate::retry::RetryPolicy;
+use crate::select::{Attempt, PeerSelector};
 
 /// The longest a request may wait in the queue.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -96,6 +105,71 @@ impl Queue {
                 return Err(Turned::Timeout);
             }
         }
+    }
+}
+
+impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
+    /// Takes the chosen peer a place in flight below its limit; a peer that filled up since it
+    /// was chosen (another request took its last place) is passed over for another, chosen
+    /// again. With no peer to offer, a new request waits in the queue for a place, when there
+    /// is one. A 503 error when none is left: the retry that was decided, if any, is recorded
+    /// as stopped for [`StopReason::Full`].
+    pub(super) async fn place(
+        &self,
+        session: &Session,
+        ctx: &mut FailoverCtx,
+        mut next: Option<Next>,
+    ) -> Result<Next> {
+        fn attempt<'a>(ctx: &'a FailoverCtx, session: &'a Session) -> Attempt<'a> {
+            Attempt::new(ctx.attempts(), Some(session.req_header()))
+                .with_client_ip(client_ip(session))
+        }
+        // Each pass finds the peer full: a bound for a pool whose places come and go.
+        for _ in 0..8 {
+            let Some(mut n) = next.take() else {
+                break;
+            };
+            if n.peer.health().reserve(n.peer.max_requests()) {
+                return Ok(n);
+            }
+            next = self.choose(&attempt(ctx, session)).map(|(peer, probe)| {
+                n.peer = peer;
+                n.probe = probe;
+                n
+            });
+        }
+        // Only a pool with a full peer is worth waiting for.
+        let full = || {
+            self.feed
+                .pool
+                .as_ref()
+                .is_none_or(|pool| pool.snapshot().iter().any(crate::peer::Peer::is_at_limit))
+        };
+        if let Some(queue) = self
+            .queue
+            .as_ref()
+            .filter(|_| ctx.attempts().is_empty() && full())
+        {
+            let attempt = attempt(ctx, session);
+            let placed = queue
+                .wait(|| {
+                    let (peer, probe) = self.choose(&attempt)?;
+                    let health = peer.health();
+                    health.reserve(peer.max_requests()).then_some((peer, probe))
+                })
+                .await;
+            match placed {
+                Ok((peer, probe)) => {
+                    self.feed.signals.queued("placed");
+                    return Ok(Next::to(peer, probe));
+                }
+                Err(turned) => self.feed.signals.queued(turned.label()),
+            }
+        }
+        if let Some(rec) = ctx.current_mut() {
+            rec.set_verdict(Verdict::Stopped(StopReason::Full));
+        }
+        Err(no_peer(ctx))
     }
 }
 
