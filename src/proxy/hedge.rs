@@ -82,6 +82,8 @@ pub(crate) struct Leg {
     pub(crate) probe: bool,
     /// The second attempt: the client's request was already counted by the first.
     pub(crate) hedge: bool,
+    /// The other attempt's peer, not to be chosen again if this one's is full.
+    pub(crate) avoid: Option<Peer>,
     pub(crate) records: Arc<Mutex<Vec<AttemptRecord>>>,
 }
 
@@ -147,13 +149,14 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let Some((first, probe)) = self.choose(&attempt) else {
             return Ok(false);
         };
-        let mut legs = vec![start(session, first, probe, false)];
+        let mut legs = vec![start(session, first, probe, None)];
         let mut held: Option<(usize, Box<ResponseHeader>)> = None;
         let winner = match tokio::time::timeout(hedging.delay, next_header(&mut legs[0])).await {
             Ok(header) => settle(legs.len(), &mut held, 0, header),
             Err(_) => {
-                if let Some(second) = self.second(session, &legs[0].peer) {
-                    legs.push(start(session, second.0, second.1, true));
+                let first = legs[0].peer.clone();
+                if let Some(second) = self.second(session, &first) {
+                    legs.push(start(session, second.0, second.1, Some(&first)));
                 }
                 Self::race(&mut legs, &mut held).await
             }
@@ -245,13 +248,15 @@ fn settle(
     None
 }
 
-/// Starts a leg to `peer` as a subrequest of `session`'s request.
-fn start(session: &Session, peer: Peer, probe: bool, hedge: bool) -> Running {
+/// Starts a leg to `peer` as a subrequest of `session`'s request; a hedge `avoid`s the first
+/// attempt's peer.
+fn start(session: &Session, peer: Peer, probe: bool, avoid: Option<&Peer>) -> Running {
     let records = Arc::new(Mutex::new(Vec::new()));
     let leg = Leg {
         peer: peer.clone(),
         probe,
-        hedge,
+        hedge: avoid.is_some(),
+        avoid: avoid.cloned(),
         records: records.clone(),
     };
     let spawner = session

@@ -12,8 +12,9 @@ use pingora_error::Result;
 use pingora_proxy::Session;
 
 use super::engine::{no_peer, Failover};
+use super::hedge::Leg;
 use super::walk::client_ip;
-use crate::ctx::{FailoverCtx, Next, StopReason, Verdict};
+use crate::ctx::{AttemptRecord, FailoverCtx, Next, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
 use crate::retry::RetryPolicy;
 use crate::select::{Attempt, PeerSelector};
@@ -120,9 +121,22 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         ctx: &mut FailoverCtx,
         mut next: Option<Next>,
     ) -> Result<Next> {
-        fn attempt<'a>(ctx: &'a FailoverCtx, session: &'a Session) -> Attempt<'a> {
-            Attempt::new(ctx.attempts(), Some(session.req_header()))
-                .with_client_ip(client_ip(session))
+        // An attempt of a hedged request, chosen again, avoids the other attempt's peer.
+        let avoided: Vec<AttemptRecord> = Leg::of(session)
+            .and_then(|leg| leg.avoid.clone())
+            .map(AttemptRecord::new)
+            .into_iter()
+            .collect();
+        fn attempt<'a>(
+            ctx: &'a FailoverCtx,
+            avoided: &'a [AttemptRecord],
+            session: &'a Session,
+        ) -> Attempt<'a> {
+            let tried = match ctx.attempts() {
+                [] => avoided,
+                tried => tried,
+            };
+            Attempt::new(tried, Some(session.req_header())).with_client_ip(client_ip(session))
         }
         // Each pass finds the peer full: a bound for a pool whose places come and go.
         for _ in 0..8 {
@@ -132,11 +146,13 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             if n.peer.health().reserve(n.peer.max_requests()) {
                 return Ok(n);
             }
-            next = self.choose(&attempt(ctx, session)).map(|(peer, probe)| {
-                n.peer = peer;
-                n.probe = probe;
-                n
-            });
+            next = self
+                .choose(&attempt(ctx, &avoided, session))
+                .map(|(peer, probe)| {
+                    n.peer = peer;
+                    n.probe = probe;
+                    n
+                });
         }
         // Only a pool with a full peer is worth waiting for.
         let full = || {
@@ -150,7 +166,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             .as_ref()
             .filter(|_| ctx.attempts().is_empty() && full())
         {
-            let attempt = attempt(ctx, session);
+            let attempt = attempt(ctx, &avoided, session);
             let placed = queue
                 .wait(|| {
                     let (peer, probe) = self.choose(&attempt)?;
