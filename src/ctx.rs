@@ -82,7 +82,8 @@ impl FailoverCtx {
         self.attempts.last().map(AttemptRecord::peer)
     }
 
-    /// Time since the first attempt started.
+    /// Time since the first attempt started; for a hedged request, since the engine took it up
+    /// (its first attempt is a subrequest's).
     pub fn elapsed(&self) -> Duration {
         self.started.map_or(Duration::ZERO, |s| s.elapsed())
     }
@@ -114,9 +115,17 @@ impl FailoverCtx {
     /// made, and counted, by its subrequest).
     pub(crate) fn adopt(&mut self, attempts: Vec<AttemptRecord>) {
         if self.attempts.is_empty() {
-            self.started = attempts.first().map(|a| a.started);
+            if self.started.is_none() {
+                self.started = attempts.first().map(|a| a.started);
+            }
             self.attempts = attempts;
         }
+    }
+
+    /// The request starts now, before any attempt of its own (a hedged request, whose
+    /// attempts its subrequests make): [`elapsed`](Self::elapsed) counts from here.
+    pub(crate) fn begin(&mut self) {
+        self.started.get_or_insert_with(Instant::now);
     }
 
     /// Starts an attempt on `peer`, whose place in flight the caller reserved

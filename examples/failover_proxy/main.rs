@@ -383,6 +383,9 @@ fn access_log(session: &Session, error: Option<&Error>, ctx: &FailoverCtx) {
         ctx.elapsed().as_secs_f64(),
         attempts.len(),
     );
+    if let Some(other) = ctx.hedged() {
+        let _ = write!(line, " hedged={}", other.name());
+    }
     if attempts.len() > 1 || !answered {
         let _ = write!(
             line,

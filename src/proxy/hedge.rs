@@ -149,6 +149,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let Some((first, probe)) = self.choose(&attempt) else {
             return Ok(false);
         };
+        ctx.begin();
         let mut legs = vec![start(session, first, probe, None)];
         let mut held: Option<(usize, Box<ResponseHeader>)> = None;
         let winner = match tokio::time::timeout(hedging.delay, next_header(&mut legs[0])).await {
