@@ -159,10 +159,7 @@ impl FailoverCtx {
                 if matches!(rec.outcome, Outcome::Pending) {
                     health.header_done();
                 }
-                health.end_request();
-                if let Some(queue) = &self.queue {
-                    queue.freed();
-                }
+                crate::proxy::queue::give_back(health, self.queue.as_deref());
             }
         }
     }

@@ -6,32 +6,33 @@ mod support;
 use std::time::Duration;
 
 use pingora_failover::{
-    AdaptiveTimeouts, Failover, FailoverProxy, Hedging, Outcome, RetryBudget, StandardPolicy,
+    AdaptiveTimeouts, Failover, FailoverBuilder, FailoverProxy, Hedging, OrderedList, Outcome,
+    RetryBudget, StandardPolicy,
 };
 use support::{client, ordered, start_proxy, Mode, ProxyServer, RequestLog, Upstream};
 
 const DELAY: Duration = Duration::from_millis(50);
 
-/// A proxy over `primary` then `backup` that hedges after 50 ms; `budget` when given. The stall
-/// cut is off: hedging alone is tested.
+/// An engine over `primary` then `backup` (each with `read_timeout`) that hedges after 50 ms.
+/// The stall cut is off: hedging alone is tested.
+fn hedged_engine(
+    primary: &Upstream,
+    backup: &Upstream,
+    read_timeout: Duration,
+) -> FailoverBuilder<OrderedList, StandardPolicy> {
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()], read_timeout);
+    Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
+        .with_hedging(Hedging::after(DELAY).unwrap())
+}
+
+/// A proxy over [`hedged_engine`] with 5 s read timeouts; `budget` when given.
 async fn hedging(
     primary: &Upstream,
     backup: &Upstream,
     budget: Option<RetryBudget>,
 ) -> (ProxyServer, RequestLog) {
-    hedging_with_read_timeout(primary, backup, budget, Duration::from_secs(5)).await
-}
-
-async fn hedging_with_read_timeout(
-    primary: &Upstream,
-    backup: &Upstream,
-    budget: Option<RetryBudget>,
-    read_timeout: Duration,
-) -> (ProxyServer, RequestLog) {
-    let list = ordered(&[primary.peer_addr(), backup.peer_addr()], read_timeout);
-    let mut engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
-        .with_hedging(Hedging::after(DELAY).unwrap());
+    let mut engine = hedged_engine(primary, backup, Duration::from_secs(5));
     if let Some(budget) = budget {
         engine = engine.with_budget(budget);
     }
@@ -118,8 +119,8 @@ async fn a_5xx_from_one_attempt_waits_for_the_other() {
 async fn an_answer_cut_short_fails_the_response() {
     let primary = Upstream::start("primary", Mode::Slow(Duration::from_secs(2))).await;
     let backup = Upstream::start("backup", Mode::StallBody).await;
-    let (proxy, _log) =
-        hedging_with_read_timeout(&primary, &backup, None, Duration::from_millis(300)).await;
+    let engine = hedged_engine(&primary, &backup, Duration::from_millis(300));
+    let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(
@@ -136,13 +137,7 @@ async fn an_answer_cut_short_fails_the_response() {
 async fn an_h2_client_is_answered_without_a_hedge() {
     let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(800))).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(
-        &[primary.peer_addr(), backup.peer_addr()],
-        Duration::from_secs(5),
-    );
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
-        .with_hedging(Hedging::after(DELAY).unwrap());
+    let engine = hedged_engine(&primary, &backup, Duration::from_secs(5));
     let log = RequestLog::default();
     let mut app = FailoverProxy::from_builder(engine)
         .unwrap()
@@ -172,20 +167,14 @@ async fn an_h2_client_is_answered_without_a_hedge() {
 #[cfg(feature = "metrics")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedges_and_queued_requests_are_counted() {
-    use pingora_failover::{Metrics, OrderedList, Peer};
+    use pingora_failover::{Metrics, Peer};
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry).unwrap();
     let primary = Upstream::start("primary", Mode::Slow(Duration::from_millis(600))).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(
-        &[primary.peer_addr(), backup.peer_addr()],
-        Duration::from_secs(5),
-    );
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new().without_stall_cut())
-        .with_hedging(Hedging::after(DELAY).unwrap())
-        .with_metrics(metrics.clone());
+    let engine =
+        hedged_engine(&primary, &backup, Duration::from_secs(5)).with_metrics(metrics.clone());
     let (proxy, _log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let resp = client().get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "backup");

@@ -180,19 +180,6 @@ async fn flags_and_the_config_file_give_the_same_failover_with_an_access_log_lin
     assert_eq!(backup.hits(), 6);
 }
 
-/// The statuses of `n` concurrent GETs through `proxy`, sorted.
-async fn concurrent_statuses(proxy: &Running, n: usize) -> Vec<u16> {
-    let http = client();
-    let mut statuses: Vec<u16> =
-        futures_util::future::join_all((0..n).map(|_| http.get(proxy.url("/")).send()))
-            .await
-            .into_iter()
-            .map(|r| r.unwrap().status().as_u16())
-            .collect();
-    statuses.sort_unstable();
-    statuses
-}
-
 /// Limits on requests in flight: a pool default (the flag, or `[limits]`) and a peer's own (its
 /// table in the file). Five slow GETs at once: each peer takes its limit, and the rest are
 /// answered 503 at once, or wait in the queue when there is one.
@@ -217,7 +204,7 @@ async fn a_peer_limit_comes_from_the_pool_default_or_the_peers_own() {
     ];
     let proxy = Running::start(&flags, &listen).await;
     assert_eq!(
-        concurrent_statuses(&proxy, 5).await,
+        support::concurrent_statuses(&proxy.url("/"), 5).await,
         [200, 200, 503, 503, 503]
     );
     assert_eq!((a.hits(), b.hits()), (1, 1));
@@ -235,7 +222,7 @@ async fn a_peer_limit_comes_from_the_pool_default_or_the_peers_own() {
     );
     let proxy = Running::start(&["--config", file.as_str()], &listen).await;
     assert_eq!(
-        concurrent_statuses(&proxy, 5).await,
+        support::concurrent_statuses(&proxy.url("/"), 5).await,
         [200, 200, 200, 200, 503]
     );
     assert_eq!((a.hits(), b.hits()), (1 + 3, 1 + 1));
@@ -248,7 +235,7 @@ async fn a_peer_limit_comes_from_the_pool_default_or_the_peers_own() {
     queued.extend(["--queue", "2", "--queue-timeout-ms", "5000"]);
     let proxy = Running::start(&queued, &listen).await;
     assert_eq!(
-        concurrent_statuses(&proxy, 5).await,
+        support::concurrent_statuses(&proxy.url("/"), 5).await,
         [200, 200, 200, 200, 503]
     );
     assert_eq!(a.hits() + b.hits(), 6 + 4);

@@ -289,6 +289,19 @@ async fn the_deadline_bounds_the_total_time_when_every_peer_is_slow() {
     );
 }
 
+/// Reads a request's head from `s`; `false` when the connection ended first.
+async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream that answers the first request on each connection and keeps it alive, then
 /// closes the connection when the next request arrives on it: a pooled connection going stale.
 async fn closes_reused_connections() -> (String, tokio::task::JoinHandle<()>) {
@@ -298,20 +311,14 @@ async fn closes_reused_connections() -> (String, tokio::task::JoinHandle<()>) {
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let reply =
                     "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-upstream: stale\r\n\r\nfirst";
                 s.write_all(reply.as_bytes()).await.unwrap();
                 // Wait for the next request, then drop the connection unanswered.
-                let _ = s.read(&mut buf).await;
+                let _ = s.read(&mut [0u8; 4096]).await;
             });
         }
     });
@@ -491,13 +498,8 @@ async fn resets_after_reading() -> (String, Arc<AtomicUsize>) {
             let (mut s, _) = listener.accept().await.unwrap();
             let count = count.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 count.fetch_add(1, Ordering::SeqCst);
                 // A zero linger: the drop resets the connection.

@@ -145,6 +145,15 @@ impl Latency {
         }
     }
 
+    /// Whether the average, however it has faded since, is below `floor`: fading only lowers
+    /// it, so the stored value answers without the clock or an exponential.
+    fn below(&self, floor: f64) -> bool {
+        match self.0.load(Ordering::Relaxed) {
+            EMPTY => true,
+            word => unpack(word).0 < floor,
+        }
+    }
+
     /// Replaces the estimate with what `next` makes of the current word (nothing when it
     /// returns `None`), stamped `now_ms` (or the word's own stamp, if a racing thread left a
     /// later one): one compare-and-swap, retried if another thread wrote in between.
@@ -241,7 +250,13 @@ impl Timing {
     /// The share of its recent outcomes that failed, 0 to 1: a moving average over about the
     /// last 20, whatever their rate, which fades towards 0 from 10 s after the last outcome
     /// (time constant 10 s), so that a peer that lost its traffic to its failures gets it back.
+    /// Below 0.1 % it reads 0 (where successes stop writing it down).
     pub(crate) fn failure_rate(&self, now_ms: u64) -> f64 {
+        // A healthy peer's rate (below 0.1 %) is read on every selection and every success:
+        // without the exponential.
+        if self.failures.below(RATE_QUIET * RATE_SCALE) {
+            return 0.0;
+        }
         (self.failures.faded(now_ms) / RATE_SCALE).clamp(0.0, 1.0)
     }
 

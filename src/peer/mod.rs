@@ -151,6 +151,12 @@ impl Peer {
             .is_some_and(|max| self.health().in_flight() >= max)
     }
 
+    /// Takes a place in flight below its limit, in one atomic step; `false` when it is full
+    /// ([`PeerHealth::reserve`](crate::cell::PeerHealth)).
+    pub(crate) fn reserve(&self) -> bool {
+        self.health().reserve(self.inner.max_requests)
+    }
+
     /// The weight, used by weighted selectors.
     pub fn weight(&self) -> u32 {
         self.inner.weight

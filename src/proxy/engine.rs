@@ -13,7 +13,7 @@ use pingora_proxy::{FailToProxy, Session};
 use super::builder::FailoverBuilder;
 use super::feed::Feed;
 use super::hedge::{Hedging, Leg};
-use super::queue::Queue;
+use super::queue::{self, Queue};
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
@@ -155,7 +155,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             }
         };
         // A request counts once towards the budget: a hedge is not a request of its own.
-        if ctx.attempts().is_empty() && !Leg::of(session).is_some_and(|leg| leg.hedge) {
+        if ctx.attempts().is_empty() && !Leg::of(session).is_some_and(Leg::is_hedge) {
             if let Some(budget) = &self.budget {
                 budget.deposit();
             }
@@ -176,10 +176,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let mut http_peer = match next.peer.connect_target() {
             Ok(target) => Box::new(target.clone()),
             Err(e) => {
-                next.peer.health().end_request();
-                if let Some(queue) = &self.queue {
-                    queue.freed();
-                }
+                queue::give_back(next.peer.health(), self.queue.as_deref());
                 return Err(e);
             }
         };
@@ -342,7 +339,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return Ok(());
         }
         self.feed.blame_cuts(ctx);
-        ctx.retry_after = classify::retry_after(response);
         let kind = if self.policy.is_retriable_status(status) {
             Some(FailureKind::Status(status))
         } else {
@@ -350,6 +346,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 .filter(|c| self.policy.is_retriable_grpc_status(*c))
                 .map(FailureKind::GrpcStatus)
         };
+        // Read only where it is used: a retry's wait, and the cost floor of a 503's peer.
+        if kind.is_some() || status == 503 {
+            ctx.retry_after = classify::retry_after(response);
+        }
         if let Some(kind) = kind {
             self.feed.failed(ctx, kind);
             match self.judge(session, ctx, kind, false, None) {

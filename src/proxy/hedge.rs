@@ -80,14 +80,18 @@ impl Hedging {
 pub(crate) struct Leg {
     pub(crate) peer: Peer,
     pub(crate) probe: bool,
-    /// The second attempt: the client's request was already counted by the first.
-    pub(crate) hedge: bool,
-    /// The other attempt's peer, not to be chosen again if this one's is full.
+    /// For the second attempt (the hedge), the first attempt's peer, not to be chosen again if
+    /// this one's is full.
     pub(crate) avoid: Option<Peer>,
     pub(crate) records: Arc<Mutex<Vec<AttemptRecord>>>,
 }
 
 impl Leg {
+    /// Whether this is the second attempt: the client's request was counted by the first.
+    pub(crate) fn is_hedge(&self) -> bool {
+        self.avoid.is_some()
+    }
+
     /// The leg a subrequest carries, when `session` is one.
     pub(crate) fn of(session: &Session) -> Option<&Leg> {
         session
@@ -208,24 +212,24 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Some(second)
     }
 
-    /// Waits for the first usable header of any leg: a header under 500 wins at once; a 5xx is
-    /// held while another leg may still answer. The winner, or `None` when every leg ended.
+    /// Waits for the first usable header of the one or two legs: a header under 500 wins at
+    /// once; a 5xx is held while the other leg may still answer. The winner, or `None` when
+    /// every leg ended.
     async fn race(
         legs: &mut [Running],
         held: &mut Option<(usize, Box<ResponseHeader>)>,
     ) -> Option<(usize, Box<ResponseHeader>)> {
-        let mut open: Vec<bool> = vec![true; legs.len()];
-        while open.iter().any(|o| *o) {
-            let (index, header) = {
-                let waits = legs
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| open[*i])
-                    .map(|(i, leg)| Box::pin(async move { (i, next_header(leg).await) }));
-                futures_select(waits).await
+        let [first, second] = legs else {
+            return settle(1, held, 0, next_header(&mut legs[0]).await);
+        };
+        let mut open = [true, true];
+        while open != [false, false] {
+            let (index, header) = tokio::select! {
+                header = next_header(first), if open[0] => (0, header),
+                header = next_header(second), if open[1] => (1, header),
             };
             open[index] = false;
-            if let Some(w) = settle(legs.len(), held, index, header) {
+            if let Some(w) = settle(2, held, index, header) {
                 return Some(w);
             }
         }
@@ -256,7 +260,6 @@ fn start(session: &Session, peer: Peer, probe: bool, avoid: Option<&Peer>) -> Ru
     let leg = Leg {
         peer: peer.clone(),
         probe,
-        hedge: avoid.is_some(),
         avoid: avoid.cloned(),
         records: records.clone(),
     };
@@ -320,21 +323,4 @@ async fn forward(
             "hedged request: the answering attempt ended before its response did",
         )
     }))
-}
-
-/// The first of `waits` to finish.
-async fn futures_select<F, T>(waits: impl Iterator<Item = F>) -> T
-where
-    F: std::future::Future<Output = T> + Unpin,
-{
-    let mut waits: Vec<F> = waits.collect();
-    std::future::poll_fn(move |cx| {
-        for w in waits.iter_mut() {
-            if let std::task::Poll::Ready(v) = std::pin::Pin::new(w).poll(cx) {
-                return std::task::Poll::Ready(v);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }

@@ -14,6 +14,7 @@ use pingora_proxy::Session;
 use super::engine::{no_peer, Failover};
 use super::hedge::Leg;
 use super::walk::client_ip;
+use crate::cell::PeerHealth;
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, StopReason, Verdict};
 use crate::error::{check_timeout, ConfigError};
 use crate::retry::RetryPolicy;
@@ -21,6 +22,15 @@ use crate::select::{Attempt, PeerSelector};
 
 /// The longest a request may wait in the queue.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Gives back a place in flight on the peer of `health`, and lets the requests waiting in
+/// `queue`, if any, look again.
+pub(crate) fn give_back(health: &PeerHealth, queue: Option<&Queue>) {
+    health.end_request();
+    if let Some(queue) = queue {
+        queue.freed();
+    }
+}
 
 /// Why a request left the queue without a place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,7 +153,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             let Some(mut n) = next.take() else {
                 break;
             };
-            if n.peer.health().reserve(n.peer.max_requests()) {
+            if n.peer.reserve() {
                 return Ok(n);
             }
             next = self
@@ -154,24 +164,17 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     n
                 });
         }
-        // Only a pool with a full peer is worth waiting for.
-        let full = || {
-            self.feed
-                .pool
-                .as_ref()
-                .is_none_or(|pool| pool.snapshot().iter().any(crate::peer::Peer::is_at_limit))
-        };
+        let attempt = attempt(ctx, &avoided, session);
+        // Only a pool with a peer that is only full is worth waiting for.
         if let Some(queue) = self
             .queue
             .as_ref()
-            .filter(|_| ctx.attempts().is_empty() && full())
+            .filter(|_| ctx.attempts().is_empty() && self.pool_full(&attempt) != Some(false))
         {
-            let attempt = attempt(ctx, &avoided, session);
             let placed = queue
                 .wait(|| {
                     let (peer, probe) = self.choose(&attempt)?;
-                    let health = peer.health();
-                    health.reserve(peer.max_requests()).then_some((peer, probe))
+                    peer.reserve().then_some((peer, probe))
                 })
                 .await;
             match placed {

@@ -109,6 +109,13 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         Ok(next)
     }
 
+    /// Whether a peer of the selector's pool would take `query` but for its limit of requests
+    /// in flight ([`Attempt::full`]); `None` for a selector without a pool.
+    pub(super) fn pool_full(&self, query: &Attempt<'_>) -> Option<bool> {
+        let pool = self.feed.pool.as_ref()?;
+        Some(pool.snapshot().iter().any(|p| query.full(p)))
+    }
+
     /// The peer for the retry after attempt number `attempt`, and how long to wait for it.
     pub(super) fn next_peer(
         &self,
@@ -121,18 +128,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let query =
             Attempt::new(attempts, Some(session.req_header())).with_client_ip(client_ip(session));
         if let Some((peer, probe)) = self.choose(&query) {
-            return Ok(Next {
-                peer,
-                probe,
-                wait: Duration::ZERO,
-                paid: None,
-            });
+            return Ok(Next::to(peer, probe));
         }
         // A healthy peer that is only full: shed the request, as a first attempt would be.
-        if let Some(pool) = &self.feed.pool {
-            if pool.snapshot().iter().any(|p| query.full(p)) {
-                return Err(StopReason::Full);
-            }
+        if self.pool_full(&query) == Some(true) {
+            return Err(StopReason::Full);
         }
         // Every peer has been tried: return to the one that will be healthy first, after a
         // backoff, or after the wait the upstream asked for.

@@ -595,19 +595,7 @@ impl ProxyServer {
 
     /// The statuses of `n` GETs of `/` sent at once, sorted.
     pub async fn concurrent_statuses(&self, n: usize) -> Vec<u16> {
-        let http = client();
-        let requests: Vec<_> = (0..n)
-            .map(|_| {
-                let (http, url) = (http.clone(), self.url("/"));
-                tokio::spawn(async move { http.get(url).send().await.unwrap().status().as_u16() })
-            })
-            .collect();
-        let mut statuses = Vec::new();
-        for r in requests {
-            statuses.push(r.await.unwrap());
-        }
-        statuses.sort_unstable();
-        statuses
+        concurrent_statuses(&self.url("/"), n).await
     }
 
     /// GETs `/` until upstream `want` answers (at most 10 s); how long that took.
@@ -782,6 +770,19 @@ where
         .into_app(&server_conf())
         .unwrap();
     (ProxyServer::start(app).await, log)
+}
+
+/// The statuses of `n` GETs of `url` sent at once, sorted.
+pub async fn concurrent_statuses(url: &str, n: usize) -> Vec<u16> {
+    let http = client();
+    let mut statuses: Vec<u16> =
+        futures_util::future::join_all((0..n).map(|_| http.get(url).send()))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+    statuses.sort_unstable();
+    statuses
 }
 
 /// Open file descriptors of this process.
