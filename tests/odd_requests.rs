@@ -149,10 +149,12 @@ async fn a_quiet_upgraded_connection_is_never_cut() {
         assert_eq!(proxy.get_text(&client(), "/").await, "ok");
     }
     // Pingora 0.9.1 itself sometimes ends a tunnel right after its 101 (cloudflare/pingora#946;
-    // `bench upgrade`, README "Protocols"), with or without this crate: a client reconnects, and
-    // so does this one, up to three times. A cut would end every try.
+    // `bench upgrade`, README "Protocols"), with or without this crate, and more often on a
+    // loaded machine (a clean-clone `make test`, building beside the tests, once saw three
+    // in a row): a client reconnects, and so does this one, up to ten times. A cut would end
+    // every try.
     let mut tries = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..10 {
         let text = quiet_tunnel(proxy.addr).await;
         assert!(text.starts_with("HTTP/1.1 101"), "{text}");
         if text.ends_with("hello") {
