@@ -101,8 +101,11 @@ async fn flapping_primary_loses_no_get(
     );
     assert_eq!(results.len(), REQUESTS);
     assert_eq!(
-        failed_gets, 0,
-        "a GET failed while the backup was healthy (seed {seed})"
+        failed_gets,
+        0,
+        "a GET failed while the backup was healthy (seed {seed}); the failed requests' errors: \
+         {:?}",
+        log.errors().into_iter().flatten().collect::<Vec<_>>()
     );
     assert!(failed_posts.iter().all(|s| *s == 502), "{failed_posts:?}");
     let mut arrivals: HashMap<String, usize> = HashMap::new();
