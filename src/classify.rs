@@ -30,6 +30,7 @@
 //! |---|---|---|---|---|
 //! | `H2Error` from RST_STREAM `REFUSED_STREAM` | an h2 upstream refused the stream (RFC 9113 §8.7) | `Unprocessed` | no | retry |
 //! | `H2Error` from the upstream's GOAWAY | an h2 upstream shutting down, for a stream above its last processed id (h2 fails no other stream with it) | `Unprocessed` | no | retry |
+//! | `H2Error` "while sending request" | h2 would not open the stream: the pooled h2 connection closed before the request went out | `Unprocessed` | no | retry |
 //! | `H2Downgrade`, `InvalidH2` | an h2 upstream asked for HTTP/1.1 (`HTTP_1_1_REQUIRED`) or sent invalid frames; pingora then prefers h1 for the peer | `Protocol` | yes | retry |
 //! | `ReadTimedout` (or h2 `PingTimedout`), before the response header went to the client | a slow or hung upstream | `HeaderTimeout` | yes | retry |
 //! | `ReadTimedout` (or `PingTimedout`), after it | a stalled body | `BodyTimeout` | yes | stop (never retried: the client has part of a response) |
@@ -233,6 +234,9 @@ impl fmt::Display for FailureKind {
     }
 }
 
+/// The context pingora-core gives an HTTP/2 stream it could not open.
+const H2_NOT_SENT: &str = "while sending request";
+
 /// The name pingora-core gives an HTTP/2 ping that went unanswered.
 const PING_TIMEDOUT: &str = "PingTimedout";
 
@@ -300,7 +304,18 @@ const LOCAL_ERRNOS: [i32; 8] = [
 /// a stream with the upstream's GOAWAY only in that case, whatever the GOAWAY's code: streams at
 /// or below the last id run on, and fail with an I/O error if the connection then closes. A
 /// GOAWAY that h2 itself sends (`is_library`) fails every stream, so it proves nothing.
+///
+/// A stream h2 would not open is not processed either: pingora 0.9.1 fails
+/// `write_request_header` with an `H2Error` "while sending request" when the connection it took
+/// from the pool closed before the request went out (the upstream went away between two
+/// requests), and nothing of the request was written.
 fn h2_unprocessed(e: &Error) -> bool {
+    if e.context
+        .as_ref()
+        .is_some_and(|c| c.as_str() == H2_NOT_SENT)
+    {
+        return true;
+    }
     let Some(h2) = e.root_cause().downcast_ref::<h2::Error>() else {
         return false;
     };
@@ -408,6 +423,15 @@ mod tests {
         let refused = wrap(h2::Error::from(h2::Reason::REFUSED_STREAM));
         // `From<Reason>` builds a locally initiated reset: not the upstream's word.
         assert_eq!(proxy_error(&refused, false, false), FailureKind::Other);
+        // A stream h2 would not open on a pooled connection that had closed: nothing was sent,
+        // as pingora's `write_request_header` reports it.
+        let closed = h2::Error::from(h2::Reason::CANCEL);
+        let mut not_sent = Error::because(ErrorType::H2Error, H2_NOT_SENT, closed);
+        not_sent.esource = ErrorSource::Upstream;
+        assert_eq!(
+            proxy_error(&not_sent, false, false),
+            FailureKind::Unprocessed
+        );
         assert_eq!(
             proxy_error(
                 &err(ErrorType::H2Downgrade, ErrorSource::Upstream),

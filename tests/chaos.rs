@@ -272,6 +272,11 @@ async fn chaos_under_load_keeps_every_promise() {
         failed.len()
     );
     println!("last-attempt failures by cause: {causes:?}");
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    for e in log.errors().into_iter().flatten() {
+        *errors.entry(e).or_default() += 1;
+    }
+    println!("errors the clients got: {errors:#?}");
 
     // Every GET succeeded, with an uncorrupted body from one upstream.
     let names = ["anchor", "b", "h2c", "d"];
