@@ -62,7 +62,9 @@ pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use cut::AdaptiveTimeouts;
 #[cfg(feature = "discovery")]
 pub use discovery::Discovered;
-pub use discovery::PeersFile;
+pub use discovery::{
+    Feed, PeersFile, Source, SourceEvent, SourceService, SourceState, SourceStatus,
+};
 #[cfg(feature = "dns")]
 pub use discovery::Resolver;
 pub use error::ConfigError;
@@ -98,7 +100,8 @@ pub mod pingora {
     pub use pingora_http::{RequestHeader, ResponseHeader};
     pub use pingora_proxy::{http_proxy_service, FailToProxy, HttpProxy, ProxyHttp, Session};
 
-    /// The attribute pingora's `ProxyHttp` trait is written with, for implementing it.
+    /// The attribute pingora's `ProxyHttp` trait (and the crate's [`Source`](crate::Source)) is
+    /// written with, for implementing it.
     pub use async_trait::async_trait;
 }
 

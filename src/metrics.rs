@@ -1,6 +1,6 @@
 //! Prometheus metrics (feature `metrics`).
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::cell::gate::Tally;
 use crate::cell::membership::Accounts;
@@ -49,6 +49,11 @@ const OUTCOMES: [&str; 21] = [
 /// | `failover_peers` | gauge | (the peers of the sets given these metrics) |
 /// | `failover_peer_changes_total` | counter | `change` (`added`, `removed`) |
 /// | `failover_resolve_failures_total` | counter | `name` |
+/// | `failover_source_updates_total` | counter | `source` (the name given to its [`SourceService`](crate::SourceService)) |
+/// | `failover_source_failures_total` | counter | `source` (the set kept its peers) |
+/// | `failover_source_skipped_total` | counter | `source` (entries left out) |
+/// | `failover_source_revision` | gauge | `source` (its revision or serial at the last update) |
+/// | `failover_source_last_success_seconds` | gauge | `source` (Unix time of the last update) |
 ///
 /// The per-peer series and the ejected-peers gauge follow the peers' sets: when a peer leaves
 /// the last set that held it, its ejection stops counting and its series are removed, so that a
@@ -70,6 +75,11 @@ pub struct Metrics {
     peers: IntGauge,
     peer_changes: IntCounterVec,
     resolve_failures: IntCounterVec,
+    source_updates: IntCounterVec,
+    source_failures: IntCounterVec,
+    source_skipped: IntCounterVec,
+    source_revision: IntGaugeVec,
+    source_last_success: IntGaugeVec,
 }
 
 impl Metrics {
@@ -120,6 +130,41 @@ impl Metrics {
                 ),
                 &["name"],
             )?,
+            source_updates: IntCounterVec::new(
+                Opts::new(
+                    "failover_source_updates_total",
+                    "Updates of a peer set from its source.",
+                ),
+                &["source"],
+            )?,
+            source_failures: IntCounterVec::new(
+                Opts::new(
+                    "failover_source_failures_total",
+                    "Failures of a source (its set kept its peers).",
+                ),
+                &["source"],
+            )?,
+            source_skipped: IntCounterVec::new(
+                Opts::new(
+                    "failover_source_skipped_total",
+                    "Entries of a source left out as unusable.",
+                ),
+                &["source"],
+            )?,
+            source_revision: IntGaugeVec::new(
+                Opts::new(
+                    "failover_source_revision",
+                    "A source's revision or serial at its last update.",
+                ),
+                &["source"],
+            )?,
+            source_last_success: IntGaugeVec::new(
+                Opts::new(
+                    "failover_source_last_success_seconds",
+                    "Unix time of a source's last update.",
+                ),
+                &["source"],
+            )?,
         };
         registry.register(Box::new(m.attempts.clone()))?;
         registry.register(Box::new(m.retries.clone()))?;
@@ -131,6 +176,11 @@ impl Metrics {
         registry.register(Box::new(m.peers.clone()))?;
         registry.register(Box::new(m.peer_changes.clone()))?;
         registry.register(Box::new(m.resolve_failures.clone()))?;
+        registry.register(Box::new(m.source_updates.clone()))?;
+        registry.register(Box::new(m.source_failures.clone()))?;
+        registry.register(Box::new(m.source_skipped.clone()))?;
+        registry.register(Box::new(m.source_revision.clone()))?;
+        registry.register(Box::new(m.source_last_success.clone()))?;
         Ok(m)
     }
 
@@ -199,6 +249,37 @@ impl Metrics {
         self.resolve_failures
             .with_label_values(&[name.name()])
             .inc();
+    }
+}
+
+/// A source's reports.
+impl Metrics {
+    pub(crate) fn source_updated(
+        &self,
+        source: &str,
+        at: std::time::SystemTime,
+        revision: Option<u64>,
+    ) {
+        self.source_updates.with_label_values(&[source]).inc();
+        let secs = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.source_last_success
+            .with_label_values(&[source])
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
+        if let Some(r) = revision {
+            self.source_revision
+                .with_label_values(&[source])
+                .set(i64::try_from(r).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub(crate) fn source_failed(&self, source: &str) {
+        self.source_failures.with_label_values(&[source]).inc();
+    }
+
+    pub(crate) fn source_skipped(&self, source: &str) {
+        self.source_skipped.with_label_values(&[source]).inc();
     }
 }
 

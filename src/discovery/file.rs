@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::discovery::{builder, PeerSettings};
+use async_trait::async_trait;
+
+use crate::discovery::{builder, Feed, PeerSettings, Source, SourceService};
 use crate::error::ConfigError;
 use crate::peer::{Peer, PeerBuilder};
 use crate::set::PeerSet;
@@ -168,82 +170,98 @@ impl PeersFile {
         Ok(n)
     }
 
-    /// Keeps `set` in step with the file, on a thread of its own, until the set is dropped.
+    /// Keeps `set` in step with the file, on a thread of its own, until the set is dropped
+    /// (a [`SourceService`](crate::SourceService) spawned; in a pingora server, prefer
+    /// `SourceService::new("peers-file", file, &set).into_service()`, which starts after
+    /// pingora's fork).
     ///
     /// # Errors
     ///
-    /// [`ConfigError::PeersFile`] when the watching thread (or the SIGHUP handler) cannot
-    /// start, and a timeout error for an interval of 0 or over a day.
+    /// [`ConfigError::PeersFile`] when the watching thread cannot start, and a timeout error
+    /// for an interval of 0 or over a day.
     pub fn watch(self, set: &PeerSet) -> Result<(), ConfigError> {
+        self.check()?;
+        let path = self.path.display().to_string();
+        SourceService::new("peers-file", self, set)
+            .spawn()
+            .map(drop)
+            .map_err(|e| ConfigError::PeersFile {
+                path,
+                reason: e.to_string(),
+            })
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         crate::error::check_timeout(
             "peers file interval",
             self.interval,
             Duration::from_secs(86_400),
-        )?;
-        set.follow(Arc::new(move |set, forked| self.clone().spawn(set, forked)))
+        )
+        .map(drop)
     }
 
-    /// Starts the watching thread; `forked`: in a process forked since the last one started,
-    /// where the file is read again at once.
-    fn spawn(self, set: &PeerSet, forked: bool) -> Result<(), ConfigError> {
-        let path = self.path.display().to_string();
-        let failed = |reason: String| ConfigError::PeersFile {
-            path: path.clone(),
-            reason,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| failed(e.to_string()))?;
-        // The handler is in place before this returns: a SIGHUP that comes after must not find
-        // the process without one (its default action ends the process).
-        let hup = if self.sighup {
-            let _runtime = runtime.enter();
-            let kind = tokio::signal::unix::SignalKind::hangup();
-            Some(tokio::signal::unix::signal(kind).map_err(|e| failed(e.to_string()))?)
-        } else {
-            None
-        };
-        let set = set.downgrade();
-        std::thread::Builder::new()
-            .name("failover-peers-file".into())
-            .spawn(move || runtime.block_on(self.follow(set, hup, forked)))
-            .map_err(|e| failed(e.to_string()))?;
-        Ok(())
-    }
-
-    async fn follow(
-        self,
-        set: std::sync::Weak<crate::set::Shared>,
-        mut hup: Option<tokio::signal::unix::Signal>,
-        forked: bool,
-    ) {
-        // After a fork, the file may have changed since the parent last read it.
-        let mut seen = (!forked).then(|| self.stamp());
-        let mut tick = tokio::time::interval(self.interval);
-        loop {
-            let signalled = tokio::select! {
-                _ = tick.tick() => false,
-                Some(()) = async { hup.as_mut()?.recv().await } => true,
-            };
-            let Some(set) = PeerSet::upgrade(&set) else {
-                return;
-            };
-            let stamp = Some(self.stamp());
-            if !signalled && stamp == seen {
-                continue;
+    /// Reads the file into the feed, and tells [`on_reload`](Self::on_reload).
+    fn reload_into(&self, feed: &Feed) {
+        // `replace` reports its own failure; a file that cannot be read or parsed is reported
+        // here.
+        let result = match self.load() {
+            Ok(peers) => {
+                let n = peers.len();
+                feed.replace(peers, None).map(|()| n)
             }
-            seen = stamp;
-            let result = self.reload(&set);
-            if let Some(f) = &self.on_reload {
-                crate::health::guarded(|| f(&result));
+            Err(e) => {
+                feed.failed(&e);
+                Err(e)
             }
+        };
+        if let Some(f) = &self.on_reload {
+            crate::health::guarded(|| f(&result));
         }
     }
 
     fn stamp(&self) -> Option<(SystemTime, u64)> {
         let m = std::fs::metadata(&self.path).ok()?;
         Some((m.modified().ok()?, m.len()))
+    }
+}
+
+/// The file is read when the source starts (in a process forked since, it may have changed),
+/// then whenever its modification time or size changes, and on SIGHUP when asked.
+#[async_trait]
+impl Source for PeersFile {
+    async fn run(&self, feed: &Feed) {
+        if let Err(e) = self.check() {
+            feed.failed(&e);
+            feed.stopped().await;
+            return;
+        }
+        // The handler is in place before the source says it runs: a SIGHUP that comes after
+        // must not find the process without one (its default action ends the process).
+        let mut hup = None;
+        if self.sighup {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(signal) => hup = Some(signal),
+                Err(e) => feed.failed(&format!("no SIGHUP handler: {e}")),
+            }
+        }
+        feed.ready();
+        let mut seen = self.stamp();
+        self.reload_into(feed);
+        let mut tick = tokio::time::interval(self.interval);
+        tick.tick().await;
+        loop {
+            let signalled = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = async { hup.as_mut()?.recv().await } => true,
+                () = feed.stopped() => return,
+            };
+            let stamp = self.stamp();
+            if !signalled && stamp == seen {
+                continue;
+            }
+            seen = stamp;
+            self.reload_into(feed);
+        }
     }
 }
 

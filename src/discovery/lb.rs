@@ -10,7 +10,9 @@ use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::Backend;
 
-use crate::discovery::{builder, PeerSettings};
+use async_trait::async_trait;
+
+use crate::discovery::{builder, Feed, PeerSettings, Source, SourceService};
 use crate::error::{check_timeout, ConfigError};
 use crate::peer::{Peer, PeerBuilder};
 use crate::set::PeerSet;
@@ -143,63 +145,43 @@ impl Discovered {
     }
 
     /// Asks the discovery every interval, on a thread of its own, and replaces `set`'s peers
-    /// with its answer, until the set is dropped.
+    /// with its answer, until the set is dropped (a [`SourceService`](crate::SourceService)
+    /// spawned; in a pingora server, prefer `SourceService::new("discovery", source,
+    /// &set).into_service()`, which starts after pingora's fork).
     ///
     /// # Errors
     ///
     /// [`ConfigError::Resolve`] when the thread cannot start.
     pub fn watch(self, set: &PeerSet) -> Result<(), ConfigError> {
-        set.follow(std::sync::Arc::new(move |set, forked| {
-            self.clone().spawn(set, forked)
-        }))
+        SourceService::new("discovery", self, set).spawn().map(drop)
     }
+}
 
-    /// Starts the thread; `forked`: in a process forked since the last one started, where the
-    /// discovery is asked at once.
-    fn spawn(self, set: &PeerSet, forked: bool) -> Result<(), ConfigError> {
-        let failed = |e: std::io::Error| ConfigError::Resolve {
-            name: "service discovery".into(),
-            reason: e.to_string(),
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(failed)?;
-        let set = set.downgrade();
-        std::thread::Builder::new()
-            .name("failover-discovery".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let mut wait = !forked;
-                    loop {
-                        if wait {
-                            tokio::time::sleep(self.every).await;
-                        }
-                        wait = true;
-                        if set.strong_count() == 0 {
-                            return;
-                        }
-                        // Only the weak handle is held while the discovery runs, so a dropped
-                        // set is freed even when the discovery hangs.
-                        let found = self.discover().await;
-                        let Some(set) = PeerSet::upgrade(&set) else {
-                            return;
-                        };
-                        // An empty answer keeps the set, as LoadBalancer keeps its backends on an
-                        // error: a discovery hiccup must not drain it.
-                        let result = match found {
-                            Ok(peers) if peers.is_empty() => Err(ConfigError::NoPeers),
-                            Ok(peers) => set.replace(peers),
-                            Err(e) => Err(e),
-                        };
-                        if let (Err(e), Some(f)) = (result, &self.on_error) {
-                            crate::health::guarded(|| f(&e));
-                        }
-                    }
-                })
-            })
-            .map_err(failed)?;
-        Ok(())
+/// The discovery is asked when the source starts, then every interval. An empty answer keeps
+/// the set, as `LoadBalancer` keeps its backends on an error: a discovery hiccup must not
+/// drain it.
+#[async_trait]
+impl Source for Discovered {
+    async fn run(&self, feed: &Feed) {
+        loop {
+            let found = tokio::select! {
+                found = self.discover() => found,
+                () = feed.stopped() => return,
+            };
+            let result = match found {
+                Ok(peers) => feed.replace(peers, None),
+                Err(e) => {
+                    feed.failed(&e);
+                    Err(e)
+                }
+            };
+            if let (Err(e), Some(f)) = (result, &self.on_error) {
+                crate::health::guarded(|| f(&e));
+            }
+            if !feed.sleep(self.every).await {
+                return;
+            }
+        }
     }
 }
 

@@ -1,9 +1,14 @@
 //! Where a [`PeerSet`](crate::PeerSet)'s peers come from besides a static list: names resolved
-//! by DNS, a peers file, and pingora-load-balancing's discovery.
+//! by DNS, a peers file, pingora-load-balancing's discovery, etcd, and any [`Source`] of your
+//! own, run by a [`SourceService`].
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod file;
 #[cfg(feature = "discovery")]
 mod lb;
+mod service;
+mod source;
 
 // Names are members of a set (each expands in its place in the order), so resolving them is the
 // set's own work: the resolver lives in `set::dns`, and is offered here beside the other sources.
@@ -26,6 +31,8 @@ pub(crate) fn builder(addr: impl Into<String>, settings: Option<&PeerSettings>) 
     }
 }
 pub use file::PeersFile;
+pub use service::{SourceService, SourceStatus};
+pub use source::{Feed, Source, SourceEvent, SourceState};
 #[cfg(feature = "discovery")]
 pub(crate) use lb::peer_of;
 #[cfg(feature = "discovery")]
