@@ -196,6 +196,25 @@ pub enum ConfigError {
         reason: String,
     },
 
+    /// An etcd endpoint or prefix is not usable, or no endpoint answered.
+    #[error("etcd {endpoint}: {reason}")]
+    Etcd {
+        /// The endpoint (or endpoints).
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// One entry of a source (an etcd key) has a value the crate cannot read; the source leaves
+    /// it out.
+    #[error("entry {entry}: {reason}")]
+    InvalidEntry {
+        /// The entry (the key).
+        entry: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+
     /// A number that must lie in a range does not.
     #[error("{what} is {value}, outside {range}")]
     OutOfRange {
