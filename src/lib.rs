@@ -62,11 +62,11 @@ pub use ctx::{AttemptRecord, FailoverCtx, Outcome, StopReason, Verdict};
 pub use cut::AdaptiveTimeouts;
 #[cfg(feature = "discovery")]
 pub use discovery::Discovered;
+#[cfg(feature = "dns")]
+pub use discovery::Resolver;
 pub use discovery::{
     Feed, PeersFile, Source, SourceEvent, SourceService, SourceState, SourceStatus,
 };
-#[cfg(feature = "dns")]
-pub use discovery::Resolver;
 pub use error::ConfigError;
 #[cfg(feature = "active-health")]
 pub use health::ActiveHealthCheck;

@@ -31,9 +31,9 @@ pub(crate) fn builder(addr: impl Into<String>, settings: Option<&PeerSettings>) 
     }
 }
 pub use file::PeersFile;
-pub use service::{SourceService, SourceStatus};
-pub use source::{Feed, Source, SourceEvent, SourceState};
 #[cfg(feature = "discovery")]
 pub(crate) use lb::peer_of;
 #[cfg(feature = "discovery")]
 pub use lb::Discovered;
+pub use service::{SourceService, SourceStatus};
+pub use source::{Feed, Source, SourceEvent, SourceState};

@@ -69,8 +69,8 @@ impl Gateway {
         session.read_timeout = Some(self.timeout);
         session.write_timeout = Some(self.timeout);
         let body = body.to_string();
-        let mut req = RequestHeader::build("POST", path.as_bytes(), None)
-            .map_err(|e| e.to_string())?;
+        let mut req =
+            RequestHeader::build("POST", path.as_bytes(), None).map_err(|e| e.to_string())?;
         for (name, value) in [
             ("host", self.host.clone()),
             ("content-type", "application/json".to_owned()),
@@ -191,14 +191,18 @@ impl WatchStream {
         let answer: WatchLine = serde_json::from_slice(line)
             .map_err(|e| format!("etcd at {}: a watch answer: {e}", self.host))?;
         let Some(result) = answer.result else {
-            let why = answer.error.map_or_else(|| "no result".into(), |e| e.to_string());
+            let why = answer
+                .error
+                .map_or_else(|| "no result".into(), |e| e.to_string());
             return Err(format!("etcd at {}: the watch failed: {why}", self.host));
         };
         let revision = number(&result.header.revision)?;
         if result.canceled {
             let compacted = number(&result.compact_revision)?;
             return if compacted != 0 {
-                Ok(Watched::Compacted { revision: compacted })
+                Ok(Watched::Compacted {
+                    revision: compacted,
+                })
             } else {
                 Err(format!(
                     "etcd at {}: the watch was canceled: {}",
@@ -247,11 +251,13 @@ fn number(s: &str) -> Result<u64, Failure> {
     if s.is_empty() {
         return Ok(0);
     }
-    s.parse().map_err(|_| format!("etcd sent {s:?} for a number"))
+    s.parse()
+        .map_err(|_| format!("etcd sent {s:?} for a number"))
 }
 
 fn bytes(b64: &str) -> Result<Vec<u8>, Failure> {
-    B64.decode(b64).map_err(|e| format!("etcd sent bad base64: {e}"))
+    B64.decode(b64)
+        .map_err(|e| format!("etcd sent bad base64: {e}"))
 }
 
 fn text(b64: &str) -> Result<String, Failure> {

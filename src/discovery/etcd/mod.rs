@@ -76,6 +76,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// let service = SourceService::new("etcd", etcd, &set).into_service();
 /// # Ok(()) }
 /// ```
+#[derive(Clone)]
 pub struct Etcd {
     endpoints: Vec<String>,
     prefix: String,
@@ -117,11 +118,16 @@ impl Etcd {
             .map(str::trim)
             .map(|url| {
                 let host = url.strip_prefix("http://").ok_or_else(|| {
-                    bad(url, "not an http:// URL (the JSON gateway is served over http)")
+                    bad(
+                        url,
+                        "not an http:// URL (the JSON gateway is served over http)",
+                    )
                 })?;
                 let host = host.trim_end_matches('/');
                 match host.rsplit_once(':') {
-                    Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                    Some((h, port))
+                        if !h.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) =>
+                    {
                         Ok(host.to_owned())
                     }
                     _ => Err(bad(url, "give the host and the port: http://HOST:PORT")),
@@ -281,10 +287,7 @@ impl Etcd {
         let _ = feed.replace(entries.peers(), Some(revision));
         *backoff = MIN_BACKOFF;
         let start = revision + 1;
-        let mut watch = match gateway
-            .watch(&self.prefix, start, self.watch_idle)
-            .await
-        {
+        let mut watch = match gateway.watch(&self.prefix, start, self.watch_idle).await {
             Ok(watch) => watch,
             Err(e) => return e,
         };
@@ -300,7 +303,9 @@ impl Etcd {
                     let _ = feed.replace(entries.peers(), Some(revision));
                 }
                 Ok(Watched::Progress { revision }) => feed.unchanged(Some(revision)),
-                Ok(Watched::Compacted { revision: compacted }) => {
+                Ok(Watched::Compacted {
+                    revision: compacted,
+                }) => {
                     return format!(
                         "the watch from revision {start} is older than the compaction at \
                          {compacted}: reading everything again"
@@ -416,7 +421,11 @@ mod tests {
         // Another tier's peer is not this source's.
         let backup = br#"{"addr": "127.0.0.1:8082", "tier": 1}"#;
         assert!(e.parse_entry("/p/c", backup).unwrap().is_none());
-        assert!(e.with_tier(1).parse_entry("/p/c", backup).unwrap().is_some());
+        assert!(e
+            .with_tier(1)
+            .parse_entry("/p/c", backup)
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -424,7 +433,10 @@ mod tests {
         let e = Etcd::new("http://127.0.0.1:2379", "/p/").unwrap();
         for (value, want) in [
             (&b"{not json"[..], "InvalidEntry"),
-            (br#"{"addr": "127.0.0.1:1", "colour": "red"}"#, "InvalidEntry"),
+            (
+                br#"{"addr": "127.0.0.1:1", "colour": "red"}"#,
+                "InvalidEntry",
+            ),
             (br#"{"addr": "127.0.0.1:1", "http": "h3"}"#, "InvalidEntry"),
             (br#"{"addr": "127.0.0.1:1", "weight": "x"}"#, "InvalidEntry"),
             (b"\xff", "InvalidEntry"),
