@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # The optional integrations, checked and tested alongside the default build. `rustls` is the TLS
 # back-end the HTTPS tests run on (pure Rust, nothing to install). docs.rs builds the same set.
-FEATURES := active-health discovery metrics rustls
+FEATURES := active-health discovery metrics rustls etcd
 
 .PHONY: demo test deps bench bench-micro chaos
 
@@ -20,6 +20,16 @@ deps:
 	  fi; \
 	fi
 	@command -v cc >/dev/null 2>&1 || { echo "pingora needs a C compiler: install gcc or clang"; exit 1; }
+	@# The etcd tests run a real etcd (Debian's etcd-server, 3.4) on loopback ports of their own.
+	@if ! command -v etcd >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing etcd-server (the etcd tests run a real etcd)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null; \
+	  else \
+	    echo "the etcd tests need etcd: install it (Debian/Ubuntu: apt-get install etcd-server; macOS: brew install etcd)"; \
+	    exit 1; \
+	  fi; \
+	fi
 	@# The test of a blackholed upstream drops its packets on loopback with iptables (as root).
 	@if ! command -v iptables >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing iptables (the blackhole test drops packets on loopback)"; \

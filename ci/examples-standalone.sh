@@ -11,7 +11,7 @@ set -euo pipefail
 crate=$(cd "$(dirname "$0")/.." && pwd)
 manifest="$crate/Cargo.toml"
 # The crate's features to turn on, as `make test` builds the examples.
-features=${FEATURES:-active-health discovery metrics rustls}
+features=${FEATURES:-active-health discovery metrics rustls etcd}
 
 # 1. Nothing included from outside examples/.
 if grep -rnE '#\[path|include!\(' "$crate/examples"; then

@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$root/Cargo.toml")"
-features="${FEATURES:-active-health discovery metrics rustls}"
+features="${FEATURES:-active-health discovery metrics rustls etcd}"
 if ! rustup run "$msrv" rustc --version >/dev/null 2>&1; then
   echo "installing rust $msrv for the MSRV check"
   rustup toolchain install "$msrv" --profile minimal

@@ -3,6 +3,9 @@
 //! naming what is wrong, and `--check` validates without serving.
 
 mod support;
+#[cfg(feature = "etcd")]
+#[path = "support/etcd.rs"]
+mod test_etcd;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -502,13 +505,9 @@ impl Drop for Daemon {
     }
 }
 
-/// Pingora's daemon mode forks after the proxy has built its peer set and started following its
-/// peers file: the daemon keeps following it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
-    let a = Upstream::start("a", Mode::Ok).await;
-    let b = Upstream::start("b", Mode::Ok).await;
-    let peers = TempPath::with_text("daemon-peers", &format!("{}\n", a.peer_addr()));
+/// The proxy's binary run as a daemon with `args` (and a free `--listen`, a pid file, `--quiet`):
+/// the daemon, and its address once it runs.
+async fn start_daemon(args: &[&str]) -> (Daemon, String, TempPath) {
     let pid_file = TempPath::new("daemon-pid");
     let listen = free_addr();
     // The daemon keeps the descriptors it was given: no pipe to wait on.
@@ -516,12 +515,11 @@ async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
         .args([
             "--listen",
             &listen,
-            "--peers-file",
-            peers.as_str(),
             "--daemon",
             pid_file.as_str(),
             "--quiet",
         ])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -539,30 +537,80 @@ async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
     })
     .await
     .expect("no daemon");
-    let _daemon = Daemon(pid);
+    (Daemon(pid), listen, pid_file)
+}
+
+/// Waits until the proxy at `listen` answers `want`.
+async fn until_answer(listen: &str, want: &str) {
     let http = client();
-    let answer = |http: reqwest::Client| {
-        let url = format!("http://{listen}/");
-        async move {
-            match http.get(url).send().await {
+    let url = format!("http://{listen}/");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let got = match http.get(&url).send().await {
                 Ok(r) => r.text().await.unwrap_or_default(),
                 Err(_) => String::new(),
+            };
+            if got == want {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    };
-    let until = |want: &'static str| {
-        let http = http.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(20), async {
-                while answer(http.clone()).await != want {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("the daemon never answered {want:?}"))
-        }
-    };
-    until("a").await;
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the daemon never answered {want:?}"))
+}
+
+/// The names of the daemon's threads.
+fn threads(daemon: &Daemon) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", daemon.0))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+                .map(|name| name.trim().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pingora's daemon mode forks after the proxy has built its peer set: the peers file is
+/// followed by a pingora background service in the daemon, on no thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let peers = TempPath::with_text("daemon-peers", &format!("{}\n", a.peer_addr()));
+    let (daemon, listen, _pid) = start_daemon(&["--peers-file", peers.as_str()]).await;
+    until_answer(&listen, "a").await;
     std::fs::write(&peers.0, format!("{}\n", b.peer_addr())).unwrap();
-    until("b").await;
+    until_answer(&listen, "b").await;
+    // Pingora's background service thread runs the source; no thread of the source's own.
+    let names = threads(&daemon);
+    assert!(names.iter().any(|n| n == "BG peers-file"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("failover-source")),
+        "a source thread in the daemon: {names:?}"
+    );
+}
+
+/// The same with etcd: the daemon reads the prefix, and follows a put made after the fork.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_a_daemon_the_proxy_follows_etcd() {
+    let etcd = test_etcd::TestEtcd::start().await;
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    etcd.put("/peers/x", &a.peer_addr()).await;
+    let url = etcd.url();
+    let (daemon, listen, _pid) = start_daemon(&["--etcd", &url, "--etcd-prefix", "/peers/"]).await;
+    until_answer(&listen, "a").await;
+    etcd.put("/peers/x", &b.peer_addr()).await;
+    until_answer(&listen, "b").await;
+    // Pingora's background service thread runs the source; no thread of the source's own.
+    let names = threads(&daemon);
+    assert!(names.iter().any(|n| n == "BG etcd"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("failover-source")),
+        "a source thread in the daemon: {names:?}"
+    );
 }

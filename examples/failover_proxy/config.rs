@@ -8,7 +8,7 @@ use std::time::Duration;
 use pingora_failover::{
     AdaptiveTimeouts, ConfigError, FailoverBuilder, HashKey, Hedging, HttpVersion,
     OutlierDetection, Peer, PeerBuilder, PeerSet, PeersFile, RecoveryProbe, RetryBudget, SlowStart,
-    StandardPolicy,
+    SourceService, StandardPolicy,
 };
 use serde::Deserialize;
 
@@ -40,6 +40,10 @@ pub struct Config {
     pub peers: Vec<PeerEntry>,
     /// A peers file instead (`ADDR [weight=N]` per line), read again on change and on SIGHUP.
     pub peers_file: Option<PathBuf>,
+    /// Or peers from etcd: one or more `http://HOST:PORT`, comma-separated (feature `etcd`).
+    pub etcd: Option<String>,
+    /// The key prefix of the peers in etcd, one key per peer.
+    pub etcd_prefix: Option<String>,
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
@@ -305,33 +309,85 @@ impl Config {
         }
     }
 
-    /// The peer set, from the list or the peers file.
-    pub fn peer_set(&self) -> Result<PeerSet, Invalid> {
+    /// The peer set, from the list, the peers file or etcd, and the source that keeps it in
+    /// step (run by pingora as a background service, after its fork in daemon mode).
+    pub fn peer_set(&self) -> Result<(PeerSet, Option<SourceService>), Invalid> {
         let settings = self.peer_settings();
-        match (&self.peers_file, self.peers.is_empty()) {
-            (Some(_), false) => Err(value("peers", "give peers or peers_file, not both")),
-            (None, true) => Err(value("peers", "no peers: give peers or peers_file")),
-            (Some(path), true) => {
-                let file = PeersFile::new(path)
-                    .with_peer_settings(settings)
-                    .reload_on_sighup()
-                    .on_reload(|result| match result {
-                        Ok(n) => eprintln!("failover_proxy: peers file reloaded, {n} peers"),
-                        Err(e) => eprintln!("failover_proxy: peers file kept as it was: {e}"),
-                    });
-                let set = PeerSet::new(file.load()?)?;
-                file.watch(&set)?;
-                Ok(set)
-            }
-            (None, false) => {
-                let peers = self
-                    .peers
-                    .iter()
-                    .map(|entry| peer(entry, &settings))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(PeerSet::new(peers)?)
-            }
+        let given = [
+            !self.peers.is_empty(),
+            self.peers_file.is_some(),
+            self.etcd.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => return Err(value("peers", "no peers: give peers, peers_file or etcd")),
+            1 => {}
+            _ => return Err(value("peers", "give one of peers, peers_file and etcd")),
         }
+        if let Some(path) = &self.peers_file {
+            let file = PeersFile::new(path)
+                .with_peer_settings(settings)
+                .reload_on_sighup()
+                .on_reload(|result| match result {
+                    Ok(n) => eprintln!("failover_proxy: peers file reloaded, {n} peers"),
+                    Err(e) => eprintln!("failover_proxy: peers file kept as it was: {e}"),
+                });
+            let set = PeerSet::new(file.load()?)?;
+            let source = SourceService::new("peers-file", file, &set);
+            return Ok((set, Some(source)));
+        }
+        if let Some(urls) = &self.etcd {
+            return self.etcd_set(urls, settings);
+        }
+        let peers = self
+            .peers
+            .iter()
+            .map(|entry| peer(entry, &settings))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((PeerSet::new(peers)?, None))
+    }
+
+    /// The peers under the etcd prefix now, read before pingora starts (on a runtime that
+    /// ends with the read: no thread is left for the fork), and the source that follows them.
+    #[cfg(feature = "etcd")]
+    fn etcd_set(
+        &self,
+        urls: &str,
+        settings: impl Fn(PeerBuilder) -> PeerBuilder + Send + Sync + 'static,
+    ) -> Result<(PeerSet, Option<SourceService>), Invalid> {
+        let prefix = self.etcd_prefix.as_deref().unwrap_or_default();
+        let etcd = pingora_failover::discovery::etcd::Etcd::new(urls, prefix)?
+            .with_peer_settings(settings);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| value("etcd", e.to_string()))?;
+        let set = runtime.block_on(etcd.load_set())?;
+        let source = SourceService::new("etcd", etcd, &set).on_event(|name, event| {
+            use pingora_failover::SourceEvent;
+            match event {
+                SourceEvent::Updated { .. } => {}
+                SourceEvent::Failed { error } => {
+                    eprintln!("failover_proxy: {name}: peers kept as they were: {error}")
+                }
+                SourceEvent::Skipped { entry, error } => {
+                    eprintln!("failover_proxy: {name}: {entry} left out: {error}")
+                }
+                other => eprintln!("failover_proxy: {name}: {other:?}"),
+            }
+        });
+        Ok((set, Some(source)))
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn etcd_set(
+        &self,
+        _: &str,
+        _: impl Fn(PeerBuilder) -> PeerBuilder,
+    ) -> Result<(PeerSet, Option<SourceService>), Invalid> {
+        Err(value(
+            "etcd",
+            "built without etcd: run with --features etcd",
+        ))
     }
 
     pub fn policy(&self) -> Result<StandardPolicy, Invalid> {

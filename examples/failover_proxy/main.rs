@@ -33,7 +33,7 @@ use clap::Parser;
 use pingora_failover::pingora::{Error, Server, ServerConf, Session};
 use pingora_failover::{
     FailoverCtx, FailoverProxy, HashRing, LeastRequest, OrderedList, Outcome, PeakEwma,
-    PeerSelector, RoundRobin,
+    PeerSelector, RoundRobin, SourceService,
 };
 
 use config::{Config, Invalid, PeerEntry};
@@ -63,6 +63,12 @@ struct Flags {
     /// A peers file, read again on change and on SIGHUP.
     #[arg(long, value_name = "PATH", conflicts_with = "peers")]
     peers_file: Option<String>,
+    /// Peers from etcd: http://HOST:PORT, comma-separated for more (feature `etcd`).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["peers", "peers_file"])]
+    etcd: Option<String>,
+    /// The key prefix of the peers in etcd, one key per peer.
+    #[arg(long, value_name = "PREFIX")]
+    etcd_prefix: Option<String>,
     /// ordered | round-robin | least-request | ewma | hash [default: ordered].
     #[arg(long)]
     selector: Option<String>,
@@ -170,12 +176,17 @@ impl Flags {
         over!(self.metrics => c.metrics.listen);
         if !self.peers.is_empty() {
             c.peers = self.peers.iter().cloned().map(PeerEntry::Addr).collect();
-            c.peers_file = None;
+            (c.peers_file, c.etcd) = (None, None);
         }
         if let Some(path) = &self.peers_file {
             c.peers.clear();
-            c.peers_file = Some(path.into());
+            (c.peers_file, c.etcd) = (Some(path.into()), None);
         }
+        if let Some(urls) = &self.etcd {
+            c.peers.clear();
+            (c.peers_file, c.etcd) = (None, Some(urls.clone()));
+        }
+        over!(self.etcd_prefix => c.etcd_prefix);
         if !self.retry_statuses.is_empty() {
             c.policy.retry_statuses = self.retry_statuses.clone();
         }
@@ -199,7 +210,7 @@ fn main() -> ExitCode {
 
 fn run(flags: &Flags) -> Result<(), Invalid> {
     let config = flags.config()?;
-    let set = config.peer_set()?;
+    let (set, source) = config.peer_set()?;
     let names: Vec<_> = set.snapshot().iter().map(|p| p.name().to_owned()).collect();
     let slow = config.slow_start()?;
     macro_rules! ramped {
@@ -211,29 +222,39 @@ fn run(flags: &Flags) -> Result<(), Invalid> {
         };
     }
     match config.selector.as_deref().unwrap_or("ordered") {
-        "ordered" => serve(&config, flags.check, names, OrderedList::from_set(set)),
+        "ordered" => serve(
+            &config,
+            flags.check,
+            names,
+            source,
+            OrderedList::from_set(set),
+        ),
         "round-robin" => serve(
             &config,
             flags.check,
             names,
+            source,
             ramped!(RoundRobin::from_set(set)),
         ),
         "least-request" => serve(
             &config,
             flags.check,
             names,
+            source,
             ramped!(LeastRequest::from_set(set)),
         ),
         "ewma" => serve(
             &config,
             flags.check,
             names,
+            source,
             ramped!(PeakEwma::from_set(set)),
         ),
         "hash" => serve(
             &config,
             flags.check,
             names,
+            source,
             match config.hash_balance_factor {
                 Some(factor) => HashRing::from_set(set, config.hash_key()?)
                     .with_bounded_load(factor)
@@ -255,6 +276,7 @@ fn serve<S: PeerSelector>(
     config: &Config,
     check: bool,
     names: Vec<String>,
+    source: Option<SourceService>,
     selector: S,
 ) -> Result<(), Invalid> {
     let listen = config.listen()?;
@@ -293,6 +315,10 @@ fn serve<S: PeerSelector>(
     server.bootstrap();
     service.add_tcp(&listen);
     server.add_service(service);
+    // The peers file or etcd, followed in the process that serves.
+    if let Some(source) = source {
+        server.add_service(source.into_service());
+    }
     if let Some(addr) = &metrics {
         add_metrics_service(&mut server, addr);
     }
