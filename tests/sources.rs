@@ -5,8 +5,10 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pingora_failover::{OrderedList, Peer, PeerSet, PeersFile, StandardPolicy};
-use support::{client, start_failover, Mode, TempPath, Upstream};
+use pingora_failover::{
+    Feed, OrderedList, Peer, PeerSet, PeersFile, Source, SourceEvent, SourceService, StandardPolicy,
+};
+use support::{client, eventually, start_failover, Mode, TempPath, Upstream};
 
 fn serve_unix(path: &TempPath, name: &'static str) -> tokio::task::JoinHandle<()> {
     let listener = tokio::net::UnixListener::bind(&path.0).unwrap();
@@ -245,4 +247,88 @@ async fn an_h2_peer_on_a_unix_socket_passes_its_probe() {
         .wait_until(|(_, c)| *c == HealthChange::Readmitted)
         .await;
     assert!(probes.load(Ordering::SeqCst) >= 1);
+}
+
+/// A source of the test's own: its first run takes `a` and panics; its second offers an empty
+/// list (refused: the set keeps `a`), then takes `b`, and waits for the stop.
+struct Scripted {
+    runs: std::sync::atomic::AtomicUsize,
+    a: String,
+    b: String,
+}
+
+#[pingora_failover::pingora::async_trait]
+impl Source for Scripted {
+    async fn run(&self, feed: &Feed) {
+        let run = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if run == 0 {
+            feed.replace(vec![Peer::new(&self.a).unwrap()], Some(1))
+                .unwrap();
+            panic!("a source with a bug");
+        }
+        assert!(feed.replace(Vec::new(), Some(2)).is_err());
+        // The set kept what the first run gave it (a failed check here panics: a third failure).
+        let kept = feed.set().unwrap().snapshot()[0].name().to_owned();
+        assert_eq!(kept, self.a);
+        feed.replace(vec![Peer::new(&self.b).unwrap()], Some(3))
+            .unwrap();
+        feed.stopped().await;
+    }
+}
+
+/// The contract, run as pingora runs a background service: a panicking source is run again, a
+/// refused list keeps the last good set, a panicking observer is caught, every update and
+/// failure is in the source's state and events, and the service ends at shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_panics_or_sends_no_peers_keeps_the_last_good_set() {
+    use pingora_core::services::background::BackgroundService;
+    let (a, b) = (
+        Upstream::start("a", Mode::Ok).await,
+        Upstream::start("b", Mode::Ok).await,
+    );
+    let set = PeerSet::new(vec![Peer::new(&b.peer_addr()).unwrap()]).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = events.clone();
+    let source = Scripted {
+        runs: Default::default(),
+        a: a.peer_addr(),
+        b: b.peer_addr(),
+    };
+    let service = SourceService::new("scripted", source, &set).on_event(move |name, e| {
+        seen.lock().unwrap().push((name.to_owned(), e.clone()));
+        panic!("an observer with a bug");
+    });
+    let status = service.state();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(async move { service.start(shutdown).await });
+    let (proxy, _log) = start_failover(
+        OrderedList::from_set(set.clone()),
+        StandardPolicy::default(),
+    )
+    .await;
+
+    eventually("the second run", || status.get().revision == Some(3)).await;
+    proxy.until_answered_by("b").await;
+    let state = status.get();
+    assert_eq!((state.updates, state.failures), (2, 2), "{state:?}");
+    let events = events.lock().unwrap().clone();
+    let failures: Vec<&str> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SourceEvent::Failed { error } => Some(error.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        failures[0].contains("panicked: a source with a bug"),
+        "{failures:?}"
+    );
+    assert!(failures[1].contains("no peers"), "{failures:?}");
+    assert!(events.iter().all(|(name, _)| name == "scripted"));
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the service did not stop")
+        .unwrap();
 }
