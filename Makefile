@@ -64,13 +64,15 @@ test: deps
 # seconds); then balancing around a slowed peer (bench balance, 20 s); then protecting the pool:
 # every peer down with and without the retry budget, failover under a limit, a partly failing
 # peer, a shared overload, a hot key (bench pool, about 4 minutes); then hedging against a peer
-# slow on 1 request in 100 (bench hedge, 35 s). Installs wrk when missing.
+# slow on 1 request in 100 (bench hedge, 35 s); then peers from etcd: put to traffic, churn
+# under load, 5,000 peers beside the peers file (bench discovery, about a minute). Installs wrk
+# when missing.
 bench: deps
 	@command -v wrk >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	  else echo "the benchmark needs wrk: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)"; exit 1; fi; }
-	$(CARGO) build --release --example failover_proxy --example bare_proxy --example bench_upstream
+	$(CARGO) build --release --features etcd --example failover_proxy --example bare_proxy --example bench_upstream
 	python3 bench/e2e.py
 	$(CARGO) bench --bench onset
 	$(CARGO) bench --bench mixed
@@ -78,6 +80,7 @@ bench: deps
 	$(CARGO) bench --bench balance
 	$(CARGO) bench --bench pool
 	$(CARGO) bench --bench hedge
+	$(CARGO) bench --features etcd --bench discovery
 
 # Micro-benchmarks (criterion): selection, policy, budget, health.
 bench-micro: deps
