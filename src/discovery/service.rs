@@ -10,7 +10,7 @@ use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::ServiceReadyNotifier;
 use tokio::sync::watch;
 
-use crate::discovery::source::{Feed, Reports, Source, SourceEvent, SourceState};
+use crate::discovery::source::{Feed, Ready, Reports, Source, SourceEvent, SourceState};
 use crate::error::ConfigError;
 use crate::set::{PeerSet, Shared};
 
@@ -166,7 +166,7 @@ impl SourceService {
     }
 
     /// Runs the source until it is to stop, again after it ends early or panics.
-    async fn supervise(&self, stop: watch::Receiver<bool>, ready: Box<dyn FnOnce() + Send>) {
+    async fn supervise(&self, stop: watch::Receiver<bool>, ready: Ready) {
         let feed = Feed::new(self.set.clone(), self.reports.clone(), stop, ready);
         loop {
             let (source, run) = (self.source.clone(), feed.clone());

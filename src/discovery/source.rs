@@ -178,8 +178,11 @@ pub struct Feed {
     set: Weak<Shared>,
     reports: Reports,
     stop: watch::Receiver<bool>,
-    ready: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>>,
+    ready: Arc<Mutex<Option<Ready>>>,
 }
+
+/// What tells the source's runner that it is running, once.
+pub(crate) type Ready = Box<dyn FnOnce() + Send>;
 
 impl fmt::Debug for Feed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -195,7 +198,7 @@ impl Feed {
         set: Weak<Shared>,
         reports: Reports,
         stop: watch::Receiver<bool>,
-        ready: Box<dyn FnOnce() + Send>,
+        ready: Ready,
     ) -> Self {
         Self {
             set,

@@ -2,6 +2,8 @@
 //! tests: its own free ports and a temporary data directory, killed and removed on drop; keys
 //! put, deleted and compacted through its JSON gateway.
 
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
