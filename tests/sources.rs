@@ -298,6 +298,10 @@ async fn a_source_that_panics_or_sends_no_peers_keeps_the_last_good_set() {
         seen.lock().unwrap().push((name.to_owned(), e.clone()));
         panic!("an observer with a bug");
     });
+    #[cfg(feature = "metrics")]
+    let registry = prometheus::Registry::new();
+    #[cfg(feature = "metrics")]
+    let service = service.with_metrics(&pingora_failover::Metrics::register(&registry).unwrap());
     let status = service.state();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(async move { service.start(shutdown).await });
@@ -325,6 +329,17 @@ async fn a_source_that_panics_or_sends_no_peers_keeps_the_last_good_set() {
     );
     assert!(failures[1].contains("no peers"), "{failures:?}");
     assert!(events.iter().all(|(name, _)| name == "scripted"));
+    #[cfg(feature = "metrics")]
+    {
+        let text = support::metrics_text(&registry);
+        for line in [
+            "failover_source_updates_total{source=\"scripted\"} 2",
+            "failover_source_failures_total{source=\"scripted\"} 2",
+            "failover_source_revision{source=\"scripted\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+    }
 
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), running)
