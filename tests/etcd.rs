@@ -46,15 +46,10 @@ async fn followed(source: &Etcd) -> (PeerSet, SourceStatus, Events) {
 
 async fn until_peers(set: &PeerSet, want: &[&str]) {
     let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
-    let started = Instant::now();
-    while names(set) != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the set never became {want:?}: {:?}",
-            names(set)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(&format!("the set never became {want:?}"), || {
+        names(set) == want
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

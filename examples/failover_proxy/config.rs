@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pingora_failover::{
-    AdaptiveTimeouts, ConfigError, FailoverBuilder, HashKey, Hedging, HttpVersion,
-    OutlierDetection, Peer, PeerBuilder, PeerSet, PeersFile, RecoveryProbe, RetryBudget, SlowStart,
-    SourceService, StandardPolicy,
+    AdaptiveTimeouts, ConfigError, FailoverBuilder, HashKey, Hedging, OutlierDetection, Peer,
+    PeerBuilder, PeerSet, PeersFile, RecoveryProbe, RetryBudget, SlowStart, SourceService,
+    StandardPolicy,
 };
 use serde::Deserialize;
 
@@ -541,17 +541,9 @@ fn peer(
         let with_ca = b.with_ca_pem(pem);
         b = with_ca;
     }
-    b = b.with_http_version(match t.http.as_deref() {
-        None | Some("h1") => HttpVersion::Http1,
-        Some("h2") => HttpVersion::Http2,
-        Some("h2-or-h1") => HttpVersion::Http2OrHttp1,
-        Some(other) => {
-            return Err(value(
-                "peers.http",
-                format!("{other:?}: use h1, h2 or h2-or-h1"),
-            ))
-        }
-    });
+    if let Some(http) = &t.http {
+        b = b.with_http_version(http.parse().map_err(|e| value("peers.http", e))?);
+    }
     Ok(b.build()?)
 }
 

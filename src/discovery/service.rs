@@ -135,7 +135,7 @@ impl SourceService {
             return Ok(status);
         };
         let this = Arc::new(self);
-        set.follow(Arc::new(move |_, _| this.clone().start_thread()))?;
+        set.follow(Arc::new(move || this.clone().start_thread()))?;
         Ok(status)
     }
 

@@ -32,6 +32,21 @@ pub enum HttpVersion {
     Http2OrHttp1,
 }
 
+/// The names configuration files give the versions: `h1`, `h2`, `h2-or-h1`.
+impl std::str::FromStr for HttpVersion {
+    /// What is wrong, naming the accepted names.
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "h1" => Ok(Self::Http1),
+            "h2" => Ok(Self::Http2),
+            "h2-or-h1" => Ok(Self::Http2OrHttp1),
+            other => Err(format!("{other:?}: use h1, h2 or h2-or-h1")),
+        }
+    }
+}
+
 /// Builds a [`Peer`]; every setting is checked by [`build`](Self::build).
 ///
 /// # Examples

@@ -98,9 +98,9 @@ pub(crate) struct Shared {
     derived: Mutex<Vec<Weak<dyn Derive>>>,
 }
 
-/// Starts a thread that keeps a set in step with a source; `true`: the process was forked since
-/// the last start, and whatever the source says now is to be taken at once.
-pub(crate) type Follower = Arc<dyn Fn(&PeerSet, bool) -> Result<(), ConfigError> + Send + Sync>;
+/// Starts a thread that keeps a set in step with a source (a spawned
+/// [`SourceService`](crate::SourceService), which reads its source at once whenever it starts).
+pub(crate) type Follower = Arc<dyn Fn() -> Result<(), ConfigError> + Send + Sync>;
 
 /// A structure a selector derives from each snapshot of its set (pingora-load-balancing builds
 /// its selection index when the backends change): built by the update that makes the snapshot,
@@ -193,14 +193,14 @@ impl PeerSet {
             }
         }
         for follow in followers {
-            let _ = follow(self, true);
+            let _ = follow();
         }
     }
 
     /// Starts `follow` now, and again in every process forked from this one.
     pub(crate) fn follow(&self, follow: Follower) -> Result<(), ConfigError> {
         self.follow_forks();
-        follow(self, false)?;
+        follow()?;
         self.followers().push(follow);
         Ok(())
     }

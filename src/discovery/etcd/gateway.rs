@@ -17,7 +17,6 @@ use serde_json::json;
 const PAGE: u64 = 1000;
 
 /// One key and its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Kv {
     pub(crate) key: String,
     pub(crate) value: Vec<u8>,

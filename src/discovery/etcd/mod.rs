@@ -219,12 +219,8 @@ impl Etcd {
             b = b.with_tls(sni);
         }
         if let Some(http) = entry.http {
-            b = b.with_http_version(match http.as_str() {
-                "h1" => HttpVersion::Http1,
-                "h2" => HttpVersion::Http2,
-                "h2-or-h1" => HttpVersion::Http2OrHttp1,
-                other => return Err(invalid(format!("http {other:?}: use h1, h2 or h2-or-h1"))),
-            });
+            let version: HttpVersion = http.parse().map_err(|e| invalid(format!("http {e}")))?;
+            b = b.with_http_version(version);
         }
         b.build().map(Some)
     }
@@ -240,11 +236,7 @@ impl Etcd {
         for endpoint in &self.endpoints {
             match self.gateway(endpoint).range(&self.prefix).await {
                 Ok((kvs, revision)) => {
-                    let mut entries = Entries::default();
-                    for kv in kvs {
-                        entries.put(self, &kv.key, &kv.value, None);
-                    }
-                    let peers = entries.peers();
+                    let peers = Entries::read(self, kvs, None).peers();
                     if peers.is_empty() {
                         return Err(ConfigError::NoPeers);
                     }
@@ -279,10 +271,7 @@ impl Etcd {
             Ok(read) => read,
             Err(e) => return e,
         };
-        let mut entries = Entries::default();
-        for kv in kvs {
-            entries.put(self, &kv.key, &kv.value, Some(feed));
-        }
+        let mut entries = Entries::read(self, kvs, Some(feed));
         // An empty prefix keeps the set (reported by the feed), and the watch goes on.
         let _ = feed.replace(entries.peers(), Some(revision));
         *backoff = MIN_BACKOFF;
@@ -297,7 +286,9 @@ impl Etcd {
                     for (key, value) in changes {
                         match value {
                             Some(value) => entries.put(self, &key, &value, Some(feed)),
-                            None => entries.delete(&key),
+                            None => {
+                                entries.0.remove(&key);
+                            }
                         }
                     }
                     let _ = feed.replace(entries.peers(), Some(revision));
@@ -354,6 +345,15 @@ struct Entry {
 struct Entries(BTreeMap<String, Peer>);
 
 impl Entries {
+    /// The entries of a whole read (reporting the keys left out to `feed`).
+    fn read(etcd: &Etcd, kvs: Vec<gateway::Kv>, feed: Option<&Feed>) -> Self {
+        let mut entries = Self::default();
+        for kv in kvs {
+            entries.put(etcd, &kv.key, &kv.value, feed);
+        }
+        entries
+    }
+
     /// Takes the key's value, or leaves the key out (reporting why to `feed`).
     fn put(&mut self, etcd: &Etcd, key: &str, value: &[u8], feed: Option<&Feed>) {
         match etcd.parse_entry(key, value) {
@@ -370,10 +370,6 @@ impl Entries {
                 }
             }
         }
-    }
-
-    fn delete(&mut self, key: &str) {
-        self.0.remove(key);
     }
 
     /// The peers in key order, each address once (the first key that names it).
