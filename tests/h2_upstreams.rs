@@ -67,7 +67,10 @@ async fn a_post_met_by_goaway_reaches_the_backup_exactly_once() {
     for n in 0..5 {
         let id = format!("order-{n}");
         let resp = proxy.post_order("/orders", &id).await;
-        assert_eq!(resp.status(), 200);
+        if resp.status() != 200 {
+            log.wait_for(n + 1).await;
+            panic!("{id}: {} after {:?}", resp.status(), log.errors());
+        }
         assert_eq!(resp.text().await.unwrap(), "backup");
         assert_eq!(backup.ids().get(&id), Some(&1), "exactly once");
     }

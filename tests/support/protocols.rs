@@ -51,7 +51,26 @@ impl Proto {
 
 /// Serves one HTTP/2 connection, each stream on its own task.
 pub(super) async fn serve_h2<T: AsyncRead + AsyncWrite + Unpin>(
-    tcp: T,
+    mut tcp: T,
+    name: &'static str,
+    mode: Arc<Mutex<Mode>>,
+    state: Arc<State>,
+) {
+    serve_h2_streams(&mut tcp, name, mode, state).await;
+    // A lingering close, as a server shutting down gracefully does: the client's frames still
+    // in flight are read, so that closing does not reset the connection, which would throw
+    // away the GOAWAY the client has not read yet.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
+
+async fn serve_h2_streams<T: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut T,
     name: &'static str,
     mode: Arc<Mutex<Mode>>,
     state: Arc<State>,
