@@ -63,8 +63,8 @@ impl ProxyHttp for MyProxy {
     }
 
     // A hedged request runs its attempts as pingora subrequests.
-    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &MyCtx) -> bool {
-        self.failover.allows_subrequests()
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &MyCtx) -> bool {
+        self.failover.allows_subrequests(session)
     }
 
     // The hooks below hand over to the engine. Leaving out `fail_to_connect` or

@@ -112,14 +112,11 @@ impl FailoverCtx {
     }
 
     /// Takes the attempts of the hedged request's answer as this request's own (they were
-    /// made, and counted, by its subrequest).
+    /// made, and counted, by its subrequest; the request [`begin`](Self::begin)s before, and
+    /// makes no attempt of its own).
     pub(crate) fn adopt(&mut self, attempts: Vec<AttemptRecord>) {
-        if self.attempts.is_empty() {
-            if self.started.is_none() {
-                self.started = attempts.first().map(|a| a.started);
-            }
-            self.attempts = attempts;
-        }
+        debug_assert!(self.attempts.is_empty() && self.started.is_some());
+        self.attempts = attempts;
     }
 
     /// The request starts now, before any attempt of its own (a hedged request, whose

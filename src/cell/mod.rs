@@ -406,7 +406,7 @@ impl PeerHealth {
         ratio: Option<&RatioRule>,
     ) -> bool {
         if let Some(rule) = ratio {
-            self.count_for_ratio(false, rule);
+            self.count_for_ratio(self.now_ms(), false, rule);
         }
         let readmitted = self.cell.record_success(|| self.now_ms(), readmit, tally);
         if readmitted {
@@ -433,8 +433,8 @@ impl PeerHealth {
         may_eject: &dyn Fn() -> bool,
     ) -> Option<Ejection> {
         self.membership.keep(accounts);
-        let tripped = ratio.is_some_and(|rule| self.count_for_ratio(true, rule));
         let now = self.now_ms();
+        let tripped = ratio.is_some_and(|rule| self.count_for_ratio(now, true, rule));
         let ejection = self
             .cell
             .record_failure(now, connect, tripped, thresholds, accounts, may_eject)
@@ -454,14 +454,13 @@ impl PeerHealth {
         ejection
     }
 
-    /// Counts an outcome towards the failure ratio (not while the peer is ejected: what its
+    /// Counts an outcome at `now` towards the failure ratio (not while the peer is ejected: what its
     /// probe or panic mode meets is judged by the ejection's own rules); whether the ratio is
     /// now over `rule`.
-    fn count_for_ratio(&self, failed: bool, rule: &RatioRule) -> bool {
+    fn count_for_ratio(&self, now: u64, failed: bool, rule: &RatioRule) -> bool {
         if self.cell.ejected_until() != 0 {
             return false;
         }
-        let now = self.now_ms();
         self.ratio.count(now, failed, rule);
         failed && self.ratio.tripped(now, rule)
     }

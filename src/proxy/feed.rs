@@ -24,6 +24,16 @@ pub(crate) struct Feed {
     pub(crate) pool: Option<PeerSet>,
 }
 
+/// Whether the last of `attempts`, failing as `kind`, is its peer's fault: a failure that
+/// counts against a peer (not the client's, not the proxy's own), that the stall cut did not
+/// make (the retry that follows judges a cut, in [`Feed::blame_cuts`]), and that is not the
+/// second of a query of death ([`rules::poisoned`]), which blames no second peer.
+fn blamed(attempts: &[AttemptRecord], kind: FailureKind) -> bool {
+    attempts.last().is_some_and(|rec| {
+        kind.counts_against_peer() && !rec.stall_cut(kind) && !rules::poisoned(attempts, kind)
+    })
+}
+
 impl Feed {
     /// Ends the current attempt with `outcome`, and reports it.
     pub(crate) fn finish(&self, ctx: &mut FailoverCtx, outcome: Outcome) {
@@ -40,12 +50,10 @@ impl Feed {
                     }
             )
         });
-        // What counts towards the peer's failure rate: a failure of the peer's own (not the
-        // client's, not the proxy's, not the second of a query of death), or an answer.
+        // What counts towards the peer's failure rate: a failure it is blamed for, or an
+        // answer.
         let counted = match outcome {
-            Outcome::Failed { kind, .. } => (kind.counts_against_peer()
-                && !rules::poisoned(ctx.attempts(), kind))
-            .then_some(true),
+            Outcome::Failed { kind, .. } => blamed(ctx.attempts(), kind).then_some(true),
             Outcome::Responded { status } => Some(rules::is_failed_answer(status)),
             Outcome::Pending => None,
         };
@@ -64,8 +72,7 @@ impl Feed {
         let health = rec.peer().health();
         health.header_done();
         let now = Instant::now();
-        let cut = matches!(outcome, Outcome::Failed { kind, .. } if rec.stall_cut(kind));
-        if let Some(failed) = counted.filter(|_| !cut) {
+        if let Some(failed) = counted {
             health.learn_outcome(failed, now);
         }
         match outcome {
@@ -97,15 +104,15 @@ impl Feed {
         }
     }
 
-    /// The current attempt failed with `kind`: counted against its peer, unless the stall cut
-    /// made the failure (the retry that follows judges it, in [`blame_cuts`](Self::blame_cuts))
-    /// or the attempt before it failed the same way on another peer (a query of death, which
-    /// blames no second peer; [`rules::poisoned`]).
+    /// The current attempt failed with `kind`: counted against its peer when it is to blame
+    /// ([`blamed`]).
     pub(crate) fn failed(&self, ctx: &FailoverCtx, kind: FailureKind) {
-        if let Some(rec) = ctx.attempts().last() {
-            if !rec.stall_cut(kind) && !rules::poisoned(ctx.attempts(), kind) {
-                self.count_failure(rec, kind);
-            }
+        if let Some(rec) = ctx
+            .attempts()
+            .last()
+            .filter(|_| blamed(ctx.attempts(), kind))
+        {
+            self.count_failure(rec, kind);
         }
     }
 
@@ -161,9 +168,6 @@ impl Feed {
         let Some(rules) = &self.outliers else {
             return;
         };
-        if !kind.counts_against_peer() {
-            return;
-        }
         let peer = rec.peer();
         let connect =
             kind.is_connect() && !(kind == FailureKind::ConnectTimeout && rec.cut.connect);

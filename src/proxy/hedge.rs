@@ -80,9 +80,9 @@ impl Hedging {
 pub(crate) struct Leg {
     pub(crate) peer: Peer,
     pub(crate) probe: bool,
-    /// For the second attempt (the hedge), the first attempt's peer, not to be chosen again if
-    /// this one's is full.
-    pub(crate) avoid: Option<Peer>,
+    /// For the second attempt (the hedge), the first attempt's peer as tried, not to be chosen
+    /// again if this one's is full.
+    pub(crate) avoid: Option<AttemptRecord>,
     pub(crate) records: Arc<Mutex<Vec<AttemptRecord>>>,
 }
 
@@ -114,16 +114,23 @@ struct Running {
 /// from an HTTP/1 client. Pingora 0.9.1 builds a subrequest from the HTTP/1 form of its
 /// request (`to_h1_raw`), and an HTTP/2 request's (`GET / HTTP/2.0`) is answered 400 there.
 fn hedgeable(session: &mut Session) -> bool {
+    hedgeable_head(session) && session.is_body_empty()
+}
+
+/// What of [`hedgeable`] the request's head says (the body takes a mutable session to ask).
+fn hedgeable_head(session: &Session) -> bool {
     let req = session.req_header();
     let safe = matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS");
-    safe && !session.is_http2() && session.is_body_empty() && !session.is_upgrade_req()
+    safe && !session.is_http2() && !session.is_upgrade_req()
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
-    /// For `ProxyHttp::allow_spawning_subrequest`: whether the engine needs pingora's
-    /// subrequests (it does when hedging is on).
-    pub fn allows_subrequests(&self) -> bool {
-        self.hedging.is_some()
+    /// For `ProxyHttp::allow_spawning_subrequest`: whether the engine may need pingora's
+    /// subrequests for `session`'s request (a hedgeable client request, when hedging is on).
+    /// Pingora gives every request it is allowed for a handle on the proxy: a request that
+    /// cannot be hedged, or an attempt that is itself a subrequest, gets none.
+    pub fn allows_subrequests(&self, session: &Session) -> bool {
+        self.hedging.is_some() && session.subrequest_ctx.is_none() && hedgeable_head(session)
     }
 
     /// For `ProxyHttp::request_filter`: hedges the request when [`Hedging`] is on and the
@@ -157,11 +164,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let mut legs = vec![start(session, first, probe, None)];
         let mut held: Option<(usize, Box<ResponseHeader>)> = None;
         let winner = match tokio::time::timeout(hedging.delay, next_header(&mut legs[0])).await {
-            Ok(header) => settle(legs.len(), &mut held, 0, header),
+            Ok(header) => header.map(|h| (0, h)),
             Err(_) => {
-                let first = legs[0].peer.clone();
-                if let Some(second) = self.second(session, &first) {
-                    legs.push(start(session, second.0, second.1, Some(&first)));
+                let tried = AttemptRecord::new(legs[0].peer.clone());
+                if let Some((second, probe)) = self.second(session, &tried) {
+                    legs.push(start(session, second, probe, Some(tried)));
                 }
                 Self::race(&mut legs, &mut held).await
             }
@@ -176,13 +183,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             }
         };
         let leg = legs.swap_remove(index);
-        if let Some(other) = legs.first() {
-            ctx.hedged = Some(other.peer.clone());
-        }
         // The other attempt is abandoned: it would go on failing over, or wait out its
         // timeout, for an answer no one reads. Its place in flight is given back as it ends.
-        for other in legs {
+        if let Some(other) = legs.pop() {
             other.task.abort();
+            ctx.hedged = Some(other.peer);
         }
         let Running {
             handle,
@@ -199,13 +204,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         forwarded.map(|()| true)
     }
 
-    /// The peer for the hedge, and the retry it takes from the budget; `None` when there is
-    /// none, or no retry left.
-    fn second(&self, session: &Session, first: &Peer) -> Option<(Peer, bool)> {
+    /// The peer for the hedge after the first attempt, `tried`, and the retry it takes from the
+    /// budget; `None` when there is none, or no retry left.
+    fn second(&self, session: &Session, tried: &AttemptRecord) -> Option<(Peer, bool)> {
         let paid = Withdrawn::from(self.budget.as_ref())?;
-        let tried = [AttemptRecord::new(first.clone())];
-        let attempt =
-            Attempt::new(&tried, Some(session.req_header())).with_client_ip(client_ip(session));
+        let attempt = Attempt::new(std::slice::from_ref(tried), Some(session.req_header()))
+            .with_client_ip(client_ip(session));
         let second = self.choose(&attempt)?;
         paid.spend();
         self.feed.signals.hedge();
@@ -220,7 +224,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         held: &mut Option<(usize, Box<ResponseHeader>)>,
     ) -> Option<(usize, Box<ResponseHeader>)> {
         let [first, second] = legs else {
-            return settle(1, held, 0, next_header(&mut legs[0]).await);
+            return next_header(&mut legs[0]).await.map(|h| (0, h));
         };
         let mut open = [true, true];
         while open != [false, false] {
@@ -229,7 +233,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 header = next_header(second), if open[1] => (1, header),
             };
             open[index] = false;
-            if let Some(w) = settle(2, held, index, header) {
+            if let Some(w) = settle(held, index, header) {
                 return Some(w);
             }
         }
@@ -237,16 +241,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     }
 }
 
-/// What the first header of leg `index` of `legs` (or its end, `None`) means: the answer, or
-/// (a 5xx while another leg runs, or nothing) wait for the others, holding the first 5xx.
+/// What the first header of leg `index` of two (or its end, `None`) means: the answer, or (a
+/// 5xx while the other leg may run, or nothing) wait for the other, holding the first 5xx.
 fn settle(
-    legs: usize,
     held: &mut Option<(usize, Box<ResponseHeader>)>,
     index: usize,
     header: Option<Box<ResponseHeader>>,
 ) -> Option<(usize, Box<ResponseHeader>)> {
     let header = header?;
-    if header.status.as_u16() < 500 || legs == 1 {
+    if header.status.as_u16() < 500 {
         return Some((index, header));
     }
     held.get_or_insert((index, header));
@@ -255,12 +258,12 @@ fn settle(
 
 /// Starts a leg to `peer` as a subrequest of `session`'s request; a hedge `avoid`s the first
 /// attempt's peer.
-fn start(session: &Session, peer: Peer, probe: bool, avoid: Option<&Peer>) -> Running {
+fn start(session: &Session, peer: Peer, probe: bool, avoid: Option<AttemptRecord>) -> Running {
     let records = Arc::new(Mutex::new(Vec::new()));
     let leg = Leg {
         peer: peer.clone(),
         probe,
-        avoid: avoid.cloned(),
+        avoid,
         records: records.clone(),
     };
     let spawner = session

@@ -124,8 +124,8 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
         FailoverCtx::new()
     }
 
-    fn allow_spawning_subrequest(&self, _session: &Session, _ctx: &FailoverCtx) -> bool {
-        self.engine.allows_subrequests()
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &FailoverCtx) -> bool {
+        self.engine.allows_subrequests(session)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut FailoverCtx) -> Result<bool> {

@@ -132,11 +132,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         mut next: Option<Next>,
     ) -> Result<Next> {
         // An attempt of a hedged request, chosen again, avoids the other attempt's peer.
-        let avoided: Vec<AttemptRecord> = Leg::of(session)
-            .and_then(|leg| leg.avoid.clone())
-            .map(AttemptRecord::new)
-            .into_iter()
-            .collect();
+        let avoided: &[AttemptRecord] = Leg::of(session)
+            .and_then(|leg| leg.avoid.as_ref())
+            .map(std::slice::from_ref)
+            .unwrap_or_default();
         fn attempt<'a>(
             ctx: &'a FailoverCtx,
             avoided: &'a [AttemptRecord],
@@ -157,14 +156,14 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 return Ok(n);
             }
             next = self
-                .choose(&attempt(ctx, &avoided, session))
+                .choose(&attempt(ctx, avoided, session))
                 .map(|(peer, probe)| {
                     n.peer = peer;
                     n.probe = probe;
                     n
                 });
         }
-        let attempt = attempt(ctx, &avoided, session);
+        let attempt = attempt(ctx, avoided, session);
         // Only a pool with a peer that is only full is worth waiting for.
         if let Some(queue) = self
             .queue
