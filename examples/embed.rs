@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use pingora_failover::pingora::{
     async_trait, http_proxy_service, Digest, Error, FailToProxy, HttpPeer, ProxyHttp,
-    ResponseHeader, Result, Server, Session,
+    RequestHeader, ResponseHeader, Result, Server, Session,
 };
 use pingora_failover::{Failover, FailoverCtx, OrderedList, Peer, StandardPolicy};
 
@@ -115,6 +115,18 @@ impl ProxyHttp for MyProxy {
         #[cfg(windows)]
         self.failover
             .connected_to_upstream(reused, peer, sock, digest, &mut ctx.failover);
+        Ok(())
+    }
+
+    // For a peer that speaks HTTP/2 or HTTP/1, the request shows which one, for the stall cut.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut MyCtx,
+    ) -> Result<()> {
+        self.failover
+            .upstream_request_filter(upstream_request, &mut ctx.failover);
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, RoundRobin, StandardPolicy};
-use support::{client, start_proxy, upgrading_upstream, Mode, Upstream};
+use support::{client, start_proxy, upgrading_upstream, Mode, Proto, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -365,4 +365,66 @@ async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
     assert_eq!(primary.ids().get("moved"), None, "the primary got it too");
     let records = log.wait_for(21).await;
     assert_eq!(records[20].len(), 2, "{:?}", records[20]);
+}
+
+/// An HTTP/2 peer blackholed (its kernel acknowledges nothing, so every stream on its open
+/// connection stalls) is left within about 100 ms: the transport shows it unreachable, and the
+/// cut ends its connection. Nothing but the transport cuts an HTTP/2 connection, which carries
+/// other requests: a slow stream on a live peer is never cut (`evidence::tests`). Needs root
+/// and iptables; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_peer_blackholed_is_left_within_about_100_ms() {
+    if !iptables_usable() {
+        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+        return;
+    }
+    let primary = Upstream::start_with("primary", Mode::Ok, Proto::H2c).await;
+    let backup = Upstream::start_with("backup", Mode::Ok, Proto::H2c).await;
+    let h2 = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
+    let list = OrderedList::new(vec![h2(&primary), h2(&backup)]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    }
+    let port = primary
+        .peer_addr()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let blackhole = Blackholed::on(port).expect("iptables rule");
+    let started = std::time::Instant::now();
+    let answer = proxy.get_text(&http, "/").await;
+    let took = started.elapsed();
+    drop(blackhole);
+    assert_eq!(answer, "backup", "after {took:?}");
+    let records = log.wait_for(21).await;
+    assert_eq!(records[20].len(), 2, "{:?}", records[20]);
+    // Cut, not timed out: the floor is 50 ms.
+    assert!(took < READ / 2, "moved after {took:?}: {:?}", records[20]);
+}
+
+/// A slow answer on a live HTTP/2 peer is never cut, though its connection is watched: only an
+/// unreachable peer justifies ending a connection that carries other requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_on_a_live_h2_peer_runs_once() {
+    let primary = Upstream::start_with("primary", Mode::Ok, Proto::H2c).await;
+    let backup = Upstream::start_with("backup", Mode::Ok, Proto::H2c).await;
+    let h2 = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
+    let list = OrderedList::new(vec![h2(&primary), h2(&backup)]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    }
+    // Twenty times what the peer took so far, and more than the cut's 50 ms floor.
+    primary.set_mode(Mode::Slow(Duration::from_millis(300)));
+    assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    let records = log.wait_for(21).await;
+    assert_eq!(records[20].len(), 1, "{:?}", records[20]);
+    assert_eq!(backup.hits(), 0);
 }

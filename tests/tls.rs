@@ -235,22 +235,31 @@ fn bad_tls_settings_are_typed_errors() {
 /// nothing else is cut and answered by the backup, well before the 5 s read timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_header_over_tls_is_cut_and_retried() {
+    stalled_header_is_cut(None).await;
+}
+
+/// So it does for a peer that would speak HTTP/2 or HTTP/1 (`Http2OrHttp1`) and negotiated
+/// HTTP/1 (the upstream offers no ALPN): its connection is watched as an HTTP/1 one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_header_is_cut_on_an_http2_or_http1_peer_that_negotiated_http1() {
+    stalled_header_is_cut(Some(HttpVersion::Http2OrHttp1)).await;
+}
+
+async fn stalled_header_is_cut(version: Option<HttpVersion>) {
     let ca = TestCa::new();
     let primary = Upstream::start_with("primary", Mode::Ok, Proto::Tls(ca.clone())).await;
     let backup = Upstream::start_with("backup", Mode::Ok, Proto::Tls(ca)).await;
     let read = std::time::Duration::from_secs(5);
-    let peers = vec![
-        primary
-            .peer_builder()
-            .with_read_timeout(read)
-            .build()
-            .unwrap(),
-        backup
-            .peer_builder()
-            .with_read_timeout(read)
-            .build()
-            .unwrap(),
-    ];
+    let peer = |u: &Upstream| {
+        let b = u.peer_builder().with_read_timeout(read);
+        match version {
+            Some(v) => b.with_http_version(v),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    let peers = vec![peer(&primary), peer(&backup)];
     let (proxy, log) =
         start_failover(OrderedList::new(peers).unwrap(), StandardPolicy::default()).await;
     let http = client();

@@ -44,15 +44,18 @@ use crate::peer::Peer;
 /// peer only when the retry then answered within the time the cut peer was given. The cut takes
 /// its retry from the budget as it cuts, and makes no cut when the budget is spent. (It works
 /// from outside pingora, which offers no hook while a request waits: a watch on the attempt's
-/// connection, on a thread of the engine's own. It applies to HTTP/1 connections over TCP,
-/// where a connection carries one request at a time; [`Failover::connected_to_upstream`] arms
-/// it.)
+/// connection, on a thread of the engine's own. It applies to connections over TCP: HTTP/1
+/// ones, which carry one request at a time, as above; HTTP/2 ones, which carry many, on the
+/// transport's evidence alone (an unreachable peer), since the cut ends every request on the
+/// connection. [`Failover::connected_to_upstream`] arms it, and for an `Http2OrHttp1` peer
+/// [`Failover::upstream_request_filter`], once the protocol is known.)
 ///
 /// With the stall cut off, the evidence is still gathered, for suspicion alone (with a floor of
 /// 100 ms).
 ///
 /// [`PeerHealth::is_suspected`]: crate::PeerHealth::is_suspected
 /// [`Failover::connected_to_upstream`]: crate::Failover::connected_to_upstream
+/// [`Failover::upstream_request_filter`]: crate::Failover::upstream_request_filter
 ///
 /// # Default
 ///
@@ -239,6 +242,7 @@ impl AdaptiveTimeouts {
             header,
             may_cut,
             watch: None,
+            unarmed: None,
         }
     }
 }
@@ -275,6 +279,9 @@ pub(crate) struct Cut {
     pub(crate) header: Option<Duration>,
     pub(crate) may_cut: MayCut,
     pub(crate) watch: Option<std::sync::Arc<Watch>>,
+    /// The connection of a peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), until the
+    /// request header shows which one it negotiated: its descriptor and its two ends.
+    pub(crate) unarmed: Option<(i32, (std::net::SocketAddr, std::net::SocketAddr))>,
 }
 
 impl Default for Cut {
@@ -284,6 +291,7 @@ impl Default for Cut {
             header: None,
             may_cut: MayCut::Never,
             watch: None,
+            unarmed: None,
         }
     }
 }

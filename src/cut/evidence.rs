@@ -4,15 +4,18 @@
 //! A wait that runs past its limit proves nothing by itself: the request may be slow by nature
 //! (a report, an export), or the proxy itself may have stalled with the answer already in its
 //! socket. So a cut needs evidence that the *peer* is stuck, taken in this order:
-//! 1. **The attempt's own transport** (Linux `TCP_INFO`, counted from when the attempt took the
-//!    connection): bytes received mean the answer has come and the stall is the proxy's own;
-//!    nothing sent yet, or a request still being sent (an upload), is not a wait for a header;
-//!    sent, retransmitted, and none of it acknowledged for two round trips after the last
-//!    transmission means the peer is unreachable, and also that it never received the request,
-//!    so that even a non-idempotent request may move (once the connection is aborted). Silence
-//!    before a retransmission proves nothing: a peer that received the request may hold its
-//!    acknowledgement back for up to 200 ms on Linux (a delayed ACK, while its application
-//!    works), but answers a retransmission at once.
+//! 1. **The attempt's own transport** (Linux `TCP_INFO` and `FIONREAD`): an answer waiting
+//!    unread in the proxy's socket means the stall is the proxy's own; a request still being
+//!    sent (an upload) is not a wait for a header; retransmitted, and nothing acknowledged for
+//!    two round trips after the last transmission, means the peer is unreachable. Counted from
+//!    when the attempt took the connection (read then only for a request that may move when
+//!    undelivered, as it costs a system call on the request's path), more is known: any byte
+//!    received is the answer, nothing sent yet is no wait, and none of the request
+//!    acknowledged means the peer never received it, so that even a non-idempotent request
+//!    may move (once the connection is aborted). Otherwise the counters count from the
+//!    watch's first look. Silence before a retransmission proves nothing: a peer that
+//!    received the request may hold its acknowledgement back for up to 200 ms on Linux (a
+//!    delayed ACK, while its application works), but answers a retransmission at once.
 //! 2. **Answers to other requests**: a peer that answered anything since the wait began (or in
 //!    the last `limit`) is alive.
 //! 3. **The peer's liveness on another path**: one check per peer at a time (the recovery
@@ -37,11 +40,25 @@ pub(crate) struct Look {
     pub(crate) quiet: Duration,
     /// The cut's limit for this attempt.
     pub(crate) limit: Duration,
-    /// The connection's counters since the attempt took it, and whether more was sent since
-    /// the last look; `None` where the platform does not tell.
-    pub(crate) transport: Option<(Counters, bool)>,
+    /// What the connection shows; `None` where the platform does not tell.
+    pub(crate) transport: Option<Transport>,
     /// What the peer's liveness checks say about the time since the wait began.
     pub(crate) liveness: Live,
+    /// Only the transport may show the peer stuck: the connection carries other requests
+    /// (HTTP/2), which a cut would end too, so only an unreachable peer justifies one.
+    pub(crate) transport_only: bool,
+}
+
+/// What one attempt's connection shows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Transport {
+    /// What moved on the connection since `from_start` says, and what waits unread now.
+    pub(crate) moved: Counters,
+    /// `moved` counts from when the attempt took the connection, before its request was
+    /// sent (otherwise from the watch's first look).
+    pub(crate) from_start: bool,
+    /// More was sent since the last look: the request is still being sent.
+    pub(crate) sending: bool,
 }
 
 /// The watchdog's verdict on one waiting attempt.
@@ -82,25 +99,37 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         return Verdict::Later(first - look.quiet);
     }
     let until_limit = look.limit.saturating_sub(look.quiet);
-    if let Some((moved, sending)) = look.transport {
-        if moved.received > 0 || moved.sent == 0 || sending {
+    if let Some(Transport {
+        moved,
+        from_start,
+        sending,
+    }) = look.transport
+    {
+        let answered = moved.unread > 0 || (from_start && moved.received > 0);
+        if answered || sending || (from_start && moved.sent == 0) {
             // The answer has come and waits to be read (the stall is the proxy's own), or the
             // request is not yet, or not yet fully, sent: no wait for a header to judge yet.
             return Verdict::Later(look.limit);
         }
         if moved.acked == 0 && moved.retransmitted > 0 {
-            // Sent again, and still none of it acknowledged: the peer is unreachable, once a
-            // retransmission had time to be answered.
+            // Sent again, and still nothing acknowledged: the peer is unreachable, once a
+            // retransmission had time to be answered. Counted from the start, the peer also
+            // never received any of the request.
             let answer_time =
                 Duration::from_micros(u64::from(moved.rtt_us) * 2).max(RETRANSMIT_ANSWER);
             let since_send = Duration::from_millis(u64::from(moved.last_send_ms));
             return match (until_limit.is_zero(), answer_time.checked_sub(since_send)) {
-                (true, None | Some(Duration::ZERO)) => Verdict::Stuck { undelivered: true },
+                (true, None | Some(Duration::ZERO)) => Verdict::Stuck {
+                    undelivered: from_start,
+                },
                 (_, wait) => {
                     Verdict::Later(until_limit.max(wait.unwrap_or_default()).max(CHECK_POLL))
                 }
             };
         }
+    }
+    if look.transport_only {
+        return Verdict::Later(first);
     }
     match look.liveness {
         Live::Passed => Verdict::Leave,
@@ -118,39 +147,43 @@ mod tests {
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
-    fn look(quiet: u64, transport: Option<(Counters, bool)>, liveness: Live) -> Look {
+    fn look(quiet: u64, transport: Option<Transport>, liveness: Live) -> Look {
         Look {
             quiet: MS(quiet),
             limit: MS(100),
             transport,
             liveness,
+            transport_only: false,
         }
     }
 
-    fn moved(sent: u64, acked: u64, received: u64) -> Option<(Counters, bool)> {
-        Some((
-            Counters {
-                sent,
-                acked,
-                received,
-                ..Counters::default()
-            },
-            false,
-        ))
+    /// Counted from when the attempt took the connection.
+    fn from_start(moved: Counters) -> Option<Transport> {
+        Some(Transport {
+            moved,
+            from_start: true,
+            sending: false,
+        })
+    }
+
+    fn moved(sent: u64, acked: u64, received: u64) -> Option<Transport> {
+        from_start(Counters {
+            sent,
+            acked,
+            received,
+            ..Counters::default()
+        })
     }
 
     /// Sent, retransmitted `ms` ago, and none of it acknowledged.
-    fn unanswered(ms: u32) -> Option<(Counters, bool)> {
-        Some((
-            Counters {
-                sent: 160,
-                retransmitted: 80,
-                last_send_ms: ms,
-                rtt_us: 100,
-                ..Counters::default()
-            },
-            false,
-        ))
+    fn unanswered(ms: u32) -> Counters {
+        Counters {
+            sent: 160,
+            retransmitted: 80,
+            last_send_ms: ms,
+            rtt_us: 100,
+            ..Counters::default()
+        }
     }
 
     #[test]
@@ -170,14 +203,15 @@ mod tests {
             judge(&look(500, moved(0, 0, 0), Live::Failed)),
             Verdict::Later(MS(100))
         );
-        let sending = Some((
-            Counters {
+        let sending = Some(Transport {
+            moved: Counters {
                 sent: 10,
                 acked: 10,
                 ..Counters::default()
             },
-            true,
-        ));
+            from_start: true,
+            sending: true,
+        });
         assert_eq!(
             judge(&look(500, sending, Live::Failed)),
             Verdict::Later(MS(100))
@@ -187,15 +221,15 @@ mod tests {
     #[test]
     fn a_retransmission_unanswered_past_the_limit_is_undelivered() {
         assert_eq!(
-            judge(&look(300, unanswered(30), Live::Unknown)),
+            judge(&look(300, from_start(unanswered(30)), Live::Unknown)),
             Verdict::Stuck { undelivered: true }
         );
         assert_eq!(
-            judge(&look(60, unanswered(30), Live::Unknown)),
+            judge(&look(60, from_start(unanswered(30)), Live::Unknown)),
             Verdict::Later(MS(40))
         );
         assert_eq!(
-            judge(&look(300, unanswered(5), Live::Unknown)),
+            judge(&look(300, from_start(unanswered(5)), Live::Unknown)),
             Verdict::Later(MS(15)),
             "the retransmission is given time to be answered"
         );
@@ -249,6 +283,79 @@ mod tests {
         assert_eq!(
             judge(&look(60, None, Live::Unknown)),
             Verdict::Check(CHECK_POLL)
+        );
+    }
+
+    /// Counted from the watch's first look.
+    fn from_first_look(moved: Counters) -> Option<Transport> {
+        Some(Transport {
+            moved,
+            from_start: false,
+            sending: false,
+        })
+    }
+
+    #[test]
+    fn counted_from_the_first_look_only_an_unread_answer_is_one() {
+        // Bytes received before the first look may be an earlier answer on the connection.
+        let received = from_first_look(Counters {
+            received: 100,
+            ..Counters::default()
+        });
+        assert_eq!(
+            judge(&look(60, received, Live::Unknown)),
+            Verdict::Check(CHECK_POLL)
+        );
+        let unread = from_first_look(Counters {
+            unread: 17,
+            ..Counters::default()
+        });
+        assert_eq!(
+            judge(&look(60, unread, Live::Failed)),
+            Verdict::Later(MS(100))
+        );
+        // Nothing moved since the first look: nothing to judge by the transport.
+        assert_eq!(
+            judge(&look(
+                60,
+                from_first_look(Counters::default()),
+                Live::Failed
+            )),
+            Verdict::Stuck { undelivered: false }
+        );
+    }
+
+    #[test]
+    fn counted_from_the_first_look_an_unanswered_retransmission_is_stuck_not_undelivered() {
+        assert_eq!(
+            judge(&look(300, from_first_look(unanswered(30)), Live::Passed)),
+            Verdict::Stuck { undelivered: false }
+        );
+    }
+
+    #[test]
+    fn on_a_shared_connection_only_the_transport_shows_a_peer_stuck() {
+        let shared = |quiet, transport, liveness| Look {
+            transport_only: true,
+            ..look(quiet, transport, liveness)
+        };
+        assert_eq!(
+            judge(&shared(
+                60,
+                from_first_look(Counters::default()),
+                Live::Failed
+            )),
+            Verdict::Later(MS(25)),
+            "a failed liveness check does not end the other requests on the connection"
+        );
+        assert_eq!(
+            judge(&shared(60, None, Live::Unknown)),
+            Verdict::Later(MS(25)),
+            "no liveness check is started for it"
+        );
+        assert_eq!(
+            judge(&shared(300, from_first_look(unanswered(30)), Live::Passed)),
+            Verdict::Stuck { undelivered: false }
         );
     }
 }

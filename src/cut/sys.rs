@@ -18,7 +18,12 @@ pub(crate) struct Counters {
     pub(crate) last_send_ms: u32,
     /// The smoothed round-trip time, in µs.
     pub(crate) rtt_us: u32,
+    /// Received and not yet read by the proxy (read by [`counters_of`] only).
+    pub(crate) unread: u32,
 }
+
+/// Whether the platform tells a connection's counters ([`counters`]).
+pub(crate) const HAS_COUNTERS: bool = cfg!(target_os = "linux");
 
 /// The counters of the TCP connection behind `fd`, on Linux (`TCP_INFO`); `None` elsewhere, or
 /// when `fd` is no TCP socket.
@@ -32,6 +37,7 @@ pub(crate) fn counters(fd: i32) -> Option<Counters> {
         retransmitted: info.tcpi_bytes_retrans,
         last_send_ms: info.tcpi_last_data_sent,
         rtt_us: info.tcpi_rtt,
+        unread: 0,
     })
 }
 
@@ -145,13 +151,38 @@ mod imp {
 
 pub(crate) use imp::{abort, is_connection, shut_down};
 
-/// The counters of `fd` if it is still the connection between `ends`.
+/// The counters of `fd` if it is still the connection between `ends`, with the bytes it has
+/// received that wait unread.
 pub(crate) fn counters_of(fd: i32, ends: (SocketAddr, SocketAddr)) -> Option<Counters> {
     if is_connection(fd, ends) {
-        counters(fd)
+        counters(fd).map(|c| Counters {
+            unread: unread(fd),
+            ..c
+        })
     } else {
         None
     }
+}
+
+/// Bytes received on socket `fd` that wait unread (`FIONREAD`); 0 when it cannot tell.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn unread(fd: i32) -> u32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `FIONREAD` writes one `c_int` through the pointer, which points to `n`, alive and
+    // writable for the call. If `fd` was closed or reused meanwhile, the call fails or reports
+    // another socket's count: only a count is read, nothing is done to the socket.
+    let ok = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } == 0;
+    if ok {
+        u32::try_from(n).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unread(_fd: i32) -> u32 {
+    0
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::evidence::{self, Look, Verdict};
+use super::evidence::{self, Look, Transport, Verdict};
 use super::sys::{self, Counters};
 use super::watchdog::Shared;
 use crate::peer::Peer;
@@ -46,8 +46,15 @@ pub(crate) struct Watch {
     pub(super) since_ms: u64,
     pub(super) limit: Duration,
     pub(super) may_cut: MayCut,
-    /// The connection's counters when the attempt took it, before its request was sent.
+    /// The connection carries other requests too (HTTP/2): only the transport may show its
+    /// peer stuck, and the cut ends them all.
+    pub(super) shared: bool,
+    /// The connection's counters when the attempt took it, before its request was sent: read
+    /// only for a request that may move when undelivered (it costs a system call on the
+    /// request's path).
     pub(super) base: Option<Counters>,
+    /// The connection's counters at the watch's first look, for a watch without `base`.
+    pub(super) first: Mutex<Option<Counters>>,
     /// Bytes sent as of the last look ([`NOT_LOOKED`] before the first): more since means the
     /// request is still being sent.
     pub(super) last_sent: AtomicU64,
@@ -91,25 +98,37 @@ impl Watch {
         let now_ms = health.now_ms();
         let suspicion = health.suspicion();
         let quiet_since = self.since_ms.max(health.answered_at_ms());
-        let transport = match self.base {
-            Some(base) => {
-                // The descriptor no longer names the connection: the wait is over.
-                let counters = sys::counters_of(self.fd, self.ends)?;
-                let sending = match self.last_sent.swap(counters.sent, Ordering::AcqRel) {
-                    // The request went after the watch was armed: at the first look, only data
-                    // sent a moment ago says that it is still going.
-                    NOT_LOOKED => u64::from(counters.last_send_ms) < STILL_SENDING_MS,
-                    last => counters.sent > last,
-                };
-                Some((since(counters, base), sending))
-            }
-            None => None,
+        let transport = if sys::HAS_COUNTERS {
+            // The descriptor no longer names the connection: the wait is over.
+            let counters = sys::counters_of(self.fd, self.ends)?;
+            let sending = match self.last_sent.swap(counters.sent, Ordering::AcqRel) {
+                // The request went after the watch was armed: at the first look, only data
+                // sent a moment ago says that it is still going.
+                NOT_LOOKED => u64::from(counters.last_send_ms) < STILL_SENDING_MS,
+                last => counters.sent > last,
+            };
+            let from = match self.base {
+                Some(base) => base,
+                None => *self
+                    .first
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(counters),
+            };
+            Some(Transport {
+                moved: since(counters, from),
+                from_start: self.base.is_some(),
+                sending,
+            })
+        } else {
+            None
         };
         let look = Look {
             quiet: Duration::from_millis(now_ms.saturating_sub(quiet_since)),
             limit: self.limit,
             transport,
             liveness: suspicion.live_since(self.since_ms, self.limit.as_millis() as u64),
+            transport_only: self.shared,
         };
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),

@@ -99,6 +99,8 @@ pub(crate) struct Armed<'a> {
     pub(crate) peer: &'a Peer,
     pub(crate) limit: Duration,
     pub(crate) may_cut: MayCut,
+    /// The connection carries other requests at the same time (HTTP/2).
+    pub(crate) shared: bool,
 }
 
 impl Shared {
@@ -168,7 +170,10 @@ impl Watchdog {
         let running = armed.is_some() && self.running();
         let now = Instant::now();
         let watch = armed.filter(|_| running).map(|a| {
-            let base = sys::counters(fd);
+            // Only the proof that the peer never received a request needs the counters from
+            // before it was sent; reading them is the one system call on the request's path.
+            let undelivered_matters = a.may_cut == MayCut::IfUndelivered && !a.shared;
+            let base = undelivered_matters.then(|| sys::counters(fd)).flatten();
             Arc::new(Watch {
                 state: AtomicU8::new(WAITING),
                 fd,
@@ -177,7 +182,9 @@ impl Watchdog {
                 since_ms: a.peer.health().now_ms(),
                 limit: a.limit,
                 may_cut: a.may_cut,
+                shared: a.shared,
                 base,
+                first: Mutex::new(None),
                 last_sent: AtomicU64::new(NOT_LOOKED),
                 undelivered: AtomicBool::new(false),
                 paid: Mutex::new(None),
@@ -189,7 +196,11 @@ impl Watchdog {
                 .watches
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            // A connection that carries one request at a time was handed on: the last request
+            // it carried no longer waits on it. One that carries many is not (its requests'
+            // records end their waits).
             let previous = match &watch {
+                Some(watch) if watch.shared => None,
                 Some(watch) => w.by_fd.insert(fd, Arc::downgrade(watch)),
                 None => w.by_fd.remove(&fd),
             };
@@ -328,6 +339,7 @@ mod tests {
             peer,
             limit: Duration::from_millis(ms),
             may_cut,
+            shared: false,
         };
         dog.handed(s.as_raw_fd(), Some(armed)).unwrap()
     }
@@ -372,7 +384,9 @@ mod tests {
             since_ms,
             limit: Duration::from_millis(40),
             may_cut: MayCut::Never,
+            shared: false,
             base,
+            first: Mutex::new(None),
             last_sent: AtomicU64::new(NOT_LOOKED),
             undelivered: AtomicBool::new(false),
             paid: Mutex::new(None),

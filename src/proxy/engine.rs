@@ -1,5 +1,6 @@
 //! The failover engine: pingora's hooks translated into the crate's decisions.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use pingora_core::protocols::{Digest, ALPN};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result, RetryType};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, Session};
 
 use super::builder::FailoverBuilder;
@@ -36,6 +37,7 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// `CTX` and call the engine's method of the same name from each of these hooks:
 /// [`upstream_peer`](Self::upstream_peer), [`fail_to_connect`](Self::fail_to_connect),
 /// [`connected_to_upstream`](Self::connected_to_upstream),
+/// [`upstream_request_filter`](Self::upstream_request_filter),
 /// [`error_while_proxy`](Self::error_while_proxy),
 /// [`upstream_response_filter`](Self::upstream_response_filter),
 /// [`fail_to_proxy`](Self::fail_to_proxy) and [`logging`](Self::logging); for hedging
@@ -228,27 +230,70 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             rec.peer().health().learn_connect(took);
             self.feed.routes.learn_connect(took);
         }
-        // One request at a time on the connection: an HTTP/2 one carries others.
         #[cfg(unix)]
-        if matches!(peer.options.alpn, ALPN::H1) && self.adaptive.is_some() {
-            let armed = rec.cut.header.and_then(|limit| {
-                let socket = digest?.socket_digest.as_ref()?;
-                let ends = (
-                    *socket.local_addr()?.as_inet()?,
-                    *socket.peer_addr()?.as_inet()?,
-                );
-                Some(Armed {
-                    ends,
-                    peer: rec.peer(),
-                    limit,
-                    may_cut: rec.cut.may_cut,
-                })
-            });
-            let watch = self.watchdog.handed(fd, armed);
-            rec.cut.watch = watch;
+        if self.adaptive.is_some() {
+            let connection = digest
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|socket| {
+                    Some((
+                        fd,
+                        (
+                            *socket.local_addr()?.as_inet()?,
+                            *socket.peer_addr()?.as_inet()?,
+                        ),
+                    ))
+                });
+            match peer.options.alpn {
+                ALPN::H1 => self.arm(rec, fd, connection, false),
+                ALPN::H2 => self.arm(rec, fd, connection, true),
+                // Which one the connection speaks shows in the request header.
+                ALPN::H2H1 => rec.cut.unarmed = connection,
+                _ => {}
+            }
         }
         #[cfg(windows)]
         let _ = (peer, digest);
+    }
+
+    /// For `ProxyHttp::upstream_request_filter`, with the request as it goes upstream: for a
+    /// peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), the attempt's wait for its header is
+    /// watched ([`AdaptiveTimeouts`]) once the request shows which one the connection speaks.
+    /// Without this call, such peers keep their configured read timeout.
+    pub fn upstream_request_filter(&self, request: &RequestHeader, ctx: &mut FailoverCtx) {
+        let Some(rec) = ctx.current_mut() else {
+            return;
+        };
+        if let Some((fd, ends)) = rec.cut.unarmed.take() {
+            let shared = request.version == pingora_http::Version::HTTP_2;
+            self.arm(rec, fd, Some((fd, ends)), shared);
+        }
+    }
+
+    /// Hands connection `fd` to the attempt `rec`, watched when it has a limit and its
+    /// connection's two ends are known. `shared`: the connection carries other requests.
+    fn arm(
+        &self,
+        rec: &mut AttemptRecord,
+        fd: i32,
+        connection: Option<(i32, (SocketAddr, SocketAddr))>,
+        shared: bool,
+    ) {
+        let armed = rec
+            .cut
+            .header
+            .zip(connection)
+            .map(|(limit, (_, ends))| Armed {
+                ends,
+                peer: rec.peer(),
+                limit,
+                may_cut: rec.cut.may_cut,
+                shared,
+            });
+        // A connection that carries many requests hands no wait over from one to the next.
+        if armed.is_none() && shared {
+            return;
+        }
+        rec.cut.watch = self.watchdog.handed(fd, armed);
     }
 
     /// For `ProxyHttp::fail_to_connect`: classifies the failure and marks the error for retry

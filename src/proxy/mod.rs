@@ -21,7 +21,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::services::listening::Service;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{http_proxy, http_proxy_service, FailToProxy, HttpProxy, ProxyHttp, Session};
 
 use crate::ctx::FailoverCtx;
@@ -160,6 +160,16 @@ impl<S: PeerSelector, R: RetryPolicy> ProxyHttp for FailoverProxy<S, R> {
     ) -> Box<Error> {
         self.engine
             .error_while_proxy(peer, session, e, ctx, client_reused)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut FailoverCtx,
+    ) -> Result<()> {
+        self.engine.upstream_request_filter(upstream_request, ctx);
+        Ok(())
     }
 
     async fn upstream_response_filter(
