@@ -8,8 +8,11 @@
 //!     [--backup 127.0.0.1:8081] [--connect-timeout-ms 400] [--read-timeout-ms 1000] [--threads 1]
 //! ```
 //!
-//! Copy it into your project with `async-trait`, `pingora-core`, `pingora-error`, `pingora-http`
-//! and `pingora-proxy` as dependencies.
+//! It allocates through mimalloc, as `failover_proxy` does, so that the benchmarks compare the
+//! proxies and not their allocators.
+//!
+//! Copy it into your project with `async-trait`, `pingora-core`, `pingora-error`, `pingora-http`,
+//! `pingora-proxy` and `mimalloc` as dependencies.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,6 +23,9 @@ use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, Result};
 use pingora_proxy::{http_proxy_service, ProxyHttp, Session};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     peer: SocketAddr,

@@ -223,10 +223,11 @@ impl AttemptRecord {
         self.outcome
     }
 
-    /// Ends the attempt with `outcome` (what its peer learns from it is the engine's feed).
-    pub(crate) fn finish(&mut self, outcome: Outcome) {
+    /// Ends the attempt with `outcome` at `now` (what its peer learns from it is the engine's
+    /// feed).
+    pub(crate) fn finish(&mut self, outcome: Outcome, now: Instant) {
         self.end_wait();
-        self.duration = Some(self.started.elapsed());
+        self.duration = Some(now.saturating_duration_since(self.started));
         self.outcome = outcome;
     }
 

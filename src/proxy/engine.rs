@@ -189,8 +189,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     .get_or_insert_with(|| self.feed.routes.key(session.req_header()));
                 let body_empty = session.is_body_empty();
                 let safe = session.req_header().method.is_safe() && body_empty;
+                let budget_left = std::cell::OnceCell::new();
                 let retried = |kind, configured, limit| {
-                    self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
+                    let ctx = &*ctx;
+                    self.cut_is_retried(session, body_empty, ctx, kind, configured, limit, &budget_left)
                 };
                 let routes = &self.feed.routes;
                 let (typical, connect) = (routes.typical(route), routes.typical_connect());

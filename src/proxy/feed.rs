@@ -61,7 +61,8 @@ impl Feed {
             return;
         };
         let waited = matches!(rec.outcome(), Outcome::Pending);
-        rec.finish(outcome);
+        let now = Instant::now();
+        rec.finish(outcome, now);
         let took = rec.duration().unwrap_or_default();
         self.signals.attempt(rec.peer(), &outcome);
         if !waited {
@@ -71,7 +72,6 @@ impl Feed {
         // the estimate, and one on the client's side, or the cut's own, teaches nothing.
         let health = rec.peer().health();
         health.header_done();
-        let now = Instant::now();
         if let Some(failed) = counted {
             health.learn_outcome(failed, now);
         }
@@ -153,6 +153,9 @@ impl Feed {
         let Some((last, earlier)) = ctx.attempts().split_last() else {
             return;
         };
+        if earlier.is_empty() {
+            return;
+        }
         let took = last.started().elapsed();
         for rec in earlier {
             if rec.cut.header_cut() && rec.cut.header.is_some_and(|limit| took < limit) {

@@ -192,6 +192,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         kind: FailureKind,
         configured: Duration,
         limit: Duration,
+        budget_left: &std::cell::OnceCell<bool>,
     ) -> bool {
         let request = session.req_header();
         let facts = Facts {
@@ -206,8 +207,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             time_left: self.time_left(ctx),
         };
         rules::cut_is_retried(&facts, configured, limit)
-            // Last: it reads the clock.
-            && self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
+            // Last, and once per attempt: it reads the clock.
+            && *budget_left
+                .get_or_init(|| self.budget.as_ref().is_none_or(|b| b.remaining() > 0))
     }
 
     pub(super) fn finish(&self, ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
