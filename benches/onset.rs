@@ -9,7 +9,9 @@
 //! - 503: the primary answers 503;
 //! - drop: every packet to the primary is dropped (iptables on loopback, as root; skipped
 //!   elsewhere): a blackholed route, where the primary's kernel acknowledges nothing, so that a
-//!   POST caught there provably never arrived.
+//!   POST caught there provably never arrived;
+//! - drop-h2: the same, with both upstreams speaking HTTP/2 in clear text (h2c), where one
+//!   connection carries every request to the primary.
 //!
 //! Each fault is run against `failover_proxy` (ordered list: primary, then backup) with its
 //! defaults, again with `--no-stall-cut` (`failover-no-cut`), with `--undelivered-retry`
@@ -35,7 +37,7 @@
 //! cargo bench --bench onset
 //! ```
 //!
-//! `ONSET_FAULTS=crash,blackhole,slow,503,drop` chooses faults;
+//! `ONSET_FAULTS=crash,blackhole,slow,503,drop,drop-h2` chooses faults;
 //! `ONSET_PROXIES=bare,failover,failover-no-cut,failover-undelivered` proxies.
 //! `ONSET_COLD=1` breaks the primary before the first request instead (a host down at deploy:
 //! nothing learned of it yet); the onset then counts from the start.
@@ -59,13 +61,15 @@ const HEAL_AT: Duration = Duration::from_secs(8);
 const END_AT: Duration = Duration::from_secs(14);
 const STALL: Duration = Duration::from_millis(50);
 
-const FAULTS: [(&str, Mode); 5] = [
+const FAULTS: [(&str, Mode); 6] = [
     ("crash", Mode::Crash),
     ("blackhole", Mode::Blackhole),
     ("slow", Mode::Slow(Duration::from_secs(1))),
     ("503", Mode::Unavailable),
     // The upstream keeps serving; its packets are dropped on the way in.
     ("drop", Mode::Up),
+    // The same with HTTP/2 (h2c) upstreams: every stream on the primary's connection stalls.
+    ("drop-h2", Mode::Up),
 ];
 
 /// Drops every packet to `port` on loopback while it lives (iptables).
@@ -109,23 +113,34 @@ fn iptables_usable() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// `h2`: the upstreams speak HTTP/2 in clear text.
 async fn start_proxy(
     kind: &str,
     primary: SocketAddr,
     backup: SocketAddr,
     slow: bool,
+    h2: bool,
 ) -> (Proxy, SocketAddr) {
     let listen = free_port();
     let read_ms = if slow { "300" } else { "1000" };
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
+    // The reference proxy takes peers of another protocol from its configuration file.
+    let config =
+        std::env::temp_dir().join(format!("pf-onset-{}-{listen}.toml", std::process::id()));
+    let c = config.to_string_lossy().into_owned();
+    let peers: Vec<&str> = if h2 {
+        let toml = format!(
+            "peers = [{{ addr = \"{p}\", http = \"h2\" }}, {{ addr = \"{b}\", http = \"h2\" }}]\n"
+        );
+        std::fs::write(&config, toml).expect("a temporary file");
+        vec!["--config", &c]
+    } else {
+        vec!["--peer", &p, "--peer", &b]
+    };
     let mut args: Vec<&str> = match kind {
         "failover" | "failover-no-cut" | "failover-undelivered" => vec![
             "--listen",
             &l,
-            "--peer",
-            &p,
-            "--peer",
-            &b,
             "--threads",
             "1",
             "--quiet",
@@ -153,8 +168,13 @@ async fn start_proxy(
             "400",
             "--read-timeout-ms",
             read_ms,
+            "--http",
+            if h2 { "h2" } else { "h1" },
         ],
     };
+    if kind != "bare" {
+        args.extend(peers);
+    }
     if kind == "failover-no-cut" {
         args.push("--no-stall-cut");
     }
@@ -166,7 +186,9 @@ async fn start_proxy(
     } else {
         "failover_proxy"
     };
-    (spawn_proxy(name, &args, listen).await, listen)
+    let proxy = spawn_proxy(name, &args, listen).await;
+    let _ = std::fs::remove_file(&config);
+    (proxy, listen)
 }
 
 struct Row {
@@ -244,13 +266,25 @@ fn analyse(records: &[Record], twice: usize, fault_at: Duration) -> Row {
 /// `cold`: the primary is broken before the proxy has seen a request (one host of a pool down
 /// at deploy), rather than at `FAULT_AT`.
 async fn run(kind: &str, name: &str, fault: Mode, cold: bool) -> Row {
-    let primary = Upstream::start("primary", Mode::Up).await;
-    let backup = Upstream::start("backup", Mode::Up).await;
+    let h2 = name == "drop-h2";
+    let (primary, backup) = if h2 {
+        (
+            Upstream::start_h2("primary").await,
+            Upstream::start_h2("backup").await,
+        )
+    } else {
+        (
+            Upstream::start("primary", Mode::Up).await,
+            Upstream::start("backup", Mode::Up).await,
+        )
+    };
     let slow = matches!(fault, Mode::Slow(_));
-    let (_proxy, addr) = start_proxy(kind, primary.addr, backup.addr, slow).await;
+    let (_proxy, addr) = start_proxy(kind, primary.addr, backup.addr, slow, h2).await;
     let mut dropped = None;
     let mut break_primary = || {
-        dropped = (name == "drop").then(|| Dropped::on(primary.addr.port()).expect("iptables"));
+        dropped = name
+            .starts_with("drop")
+            .then(|| Dropped::on(primary.addr.port()).expect("iptables"));
         primary.mode.send_replace(fault);
     };
     if cold {
@@ -297,7 +331,7 @@ fn main() {
     let faults: Vec<(&str, Mode)> = faults
         .into_iter()
         .filter(|(n, _)| {
-            let usable = *n != "drop" || iptables_usable();
+            let usable = !n.starts_with("drop") || iptables_usable();
             if !usable {
                 println!("drop: skipped (iptables needs root and the iptables package)");
             }

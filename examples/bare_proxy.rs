@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:6190 --peer 127.0.0.1:8080 \
-//!     [--backup 127.0.0.1:8081] [--connect-timeout-ms 400] [--read-timeout-ms 1000] [--threads 1]
+//!     [--backup 127.0.0.1:8081] [--connect-timeout-ms 400] [--read-timeout-ms 1000] [--threads 1] \
+//!     [--http h2]
 //! ```
 //!
 //! It allocates through mimalloc, as `failover_proxy` does, so that the benchmarks compare the
@@ -32,6 +33,8 @@ struct Bare {
     backup: Option<SocketAddr>,
     connect_timeout: Option<Duration>,
     read_timeout: Option<Duration>,
+    /// The upstreams speak HTTP/2 in clear text (h2c, by prior knowledge).
+    h2: bool,
 }
 
 #[async_trait]
@@ -56,6 +59,9 @@ impl ProxyHttp for Bare {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = self.connect_timeout;
         peer.options.read_timeout = self.read_timeout;
+        if self.h2 {
+            peer.options.set_http_version(2, 2);
+        }
         Ok(Box::new(peer))
     }
 
@@ -77,6 +83,7 @@ impl ProxyHttp for Bare {
 fn main() {
     let (mut listen, mut peer, mut threads) = (None, None, 1usize);
     let (mut backup, mut connect_timeout, mut read_timeout) = (None, None, None);
+    let mut h2 = false;
     let ms = |v: &str| Some(Duration::from_millis(v.parse().expect("a number of ms")));
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -88,6 +95,7 @@ fn main() {
             "--connect-timeout-ms" => connect_timeout = ms(&value),
             "--read-timeout-ms" => read_timeout = ms(&value),
             "--threads" => threads = value.parse().expect("--threads N"),
+            "--http" => h2 = value == "h2",
             other => panic!("unknown flag {other}"),
         }
     }
@@ -104,6 +112,7 @@ fn main() {
         backup,
         connect_timeout,
         read_timeout,
+        h2,
     };
     let mut service = http_proxy_service(&server.configuration, bare);
     service.add_tcp(&listen.expect("--listen ADDR"));

@@ -89,6 +89,71 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// An HTTP/2 upstream in clear text (h2c, by prior knowledge) that answers every request
+    /// with its name, on each stream at once. Its modes play no part: its faults are the
+    /// network's (`iptables`).
+    pub async fn start_h2(name: &'static str) -> Self {
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mode, _) = watch::channel(Mode::Up);
+        let posts = Arc::new(Mutex::new(HashMap::new()));
+        let load = Arc::new(Load::default());
+        let (p, l) = (posts.clone(), load.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_h2(name, stream, p.clone(), l.clone()));
+            }
+        });
+        Self {
+            addr,
+            mode,
+            posts,
+            load,
+        }
+    }
+}
+
+/// Serves one h2c connection: each stream's body is read, its `x-id` counted, and the name
+/// sent back.
+async fn serve_h2(
+    name: &'static str,
+    stream: TcpStream,
+    posts: Arc<Mutex<HashMap<u64, u32>>>,
+    load: Arc<Load>,
+) {
+    let Ok(mut conn) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let (posts, load) = (posts.clone(), load.clone());
+        tokio::spawn(async move {
+            let (parts, mut body) = req.into_parts();
+            while let Some(Ok(chunk)) = body.data().await {
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            let id = parts
+                .headers
+                .get("x-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            load.hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(id) = id {
+                *posts.lock().unwrap().entry(id).or_default() += 1;
+            }
+            let head = axum::http::Response::builder()
+                .status(200)
+                .header("content-length", name.len())
+                .body(())
+                .unwrap();
+            if let Ok(mut send) = respond.send_response(head, false) {
+                let _ = send.send_data(axum::body::Bytes::from_static(name.as_bytes()), true);
+            }
+        });
+    }
+}
+
 fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = TcpSocket::new_v4()?;
     socket.set_reuseaddr(true)?;

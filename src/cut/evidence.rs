@@ -9,7 +9,8 @@
 //!    sent (an upload) is not a wait for a header; retransmitted, and nothing acknowledged for
 //!    two round trips after the last transmission, means the peer is unreachable. Counted from
 //!    when the attempt took the connection (read then only for a request that may move when
-//!    undelivered, as it costs a system call on the request's path), more is known: any byte
+//!    undelivered, and on an HTTP/2 connection, as it costs a system call on the request's
+//!    path), more is known: any byte
 //!    received is the answer, nothing sent yet is no wait, and none of the request
 //!    acknowledged means the peer never received it, so that even a non-idempotent request
 //!    may move (once the connection is aborted). Otherwise the counters count from the
@@ -44,9 +45,13 @@ pub(crate) struct Look {
     pub(crate) transport: Option<Transport>,
     /// What the peer's liveness checks say about the time since the wait began.
     pub(crate) liveness: Live,
-    /// Only the transport may show the peer stuck: the connection carries other requests
-    /// (HTTP/2), which a cut would end too, so only an unreachable peer justifies one.
-    pub(crate) transport_only: bool,
+    /// The connection carries other requests (HTTP/2), which a cut would end too: only the
+    /// transport may show the peer stuck (unreachable), bytes received may be the others'
+    /// answers, and nothing acknowledged does not tell whose bytes the peer never received.
+    pub(crate) shared: bool,
+    /// On a shared connection: a liveness check could not even connect to the peer while this
+    /// request waited (or just before, with nothing answered since).
+    pub(crate) unreachable: bool,
 }
 
 /// What one attempt's connection shows.
@@ -105,7 +110,7 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         sending,
     }) = look.transport
     {
-        let answered = moved.unread > 0 || (from_start && moved.received > 0);
+        let answered = moved.unread > 0 || (from_start && !look.shared && moved.received > 0);
         if answered || sending || (from_start && moved.sent == 0) {
             // The answer has come and waits to be read (the stall is the proxy's own), or the
             // request is not yet, or not yet fully, sent: no wait for a header to judge yet.
@@ -120,7 +125,7 @@ pub(crate) fn judge(look: &Look) -> Verdict {
             let since_send = Duration::from_millis(u64::from(moved.last_send_ms));
             return match (until_limit.is_zero(), answer_time.checked_sub(since_send)) {
                 (true, None | Some(Duration::ZERO)) => Verdict::Stuck {
-                    undelivered: from_start,
+                    undelivered: from_start && !look.shared,
                 },
                 (_, wait) => {
                     Verdict::Later(until_limit.max(wait.unwrap_or_default()).max(CHECK_POLL))
@@ -128,8 +133,8 @@ pub(crate) fn judge(look: &Look) -> Verdict {
             };
         }
     }
-    if look.transport_only {
-        return Verdict::Later(first);
+    if look.shared {
+        return shared(look, first, until_limit);
     }
     match look.liveness {
         Live::Passed => Verdict::Leave,
@@ -138,6 +143,34 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         Live::Failed => Verdict::Stuck { undelivered: false },
         Live::Checking => Verdict::Later(CHECK_POLL),
         Live::Unknown => Verdict::Check(CHECK_POLL),
+    }
+}
+
+/// The verdict on a request on a shared connection, which the transport did not show stuck
+/// yet: its peer is unreachable when this connection acknowledged and received nothing since
+/// the request began, for the whole limit, and a connection to the peer could not even be
+/// made meanwhile. A silent connection alone is no proof (the peer may hold back its
+/// acknowledgement, delayed, while its application works), nor is a refused or hung check
+/// (new connections may be refused while this one works): together they show the host gone,
+/// long before the kernel's first retransmission of a lone segment (200 ms on Linux).
+fn shared(look: &Look, first: Duration, until_limit: Duration) -> Verdict {
+    let silent = look.transport.is_some_and(|t| {
+        t.from_start && t.moved.acked == 0 && t.moved.received == 0 && t.moved.unread == 0
+    });
+    if !silent {
+        return Verdict::Later(first);
+    }
+    if look.unreachable {
+        return match until_limit.is_zero() {
+            true => Verdict::Stuck { undelivered: false },
+            false => Verdict::Later(until_limit),
+        };
+    }
+    match look.liveness {
+        Live::Unknown => Verdict::Check(CHECK_POLL),
+        Live::Checking => Verdict::Later(CHECK_POLL),
+        // Reachable, or stuck while connected: neither ends a connection others may use.
+        Live::Passed | Live::Failed => Verdict::Later(first),
     }
 }
 
@@ -153,7 +186,8 @@ mod tests {
             limit: MS(100),
             transport,
             liveness,
-            transport_only: false,
+            shared: false,
+            unreachable: false,
         }
     }
 
@@ -336,26 +370,70 @@ mod tests {
     #[test]
     fn on_a_shared_connection_only_the_transport_shows_a_peer_stuck() {
         let shared = |quiet, transport, liveness| Look {
-            transport_only: true,
+            shared: true,
             ..look(quiet, transport, liveness)
         };
         assert_eq!(
-            judge(&shared(
-                60,
-                from_first_look(Counters::default()),
-                Live::Failed
-            )),
+            judge(&shared(60, moved(80, 0, 0), Live::Failed)),
             Verdict::Later(MS(25)),
-            "a failed liveness check does not end the other requests on the connection"
+            "a check that connected and then failed does not end the other requests"
+        );
+        assert_eq!(
+            judge(&shared(60, moved(80, 80, 0), Live::Unknown)),
+            Verdict::Later(MS(25)),
+            "no liveness check for a request its peer acknowledged"
         );
         assert_eq!(
             judge(&shared(60, None, Live::Unknown)),
-            Verdict::Later(MS(25)),
-            "no liveness check is started for it"
+            Verdict::Later(MS(25))
+        );
+        assert_eq!(
+            judge(&shared(60, moved(80, 0, 0), Live::Unknown)),
+            Verdict::Check(CHECK_POLL),
+            "nothing acknowledged: is the host there at all?"
         );
         assert_eq!(
             judge(&shared(300, from_first_look(unanswered(30)), Live::Passed)),
             Verdict::Stuck { undelivered: false }
+        );
+        // Counted from the start, nothing acknowledged shows the peer unreachable, not which
+        // request it never received; and bytes received may be another request's answer.
+        assert_eq!(
+            judge(&shared(300, from_start(unanswered(30)), Live::Passed)),
+            Verdict::Stuck { undelivered: false }
+        );
+        assert_eq!(
+            judge(&shared(60, moved(80, 0, 500), Live::Unknown)),
+            Verdict::Later(MS(25))
+        );
+    }
+
+    #[test]
+    fn on_a_shared_connection_a_silent_one_to_a_host_that_cannot_be_reached_is_cut() {
+        let gone = |quiet, transport| Look {
+            shared: true,
+            unreachable: true,
+            ..look(quiet, transport, Live::Failed)
+        };
+        assert_eq!(
+            judge(&gone(60, moved(80, 0, 0))),
+            Verdict::Later(MS(40)),
+            "once the request has waited its limit"
+        );
+        assert_eq!(
+            judge(&gone(100, moved(80, 0, 0))),
+            Verdict::Stuck { undelivered: false }
+        );
+        assert_eq!(
+            judge(&gone(100, moved(80, 80, 0))),
+            Verdict::Later(MS(25)),
+            "this connection still works: only new connections are refused"
+        );
+        assert_eq!(judge(&gone(100, moved(80, 0, 20))), Verdict::Later(MS(25)));
+        assert_eq!(
+            judge(&gone(100, from_first_look(Counters::default()))),
+            Verdict::Later(MS(25)),
+            "without the counters from the request's start, silence is not known"
         );
     }
 }

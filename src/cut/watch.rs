@@ -50,8 +50,8 @@ pub(crate) struct Watch {
     /// peer stuck, and the cut ends them all.
     pub(super) shared: bool,
     /// The connection's counters when the attempt took it, before its request was sent: read
-    /// only for a request that may move when undelivered (it costs a system call on the
-    /// request's path).
+    /// only for a request that may move when undelivered, and on a shared connection (it costs
+    /// a system call on the request's path).
     pub(super) base: Option<Counters>,
     /// The connection's counters at the watch's first look, for a watch without `base`.
     pub(super) first: Mutex<Option<Counters>>,
@@ -101,11 +101,13 @@ impl Watch {
         let transport = if sys::HAS_COUNTERS {
             // The descriptor no longer names the connection: the wait is over.
             let counters = sys::counters_of(self.fd, self.ends)?;
-            let sending = match self.last_sent.swap(counters.sent, Ordering::AcqRel) {
+            // First transmissions only: a retransmission is no sign of a request still going.
+            let first_sent = counters.sent.saturating_sub(counters.retransmitted);
+            let sending = match self.last_sent.swap(first_sent, Ordering::AcqRel) {
                 // The request went after the watch was armed: at the first look, only data
                 // sent a moment ago says that it is still going.
                 NOT_LOOKED => u64::from(counters.last_send_ms) < STILL_SENDING_MS,
-                last => counters.sent > last,
+                last => first_sent > last,
             };
             let from = match self.base {
                 Some(base) => base,
@@ -128,7 +130,9 @@ impl Watch {
             limit: self.limit,
             transport,
             liveness: suspicion.live_since(self.since_ms, self.limit.as_millis() as u64),
-            transport_only: self.shared,
+            shared: self.shared,
+            unreachable: self.shared
+                && suspicion.unreachable_since(self.since_ms, self.limit.as_millis() as u64),
         };
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),

@@ -127,9 +127,11 @@ impl Shared {
             // and neither does one that failed long after its own timeouts were due: it was held
             // up itself (the machine, or this thread, was starved).
             if passed || (failed && started.elapsed() <= limit * 2) {
-                health
-                    .suspicion()
-                    .finish_check(from_ms, health.now_ms(), passed);
+                let (suspicion, now_ms) = (health.suspicion(), health.now_ms());
+                suspicion.finish_check(from_ms, now_ms, passed);
+                if checked == Checked::Unreachable {
+                    suspicion.unreachable(now_ms);
+                }
             }
         });
     }
@@ -171,9 +173,11 @@ impl Watchdog {
         let now = Instant::now();
         let watch = armed.filter(|_| running).map(|a| {
             // Only the proof that the peer never received a request needs the counters from
-            // before it was sent; reading them is the one system call on the request's path.
-            let undelivered_matters = a.may_cut == MayCut::IfUndelivered && !a.shared;
-            let base = undelivered_matters.then(|| sys::counters(fd)).flatten();
+            // before it was sent, and on a shared connection, the proof that the peer is
+            // unreachable: each request there begins after others, whose bytes were
+            // acknowledged. Reading them is the one system call on the request's path.
+            let from_start = a.may_cut == MayCut::IfUndelivered || a.shared;
+            let base = from_start.then(|| sys::counters(fd)).flatten();
             Arc::new(Watch {
                 state: AtomicU8::new(WAITING),
                 fd,

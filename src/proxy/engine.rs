@@ -192,7 +192,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let budget_left = std::cell::OnceCell::new();
                 let retried = |kind, configured, limit| {
                     let ctx = &*ctx;
-                    self.cut_is_retried(session, body_empty, ctx, kind, configured, limit, &budget_left)
+                    self.cut_is_retried(
+                        session,
+                        body_empty,
+                        ctx,
+                        kind,
+                        configured,
+                        limit,
+                        &budget_left,
+                    )
                 };
                 let routes = &self.feed.routes;
                 let (typical, connect) = (routes.typical(route), routes.typical_connect());
