@@ -183,7 +183,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// Whether a cut of the attempt about to be made, failing as `kind` after `limit` of its
     /// `configured` timeout, would be retried: the safety rules over what is known before the
     /// attempt ([`rules::cut_is_retried`]), with the policy asked through
-    /// [`RetryPolicy::would_retry`], and a retry left in the budget.
+    /// [`RetryPolicy::would_retry`]. (The caller asks the budget.)
     pub(super) fn cut_is_retried(
         &self,
         session: &Session,
@@ -192,7 +192,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         kind: FailureKind,
         configured: Duration,
         limit: Duration,
-        budget_left: &std::cell::OnceCell<bool>,
     ) -> bool {
         let request = session.req_header();
         let facts = Facts {
@@ -207,9 +206,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             time_left: self.time_left(ctx),
         };
         rules::cut_is_retried(&facts, configured, limit)
-            // Last, and once per attempt: it reads the clock.
-            && *budget_left
-                .get_or_init(|| self.budget.as_ref().is_none_or(|b| b.remaining() > 0))
     }
 
     pub(super) fn finish(&self, ctx: &mut FailoverCtx, kind: FailureKind, verdict: Verdict) {
