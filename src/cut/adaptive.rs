@@ -280,8 +280,8 @@ pub(crate) struct Cut {
     pub(crate) may_cut: MayCut,
     pub(crate) watch: Option<std::sync::Arc<Watch>>,
     /// The connection of a peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), until the
-    /// request header shows which one it negotiated: its descriptor and its two ends.
-    pub(crate) unarmed: Option<(i32, (std::net::SocketAddr, std::net::SocketAddr))>,
+    /// request header shows which one it negotiated: its descriptor and its two ends, if known.
+    pub(crate) unarmed: Option<(i32, Option<(std::net::SocketAddr, std::net::SocketAddr)>)>,
 }
 
 impl Default for Cut {

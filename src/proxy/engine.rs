@@ -236,22 +236,20 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         }
         #[cfg(unix)]
         if self.adaptive.is_some() {
-            let connection = digest
+            // The connection's two ends, which name it while it is open.
+            let ends = digest
                 .and_then(|d| d.socket_digest.as_ref())
                 .and_then(|socket| {
                     Some((
-                        fd,
-                        (
-                            *socket.local_addr()?.as_inet()?,
-                            *socket.peer_addr()?.as_inet()?,
-                        ),
+                        *socket.local_addr()?.as_inet()?,
+                        *socket.peer_addr()?.as_inet()?,
                     ))
                 });
             match peer.options.alpn {
-                ALPN::H1 => self.arm(rec, fd, connection, false),
-                ALPN::H2 => self.arm(rec, fd, connection, true),
+                ALPN::H1 => self.arm(rec, fd, ends, false),
+                ALPN::H2 => self.arm(rec, fd, ends, true),
                 // Which one the connection speaks shows in the request header.
-                ALPN::H2H1 => rec.cut.unarmed = connection,
+                ALPN::H2H1 => rec.cut.unarmed = Some((fd, ends)),
                 _ => {}
             }
         }
@@ -269,30 +267,26 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         };
         if let Some((fd, ends)) = rec.cut.unarmed.take() {
             let shared = request.version == pingora_http::Version::HTTP_2;
-            self.arm(rec, fd, Some((fd, ends)), shared);
+            self.arm(rec, fd, ends, shared);
         }
     }
 
-    /// Hands connection `fd` to the attempt `rec`, watched when it has a limit and its
-    /// connection's two ends are known. `shared`: the connection carries other requests.
+    /// Hands connection `fd` to the attempt `rec`, watched when it has a limit and the
+    /// connection's two `ends` are known. `shared`: the connection carries other requests.
     fn arm(
         &self,
         rec: &mut AttemptRecord,
         fd: i32,
-        connection: Option<(i32, (SocketAddr, SocketAddr))>,
+        ends: Option<(SocketAddr, SocketAddr)>,
         shared: bool,
     ) {
-        let armed = rec
-            .cut
-            .header
-            .zip(connection)
-            .map(|(limit, (_, ends))| Armed {
-                ends,
-                peer: rec.peer(),
-                limit,
-                may_cut: rec.cut.may_cut,
-                shared,
-            });
+        let armed = rec.cut.header.zip(ends).map(|(limit, ends)| Armed {
+            ends,
+            peer: rec.peer(),
+            limit,
+            may_cut: rec.cut.may_cut,
+            shared,
+        });
         // A connection that carries many requests hands no wait over from one to the next.
         if armed.is_none() && shared {
             return;
