@@ -95,7 +95,13 @@ fn main() {
             "--connect-timeout-ms" => connect_timeout = ms(&value),
             "--read-timeout-ms" => read_timeout = ms(&value),
             "--threads" => threads = value.parse().expect("--threads N"),
-            "--http" => h2 = value == "h2",
+            "--http" => {
+                h2 = match value.as_str() {
+                    "h1" => false,
+                    "h2" => true,
+                    other => panic!("--http h1 | h2, not {other}"),
+                }
+            }
             other => panic!("unknown flag {other}"),
         }
     }

@@ -33,8 +33,6 @@ pub(crate) struct Waiting {
     passed_from: AtomicU64,
     /// When the latest liveness check that failed ended (ms), 0 before one.
     failed_until: AtomicU64,
-    /// When the latest liveness check that could not even connect ended (ms), 0 before one.
-    unreachable_until: AtomicU64,
     /// When the evidence last showed the peer stuck (ms), 0 before.
     stuck_at: AtomicU64,
 }
@@ -97,26 +95,6 @@ impl Waiting {
             // Unanswered: the peer is stuck from now, for new requests too.
             self.stuck(now_ms);
         }
-    }
-
-    /// The check that ended at `now_ms` failed because it could not connect at all: the peer's
-    /// host is unreachable, not only its application stuck.
-    pub(crate) fn unreachable(&self, now_ms: u64) {
-        self.unreachable_until.fetch_max(now_ms, Ordering::AcqRel);
-    }
-
-    /// Whether a check that could not connect bears on a wait that began at `since_ms`: it
-    /// ended after the wait began, or less than `slack_ms` before it with nothing answered
-    /// since (as for [`Live::Failed`]).
-    pub(crate) fn unreachable_since(&self, since_ms: u64, slack_ms: u64) -> bool {
-        let unreachable = self.unreachable_until.load(Ordering::Acquire);
-        let passed = self.passed_from.load(Ordering::Acquire);
-        let answered = self.answered_at.load(Ordering::Relaxed);
-        unreachable != 0
-            && (unreachable >= since_ms
-                || (unreachable > passed
-                    && unreachable > answered
-                    && unreachable + slack_ms >= since_ms))
     }
 
     /// Gives the check slot back.
@@ -230,19 +208,5 @@ mod tests {
             "failed while the wait ran"
         );
         assert_eq!(w.live_since_test(261), Live::Unknown);
-    }
-
-    #[test]
-    fn a_check_that_could_not_connect_bears_on_the_waits_it_overlapped() {
-        let w = Waiting::default();
-        assert!(!w.unreachable_since(100, 50));
-        w.finish_check(120, 170, false);
-        assert!(!w.unreachable_since(100, 50), "failed, but it connected");
-        w.unreachable(170);
-        assert!(w.unreachable_since(100, 0), "while the wait ran");
-        assert!(w.unreachable_since(200, 50), "30 ms before the wait");
-        assert!(!w.unreachable_since(300, 50), "long before it");
-        w.answered(180);
-        assert!(!w.unreachable_since(200, 50), "the peer answered since");
     }
 }

@@ -46,12 +46,10 @@ pub(crate) struct Look {
     /// What the peer's liveness checks say about the time since the wait began.
     pub(crate) liveness: Live,
     /// The connection carries other requests (HTTP/2), which a cut would end too: only the
-    /// transport may show the peer stuck (unreachable), bytes received may be the others'
-    /// answers, and nothing acknowledged does not tell whose bytes the peer never received.
+    /// transport may show the peer stuck (a retransmission left unanswered), bytes received
+    /// may be the others' answers, and nothing acknowledged does not tell whose bytes the peer
+    /// never received.
     pub(crate) shared: bool,
-    /// On a shared connection: a liveness check could not even connect to the peer while this
-    /// request waited (or just before, with nothing answered since).
-    pub(crate) unreachable: bool,
 }
 
 /// What one attempt's connection shows.
@@ -62,7 +60,8 @@ pub(crate) struct Transport {
     /// `moved` counts from when the attempt took the connection, before its request was
     /// sent (otherwise from the watch's first look).
     pub(crate) from_start: bool,
-    /// More was sent since the last look: the request is still being sent.
+    /// More was first sent since the last look: the request is still being sent (on a shared
+    /// connection, or another request's bytes).
     pub(crate) sending: bool,
 }
 
@@ -110,7 +109,10 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         sending,
     }) = look.transport
     {
-        let answered = moved.unread > 0 || (from_start && !look.shared && moved.received > 0);
+        // On a connection of its own, anything received (since the start or the first look)
+        // is this request's answer; on a shared one, only bytes waiting unread say the proxy
+        // itself stalled.
+        let answered = moved.unread > 0 || (!look.shared && moved.received > 0);
         if answered || sending || (from_start && moved.sent == 0) {
             // The answer has come and waits to be read (the stall is the proxy's own), or the
             // request is not yet, or not yet fully, sent: no wait for a header to judge yet.
@@ -134,7 +136,10 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         }
     }
     if look.shared {
-        return shared(look, first, until_limit);
+        // Neither a silent connection nor a failed check proves the peer unreachable: a live
+        // peer may hold back its acknowledgement while its application works, and refuse new
+        // connections while this one works. Only a retransmission left unanswered does.
+        return Verdict::Later(first);
     }
     match look.liveness {
         Live::Passed => Verdict::Leave,
@@ -143,34 +148,6 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         Live::Failed => Verdict::Stuck { undelivered: false },
         Live::Checking => Verdict::Later(CHECK_POLL),
         Live::Unknown => Verdict::Check(CHECK_POLL),
-    }
-}
-
-/// The verdict on a request on a shared connection, which the transport did not show stuck
-/// yet: its peer is unreachable when this connection acknowledged and received nothing since
-/// the request began, for the whole limit, and a connection to the peer could not even be
-/// made meanwhile. A silent connection alone is no proof (the peer may hold back its
-/// acknowledgement, delayed, while its application works), nor is a refused or hung check
-/// (new connections may be refused while this one works): together they show the host gone,
-/// long before the kernel's first retransmission of a lone segment (200 ms on Linux).
-fn shared(look: &Look, first: Duration, until_limit: Duration) -> Verdict {
-    let silent = look.transport.is_some_and(|t| {
-        t.from_start && t.moved.acked == 0 && t.moved.received == 0 && t.moved.unread == 0
-    });
-    if !silent {
-        return Verdict::Later(first);
-    }
-    if look.unreachable {
-        return match until_limit.is_zero() {
-            true => Verdict::Stuck { undelivered: false },
-            false => Verdict::Later(until_limit),
-        };
-    }
-    match look.liveness {
-        Live::Unknown => Verdict::Check(CHECK_POLL),
-        Live::Checking => Verdict::Later(CHECK_POLL),
-        // Reachable, or stuck while connected: neither ends a connection others may use.
-        Live::Passed | Live::Failed => Verdict::Later(first),
     }
 }
 
@@ -187,7 +164,6 @@ mod tests {
             transport,
             liveness,
             shared: false,
-            unreachable: false,
         }
     }
 
@@ -330,15 +306,15 @@ mod tests {
     }
 
     #[test]
-    fn counted_from_the_first_look_only_an_unread_answer_is_one() {
-        // Bytes received before the first look may be an earlier answer on the connection.
+    fn counted_from_the_first_look_an_answer_is_what_came_since_or_waits_unread() {
+        // On a connection of its own, bytes received since the first look are the answer.
         let received = from_first_look(Counters {
             received: 100,
             ..Counters::default()
         });
         assert_eq!(
-            judge(&look(60, received, Live::Unknown)),
-            Verdict::Check(CHECK_POLL)
+            judge(&look(60, received, Live::Failed)),
+            Verdict::Later(MS(100))
         );
         let unread = from_first_look(Counters {
             unread: 17,
@@ -376,21 +352,16 @@ mod tests {
         assert_eq!(
             judge(&shared(60, moved(80, 0, 0), Live::Failed)),
             Verdict::Later(MS(25)),
-            "a check that connected and then failed does not end the other requests"
+            "a failed check does not end the other requests on the connection"
         );
         assert_eq!(
-            judge(&shared(60, moved(80, 80, 0), Live::Unknown)),
+            judge(&shared(60, moved(80, 0, 0), Live::Unknown)),
             Verdict::Later(MS(25)),
-            "no liveness check for a request its peer acknowledged"
+            "no liveness check: a silent connection alone proves nothing"
         );
         assert_eq!(
             judge(&shared(60, None, Live::Unknown)),
             Verdict::Later(MS(25))
-        );
-        assert_eq!(
-            judge(&shared(60, moved(80, 0, 0), Live::Unknown)),
-            Verdict::Check(CHECK_POLL),
-            "nothing acknowledged: is the host there at all?"
         );
         assert_eq!(
             judge(&shared(300, from_first_look(unanswered(30)), Live::Passed)),
@@ -405,35 +376,6 @@ mod tests {
         assert_eq!(
             judge(&shared(60, moved(80, 0, 500), Live::Unknown)),
             Verdict::Later(MS(25))
-        );
-    }
-
-    #[test]
-    fn on_a_shared_connection_a_silent_one_to_a_host_that_cannot_be_reached_is_cut() {
-        let gone = |quiet, transport| Look {
-            shared: true,
-            unreachable: true,
-            ..look(quiet, transport, Live::Failed)
-        };
-        assert_eq!(
-            judge(&gone(60, moved(80, 0, 0))),
-            Verdict::Later(MS(40)),
-            "once the request has waited its limit"
-        );
-        assert_eq!(
-            judge(&gone(100, moved(80, 0, 0))),
-            Verdict::Stuck { undelivered: false }
-        );
-        assert_eq!(
-            judge(&gone(100, moved(80, 80, 0))),
-            Verdict::Later(MS(25)),
-            "this connection still works: only new connections are refused"
-        );
-        assert_eq!(judge(&gone(100, moved(80, 0, 20))), Verdict::Later(MS(25)));
-        assert_eq!(
-            judge(&gone(100, from_first_look(Counters::default()))),
-            Verdict::Later(MS(25)),
-            "without the counters from the request's start, silence is not known"
         );
     }
 }

@@ -1,8 +1,6 @@
 //! The platform's part of the cut: what the kernel knows of a connection, and ending it from
 //! outside the task that owns it. The crate's `unsafe` code is here and in `fork.rs`.
 
-use std::net::SocketAddr;
-
 /// What the kernel has counted on one TCP connection, in bytes since it opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Counters {
@@ -18,12 +16,9 @@ pub(crate) struct Counters {
     pub(crate) last_send_ms: u32,
     /// The smoothed round-trip time, in µs.
     pub(crate) rtt_us: u32,
-    /// Received and not yet read by the proxy (read by [`counters_of`] only).
+    /// Received and not yet read by the proxy (read by `Connection::counters` only).
     pub(crate) unread: u32,
 }
-
-/// Whether the platform tells a connection's counters ([`counters`]).
-pub(crate) const HAS_COUNTERS: bool = cfg!(target_os = "linux");
 
 /// The counters of the TCP connection behind `fd`, on Linux (`TCP_INFO`); `None` elsewhere, or
 /// when `fd` is no TCP socket.
@@ -49,27 +44,8 @@ pub(crate) fn counters(_fd: i32) -> Option<Counters> {
 #[cfg(unix)]
 #[allow(unsafe_code)]
 mod imp {
-    use std::mem::ManuallyDrop;
     use std::net::{Shutdown, SocketAddr, TcpStream};
-    use std::os::fd::{BorrowedFd, FromRawFd};
-
-    /// Borrows `fd` as a TCP stream for `f` when it is still the connection between `ends`:
-    /// for reading what the kernel knows of it, never for acting on it.
-    fn with_connection(fd: i32, ends: (SocketAddr, SocketAddr), f: impl FnOnce(&TcpStream)) {
-        // SAFETY: `from_raw_fd` requires an open descriptor that nothing else closes while the
-        // value lives, and that the value owns it. Neither ownership nor closing happens here:
-        // the stream is wrapped in `ManuallyDrop` and never dropped, so it never closes `fd`,
-        // and it lives only for this call. If `fd` is not open or not a socket, the address
-        // queries below fail and nothing else is done with it. If it is open, it is read from
-        // only when its two ends are the watched connection's, and no other open TCP socket on
-        // this host has the same pair of ends. The owner may close `fd` (and the number be
-        // reused) between the check and the read: the read then reports another socket, which
-        // is why nothing is ever *done* to a connection through this borrow (see `owned`).
-        let stream = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
-        if stream.local_addr().ok() == Some(ends.0) && stream.peer_addr().ok() == Some(ends.1) {
-            f(&stream);
-        }
-    }
+    use std::os::fd::BorrowedFd;
 
     /// A descriptor of this crate's own for the connection behind `fd`, when `fd` is still the
     /// connection between `ends`. What is done through it reaches that connection and no
@@ -91,50 +67,62 @@ mod imp {
             .then_some(stream)
     }
 
-    /// Whether `fd` is still the connection between `ends`.
-    pub(crate) fn is_connection(fd: i32, ends: (SocketAddr, SocketAddr)) -> bool {
-        let mut same = false;
-        with_connection(fd, ends, |_| same = true);
-        same
-    }
+    /// A watched connection, held open by a descriptor of the crate's own ([`owned`]): what is
+    /// read or done through it reaches that connection and no other, even when its owner
+    /// closes its own descriptor meanwhile.
+    #[derive(Debug)]
+    pub(crate) struct Connection(TcpStream);
 
-    /// Shuts down the socket behind `fd` if it is still the connection between `ends`: a
-    /// waiting read on it ends at once.
-    pub(crate) fn shut_down(fd: i32, ends: (SocketAddr, SocketAddr)) {
-        if let Some(s) = owned(fd, ends) {
-            let _ = s.shutdown(Shutdown::Both);
+    impl Connection {
+        /// The connection behind `fd`, if it is still the one between `ends`.
+        pub(crate) fn of(fd: i32, ends: (SocketAddr, SocketAddr)) -> Option<Self> {
+            owned(fd, ends).map(Self)
         }
-    }
 
-    /// Aborts the connection behind `fd` if it is still the one between `ends`: the kernel
-    /// drops what it had not yet delivered (no further retransmission), answers the peer with a
-    /// reset, and a waiting read ends. A `connect` to an `AF_UNSPEC` address is Linux's
-    /// documented way to disconnect a socket without closing its descriptor, which the
-    /// connection's owner still holds.
-    #[cfg(target_os = "linux")]
-    pub(crate) fn abort(fd: i32, ends: (SocketAddr, SocketAddr)) {
-        use std::os::fd::AsRawFd;
-        let Some(s) = owned(fd, ends) else {
-            return;
-        };
-        // SAFETY: `sockaddr` is plain data, valid when zeroed; `connect` reads
-        // `size_of::<sockaddr>()` bytes of it, all initialised, and `s` is an open socket this
-        // function owns for the duration of the call.
-        unsafe {
-            let mut unspec: libc::sockaddr = std::mem::zeroed();
-            unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-            libc::connect(
-                s.as_raw_fd(),
-                &unspec,
-                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
-            );
+        /// Its counters, with the bytes received that wait unread.
+        pub(crate) fn counters(&self) -> Option<super::Counters> {
+            use std::os::fd::AsRawFd;
+            let fd = self.0.as_raw_fd();
+            super::counters(fd).map(|c| super::Counters {
+                unread: super::unread(fd),
+                ..c
+            })
         }
-        let _ = s.shutdown(Shutdown::Both);
-    }
 
-    #[cfg(not(target_os = "linux"))]
-    pub(crate) fn abort(fd: i32, ends: (SocketAddr, SocketAddr)) {
-        shut_down(fd, ends);
+        /// Shuts it down: a waiting read on it ends at once.
+        pub(crate) fn shut_down(&self) {
+            let _ = self.0.shutdown(Shutdown::Both);
+        }
+
+        /// Aborts it: the kernel drops what it had not yet delivered (no further
+        /// retransmission), answers the peer with a reset, and a waiting read ends. A
+        /// `connect` to an `AF_UNSPEC` address is Linux's documented way to disconnect a socket
+        /// without closing its descriptor, which the connection's owner still holds. Whether
+        /// it was disconnected (it is shut down in any case).
+        #[cfg(target_os = "linux")]
+        pub(crate) fn abort(&self) -> bool {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `sockaddr` is plain data, valid when zeroed; `connect` reads
+            // `size_of::<sockaddr>()` bytes of it, all initialised, and the descriptor is this
+            // value's own, open while it lives.
+            let disconnected = unsafe {
+                let mut unspec: libc::sockaddr = std::mem::zeroed();
+                unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+                libc::connect(
+                    self.0.as_raw_fd(),
+                    &unspec,
+                    std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+                ) == 0
+            };
+            self.shut_down();
+            disconnected
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        pub(crate) fn abort(&self) -> bool {
+            self.shut_down();
+            false
+        }
     }
 }
 
@@ -142,36 +130,34 @@ mod imp {
 mod imp {
     use std::net::SocketAddr;
 
-    pub(crate) fn is_connection(_fd: i32, _ends: (SocketAddr, SocketAddr)) -> bool {
-        false
-    }
-    pub(crate) fn shut_down(_fd: i32, _ends: (SocketAddr, SocketAddr)) {}
-    pub(crate) fn abort(_fd: i32, _ends: (SocketAddr, SocketAddr)) {}
-}
+    /// No connection is ever named here: nothing is watched.
+    #[derive(Debug)]
+    pub(crate) struct Connection;
 
-pub(crate) use imp::{abort, is_connection, shut_down};
-
-/// The counters of `fd` if it is still the connection between `ends`, with the bytes it has
-/// received that wait unread.
-pub(crate) fn counters_of(fd: i32, ends: (SocketAddr, SocketAddr)) -> Option<Counters> {
-    if is_connection(fd, ends) {
-        counters(fd).map(|c| Counters {
-            unread: unread(fd),
-            ..c
-        })
-    } else {
-        None
+    impl Connection {
+        pub(crate) fn of(_fd: i32, _ends: (SocketAddr, SocketAddr)) -> Option<Self> {
+            None
+        }
+        pub(crate) fn counters(&self) -> Option<super::Counters> {
+            None
+        }
+        pub(crate) fn shut_down(&self) {}
+        pub(crate) fn abort(&self) -> bool {
+            false
+        }
     }
 }
 
-/// Bytes received on socket `fd` that wait unread (`FIONREAD`); 0 when it cannot tell.
+pub(crate) use imp::Connection;
+
+/// Bytes received on the socket behind `fd` that wait unread (`FIONREAD`); 0 when it cannot
+/// tell. Called on a descriptor of the crate's own ([`Connection`]).
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 fn unread(fd: i32) -> u32 {
     let mut n: libc::c_int = 0;
     // SAFETY: `FIONREAD` writes one `c_int` through the pointer, which points to `n`, alive and
-    // writable for the call. If `fd` was closed or reused meanwhile, the call fails or reports
-    // another socket's count: only a count is read, nothing is done to the socket.
+    // writable for the call; `fd` is a socket the caller owns, open for the call.
     let ok = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } == 0;
     if ok {
         u32::try_from(n).unwrap_or(0)
@@ -180,7 +166,7 @@ fn unread(fd: i32) -> u32 {
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
 fn unread(_fd: i32) -> u32 {
     0
 }
@@ -188,7 +174,7 @@ fn unread(_fd: i32) -> u32 {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
     use super::*;
@@ -225,17 +211,14 @@ mod tests {
         let (a, _a_peer) = pair();
         let (b, mut b_peer) = pair();
         // The watch names `a`, but the number given holds `b`: `b` is left alone.
-        shut_down(b.as_raw_fd(), ends(&a));
-        abort(b.as_raw_fd(), ends(&a));
-        assert!(counters_of(b.as_raw_fd(), ends(&a)).is_none());
+        assert!(Connection::of(b.as_raw_fd(), ends(&a)).is_none());
         b_peer.write_all(b"ok").unwrap();
         let mut buf = [0u8; 2];
         (&b).read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"ok");
         // Nor is a descriptor that is no socket.
         let file = std::fs::File::open("/dev/null").unwrap();
-        shut_down(file.as_raw_fd(), ends(&a));
-        assert!(!is_connection(file.as_raw_fd(), ends(&a)));
+        assert!(Connection::of(file.as_raw_fd(), ends(&a)).is_none());
     }
 
     #[test]
@@ -269,7 +252,8 @@ mod tests {
             let mut buf = [0u8; 1];
             (&a).read(&mut buf)
         });
-        abort(fd, a_ends);
+        let conn = Connection::of(fd, a_ends).expect("the connection");
+        assert!(conn.abort(), "disconnected");
         let read = reader.join().unwrap();
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         let mut buf = [0u8; 1];

@@ -98,15 +98,22 @@ impl Watch {
         let now_ms = health.now_ms();
         let suspicion = health.suspicion();
         let quiet_since = self.since_ms.max(health.answered_at_ms());
-        let transport = if sys::HAS_COUNTERS {
-            // The descriptor no longer names the connection: the wait is over.
-            let counters = sys::counters_of(self.fd, self.ends)?;
+        // The descriptor no longer names the connection: the wait is over. Otherwise the
+        // connection is held open by a descriptor of the watch's own until the look (and any
+        // cut) is done, so that what is read and done reaches it and no other.
+        let conn = sys::Connection::of(self.fd, self.ends)?;
+        let transport = conn.counters().map(|counters| {
             // First transmissions only: a retransmission is no sign of a request still going.
             let first_sent = counters.sent.saturating_sub(counters.retransmitted);
             let sending = match self.last_sent.swap(first_sent, Ordering::AcqRel) {
                 // The request went after the watch was armed: at the first look, only data
-                // sent a moment ago says that it is still going.
-                NOT_LOOKED => u64::from(counters.last_send_ms) < STILL_SENDING_MS,
+                // sent a moment ago (and not retransmitted since) says that it is still going.
+                NOT_LOOKED => {
+                    u64::from(counters.last_send_ms) < STILL_SENDING_MS
+                        && self
+                            .base
+                            .is_none_or(|b| counters.retransmitted == b.retransmitted)
+                }
                 last => first_sent > last,
             };
             let from = match self.base {
@@ -117,22 +124,18 @@ impl Watch {
                     .unwrap_or_else(|e| e.into_inner())
                     .get_or_insert(counters),
             };
-            Some(Transport {
+            Transport {
                 moved: since(counters, from),
                 from_start: self.base.is_some(),
                 sending,
-            })
-        } else {
-            None
-        };
+            }
+        });
         let look = Look {
             quiet: Duration::from_millis(now_ms.saturating_sub(quiet_since)),
             limit: self.limit,
             transport,
             liveness: suspicion.live_since(self.since_ms, self.limit.as_millis() as u64),
             shared: self.shared,
-            unreachable: self.shared
-                && suspicion.unreachable_since(self.since_ms, self.limit.as_millis() as u64),
         };
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
@@ -144,9 +147,9 @@ impl Watch {
             Verdict::Stuck { undelivered } => {
                 suspicion.stuck(now_ms);
                 match self.may_cut {
-                    MayCut::Always => self.cut(undelivered, shared.budget.as_ref()),
+                    MayCut::Always => self.cut(&conn, undelivered, shared.budget.as_ref()),
                     MayCut::IfUndelivered if undelivered => {
-                        self.cut(true, shared.budget.as_ref());
+                        self.cut(&conn, true, shared.budget.as_ref());
                     }
                     // The transport may yet show that the peer never received it.
                     MayCut::IfUndelivered => return Some(now + self.limit / 2),
@@ -157,8 +160,11 @@ impl Watch {
         }
     }
 
-    /// Cuts the attempt, when a retry can be paid for (otherwise it keeps its full timeout).
-    fn cut(&self, undelivered: bool, budget: Option<&Arc<RetryBudget>>) {
+    /// Cuts the attempt on `conn`, when a retry can be paid for (otherwise it keeps its full
+    /// timeout). An undelivered request is aborted, so that the kernel sends none of it later;
+    /// should the abort fail, the request is only shut down and no longer counts as
+    /// undelivered, so that it does not move.
+    fn cut(&self, conn: &sys::Connection, undelivered: bool, budget: Option<&Arc<RetryBudget>>) {
         let Some(paid) = Withdrawn::from(budget) else {
             return;
         };
@@ -169,10 +175,10 @@ impl Watch {
             .compare_exchange(WAITING, CUT, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
-            if undelivered {
-                sys::abort(self.fd, self.ends);
-            } else {
-                sys::shut_down(self.fd, self.ends);
+            if !undelivered {
+                conn.shut_down();
+            } else if !conn.abort() {
+                self.undelivered.store(false, Ordering::Release);
             }
         } else {
             // The wait ended meanwhile: the retry goes back.

@@ -4,7 +4,9 @@
 //! Pingora 0.9 applies one read timeout to the header and to every read of the body, and no
 //! hook reaches the upstream connection while a request waits on it. So the cut works from
 //! outside: a watch per attempt, armed when the connection is handed to the request
-//! (`connected_to_upstream`, which knows its descriptor and its two ends), and one thread per
+//! (`connected_to_upstream`, which knows its descriptor and its two ends; for a peer that may
+//! speak HTTP/2 or HTTP/1, `upstream_request_filter`, once the request shows which), and one
+//! thread per
 //! engine that looks at each watch as it falls due. The thread is the engine's own, started on
 //! the first watch (after any fork), so that a proxy runtime that stalls, or whose tasks are
 //! never polled, neither delays a cut nor is mistaken for a silent peer; it ends when the engine
@@ -13,9 +15,12 @@
 //! as it would had the peer closed.
 //!
 //! A watch never outlives its attempt's hold on the connection: any response header ends it, so
-//! does any failure, and so does the next request the connection is handed to. The thread checks,
-//! before it reads or cuts, that the descriptor is still a socket with the watched connection's
-//! two ends: a number closed and reused meanwhile by anything else is left alone.
+//! does any failure or the end of the request, and on an HTTP/1 connection, which carries one
+//! request at a time, so does the next request it is handed to. Before it reads or cuts, the
+//! thread takes a descriptor of its own for the connection, and only when the number is still a
+//! socket with the watched connection's two ends: a number closed and reused meanwhile by
+//! anything else is left alone, and what is read or done reaches the watched connection even if
+//! its owner closes it meanwhile.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -63,7 +68,8 @@ pub(super) struct Shared {
 #[derive(Debug, Default)]
 struct Watches {
     due: BinaryHeap<Due>,
-    /// The last watch armed on each descriptor.
+    /// The last watch armed on each descriptor of a connection that carries one request at a
+    /// time (HTTP/1).
     by_fd: HashMap<i32, Weak<Watch>>,
 }
 
@@ -127,11 +133,9 @@ impl Shared {
             // and neither does one that failed long after its own timeouts were due: it was held
             // up itself (the machine, or this thread, was starved).
             if passed || (failed && started.elapsed() <= limit * 2) {
-                let (suspicion, now_ms) = (health.suspicion(), health.now_ms());
-                suspicion.finish_check(from_ms, now_ms, passed);
-                if checked == Checked::Unreachable {
-                    suspicion.unreachable(now_ms);
-                }
+                health
+                    .suspicion()
+                    .finish_check(from_ms, health.now_ms(), passed);
             }
         });
     }
