@@ -367,6 +367,27 @@ async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
     assert_eq!(records[20].len(), 2, "{:?}", records[20]);
 }
 
+/// An h2c primary and an identical backup behind an ordered list with the defaults, after 20
+/// GETs the primary answered (its connection open, its times learned).
+async fn h2c_pair_warmed() -> (
+    Upstream,
+    Upstream,
+    support::ProxyServer,
+    support::RequestLog,
+) {
+    let primary = Upstream::start_with("primary", Mode::Ok, Proto::H2c).await;
+    let backup = Upstream::start_with("backup", Mode::Ok, Proto::H2c).await;
+    let h2 = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
+    let list = OrderedList::new(vec![h2(&primary), h2(&backup)]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/").await, "primary");
+    }
+    (primary, backup, proxy, log)
+}
+
 /// An HTTP/2 peer blackholed (its kernel acknowledges nothing, so every stream on its open
 /// connection stalls) is left long before the read timeout: once the kernel has retransmitted
 /// the request unanswered, the transport shows the peer unreachable, and the cut ends its
@@ -379,16 +400,8 @@ async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
         eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
         return;
     }
-    let primary = Upstream::start_with("primary", Mode::Ok, Proto::H2c).await;
-    let backup = Upstream::start_with("backup", Mode::Ok, Proto::H2c).await;
-    let h2 = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
-    let list = OrderedList::new(vec![h2(&primary), h2(&backup)]).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default());
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (primary, backup, proxy, log) = h2c_pair_warmed().await;
     let http = client();
-    for _ in 0..20 {
-        assert_eq!(proxy.get_text(&http, "/").await, "primary");
-    }
     let port = primary
         .peer_addr()
         .rsplit(':')
@@ -402,6 +415,7 @@ async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
     let took = started.elapsed();
     drop(blackhole);
     assert_eq!(answer, "backup", "after {took:?}");
+    assert_eq!(backup.hits(), 1);
     let records = log.wait_for(21).await;
     assert_eq!(records[20].len(), 2, "{:?}", records[20]);
     // Cut, not timed out: a lone segment is first retransmitted after about 200 ms.
@@ -412,16 +426,8 @@ async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
 /// unreachable peer justifies ending a connection that carries other requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_on_a_live_h2_peer_runs_once() {
-    let primary = Upstream::start_with("primary", Mode::Ok, Proto::H2c).await;
-    let backup = Upstream::start_with("backup", Mode::Ok, Proto::H2c).await;
-    let h2 = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
-    let list = OrderedList::new(vec![h2(&primary), h2(&backup)]).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default());
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (primary, backup, proxy, log) = h2c_pair_warmed().await;
     let http = client();
-    for _ in 0..20 {
-        assert_eq!(proxy.get_text(&http, "/").await, "primary");
-    }
     // Twenty times what the peer took so far, and more than the cut's 50 ms floor.
     primary.set_mode(Mode::Slow(Duration::from_millis(300)));
     assert_eq!(proxy.get_text(&http, "/").await, "primary");
