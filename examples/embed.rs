@@ -119,7 +119,8 @@ impl ProxyHttp for MyProxy {
     }
 
     // For a peer that speaks HTTP/2 or HTTP/1, the request shows which one, for the stall cut.
-    // (A filter of your own that changes the request goes first: the engine reads its version.)
+    // The engine reads the version pingora set for the connection's protocol: hand it the
+    // request before any filter of yours that changes the version.
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
