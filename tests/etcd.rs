@@ -178,15 +178,7 @@ async fn etcd_down_keeps_the_set_and_a_restart_resumes() {
     until_peers(&set, &[&a.peer_addr(), &b.peer_addr()]).await;
     let mut served = BTreeSet::new();
     for _ in 0..10 {
-        served.insert(
-            http.get(proxy.url("/"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        served.insert(proxy.get_text(&http, "/").await);
     }
     assert_eq!(served, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
     let failed = events

@@ -324,14 +324,7 @@ async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
             .unwrap();
         assert_eq!(resp.text().await.unwrap(), "primary");
     }
-    let port: u16 = primary
-        .peer_addr()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let blackhole = Blackholed::on(port).expect("iptables rule");
+    let blackhole = Blackholed::on(primary.addr.port()).expect("iptables rule");
     let started = std::time::Instant::now();
     let resp = http
         .post(proxy.url("/order"))
@@ -402,14 +395,7 @@ async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
     }
     let (primary, backup, proxy, log) = h2c_pair_warmed().await;
     let http = client();
-    let port = primary
-        .peer_addr()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let blackhole = Blackholed::on(port).expect("iptables rule");
+    let blackhole = Blackholed::on(primary.addr.port()).expect("iptables rule");
     let started = std::time::Instant::now();
     let answer = proxy.get_text(&http, "/").await;
     let took = started.elapsed();

@@ -573,6 +573,17 @@ fn threads(daemon: &Daemon) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Pingora's background service thread `name` runs the daemon's source; no thread of the
+/// source's own does.
+fn assert_source_runs_on_pingoras_thread(daemon: &Daemon, name: &str) {
+    let names = threads(daemon);
+    assert!(names.iter().any(|n| n == name), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("failover-source")),
+        "a source thread in the daemon: {names:?}"
+    );
+}
+
 /// Pingora's daemon mode forks after the proxy has built its peer set: the peers file is
 /// followed by a pingora background service in the daemon, on no thread of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,13 +595,7 @@ async fn as_a_daemon_the_proxy_still_follows_its_peers_file() {
     until_answer(&listen, "a").await;
     std::fs::write(&peers.0, format!("{}\n", b.peer_addr())).unwrap();
     until_answer(&listen, "b").await;
-    // Pingora's background service thread runs the source; no thread of the source's own.
-    let names = threads(&daemon);
-    assert!(names.iter().any(|n| n == "BG peers-file"), "{names:?}");
-    assert!(
-        !names.iter().any(|n| n.starts_with("failover-source")),
-        "a source thread in the daemon: {names:?}"
-    );
+    assert_source_runs_on_pingoras_thread(&daemon, "BG peers-file");
 }
 
 /// The same with etcd: the daemon reads the prefix, and follows a put made after the fork.
@@ -606,11 +611,5 @@ async fn as_a_daemon_the_proxy_follows_etcd() {
     until_answer(&listen, "a").await;
     etcd.put("/peers/x", &b.peer_addr()).await;
     until_answer(&listen, "b").await;
-    // Pingora's background service thread runs the source; no thread of the source's own.
-    let names = threads(&daemon);
-    assert!(names.iter().any(|n| n == "BG etcd"), "{names:?}");
-    assert!(
-        !names.iter().any(|n| n.starts_with("failover-source")),
-        "a source thread in the daemon: {names:?}"
-    );
+    assert_source_runs_on_pingoras_thread(&daemon, "BG etcd");
 }

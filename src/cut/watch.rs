@@ -49,12 +49,13 @@ pub(crate) struct Watch {
     /// The connection carries other requests too (HTTP/2): only the transport may show its
     /// peer stuck, and the cut ends them all.
     pub(super) shared: bool,
-    /// The connection's counters when the attempt took it, before its request was sent: read
-    /// only for a request that may move when undelivered, and on a shared connection (it costs
-    /// a system call on the request's path).
-    pub(super) base: Option<Counters>,
-    /// The connection's counters at the watch's first look, for a watch without `base`.
-    pub(super) first: Mutex<Option<Counters>>,
+    /// The connection's counters that what moved is counted from: those of when the attempt
+    /// took it, before its request was sent (`from_start`), or else those of the first look.
+    pub(super) from: Mutex<Option<Counters>>,
+    /// `from` was read when the attempt took the connection: only for a request that may move
+    /// when undelivered, and on a shared connection (it costs a system call on the request's
+    /// path).
+    pub(super) from_start: bool,
     /// Bytes sent as of the last look ([`NOT_LOOKED`] before the first): more since means the
     /// request is still being sent.
     pub(super) last_sent: AtomicU64,
@@ -104,29 +105,24 @@ impl Watch {
         let conn = sys::Connection::of(self.fd, self.ends)?;
         let transport = conn.counters().map(|counters| {
             // First transmissions only: a retransmission is no sign of a request still going.
+            let from = *self
+                .from
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(counters);
             let first_sent = counters.sent.saturating_sub(counters.retransmitted);
             let sending = match self.last_sent.swap(first_sent, Ordering::AcqRel) {
                 // The request went after the watch was armed: at the first look, only data
                 // sent a moment ago (and not retransmitted since) says that it is still going.
                 NOT_LOOKED => {
                     u64::from(counters.last_send_ms) < STILL_SENDING_MS
-                        && self
-                            .base
-                            .is_none_or(|b| counters.retransmitted == b.retransmitted)
+                        && counters.retransmitted == from.retransmitted
                 }
                 last => first_sent > last,
             };
-            let from = match self.base {
-                Some(base) => base,
-                None => *self
-                    .first
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(counters),
-            };
             Transport {
                 moved: since(counters, from),
-                from_start: self.base.is_some(),
+                from_start: self.from_start,
                 sending,
             }
         });

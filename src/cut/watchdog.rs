@@ -181,7 +181,7 @@ impl Watchdog {
             // unreachable: each request there begins after others, whose bytes were
             // acknowledged. Reading them is the one system call on the request's path.
             let from_start = a.may_cut == MayCut::IfUndelivered || a.shared;
-            let base = from_start.then(|| sys::counters(fd)).flatten();
+            let from = from_start.then(|| sys::counters(fd)).flatten();
             Arc::new(Watch {
                 state: AtomicU8::new(WAITING),
                 fd,
@@ -191,8 +191,8 @@ impl Watchdog {
                 limit: a.limit,
                 may_cut: a.may_cut,
                 shared: a.shared,
-                base,
-                first: Mutex::new(None),
+                from_start: from.is_some(),
+                from: Mutex::new(from),
                 last_sent: AtomicU64::new(NOT_LOOKED),
                 undelivered: AtomicBool::new(false),
                 paid: Mutex::new(None),
@@ -393,8 +393,8 @@ mod tests {
             limit: Duration::from_millis(40),
             may_cut: MayCut::Never,
             shared: false,
-            base,
-            first: Mutex::new(None),
+            from_start: base.is_some(),
+            from: Mutex::new(base),
             last_sent: AtomicU64::new(NOT_LOOKED),
             undelivered: AtomicBool::new(false),
             paid: Mutex::new(None),
