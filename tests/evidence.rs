@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, RoundRobin, StandardPolicy};
+use pingora_failover::{
+    Failover, FailoverProxy, FailureKind, OrderedList, Outcome, Peer, RoundRobin, StandardPolicy,
+};
 use support::{client, start_proxy, upgrading_upstream, Mode, Proto, Upstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -360,9 +362,12 @@ async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
     assert_eq!(records[20].len(), 2, "{:?}", records[20]);
 }
 
-/// An h2c primary and an identical backup behind an ordered list with the defaults, after 20
-/// GETs the primary answered (its connection open, its times learned).
-async fn h2c_pair_warmed() -> (
+/// An h2c primary and an identical backup behind an ordered list with the defaults, each
+/// allowing `streams` at once per connection, after 20 GETs the primary answered (its
+/// connection open, its times learned).
+async fn h2c_pair_warmed(
+    streams: usize,
+) -> (
     Upstream,
     Upstream,
     support::ProxyServer,
@@ -370,7 +375,13 @@ async fn h2c_pair_warmed() -> (
 ) {
     let primary = Upstream::start_with("primary", Mode::Ok, Proto::H2c).await;
     let backup = Upstream::start_with("backup", Mode::Ok, Proto::H2c).await;
-    let h2 = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
+    let h2 = |u: &Upstream| {
+        u.peer_builder()
+            .with_read_timeout(READ)
+            .with_http_peer(move |p| p.options.max_h2_streams = streams)
+            .build()
+            .unwrap()
+    };
     let list = OrderedList::new(vec![h2(&primary), h2(&backup)]).unwrap();
     let engine = Failover::builder(list, StandardPolicy::default());
     let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
@@ -381,19 +392,17 @@ async fn h2c_pair_warmed() -> (
     (primary, backup, proxy, log)
 }
 
-/// An HTTP/2 peer blackholed (its kernel acknowledges nothing, so every stream on its open
-/// connection stalls) is left long before the read timeout: once the kernel has retransmitted
-/// the request unanswered, the transport shows the peer unreachable, and the cut ends its
-/// connection. Nothing but the transport cuts an HTTP/2 connection, which carries other
-/// requests: a slow stream on a live peer is never cut. Needs root and iptables; elsewhere it
-/// says so and checks nothing.
+/// An HTTP/2 peer blackholed (its kernel acknowledges nothing) is left long before the read
+/// timeout. With one stream per connection (pingora's default), the request is judged as on
+/// HTTP/1: a liveness check that cannot connect shows the peer stuck. Needs root and iptables;
+/// elsewhere it says so and checks nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
     if !iptables_usable() {
         eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
         return;
     }
-    let (primary, backup, proxy, log) = h2c_pair_warmed().await;
+    let (primary, backup, proxy, log) = h2c_pair_warmed(1).await;
     let http = client();
     let blackhole = Blackholed::on(primary.addr.port()).expect("iptables rule");
     let started = std::time::Instant::now();
@@ -408,16 +417,60 @@ async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
     assert!(took < READ / 2, "moved after {took:?}: {:?}", records[20]);
 }
 
-/// A slow answer on a live HTTP/2 peer is never cut, though its connection is watched: only an
-/// unreachable peer justifies ending a connection that carries other requests.
+/// On an HTTP/2 peer that allows several streams per connection, the cut ends every stream on
+/// the connection, so only the transport may show the peer stuck (a retransmission left
+/// unanswered). Two GETs waiting on the same connection when the peer is blackholed both move,
+/// each once. Needs root and iptables; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_sharing_a_blackholed_h2_connection_all_move_once() {
+    if !iptables_usable() {
+        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+        return;
+    }
+    let (primary, backup, proxy, log) = h2c_pair_warmed(8).await;
+    let http = client();
+    let blackhole = Blackholed::on(primary.addr.port()).expect("iptables rule");
+    let (a, b) = tokio::join!(proxy.get_text(&http, "/"), proxy.get_text(&http, "/"));
+    drop(blackhole);
+    assert_eq!((a.as_str(), b.as_str()), ("backup", "backup"));
+    assert_eq!(backup.hits(), 2);
+    let records = log.wait_for(22).await;
+    for r in &records[20..] {
+        assert_eq!(r.len(), 2, "{r:?}");
+        // Cut while waiting for the header on the open connection (a new connection to the
+        // blackholed peer would have failed to connect instead).
+        assert!(
+            matches!(
+                r[0].outcome(),
+                Outcome::Failed {
+                    kind: FailureKind::HeaderTimeout,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+}
+
+/// A slow answer on a live HTTP/2 peer is never cut, though its connection is watched, whether
+/// the connection carries one stream at a time (the peer answers its liveness check) or
+/// several (only an unreachable peer justifies ending a connection that carries others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_on_a_live_h2_peer_runs_once() {
-    let (primary, backup, proxy, log) = h2c_pair_warmed().await;
-    let http = client();
-    // Twenty times what the peer took so far, and more than the cut's 50 ms floor.
-    primary.set_mode(Mode::Slow(Duration::from_millis(300)));
-    assert_eq!(proxy.get_text(&http, "/").await, "primary");
-    let records = log.wait_for(21).await;
-    assert_eq!(records[20].len(), 1, "{:?}", records[20]);
-    assert_eq!(backup.hits(), 0);
+    for streams in [1, 8] {
+        let (primary, backup, proxy, log) = h2c_pair_warmed(streams).await;
+        let http = client();
+        // A report: far more than what the peer took so far, and than the cut's 50 ms floor,
+        // while the peer answers its liveness check at once.
+        let resp = http
+            .get(proxy.url("/report"))
+            .header("x-delay-ms", "300")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary", "{streams} streams");
+        let records = log.wait_for(21).await;
+        assert_eq!(records[20].len(), 1, "{streams} streams: {:?}", records[20]);
+        assert_eq!(backup.hits(), 0, "{streams} streams");
+    }
 }

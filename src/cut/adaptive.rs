@@ -280,8 +280,18 @@ pub(crate) struct Cut {
     pub(crate) may_cut: MayCut,
     pub(crate) watch: Option<std::sync::Arc<Watch>>,
     /// The connection of a peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), until the
-    /// request header shows which one it negotiated: its descriptor and its two ends, if known.
-    pub(crate) unarmed: Option<(i32, Option<(std::net::SocketAddr, std::net::SocketAddr)>)>,
+    /// request header shows which one it negotiated.
+    pub(crate) unarmed: Option<Unarmed>,
+}
+
+/// A connection whose watch waits for the request header to show which protocol it speaks.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unarmed {
+    pub(crate) fd: i32,
+    /// Its two ends, if known.
+    pub(crate) ends: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Spoken as HTTP/2, it may carry several requests at once (`max_h2_streams` above 1).
+    pub(crate) many_streams: bool,
 }
 
 impl Default for Cut {

@@ -9,8 +9,8 @@
 //!    sent (an upload) is not a wait for a header; retransmitted, and nothing acknowledged for
 //!    two round trips after the last transmission, means the peer is unreachable. Counted from
 //!    when the attempt took the connection (read then only for a request that may move when
-//!    undelivered, and on an HTTP/2 connection, as it costs a system call on the request's
-//!    path), more is known: any byte
+//!    undelivered, and on a connection that carries several requests at once, as it costs a
+//!    system call on the request's path), more is known: any byte
 //!    received is the answer, nothing sent yet is no wait, and none of the request
 //!    acknowledged means the peer never received it, so that even a non-idempotent request
 //!    may move (once the connection is aborted). Otherwise the counters count from the
@@ -45,10 +45,11 @@ pub(crate) struct Look {
     pub(crate) transport: Option<Transport>,
     /// What the peer's liveness checks say about the time since the wait began.
     pub(crate) liveness: Live,
-    /// The connection carries other requests (HTTP/2), which a cut would end too: only the
-    /// transport may show the peer stuck (a retransmission left unanswered), bytes received
-    /// may be the others' answers, and nothing acknowledged does not tell whose bytes the peer
-    /// never received.
+    /// The connection carries other requests at the same time (HTTP/2 with more than one
+    /// stream allowed), which a cut would end too: only the transport may show the peer stuck
+    /// (a retransmission left unanswered), bytes received may be the others' answers, and
+    /// nothing acknowledged does not tell whose bytes the peer never received. An HTTP/2
+    /// connection of one stream at a time (pingora's default) is judged as an HTTP/1 one.
     pub(crate) shared: bool,
 }
 
@@ -138,7 +139,9 @@ pub(crate) fn judge(look: &Look) -> Verdict {
     if look.shared {
         // Neither a silent connection nor a failed check proves the peer unreachable: a live
         // peer may hold back its acknowledgement while its application works, and refuse new
-        // connections while this one works. Only a retransmission left unanswered does.
+        // connections while this one works. Only a retransmission left unanswered does. (On
+        // a connection of its own, that risk is the one request's, which may run twice; here
+        // it would be every request on the connection's.)
         return Verdict::Later(first);
     }
     match look.liveness {

@@ -46,8 +46,8 @@ pub(crate) struct Watch {
     pub(super) since_ms: u64,
     pub(super) limit: Duration,
     pub(super) may_cut: MayCut,
-    /// The connection carries other requests too (HTTP/2): only the transport may show its
-    /// peer stuck, and the cut ends them all.
+    /// The connection carries other requests at the same time (HTTP/2 with more than one
+    /// stream allowed): only the transport may show its peer stuck, and the cut ends them all.
     pub(super) shared: bool,
     /// The connection's counters that what moved is counted from: those of when the attempt
     /// took it, before its request was sent (`from_start`), or else those of the first look.

@@ -105,7 +105,8 @@ pub(crate) struct Armed<'a> {
     pub(crate) peer: &'a Peer,
     pub(crate) limit: Duration,
     pub(crate) may_cut: MayCut,
-    /// The connection carries other requests at the same time (HTTP/2).
+    /// The connection carries other requests at the same time (HTTP/2 with more than one
+    /// stream allowed).
     pub(crate) shared: bool,
 }
 

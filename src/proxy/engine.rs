@@ -18,7 +18,7 @@ use super::queue::{self, Queue};
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
-use crate::cut::{AdaptiveTimeouts, Armed, Cut, Watchdog};
+use crate::cut::{AdaptiveTimeouts, Armed, Cut, Unarmed, Watchdog};
 use crate::error::ConfigError;
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::select::{Attempt, PeerSelector};
@@ -245,11 +245,20 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                         *socket.peer_addr()?.as_inet()?,
                     ))
                 });
+            // An HTTP/2 connection carries other requests at the same time only when the
+            // peer allows more than one stream on it (pingora's default is one).
+            let many_streams = peer.options.max_h2_streams > 1;
             match peer.options.alpn {
                 ALPN::H1 => self.arm(rec, fd, ends, false),
-                ALPN::H2 => self.arm(rec, fd, ends, true),
+                ALPN::H2 => self.arm(rec, fd, ends, many_streams),
                 // Which one the connection speaks shows in the request header.
-                ALPN::H2H1 => rec.cut.unarmed = Some((fd, ends)),
+                ALPN::H2H1 => {
+                    rec.cut.unarmed = Some(Unarmed {
+                        fd,
+                        ends,
+                        many_streams,
+                    })
+                }
                 _ => {}
             }
         }
@@ -265,14 +274,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         let Some(rec) = ctx.current_mut() else {
             return;
         };
-        if let Some((fd, ends)) = rec.cut.unarmed.take() {
-            let shared = request.version == pingora_http::Version::HTTP_2;
-            self.arm(rec, fd, ends, shared);
+        if let Some(c) = rec.cut.unarmed.take() {
+            let shared = c.many_streams && request.version == pingora_http::Version::HTTP_2;
+            self.arm(rec, c.fd, c.ends, shared);
         }
     }
 
     /// Hands connection `fd` to the attempt `rec`, watched when it has a limit and the
-    /// connection's two `ends` are known. `shared`: the connection carries other requests.
+    /// connection's two `ends` are known. `shared`: the connection carries other requests at
+    /// the same time.
     fn arm(
         &self,
         rec: &mut AttemptRecord,
