@@ -367,7 +367,8 @@ fn main() {
     for (name, fault) in &faults {
         for kind in &proxies {
             // Moving an undelivered POST matters only where the kernel can tell.
-            if kind == "failover-undelivered" && !matches!(*name, "drop" | "blackhole") {
+            if kind == "failover-undelivered" && !matches!(*name, "drop" | "drop-h2" | "blackhole")
+            {
                 continue;
             }
             let row = runtime.block_on(run(kind, name, *fault, cold));

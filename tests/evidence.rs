@@ -303,14 +303,25 @@ fn iptables_usable() -> bool {
 /// installs it); elsewhere it says so and checks nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
+    post_never_delivered(Proto::H1).await;
+}
+
+/// The same on an HTTP/2 peer that carries one stream per connection (pingora's default): the
+/// abort ends this request alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it() {
+    post_never_delivered(Proto::H2c).await;
+}
+
+async fn post_never_delivered(proto: Proto) {
     if !iptables_usable() {
         eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
         return;
     }
-    let primary = Upstream::start("primary", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list =
-        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let primary = Upstream::start_with("primary", Mode::Ok, proto.clone()).await;
+    let backup = Upstream::start_with("backup", Mode::Ok, proto).await;
+    let peer = |u: &Upstream| u.peer_builder().with_read_timeout(READ).build().unwrap();
+    let list = OrderedList::new(vec![peer(&primary), peer(&backup)]).unwrap();
     let adaptive = pingora_failover::AdaptiveTimeouts::new().with_undelivered_retry();
     let engine =
         Failover::builder(list, StandardPolicy::default()).with_adaptive_timeouts(adaptive);
