@@ -76,7 +76,7 @@ pub use health::{
 #[cfg(feature = "metrics")]
 pub use metrics::Metrics;
 pub use peer::{Endpoint, HttpVersion, Peer, PeerBuilder};
-pub use proxy::{Failover, FailoverBuilder, FailoverProxy, Hedging};
+pub use proxy::{Failover, FailoverBuilder, FailoverProxy, Hedging, WarmUp};
 pub use retry::{
     Backoff, Failure, FailureKind, RetryBudget, RetryDecision, RetryPolicy, StandardPolicy,
 };

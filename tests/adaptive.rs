@@ -149,6 +149,95 @@ async fn a_peer_with_no_connect_of_its_own_borrows_the_others_connect_time() {
     );
 }
 
+/// Waits until `peer` has learned its connect time (from the engine's warm-up).
+async fn connect_learned(peer: &Peer) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while peer.health().connect_time().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the warm-up connected to the peer");
+}
+
+/// A peer down from the proxy's start (a host down at deploy), before any request has taught
+/// anything: with the engine's warm-up made before traffic, even the first request borrows the
+/// pool's connect time, and leaves that peer long before the configured connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_down_from_the_start_costs_the_first_request_only_the_connect_cut() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let hole = Blackhole::start().await;
+    let cold = peer(&hole.peer_addr(), CONFIGURED);
+    let backup_peer = peer(&backup.peer_addr(), CONFIGURED);
+    let list = OrderedList::new(vec![cold.clone(), backup_peer.clone()]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    // As a background service would, before the listener takes traffic.
+    let warm = proxy.engine().warm_up();
+    tokio::spawn(async move { warm.run().await });
+    connect_learned(&backup_peer).await;
+    assert_eq!(cold.health().connect_time(), None);
+    let (proxy, log) = start_proxy(proxy).await;
+    let answer = client()
+        .get(proxy.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(answer, "backup");
+    let records = log.wait_for(1).await;
+    assert_eq!(records[0][0].peer(), &cold, "{:?}", records[0]);
+    assert!(
+        matches!(
+            records[0][0].outcome(),
+            Outcome::Failed {
+                kind: FailureKind::ConnectTimeout,
+                ..
+            }
+        ),
+        "{:?}",
+        records[0]
+    );
+    let took = records[0][0].duration().unwrap();
+    assert!(
+        took < CONFIGURED,
+        "abandoned after {took:?}, the configured timeout"
+    );
+}
+
+/// Without being asked, the engine makes its warm-up on its first request: a peer no request
+/// has gone to yet learns its connect time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_warms_up_every_peer() {
+    let (_primary, _backup, peers, proxy, _log) = primary_and_backup(AdaptiveTimeouts::new()).await;
+    assert_eq!(peers[1].health().connect_time(), None);
+    let answer = client()
+        .get(proxy.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(answer, "primary");
+    connect_learned(&peers[1]).await;
+}
+
+/// Without the connect cut, nothing borrows a connect time: the engine makes no warm-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_connect_cut_no_peer_is_warmed_up() {
+    let (_primary, _backup, peers, proxy, log) =
+        primary_and_backup(AdaptiveTimeouts::new().without_connect()).await;
+    for _ in 0..2 {
+        client().get(proxy.url("/")).send().await.unwrap();
+    }
+    log.wait_for(2).await;
+    assert_eq!(peers[1].health().connect_time(), None);
+}
+
 /// A peer with a learned connect time, and a 400 ms connect timeout, whose host then vanishes
 /// (connects hang), alone or before a healthy backup, under `policy`: the status of the
 /// request sent then, and how long its attempt to the peer took.

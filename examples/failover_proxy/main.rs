@@ -307,6 +307,10 @@ fn serve<S: PeerSelector>(
         proxy = proxy.on_request_done(access_log);
     }
     let mut server = Server::new_with_opt_and_conf(None, conf);
+    // One connect to each peer as the server starts: a peer down from the start costs the
+    // first requests the connect cut, not the connect timeout.
+    let warm_up =
+        pingora_core::services::background::background_service("warm-up", proxy.engine().warm_up());
     let mut service = proxy.into_service(&server.configuration)?;
     if check {
         println!("configuration ok: listen {listen}, peers {names:?}");
@@ -315,6 +319,7 @@ fn serve<S: PeerSelector>(
     server.bootstrap();
     service.add_tcp(&listen);
     server.add_service(service);
+    server.add_service(warm_up);
     // The peers file or etcd, followed in the process that serves.
     if let Some(source) = source {
         server.add_service(source.into_service());

@@ -45,9 +45,10 @@ use crate::peer::Peer;
 /// its retry from the budget as it cuts, and makes no cut when the budget is spent. (It works
 /// from outside pingora, which offers no hook while a request waits: a watch on the attempt's
 /// connection, on a thread of the engine's own. It applies to connections over TCP: HTTP/1
-/// ones, which carry one request at a time, as above; HTTP/2 ones, which carry many, only when
-/// the transport shows the peer unreachable (retransmitted, and nothing acknowledged), since the
-/// cut ends every request on the connection. [`Failover::connected_to_upstream`] arms it, and for an `Http2OrHttp1` peer
+/// ones, and HTTP/2 ones that carry one stream at a time (pingora's default
+/// `max_h2_streams`), as above; HTTP/2 ones that carry several, only when the transport shows
+/// the peer unreachable (retransmitted, and nothing acknowledged), since the cut ends every
+/// request on the connection. [`Failover::connected_to_upstream`] arms it, and for an `Http2OrHttp1` peer
 /// [`Failover::upstream_request_filter`], once the protocol is known.)
 ///
 /// With the stall cut off, the evidence is still gathered, for suspicion alone (with a floor of
@@ -147,6 +148,11 @@ impl AdaptiveTimeouts {
     pub fn with_connect(mut self, factor: f64, floor: Duration) -> Result<Self, ConfigError> {
         self.connect = Some(Bound::new(factor, floor)?);
         Ok(self)
+    }
+
+    /// Whether connects are abandoned past their peer's learned time.
+    pub(crate) fn cuts_connects(&self) -> bool {
+        self.connect.is_some()
     }
 
     /// Connects always get the configured timeout.

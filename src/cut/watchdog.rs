@@ -170,6 +170,11 @@ impl Watchdog {
         }
     }
 
+    /// How a peer's liveness is checked (and its connections made off the request path).
+    pub(crate) fn liveness(&self) -> &RecoveryProbe {
+        &self.shared.liveness
+    }
+
     /// Connection `fd` was handed to a request: the wait of the request it last carried is
     /// over, whatever ended it, and this attempt is watched when `armed`. The watch, or `None`
     /// when there is none (or the watchdog's thread could not start).

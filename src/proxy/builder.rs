@@ -213,6 +213,7 @@ impl<S: PeerSelector, R: RetryPolicy> FailoverBuilder<S, R> {
                 pool,
             },
             watchdog: Watchdog::new(budget, liveness),
+            warmed: Default::default(),
             hedging: self.hedging,
             queue: self
                 .queue

@@ -19,7 +19,7 @@ use crate::set::PeerSet;
 pub(crate) struct Feed {
     pub(crate) outliers: Option<OutlierDetection>,
     pub(crate) signals: Arc<Signals>,
-    pub(crate) routes: Routes,
+    pub(crate) routes: Arc<Routes>,
     /// The selector's peers, over which the share of ejected peers is capped.
     pub(crate) pool: Option<PeerSet>,
 }

@@ -8,10 +8,12 @@ pub(crate) mod queue;
 mod rules;
 mod signals;
 mod walk;
+mod warm;
 
 pub use builder::FailoverBuilder;
 pub use engine::{Failover, DEFAULT_MAX_RETRY_AFTER};
 pub use hedge::Hedging;
+pub use warm::WarmUp;
 
 use std::fmt;
 use std::sync::Arc;

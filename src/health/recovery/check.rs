@@ -36,6 +36,27 @@ impl RecoveryProbe {
         }
     }
 
+    /// How long a new connection to `peer` takes (TCP, and TLS for a TLS peer), made as the
+    /// proxy makes its own and within the peer's connect timeouts (10 s when it has none);
+    /// `None` when it could not be made.
+    pub(crate) async fn connect_time(&self, peer: &Peer) -> Option<Duration> {
+        let target = peer.http_peer();
+        let connector = match self.connectors.0.get() {
+            Some((_, transport)) => transport,
+            None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
+        };
+        let options = &target.options;
+        let limit = options
+            .total_connection_timeout
+            .or(options.connection_timeout)
+            .unwrap_or(Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        match tokio::time::timeout(limit, connector.new_stream(target)).await {
+            Ok(Ok(_)) => Some(started.elapsed()),
+            _ => None,
+        }
+    }
+
     /// Whether `peer` passes one probe with `timeout` for its connect and for its answer: the
     /// liveness check of a peer a request waits on ([`AdaptiveTimeouts`]). A probe the proxy
     /// could not make for reasons of its own (out of file descriptors or local ports) is
