@@ -469,7 +469,7 @@ async fn streams_sharing_a_blackholed_h2_connection_all_move_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_on_a_live_h2_peer_runs_once() {
     for streams in [1, 8] {
-        let (primary, backup, proxy, log) = h2c_pair_warmed(streams).await;
+        let (_primary, backup, proxy, log) = h2c_pair_warmed(streams).await;
         let http = client();
         // A report: far more than what the peer took so far, and than the cut's 50 ms floor,
         // while the peer answers its liveness check at once.
