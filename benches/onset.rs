@@ -143,7 +143,6 @@ async fn start_proxy(
             &l,
             "--threads",
             "1",
-            "--quiet",
             "--connect-timeout-ms",
             "400",
             "--read-timeout-ms",

@@ -240,25 +240,52 @@ async fn a_body_over_the_replay_buffer_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spent_budget_fails_fast_with_a_clear_reason() {
+    let primary = Upstream::start("primary", Mode::Status(503)).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
-    let list = ordered(&[refused_addr(), backup.peer_addr()], READ_TIMEOUT);
+    let list = ordered(&[primary.peer_addr(), backup.peer_addr()], READ_TIMEOUT);
     // Half a retry per request and no floor: the first request may not retry, the second may.
     let budget = RetryBudget::new(0.5, 0, Duration::from_secs(60)).unwrap();
-    // Without ejection, so that the second request meets the refusing primary again.
-    let engine = Failover::builder(list, StandardPolicy::default())
+    // Without ejection, so that the second request meets the failing primary again.
+    let policy = StandardPolicy::builder()
+        .with_retry_statuses([503])
+        .build()
+        .unwrap();
+    let engine = Failover::builder(list, policy)
         .with_budget(budget)
         .without_outlier_detection();
     let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
 
     let http = client();
-    assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 502);
+    assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 503);
     assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 200);
     let records = log.wait_for(2).await;
     assert_eq!(
         records[0][0].outcome(),
-        stopped(FailureKind::ConnectRefused, StopReason::Budget)
+        stopped(FailureKind::Status(503), StopReason::Budget)
     );
     assert_eq!(records[1].len(), 2);
+    assert_eq!(backup.hits(), 1);
+}
+
+/// The retry of a request no upstream acted on (here, a refused connect) repeats no work, and
+/// is not charged to the budget: with no retry left in it, every request still reaches the
+/// backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_is_retried_whatever_the_budget() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list = ordered(&[refused_addr(), backup.peer_addr()], READ_TIMEOUT);
+    let budget = RetryBudget::new(0.0, 0, Duration::from_secs(60)).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_budget(budget)
+        .without_outlier_detection();
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..5 {
+        assert_eq!(http.get(proxy.url("/")).send().await.unwrap().status(), 200);
+    }
+    let records = log.wait_for(5).await;
+    assert!(records.iter().all(|r| r.len() == 2), "{records:?}");
+    assert_eq!(backup.hits(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,12 +229,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     .get_or_insert_with(|| self.feed.routes.key(session.req_header()));
                 let body_empty = session.is_body_empty();
                 let safe = session.req_header().method.is_safe() && body_empty;
-                // The budget is read last, and once for both cuts: it reads the clock.
+                // The budget is read last, and once for both cuts: it reads the clock. The
+                // retry of an abandoned connect is not charged to it.
                 let budget_left = std::cell::OnceCell::new();
-                let retried = |kind, configured, limit| {
+                let retried = |kind: FailureKind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
-                        && *budget_left
-                            .get_or_init(|| self.budget.as_ref().is_none_or(|b| b.remaining() > 0))
+                        && (!kind.may_have_processed()
+                            || *budget_left.get_or_init(|| {
+                                self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
+                            }))
                 };
                 let routes = &self.feed.routes;
                 let (typical, connect) = (routes.typical(route), routes.typical_connect());

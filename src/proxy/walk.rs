@@ -96,15 +96,25 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(reason) = rules::stop(&facts) {
             return Err(reason);
         }
-        // A stall cut took its retry from the budget when it cut.
+        // A stall cut took its retry from the budget when it cut. The retry of a request no
+        // upstream acted on (no connection made, or a stream refused unprocessed) repeats no
+        // work, which is what the budget bounds: it is the request's first run, and is not
+        // charged (a peer down at deploy, met by a burst of requests, loses none of them).
         let paid = rec.cut.take_paid();
-        let Some(paid) = paid.or_else(|| Withdrawn::from(self.budget.as_ref())) else {
-            self.feed.signals.budget_refused();
-            return Err(StopReason::Budget);
+        let paid = match paid {
+            Some(paid) => Some(paid),
+            None if !kind.may_have_processed() => None,
+            None => match Withdrawn::from(self.budget.as_ref()) {
+                Some(paid) => Some(paid),
+                None => {
+                    self.feed.signals.budget_refused();
+                    return Err(StopReason::Budget);
+                }
+            },
         };
         // Without a peer, `paid` is dropped here and the retry goes back to the budget.
         let mut next = self.next_peer(ctx, session, failure.attempt, left)?;
-        next.paid = Some(paid);
+        next.paid = paid;
         self.feed.signals.retry();
         Ok(next)
     }

@@ -36,6 +36,15 @@ use crate::retry::window::Window;
 /// share: every retry spends a floor token when one is there, and a retry beyond the ratio's share
 /// needs one. Retries stay within the larger of the two, never their sum.
 ///
+/// # What it charges
+///
+/// Only retries that repeat work: those of a request an upstream may have acted on. A request
+/// no upstream acted on (its connect failed, or was abandoned; an HTTP/2 stream refused
+/// unprocessed) goes to the next peer for its first run, and costs the upstreams nothing more
+/// than if it had gone there first. Those retries are free, so that a peer down at deploy,
+/// met by a burst of requests before it is ejected, loses none of them; the attempt cap still
+/// bounds them.
+///
 /// The count is kept in one-second slots over the window, with atomics and no lock. Withdrawals
 /// racing within one second never overdraw the budget, and no count is lost when a slot moves on
 /// to a new second (each count is one atomic word with its second; model-checked with loom).
