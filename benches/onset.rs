@@ -143,6 +143,7 @@ async fn start_proxy(
             &l,
             "--threads",
             "1",
+            "--quiet",
             "--connect-timeout-ms",
             "400",
             "--read-timeout-ms",

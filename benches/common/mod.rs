@@ -541,12 +541,8 @@ pub fn free_port() -> SocketAddr {
 pub async fn spawn_proxy(name: &str, args: &[&str], listen: SocketAddr) -> Proxy {
     let child = Command::new(binary(name))
         .args(args)
-        .stdout(
-            std::fs::File::create(format!("/tmp/proxylog-{name}-{}.txt", listen.port())).unwrap(),
-        )
-        .stderr(
-            std::fs::File::create(format!("/tmp/proxyerr-{name}-{}.txt", listen.port())).unwrap(),
-        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("the proxy starts");
     let proxy = Proxy(child);
