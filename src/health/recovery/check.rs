@@ -38,9 +38,10 @@ impl RecoveryProbe {
 
     /// How long a new connection to `peer` takes (TCP, and TLS for a TLS peer), made as the
     /// proxy makes its own and within the peer's connect timeouts (10 s when it has none);
-    /// `None` when it could not be made.
+    /// `None` when it could not be made, or the peer is a name no set resolved (it has no
+    /// address to connect to).
     pub(crate) async fn connect_time(&self, peer: &Peer) -> Option<Duration> {
-        let target = peer.http_peer();
+        let target = peer.connect_target().ok()?;
         let connector = match self.connectors.0.get() {
             Some((_, transport)) => transport,
             None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
