@@ -21,7 +21,7 @@
 //! ```
 //!
 //! `MIXED_CLIENTS=1,4,32` and `MIXED_PROXIES=bare,failover,failover-no-cut` choose runs;
-//! `MIXED_SECONDS` sets their length. Loopback only; every process it starts is killed when it
+//! `MIXED_SECONDS` sets their length; `MIXED_HTTP=h2` makes the upstreams speak HTTP/2 (h2c). Loopback only; every process it starts is killed when it
 //! ends.
 
 mod common;
@@ -36,13 +36,28 @@ use common::{bench_runtime, free_port, ms, quantile, spawn_proxy, Client, Mode, 
 /// The endpoints: path, delay, and how many of every 10 requests.
 const ENDPOINTS: [(&str, u64, u64); 3] = [("/fast", 3, 8), ("/search", 30, 1), ("/report", 300, 1)];
 
+/// `h2`: the upstreams speak HTTP/2 in clear text.
 async fn start_proxy(
     kind: &str,
     primary: SocketAddr,
     backup: SocketAddr,
+    h2: bool,
 ) -> (common::Proxy, SocketAddr, u32) {
     let listen = free_port();
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
+    // The reference proxy takes peers of another protocol from its configuration file.
+    let config =
+        std::env::temp_dir().join(format!("pf-mixed-{}-{listen}.toml", std::process::id()));
+    let c = config.to_string_lossy().into_owned();
+    let peers: Vec<&str> = if h2 {
+        let toml = format!(
+            "peers = [{{ addr = \"{p}\", http = \"h2\" }}, {{ addr = \"{b}\", http = \"h2\" }}]\n"
+        );
+        std::fs::write(&config, toml).expect("a temporary file");
+        vec!["--config", &c]
+    } else {
+        vec!["--peer", &p, "--peer", &b]
+    };
     let mut args: Vec<&str> = match kind {
         "bare" => vec![
             "--listen",
@@ -53,18 +68,14 @@ async fn start_proxy(
             &b,
             "--threads",
             "1",
+            "--http",
+            if h2 { "h2" } else { "h1" },
         ],
-        _ => vec![
-            "--listen",
-            &l,
-            "--peer",
-            &p,
-            "--peer",
-            &b,
-            "--threads",
-            "1",
-            "--quiet",
-        ],
+        _ => {
+            let mut a = vec!["--listen", &l, "--threads", "1", "--quiet"];
+            a.extend(peers);
+            a
+        }
     };
     args.extend(["--connect-timeout-ms", "400", "--read-timeout-ms", "2000"]);
     if kind == "failover-no-cut" {
@@ -89,10 +100,19 @@ struct Row {
     latency: Vec<(Duration, Duration)>,
 }
 
-async fn run(kind: &str, clients: usize, seconds: u64, stall: bool) -> Row {
-    let primary = Upstream::start("primary", Mode::Up).await;
-    let backup = Upstream::start("backup", Mode::Up).await;
-    let (_proxy, addr, pid) = start_proxy(kind, primary.addr, backup.addr).await;
+async fn run(kind: &str, clients: usize, seconds: u64, stall: bool, h2: bool) -> Row {
+    let (primary, backup) = if h2 {
+        (
+            Upstream::start_h2("primary").await,
+            Upstream::start_h2("backup").await,
+        )
+    } else {
+        (
+            Upstream::start("primary", Mode::Up).await,
+            Upstream::start("backup", Mode::Up).await,
+        )
+    };
+    let (_proxy, addr, pid) = start_proxy(kind, primary.addr, backup.addr, h2).await;
     let ids = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(seconds);
     let stalling = Arc::new(AtomicBool::new(stall));
@@ -209,14 +229,19 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(6);
-    println!("mixed: /fast 3 ms x8, /search 30 ms x1, /report 300 ms x1 per 10 requests; {seconds} s per run");
+    // MIXED_HTTP=h2: upstreams in HTTP/2 (h2c), one stream per connection (pingora's default).
+    let h2 = std::env::var("MIXED_HTTP").is_ok_and(|v| v == "h2");
+    println!(
+        "mixed: /fast 3 ms x8, /search 30 ms x1, /report 300 ms x1 per 10 requests; {seconds} s per run; upstreams {}",
+        if h2 { "h2c" } else { "HTTP/1.1" }
+    );
     println!();
     println!("| proxy | clients | stalled | requests | twice | moved | failed | fast p50 / p99 ms | search p50 / p99 ms | report p50 / p99 ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for stall in [false, true] {
         for c in &clients {
             for kind in &proxies {
-                let row = runtime.block_on(run(kind, *c, seconds, stall));
+                let row = runtime.block_on(run(kind, *c, seconds, stall, h2));
                 let lat: Vec<String> = row
                     .latency
                     .iter()

@@ -133,14 +133,20 @@ async fn serve_h2(
             while let Some(Ok(chunk)) = body.data().await {
                 let _ = body.flow_control().release_capacity(chunk.len());
             }
-            let id = parts
-                .headers
-                .get("x-id")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            };
             load.hits.fetch_add(1, Ordering::Relaxed);
-            if let Some(id) = id {
+            if let Some(id) = header("x-id") {
                 *posts.lock().unwrap().entry(id).or_default() += 1;
+            }
+            // A request can ask to be answered late (a legitimately slow endpoint).
+            if let Some(ms) = header("x-delay-ms").filter(|ms| *ms > 0) {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
             }
             let head = axum::http::Response::builder()
                 .status(200)
