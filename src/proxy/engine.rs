@@ -1,7 +1,7 @@
 //! The failover engine: pingora's hooks translated into the crate's decisions.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,6 @@ use super::feed::Feed;
 use super::hedge::{Hedging, Leg};
 use super::queue::{self, Queue};
 use super::walk::client_ip;
-use super::warm::{self, WarmUp};
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
 use crate::cut::{AdaptiveTimeouts, Armed, Cut, Unarmed, Watchdog};
@@ -72,7 +71,7 @@ pub struct Failover<S, R> {
     pub(super) queue: Option<Arc<Queue>>,
     /// When a safe request is sent to a second peer too.
     pub(super) hedging: Option<Hedging>,
-    /// The [`WarmUp`] was made (or began).
+    /// The [`WarmUp`](super::WarmUp) was made (or began).
     pub(super) warmed: Arc<AtomicBool>,
 }
 
@@ -129,40 +128,6 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             });
         }
         Ok(())
-    }
-
-    /// One connect to each of the engine's peers, which learns what their connections take
-    /// before requests need it (see [`WarmUp`]). The engine makes it on its first request by
-    /// itself; run this before traffic arrives to spare that request too.
-    pub fn warm_up(&self) -> WarmUp {
-        let cuts_connects = self.adaptive.is_some_and(|a| a.cuts_connects());
-        let peers = match &self.feed.pool {
-            Some(set) if cuts_connects => set
-                .snapshot()
-                .peers()
-                .iter()
-                .take(warm::PEERS)
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        };
-        WarmUp::new(
-            peers,
-            self.watchdog.liveness().clone(),
-            self.feed.routes.clone(),
-            self.warmed.clone(),
-        )
-    }
-
-    /// Makes the [`WarmUp`] in the background, the first time.
-    fn warm_up_once(&self) {
-        if self.warmed.load(Ordering::Relaxed) {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let warm = self.warm_up();
-            runtime.spawn(async move { warm.run().await });
-        }
     }
 
     /// For `ProxyHttp::upstream_peer`: the peer for this attempt. A retry that returns to a

@@ -8,13 +8,16 @@ use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
+use super::Failover;
 use crate::cut::Routes;
 use crate::health::RecoveryProbe;
 use crate::peer::Peer;
+use crate::retry::RetryPolicy;
+use crate::select::PeerSelector;
 
 /// How many of the engine's peers are connected to, the first in its set's order (those an
 /// ordered list tries first). The pool's connect time needs only a few of them.
-pub(crate) const PEERS: usize = 32;
+const PEERS: usize = 32;
 
 /// One connect to each of an engine's peers (up to 32, the first in its set), made once, that
 /// learns what a connection to each takes: the peers' own connect times, and the pool's, which
@@ -82,6 +85,38 @@ impl WarmUp {
             });
         }
         while connects.join_next().await.is_some() {}
+    }
+}
+
+impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
+    /// One connect to each of the engine's peers, which learns what their connections take
+    /// before requests need it (see [`WarmUp`]). The engine makes it on its first request by
+    /// itself; run this before traffic arrives to spare that request too.
+    pub fn warm_up(&self) -> WarmUp {
+        let cuts_connects = self.adaptive.is_some_and(|a| a.cuts_connects());
+        let peers = match &self.feed.pool {
+            Some(set) if cuts_connects => {
+                set.snapshot().peers().iter().take(PEERS).cloned().collect()
+            }
+            _ => Vec::new(),
+        };
+        WarmUp::new(
+            peers,
+            self.watchdog.liveness().clone(),
+            self.feed.routes.clone(),
+            self.warmed.clone(),
+        )
+    }
+
+    /// Makes the [`WarmUp`] in the background, the first time.
+    pub(super) fn warm_up_once(&self) {
+        if self.warmed.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let warm = self.warm_up();
+            runtime.spawn(async move { warm.run().await });
+        }
     }
 }
 
