@@ -179,15 +179,7 @@ async fn a_peer_down_from_the_start_costs_the_first_request_only_the_connect_cut
     connect_learned(&backup_peer).await;
     assert_eq!(cold.health().connect_time(), None);
     let (proxy, log) = start_proxy(proxy).await;
-    let answer = client()
-        .get(proxy.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(answer, "backup");
+    assert_eq!(proxy.get_text(&client(), "/").await, "backup");
     let records = log.wait_for(1).await;
     assert_eq!(records[0][0].peer(), &cold, "{:?}", records[0]);
     assert!(
@@ -214,15 +206,7 @@ async fn a_peer_down_from_the_start_costs_the_first_request_only_the_connect_cut
 async fn the_first_request_warms_up_every_peer() {
     let (_primary, _backup, peers, proxy, _log) = primary_and_backup(AdaptiveTimeouts::new()).await;
     assert_eq!(peers[1].health().connect_time(), None);
-    let answer = client()
-        .get(proxy.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(answer, "primary");
+    assert_eq!(proxy.get_text(&client(), "/").await, "primary");
     connect_learned(&peers[1]).await;
 }
 
