@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{bench_runtime, free_port, ms, quantile, spawn_proxy, Client, Mode, Upstream};
+use common::{bench_runtime, free_port, h2_config, ms, quantile, spawn_proxy, Client, Upstream};
 
 /// The endpoints: path, delay, and how many of every 10 requests.
 const ENDPOINTS: [(&str, u64, u64); 3] = [("/fast", 3, 8), ("/search", 30, 1), ("/report", 300, 1)];
@@ -46,17 +46,10 @@ async fn start_proxy(
     let listen = free_port();
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
     // The reference proxy takes peers of another protocol from its configuration file.
-    let config =
-        std::env::temp_dir().join(format!("pf-mixed-{}-{listen}.toml", std::process::id()));
-    let c = config.to_string_lossy().into_owned();
-    let peers: Vec<&str> = if h2 {
-        let toml = format!(
-            "peers = [{{ addr = \"{p}\", http = \"h2\" }}, {{ addr = \"{b}\", http = \"h2\" }}]\n"
-        );
-        std::fs::write(&config, toml).expect("a temporary file");
-        vec!["--config", &c]
-    } else {
-        vec!["--peer", &p, "--peer", &b]
+    let c = h2.then(|| h2_config(primary, backup, listen));
+    let peers: Vec<&str> = match &c {
+        Some(c) => vec!["--config", c],
+        None => vec!["--peer", &p, "--peer", &b],
     };
     let mut args: Vec<&str> = match kind {
         "bare" => vec![
@@ -87,6 +80,9 @@ async fn start_proxy(
         "failover_proxy"
     };
     let proxy = spawn_proxy(name, &args, listen).await;
+    if let Some(c) = &c {
+        let _ = std::fs::remove_file(c);
+    }
     let pid = proxy.pid();
     (proxy, listen, pid)
 }
@@ -101,17 +97,7 @@ struct Row {
 }
 
 async fn run(kind: &str, clients: usize, seconds: u64, stall: bool, h2: bool) -> Row {
-    let (primary, backup) = if h2 {
-        (
-            Upstream::start_h2("primary").await,
-            Upstream::start_h2("backup").await,
-        )
-    } else {
-        (
-            Upstream::start("primary", Mode::Up).await,
-            Upstream::start("backup", Mode::Up).await,
-        )
-    };
+    let (primary, backup) = Upstream::pair(h2).await;
     let (_proxy, addr, pid) = start_proxy(kind, primary.addr, backup.addr, h2).await;
     let ids = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + Duration::from_secs(seconds);

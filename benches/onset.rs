@@ -51,8 +51,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    bench_runtime, corrected, free_port, load, mean_latency_before, ms, quantile, spawn_proxy,
-    Mode, Proxy, Record, Upstream,
+    bench_runtime, corrected, free_port, h2_config, load, mean_latency_before, ms, quantile,
+    spawn_proxy, Mode, Proxy, Record, Upstream,
 };
 
 const CLIENTS: usize = 32;
@@ -125,17 +125,10 @@ async fn start_proxy(
     let read_ms = if slow { "300" } else { "1000" };
     let (p, b, l) = (primary.to_string(), backup.to_string(), listen.to_string());
     // The reference proxy takes peers of another protocol from its configuration file.
-    let config =
-        std::env::temp_dir().join(format!("pf-onset-{}-{listen}.toml", std::process::id()));
-    let c = config.to_string_lossy().into_owned();
-    let peers: Vec<&str> = if h2 {
-        let toml = format!(
-            "peers = [{{ addr = \"{p}\", http = \"h2\" }}, {{ addr = \"{b}\", http = \"h2\" }}]\n"
-        );
-        std::fs::write(&config, toml).expect("a temporary file");
-        vec!["--config", &c]
-    } else {
-        vec!["--peer", &p, "--peer", &b]
+    let c = h2.then(|| h2_config(primary, backup, listen));
+    let peers: Vec<&str> = match &c {
+        Some(c) => vec!["--config", c],
+        None => vec!["--peer", &p, "--peer", &b],
     };
     let mut args: Vec<&str> = match kind {
         "failover" | "failover-no-cut" | "failover-undelivered" => vec![
@@ -187,7 +180,9 @@ async fn start_proxy(
         "failover_proxy"
     };
     let proxy = spawn_proxy(name, &args, listen).await;
-    let _ = std::fs::remove_file(&config);
+    if let Some(c) = &c {
+        let _ = std::fs::remove_file(c);
+    }
     (proxy, listen)
 }
 
@@ -267,17 +262,7 @@ fn analyse(records: &[Record], twice: usize, fault_at: Duration) -> Row {
 /// at deploy), rather than at `FAULT_AT`.
 async fn run(kind: &str, name: &str, fault: Mode, cold: bool) -> Row {
     let h2 = name == "drop-h2";
-    let (primary, backup) = if h2 {
-        (
-            Upstream::start_h2("primary").await,
-            Upstream::start_h2("backup").await,
-        )
-    } else {
-        (
-            Upstream::start("primary", Mode::Up).await,
-            Upstream::start("backup", Mode::Up).await,
-        )
-    };
+    let (primary, backup) = Upstream::pair(h2).await;
     let slow = matches!(fault, Mode::Slow(_));
     let (_proxy, addr) = start_proxy(kind, primary.addr, backup.addr, slow, h2).await;
     let mut dropped = None;

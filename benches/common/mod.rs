@@ -93,6 +93,21 @@ impl Upstream {
     /// An HTTP/2 upstream in clear text (h2c, by prior knowledge) that answers every request
     /// with its name, on each stream at once. Its modes play no part: its faults are the
     /// network's (`iptables`).
+    /// A primary and a backup, both up, in HTTP/2 (h2c) when `h2`, else in HTTP/1.1.
+    pub async fn pair(h2: bool) -> (Self, Self) {
+        if h2 {
+            (
+                Self::start_h2("primary").await,
+                Self::start_h2("backup").await,
+            )
+        } else {
+            (
+                Self::start("primary", Mode::Up).await,
+                Self::start("backup", Mode::Up).await,
+            )
+        }
+    }
+
     pub async fn start_h2(name: &'static str) -> Self {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -533,6 +548,17 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A configuration file for the reference proxy naming `primary` and `backup` as h2c peers;
+/// its path.
+pub fn h2_config(primary: SocketAddr, backup: SocketAddr, listen: SocketAddr) -> String {
+    let path = std::env::temp_dir().join(format!("pf-bench-{}-{listen}.toml", std::process::id()));
+    let toml = format!(
+        "peers = [{{ addr = \"{primary}\", http = \"h2\" }}, {{ addr = \"{backup}\", http = \"h2\" }}]\n"
+    );
+    std::fs::write(&path, toml).expect("a temporary file");
+    path.to_string_lossy().into_owned()
 }
 
 pub fn free_port() -> SocketAddr {
