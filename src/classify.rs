@@ -200,6 +200,20 @@ impl FailureKind {
         )
     }
 
+    /// Whether a request's first retry after this failure is free of the retry budget: the
+    /// connection failed before anything was sent (TLS handshakes excepted, which cost the
+    /// peer work), so the retry is the request's first run anywhere.
+    pub(crate) fn first_retry_is_free(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectRefused
+                | Self::ConnectTimeout
+                | Self::ConnectNoRoute
+                | Self::ConnectOther
+                | Self::Local
+        )
+    }
+
     /// Whether the upstream may have acted on the request. `false` for connect failures (nothing
     /// was sent) and for [`Unprocessed`](Self::Unprocessed) (the upstream said so): such a request
     /// may go to another peer whatever its method.

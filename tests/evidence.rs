@@ -244,6 +244,38 @@ async fn a_hung_peer_is_still_left_within_about_100_ms() {
     assert!(cut < READ / 2, "cut after {cut:?}");
 }
 
+/// A peer whose liveness check answers at once with a status the probe does not pass (a `/`
+/// the service does not serve) is alive: its legitimately slow GET runs once, on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_answers_its_check_with_a_failing_status_is_alive() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list =
+        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    // The upstream answers the probe's `GET /` with 200, which this probe does not pass.
+    let probe = pingora_failover::RecoveryProbe::default()
+        .with_passing_statuses([204])
+        .unwrap();
+    let rules = pingora_failover::OutlierDetection::default().with_recovery_probe(probe);
+    let engine = Failover::builder(list, StandardPolicy::default()).with_outlier_detection(rules);
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(proxy.get_text(&http, "/fast").await, "primary");
+    }
+    let resp = http
+        .get(proxy.url("/report"))
+        .header("x-delay-ms", "300")
+        .header("x-request-id", "report")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "primary");
+    let records = log.wait_for(21).await;
+    assert_eq!(records[20].len(), 1, "{:?}", records[20]);
+    assert_eq!(backup.ids().get("report"), None, "it ran on the backup too");
+}
+
 /// Drops every packet to `port` on loopback while it lives (iptables, as root): a blackholed
 /// upstream, whose kernel acknowledges nothing.
 struct Blackholed {

@@ -105,6 +105,9 @@ pub(crate) struct Armed<'a> {
     pub(crate) peer: &'a Peer,
     pub(crate) limit: Duration,
     pub(crate) may_cut: MayCut,
+    /// The connection speaks HTTP/2: its driver reads answers out of the socket into its own
+    /// buffers, so an answer the proxy has not taken shows as bytes received, not unread.
+    pub(crate) h2: bool,
     /// The connection carries other requests at the same time (HTTP/2 with more than one
     /// stream allowed).
     pub(crate) shared: bool,
@@ -128,7 +131,10 @@ impl Shared {
             // slower than its route at everything: a check it answered late, once connected,
             // shows it alive, not stuck. Only an unreachable peer is proven stuck then.
             let cold = health.typical_latency().is_none();
-            let passed = checked == Checked::Passed || (cold && checked == Checked::Failed);
+            // Any answer in time shows the peer alive, whatever its status (a `/` the peer
+            // does not serve answers 404 at once).
+            let passed = matches!(checked, Checked::Passed | Checked::Answered)
+                || (cold && checked == Checked::Failed);
             let failed = checked == Checked::Unreachable || (!cold && checked == Checked::Failed);
             // A check the proxy could not make (out of descriptors) shows nothing about the peer,
             // and neither does one that failed long after its own timeouts were due: it was held
@@ -183,10 +189,12 @@ impl Watchdog {
         let now = Instant::now();
         let watch = armed.filter(|_| running).map(|a| {
             // Only the proof that the peer never received a request needs the counters from
-            // before it was sent, and on a shared connection, the proof that the peer is
-            // unreachable: each request there begins after others, whose bytes were
-            // acknowledged. Reading them is the one system call on the request's path.
-            let from_start = a.may_cut == MayCut::IfUndelivered || a.shared;
+            // before it was sent; on HTTP/2, the proof that the answer came (bytes received
+            // since, which its driver may have read out of the socket already); and on a
+            // shared connection, the proof that the peer is unreachable: each request there
+            // begins after others, whose bytes were acknowledged. Reading them is the one
+            // system call on the request's path.
+            let from_start = a.may_cut == MayCut::IfUndelivered || a.h2 || a.shared;
             let from = from_start.then(|| sys::counters(fd)).flatten();
             Arc::new(Watch {
                 state: AtomicU8::new(WAITING),
@@ -353,6 +361,7 @@ mod tests {
             peer,
             limit: Duration::from_millis(ms),
             may_cut,
+            h2: false,
             shared: false,
         };
         dog.handed(s.as_raw_fd(), Some(armed)).unwrap()

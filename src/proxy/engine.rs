@@ -195,11 +195,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let body_empty = session.is_body_empty();
                 let safe = session.req_header().method.is_safe() && body_empty;
                 // The budget is read last, and once for both cuts: it reads the clock. The
-                // retry of an abandoned connect is not charged to it.
+                // first attempt's abandoned connect is retried free of it (`judge`).
                 let budget_left = std::cell::OnceCell::new();
+                let first = ctx.attempts().is_empty();
                 let retried = |kind: FailureKind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
-                        && (!kind.may_have_processed()
+                        && ((first && kind.first_retry_is_free())
                             || *budget_left.get_or_init(|| {
                                 self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
                             }))
@@ -257,8 +258,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             // peer allows more than one stream on it (pingora's default is one).
             let many_streams = peer.options.max_h2_streams > 1;
             match peer.options.alpn {
-                ALPN::H1 => self.arm(rec, fd, ends, false),
-                ALPN::H2 => self.arm(rec, fd, ends, many_streams),
+                ALPN::H1 => self.arm(rec, fd, ends, false, false),
+                ALPN::H2 => self.arm(rec, fd, ends, true, many_streams),
                 // Which one the connection speaks shows in the request header.
                 ALPN::H2H1 => {
                     rec.cut.unarmed = Some(Unarmed {
@@ -283,19 +284,20 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             return;
         };
         if let Some(c) = rec.cut.unarmed.take() {
-            let shared = c.many_streams && request.version == pingora_http::Version::HTTP_2;
-            self.arm(rec, c.fd, c.ends, shared);
+            let h2 = request.version == pingora_http::Version::HTTP_2;
+            self.arm(rec, c.fd, c.ends, h2, h2 && c.many_streams);
         }
     }
 
     /// Hands connection `fd` to the attempt `rec`, watched when it has a limit and the
-    /// connection's two `ends` are known. `shared`: the connection carries other requests at
-    /// the same time.
+    /// connection's two `ends` are known. `h2`: the connection speaks HTTP/2; `shared`: it
+    /// carries other requests at the same time.
     fn arm(
         &self,
         rec: &mut AttemptRecord,
         fd: i32,
         ends: Option<(SocketAddr, SocketAddr)>,
+        h2: bool,
         shared: bool,
     ) {
         let armed = rec.cut.header.zip(ends).map(|(limit, ends)| Armed {
@@ -303,6 +305,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             peer: rec.peer(),
             limit,
             may_cut: rec.cut.may_cut,
+            h2,
             shared,
         });
         // A connection that carries many requests hands no wait over from one to the next.

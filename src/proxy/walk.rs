@@ -96,14 +96,15 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(reason) = rules::stop(&facts) {
             return Err(reason);
         }
-        // A stall cut took its retry from the budget when it cut. The retry of a request no
-        // upstream acted on (no connection made, or a stream refused unprocessed) repeats no
-        // work, which is what the budget bounds: it is the request's first run, and is not
-        // charged (a peer down at deploy, met by a burst of requests, loses none of them).
+        // A stall cut took its retry from the budget when it cut. A request's first retry after
+        // a connect that failed (nothing sent) is its first run anywhere, and is free: a peer
+        // down at deploy, met by a burst of requests, loses none of them. Later ones are paid,
+        // so that a whole pool that cannot be reached still costs a request about one attempt
+        // more, not the attempt cap.
         let paid = rec.cut.take_paid();
         let paid = match paid {
             Some(paid) => Some(paid),
-            None if !kind.may_have_processed() => None,
+            None if failure.attempt == 1 && kind.first_retry_is_free() => None,
             None => match Withdrawn::from(self.budget.as_ref()) {
                 Some(paid) => Some(paid),
                 None => {

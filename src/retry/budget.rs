@@ -38,12 +38,12 @@ use crate::retry::window::Window;
 ///
 /// # What it charges
 ///
-/// Only retries that repeat work: those of a request an upstream may have acted on. A request
-/// no upstream acted on (its connect failed, or was abandoned; an HTTP/2 stream refused
-/// unprocessed) goes to the next peer for its first run, and costs the upstreams nothing more
-/// than if it had gone there first. Those retries are free, so that a peer down at deploy,
-/// met by a burst of requests before it is ejected, loses none of them; the attempt cap still
-/// bounds them.
+/// Every retry but one: a request's first retry after its connect failed or was abandoned
+/// before anything was sent (not a TLS handshake, which costs the peer work). That retry is
+/// the request's first run anywhere, and costs the upstreams nothing more than if the request
+/// had gone there first, so a peer down at deploy, met by a burst of requests before it is
+/// ejected, loses none of them. Later retries are charged, so that a pool none of which can be
+/// reached still costs a request about one attempt more, not the attempt cap.
 ///
 /// The count is kept in one-second slots over the window, with atomics and no lock. Withdrawals
 /// racing within one second never overdraw the budget, and no count is lost when a slot moves on

@@ -96,6 +96,7 @@ impl RecoveryProbe {
                 let status = http_status(connector, &target, path, host, &mut connected);
                 match tokio::time::timeout(limit, status).await {
                     Ok(Ok(status)) if self.passing.contains(status) => Checked::Passed,
+                    Ok(Ok(_)) => Checked::Answered,
                     Ok(Err(e)) if !connected => Checked::unreachable(&e),
                     _ if !connected => Checked::Unreachable,
                     _ => Checked::Failed,
@@ -109,7 +110,10 @@ impl RecoveryProbe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Checked {
     Passed,
-    /// Connected, but the answer was late, broken or a failing status.
+    /// Answered in time with a status the probe does not pass (a health path the peer does
+    /// not serve): the peer is alive, though the probe does not pass.
+    Answered,
+    /// Connected, but the answer was late or broken.
     Failed,
     /// The connection (TCP, and TLS for a TLS peer) could not be made.
     Unreachable,
