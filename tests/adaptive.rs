@@ -210,16 +210,20 @@ async fn the_first_request_warms_up_every_peer() {
     connect_learned(&peers[1]).await;
 }
 
-/// Without the connect cut, nothing borrows a connect time: the engine makes no warm-up.
+/// Without the connect cut, nothing borrows a connect time: the warm-up makes no connect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_connect_cut_no_peer_is_warmed_up() {
-    let (_primary, _backup, peers, proxy, log) =
-        primary_and_backup(AdaptiveTimeouts::new().without_connect()).await;
-    for _ in 0..2 {
-        client().get(proxy.url("/")).send().await.unwrap();
-    }
-    log.wait_for(2).await;
-    assert_eq!(peers[1].health().connect_time(), None);
+    let up = Upstream::start("only", Mode::Ok).await;
+    let only = peer(&up.peer_addr(), CONFIGURED);
+    let engine = Failover::builder(
+        OrderedList::new(vec![only.clone()]).unwrap(),
+        StandardPolicy::default(),
+    )
+    .with_adaptive_timeouts(AdaptiveTimeouts::new().without_connect());
+    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    // Returns once every connect it makes has ended.
+    proxy.engine().warm_up().run().await;
+    assert_eq!(only.health().connect_time(), None);
 }
 
 /// A peer with a learned connect time, and a 400 ms connect timeout, whose host then vanishes

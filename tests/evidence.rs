@@ -478,9 +478,9 @@ async fn streams_sharing_a_blackholed_h2_connection_all_move_once() {
     assert_eq!((a.as_str(), b.as_str()), ("backup", "backup"));
     assert_eq!(backup.hits(), 2);
     let records = log.wait_for(22).await;
-    // Each waited on the open connection: one was cut, and the other was cut with it or saw
-    // its connection closed under it (a new connection to the blackholed peer would have
-    // failed to connect instead).
+    // One waited on the open connection and was cut; the other was cut with it, or saw its
+    // connection closed under it, or (pingora may miss a pooled connection it could have
+    // shared) opened a new one, whose connect was abandoned.
     let kinds: Vec<_> = records[20..]
         .iter()
         .map(|r| {
@@ -495,7 +495,9 @@ async fn streams_sharing_a_blackholed_h2_connection_all_move_once() {
     assert!(
         kinds.iter().all(|k| matches!(
             k,
-            FailureKind::HeaderTimeout | FailureKind::ReusedConnectionClosed
+            FailureKind::HeaderTimeout
+                | FailureKind::ReusedConnectionClosed
+                | FailureKind::ConnectTimeout
         )),
         "{kinds:?}"
     );

@@ -11,9 +11,9 @@ use pingora_core::services::background::BackgroundService;
 use super::Failover;
 use crate::cut::Routes;
 use crate::health::RecoveryProbe;
-use crate::peer::Peer;
 use crate::retry::RetryPolicy;
 use crate::select::PeerSelector;
+use crate::set::PeerSet;
 
 /// How many of the engine's peers are connected to, the first in its set's order (those an
 /// ordered list tries first). The pool's connect time needs only a few of them.
@@ -34,49 +34,64 @@ const PEERS: usize = 32;
 /// Nothing is made when the engine does not cut connects ([`AdaptiveTimeouts`] off, or
 /// [`without_connect`](crate::AdaptiveTimeouts::without_connect)), or when its selector names
 /// no peer set. A connect that fails teaches nothing and counts against no peer: requests
-/// judge it.
+/// judge it. Each connection is closed at once, without a request (over TLS, once the
+/// handshake is done): an upstream may log one such connection per proxy start.
 ///
 /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
 pub struct WarmUp {
-    peers: Vec<Peer>,
+    /// The engine's peers, read when the warm-up runs; `None` when it makes no connect.
+    pool: Option<PeerSet>,
     probe: RecoveryProbe,
     routes: Arc<Routes>,
+    /// Taken by the run that makes the connects; given back should it end unfinished.
     done: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for WarmUp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WarmUp")
-            .field("peers", &self.peers.len())
+            .field("connects", &self.pool.is_some())
             .field("done", &self.done.load(Ordering::Relaxed))
             .finish()
     }
 }
 
 impl WarmUp {
-    pub(crate) fn new(
-        peers: Vec<Peer>,
-        probe: RecoveryProbe,
-        routes: Arc<Routes>,
-        done: Arc<AtomicBool>,
-    ) -> Self {
-        Self {
-            peers,
-            probe,
-            routes,
-            done,
-        }
-    }
-
     /// Connects to each peer once, concurrently, and learns what each connection took; returns
-    /// when all have connected or failed. Does nothing when the engine already did.
+    /// when all have connected or failed. Does nothing when the engine already did, or does
+    /// now, or outside a tokio runtime.
     pub async fn run(&self) {
-        if self.done.swap(true, Ordering::AcqRel) {
+        if tokio::runtime::Handle::try_current().is_err() || !self.claim() {
             return;
         }
+        self.connect_all().await;
+    }
+
+    /// Takes the warm-up for this caller: whether no one had.
+    fn claim(&self) -> bool {
+        self.done
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The connects, once claimed: should they end unfinished (the future dropped, a panic),
+    /// the claim goes back, so that a later request makes them.
+    async fn connect_all(&self) {
+        struct Unfinished<'a>(Option<&'a AtomicBool>);
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if let Some(done) = self.0 {
+                    done.store(false, Ordering::Release);
+                }
+            }
+        }
+        let mut unfinished = Unfinished(Some(&self.done));
+        let peers = self.pool.as_ref().map_or_else(Vec::new, |set| {
+            set.snapshot().peers().iter().take(PEERS).cloned().collect()
+        });
         let mut connects = tokio::task::JoinSet::new();
-        for peer in &self.peers {
-            let (peer, probe, routes) = (peer.clone(), self.probe.clone(), self.routes.clone());
+        for peer in peers {
+            let (probe, routes) = (self.probe.clone(), self.routes.clone());
             connects.spawn(async move {
                 if let Some(took) = probe.connect_time(&peer).await {
                     peer.health().learn_connect(took);
@@ -85,6 +100,7 @@ impl WarmUp {
             });
         }
         while connects.join_next().await.is_some() {}
+        unfinished.0 = None;
     }
 }
 
@@ -94,18 +110,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// itself; run this before traffic arrives to spare that request too.
     pub fn warm_up(&self) -> WarmUp {
         let cuts_connects = self.adaptive.is_some_and(|a| a.cuts_connects());
-        let peers = match &self.feed.pool {
-            Some(set) if cuts_connects => {
-                set.snapshot().peers().iter().take(PEERS).cloned().collect()
-            }
-            _ => Vec::new(),
-        };
-        WarmUp::new(
-            peers,
-            self.watchdog.liveness().clone(),
-            self.feed.routes.clone(),
-            self.warmed.clone(),
-        )
+        WarmUp {
+            pool: self.feed.pool.clone().filter(|_| cuts_connects),
+            probe: self.watchdog.liveness().clone(),
+            routes: self.feed.routes.clone(),
+            done: self.warmed.clone(),
+        }
     }
 
     /// Makes the [`WarmUp`] in the background, the first time.
@@ -113,9 +123,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if self.warmed.load(Ordering::Relaxed) {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let warm = self.warm_up();
-            runtime.spawn(async move { warm.run().await });
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let warm = self.warm_up();
+        if warm.claim() {
+            runtime.spawn(async move { warm.connect_all().await });
         }
     }
 }
