@@ -90,9 +90,6 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// An HTTP/2 upstream in clear text (h2c, by prior knowledge) that answers every request
-    /// with its name, on each stream at once. Its modes play no part: its faults are the
-    /// network's (`iptables`).
     /// A primary and a backup, both up, in HTTP/2 (h2c) when `h2`, else in HTTP/1.1.
     pub async fn pair(h2: bool) -> (Self, Self) {
         if h2 {
@@ -108,6 +105,9 @@ impl Upstream {
         }
     }
 
+    /// An HTTP/2 upstream in clear text (h2c, by prior knowledge) that answers every request
+    /// with its name, on each stream at once (after `x-delay-ms`, when asked). Its modes play no part: its faults are the
+    /// network's (`iptables`).
     pub async fn start_h2(name: &'static str) -> Self {
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1024).unwrap();
         let addr = listener.local_addr().unwrap();

@@ -72,8 +72,9 @@ use crate::peer::Peer;
 ///   unless [`with_undelivered_retry`](Self::with_undelivered_retry)
 ///
 /// Neither cut is made where no retry could follow it: on the last attempt a request is
-/// allowed, when the retry budget is spent, when the deadline would leave the retry less than
-/// the configured timeout, or when the policy would not retry that failure. An abandoned
+/// allowed, when the retry budget is spent (a request's first connect excepted, whose retry
+/// the budget does not charge), when the deadline would leave the retry less than the
+/// configured timeout, or when the policy would not retry that failure. An abandoned
 /// connect counts against its peer as any failure does, not as a connect failure (one of which
 /// ejects): the peer may only be slower than it was.
 #[derive(Debug, Clone, Copy)]

@@ -15,8 +15,8 @@
 //! as it would had the peer closed.
 //!
 //! A watch never outlives its attempt's hold on the connection: any response header ends it, so
-//! does any failure or the end of the request, and on an HTTP/1 connection, which carries one
-//! request at a time, so does the next request it is handed to. Before it reads or cuts, the
+//! does any failure or the end of the request, and on a connection that carries one request at
+//! a time (HTTP/1, or HTTP/2 of one stream), so does the next request it is handed to. Before it reads or cuts, the
 //! thread takes a descriptor of its own for the connection, and only when the number is still a
 //! socket with the watched connection's two ends: a number closed and reused meanwhile by
 //! anything else is left alone, and what is read or done reaches the watched connection even if
@@ -69,7 +69,7 @@ pub(super) struct Shared {
 struct Watches {
     due: BinaryHeap<Due>,
     /// The last watch armed on each descriptor of a connection that carries one request at a
-    /// time (HTTP/1).
+    /// time (HTTP/1, or HTTP/2 of one stream).
     by_fd: HashMap<i32, Weak<Watch>>,
 }
 

@@ -36,16 +36,21 @@ impl RecoveryProbe {
         }
     }
 
+    /// The connector for plain connects: the server's, once known.
+    fn transport(&self) -> &TransportConnector {
+        match self.connectors.0.get() {
+            Some((_, transport)) => transport,
+            None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
+        }
+    }
+
     /// How long a new connection to `peer` takes (TCP, and TLS for a TLS peer), made as the
     /// proxy makes its own and within the peer's connect timeouts (10 s when it has none);
     /// `None` when it could not be made, or the peer is a name no set resolved (it has no
     /// address to connect to).
     pub(crate) async fn connect_time(&self, peer: &Peer) -> Option<Duration> {
         let target = peer.connect_target().ok()?;
-        let connector = match self.connectors.0.get() {
-            Some((_, transport)) => transport,
-            None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
-        };
+        let connector = self.transport();
         let options = &target.options;
         let limit = options
             .total_connection_timeout
@@ -76,11 +81,7 @@ impl RecoveryProbe {
         let limit = timeout * 3;
         match &self.check {
             Check::Connect => {
-                let connector = match self.connectors.0.get() {
-                    Some((_, transport)) => transport,
-                    None => TRANSPORT.get_or_init(|| TransportConnector::new(None)),
-                };
-                match tokio::time::timeout(limit, connector.new_stream(&target)).await {
+                match tokio::time::timeout(limit, self.transport().new_stream(&target)).await {
                     Ok(Ok(_)) => Checked::Passed,
                     Ok(Err(e)) => Checked::unreachable(&e),
                     Err(_) => Checked::Unreachable,
