@@ -28,8 +28,9 @@ const PEERS: usize = 32;
 /// The engine makes it on its first request by itself, which that request is too early to
 /// use. Run it before traffic arrives to spare that one too: as a pingora background service
 /// (`pingora_core::services::background::background_service("warm-up",
-/// proxy.engine().warm_up())`), or with [`run`](Self::run). Whichever comes first makes the
-/// connects; the other does nothing.
+/// proxy.engine().warm_up())`; pingora starts it beside the listeners, so its connects race
+/// the first requests, and on loopback or a LAN they win), or with [`run`](Self::run).
+/// Whichever comes first makes the connects; the other does nothing.
 ///
 /// Nothing is made when the engine does not cut connects ([`AdaptiveTimeouts`] off, or
 /// [`without_connect`](crate::AdaptiveTimeouts::without_connect)), or when its selector names
