@@ -21,6 +21,20 @@ fn peer(addr: &str) -> Peer {
     Peer::builder(addr).with_read_timeout(READ).build().unwrap()
 }
 
+/// A report through `proxy`: a GET that takes 300 ms by nature, with the id `id`.
+async fn report(
+    http: &reqwest::Client,
+    proxy: &support::ProxyServer,
+    id: &str,
+) -> reqwest::Response {
+    http.get(proxy.url("/report"))
+        .header("x-delay-ms", "300")
+        .header("x-request-id", id)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `clients` clients, each sending 9 fast GETs and then one report (a GET that takes 300 ms by
 /// nature, with an id of its own), `rounds` times, through an ordered list of a primary and an
 /// identical backup. How many reports ran on the backup, and how many ids ran more than once.
@@ -40,13 +54,7 @@ async fn reports(clients: usize, rounds: usize) -> (usize, usize, Upstream) {
                     let resp = http.get(proxy.url("/fast")).send().await.unwrap();
                     assert_eq!(resp.status(), 200);
                 }
-                let resp = http
-                    .get(proxy.url("/report"))
-                    .header("x-delay-ms", "300")
-                    .header("x-request-id", format!("report-{c}-{round}"))
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = report(&http, proxy, &format!("report-{c}-{round}")).await;
                 assert_eq!(resp.status(), 200);
                 let by = resp.text().await.unwrap();
                 if by != "primary" {
@@ -263,13 +271,7 @@ async fn a_peer_that_answers_its_check_with_a_failing_status_is_alive() {
     for _ in 0..20 {
         assert_eq!(proxy.get_text(&http, "/fast").await, "primary");
     }
-    let resp = http
-        .get(proxy.url("/report"))
-        .header("x-delay-ms", "300")
-        .header("x-request-id", "report")
-        .send()
-        .await
-        .unwrap();
+    let resp = report(&http, &proxy, "report").await;
     assert_eq!(resp.text().await.unwrap(), "primary");
     let records = log.wait_for(21).await;
     assert_eq!(records[20].len(), 1, "{:?}", records[20]);
@@ -321,11 +323,17 @@ impl Drop for Blackholed {
     }
 }
 
-fn iptables_usable() -> bool {
-    std::process::Command::new("iptables")
+/// Whether iptables cannot be used here (not root, or not installed), said on stderr: the test
+/// that asks then checks nothing.
+fn skipped_without_iptables() -> bool {
+    let usable = std::process::Command::new("iptables")
         .args(["-L", "INPUT", "-n"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    if !usable {
+        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+    }
+    !usable
 }
 
 /// With `with_undelivered_retry`, a POST caught on a blackholed primary (its kernel acknowledges
@@ -346,8 +354,7 @@ async fn an_h2_post_never_delivered_moves_once_and_the_healed_peer_never_sees_it
 }
 
 async fn post_never_delivered(proto: Proto) {
-    if !iptables_usable() {
-        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+    if skipped_without_iptables() {
         return;
     }
     let primary = Upstream::start_with("primary", Mode::Ok, proto.clone()).await;
@@ -441,8 +448,7 @@ async fn h2c_pair_warmed(
 /// elsewhere it says so and checks nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
-    if !iptables_usable() {
-        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+    if skipped_without_iptables() {
         return;
     }
     let (primary, backup, proxy, log) = h2c_pair_warmed(1).await;
@@ -466,8 +472,7 @@ async fn an_h2_peer_blackholed_is_left_long_before_its_read_timeout() {
 /// each once. Needs root and iptables; elsewhere it says so and checks nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_sharing_a_blackholed_h2_connection_all_move_once() {
-    if !iptables_usable() {
-        eprintln!("skipped: iptables is not usable here (needs root and the iptables package)");
+    if skipped_without_iptables() {
         return;
     }
     let (primary, backup, proxy, log) = h2c_pair_warmed(8).await;
@@ -513,12 +518,7 @@ async fn a_slow_answer_on_a_live_h2_peer_runs_once() {
         let http = client();
         // A report: far more than what the peer took so far, and than the cut's 50 ms floor,
         // while the peer answers its liveness check at once.
-        let resp = http
-            .get(proxy.url("/report"))
-            .header("x-delay-ms", "300")
-            .send()
-            .await
-            .unwrap();
+        let resp = report(&http, &proxy, "report").await;
         assert_eq!(resp.text().await.unwrap(), "primary", "{streams} streams");
         let records = log.wait_for(21).await;
         assert_eq!(records[20].len(), 1, "{streams} streams: {:?}", records[20]);

@@ -170,13 +170,22 @@ mod tests {
         }
     }
 
-    /// Counted from when the attempt took the connection.
-    fn from_start(moved: Counters) -> Option<Transport> {
+    /// `moved`, counted from when the attempt took the connection (`from_start`) or from the
+    /// first look, nothing being sent.
+    fn counted(moved: Counters, from_start: bool) -> Option<Transport> {
         Some(Transport {
             moved,
-            from_start: true,
+            from_start,
             sending: false,
         })
+    }
+
+    fn from_start(moved: Counters) -> Option<Transport> {
+        counted(moved, true)
+    }
+
+    fn from_first_look(moved: Counters) -> Option<Transport> {
+        counted(moved, false)
     }
 
     fn moved(sent: u64, acked: u64, received: u64) -> Option<Transport> {
@@ -297,15 +306,6 @@ mod tests {
             judge(&look(60, None, Live::Unknown)),
             Verdict::Check(CHECK_POLL)
         );
-    }
-
-    /// Counted from the watch's first look.
-    fn from_first_look(moved: Counters) -> Option<Transport> {
-        Some(Transport {
-            moved,
-            from_start: false,
-            sending: false,
-        })
     }
 
     #[test]

@@ -194,7 +194,8 @@ impl Watchdog {
             // shared connection, the proof that the peer is unreachable: each request there
             // begins after others, whose bytes were acknowledged. Reading them is the one
             // system call on the request's path.
-            let from_start = a.may_cut == MayCut::IfUndelivered || a.h2 || a.shared;
+            // (A shared connection is an HTTP/2 one.)
+            let from_start = a.may_cut == MayCut::IfUndelivered || a.h2;
             let from = from_start.then(|| sys::counters(fd)).flatten();
             Arc::new(Watch {
                 state: AtomicU8::new(WAITING),

@@ -16,6 +16,7 @@ use super::builder::FailoverBuilder;
 use super::feed::Feed;
 use super::hedge::{Hedging, Leg};
 use super::queue::{self, Queue};
+use super::rules;
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
@@ -194,13 +195,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     .get_or_insert_with(|| self.feed.routes.key(session.req_header()));
                 let body_empty = session.is_body_empty();
                 let safe = session.req_header().method.is_safe() && body_empty;
-                // The budget is read last, and once for both cuts: it reads the clock. The
-                // first attempt's abandoned connect is retried free of it (`judge`).
+                // The budget is read last, and once for both cuts: it reads the clock.
                 let budget_left = std::cell::OnceCell::new();
-                let first = ctx.attempts().is_empty();
+                let attempt = ctx.attempts().len() as u32 + 1;
                 let retried = |kind: FailureKind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
-                        && ((first && kind.first_retry_is_free())
+                        && (rules::retry_is_free(attempt, kind)
                             || *budget_left.get_or_init(|| {
                                 self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
                             }))

@@ -70,6 +70,16 @@ pub(crate) fn cut_is_retried(f: &Facts, configured: Duration, limit: Duration) -
             .is_none_or(|left| left > configured.saturating_add(limit))
 }
 
+/// Whether the retry after attempt number `attempt` (from 1), failed as `kind`, is free of the
+/// retry budget: a request's first retry after a connect that failed with nothing sent is its
+/// first run anywhere. Later retries are paid, so that a pool none of which can be reached
+/// still costs a request about one attempt more, not the attempt cap. Both the decision after
+/// a failure and the question before an attempt (whether a cut connect would be retried) ask
+/// this.
+pub(crate) fn retry_is_free(attempt: u32, kind: FailureKind) -> bool {
+    attempt == 1 && kind.first_retry_is_free()
+}
+
 /// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it
 /// on another peer: a 500 on both, or a connection that broke after the request was sent on
 /// both (an I/O error, not a stale pooled connection). Two peers failing one request so point at

@@ -96,15 +96,11 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         if let Some(reason) = rules::stop(&facts) {
             return Err(reason);
         }
-        // A stall cut took its retry from the budget when it cut. A request's first retry after
-        // a connect that failed (nothing sent) is its first run anywhere, and is free: a peer
-        // down at deploy, met by a burst of requests, loses none of them. Later ones are paid,
-        // so that a whole pool that cannot be reached still costs a request about one attempt
-        // more, not the attempt cap.
-        let paid = rec.cut.take_paid();
-        let paid = match paid {
+        // A stall cut took its retry from the budget when it cut; some retries are free (a peer
+        // down at deploy, met by a burst of requests, loses none of them).
+        let paid = match rec.cut.take_paid() {
             Some(paid) => Some(paid),
-            None if failure.attempt == 1 && kind.first_retry_is_free() => None,
+            None if rules::retry_is_free(failure.attempt, kind) => None,
             None => match Withdrawn::from(self.budget.as_ref()) {
                 Some(paid) => Some(paid),
                 None => {
