@@ -200,6 +200,101 @@ async fn a_peer_down_from_the_start_costs_the_first_request_only_the_connect_cut
     );
 }
 
+/// A peer hung from the proxy's start (it accepts connections and never answers, its checks
+/// neither), met by a burst of first requests before any request has taught anything: with
+/// the warm-up made before traffic, each borrows what the pool's liveness checks take, and
+/// leaves the peer on the stall cut's evidence, long before the read timeout. None is lost to
+/// the retry budget (32 first retries at once, past its floor of 20): a request's first retry
+/// after a cut, made only on proof that the peer is stuck, is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_hung_from_the_start_costs_a_burst_of_first_requests_only_the_stall_cut() {
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let hung = Upstream::start("hung", Mode::Hang).await;
+    let cold = peer(&hung.peer_addr(), CONFIGURED);
+    let backup_peer = peer(&backup.peer_addr(), CONFIGURED);
+    let list = OrderedList::new(vec![cold.clone(), backup_peer.clone()]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    let warm = proxy.engine().warm_up();
+    tokio::spawn(async move { warm.run().await });
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while backup_peer.health().check_time().is_none() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the warm-up checked the backup");
+    assert_eq!(
+        cold.health().check_time(),
+        None,
+        "the hung peer answers nothing"
+    );
+    let (proxy, log) = start_proxy(proxy).await;
+    let http = client();
+    let answers = join_all((0..32).map(|_| proxy.get_text(&http, "/"))).await;
+    assert!(answers.iter().all(|a| a == "backup"), "{answers:?}");
+    let records = log.wait_for(32).await;
+    let mut cut = 0;
+    for attempts in &records {
+        if attempts[0].peer() != &cold {
+            continue;
+        }
+        assert!(
+            matches!(
+                attempts[0].outcome(),
+                Outcome::Failed {
+                    kind: FailureKind::HeaderTimeout,
+                    ..
+                }
+            ),
+            "{attempts:?}"
+        );
+        let took = attempts[0].duration().unwrap();
+        assert!(took < CONFIGURED, "left after {took:?}, the read timeout");
+        cut += 1;
+    }
+    eprintln!("{cut} requests met the hung peer");
+    assert!(
+        cut > 20,
+        "{cut} requests met the hung peer, more than the budget's floor"
+    );
+}
+
+/// The other side of borrowing the pool's check time: a legitimately slow first request on a
+/// live peer that has answered nothing yet. Its wait is looked at early, but the peer answers
+/// its liveness check, so the request is left alone and runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_first_request_on_a_live_peer_runs_once() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peers = [
+        peer(&primary.peer_addr(), CONFIGURED),
+        peer(&backup.peer_addr(), CONFIGURED),
+    ];
+    let list = OrderedList::new(peers.to_vec()).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    proxy.engine().warm_up().run().await;
+    assert!(peers.iter().all(|p| p.health().check_time().is_some()));
+    let (proxy, log) = start_proxy(proxy).await;
+    let resp = client()
+        .get(proxy.url("/report"))
+        .header("x-delay-ms", "300")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "primary");
+    assert_eq!((primary.hits(), backup.hits()), (1, 0));
+    assert!(
+        primary.probes() >= 2,
+        "its wait was looked at: {:?}",
+        primary.seen()
+    );
+    assert_eq!(log.wait_for(1).await[0].len(), 1);
+}
+
 /// Without being asked, the engine makes its warm-up on its first request: a peer no request
 /// has gone to yet learns its connect time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,6 +205,18 @@ impl PeerHealth {
         self.timing.learn_connect(took);
     }
 
+    /// What the liveness check's request (`GET` of the probe's path) takes the peer to answer,
+    /// once connected, learned before traffic by the warm-up ([`WarmUp`](crate::WarmUp)).
+    /// `None` until then, and for a check that is only a connect.
+    pub fn check_time(&self) -> Option<Duration> {
+        self.timing.check()
+    }
+
+    /// Learns a liveness check answered after `took`.
+    pub(crate) fn learn_check(&self, took: Duration) {
+        self.timing.learn_check(took);
+    }
+
     /// When the peer last joined traffic, in [`now_ms`](Self::now_ms) time; `None` when it has
     /// served from the start.
     pub(crate) fn ramp_from(&self) -> Option<u64> {

@@ -201,13 +201,15 @@ impl Latency {
     }
 }
 
-/// The three times learned of one peer.
+/// The times learned of one peer.
 #[derive(Debug)]
 pub(crate) struct Timing {
     /// The time to the response header, as a peak EWMA.
     latency: Latency,
     /// The time to a new connection (a moving average).
     connect: Latency,
+    /// The time to an answer of the liveness check's request (a moving average).
+    check: Latency,
     /// The time to the response header, as a plain moving average.
     typical: Latency,
     /// The share of its recent requests that failed, as a time-decayed average.
@@ -226,6 +228,7 @@ impl Timing {
         Self {
             latency: Latency::new(),
             connect: Latency::new(),
+            check: Latency::new(),
             typical: Latency::new(),
             failures: Latency::new(),
             hold_until: AtomicU64::new(0),
@@ -304,6 +307,15 @@ impl Timing {
 
     pub(crate) fn learn_connect(&self, took: Duration) {
         self.connect.observe_mean(took.as_secs_f64() * 1e6);
+    }
+
+    /// What the liveness check's request takes to be answered; `None` before the first.
+    pub(crate) fn check(&self) -> Option<Duration> {
+        self.check.mean_us().map(from_us)
+    }
+
+    pub(crate) fn learn_check(&self, took: Duration) {
+        self.check.observe_mean(took.as_secs_f64() * 1e6);
     }
 }
 

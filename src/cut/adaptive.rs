@@ -199,16 +199,17 @@ impl AdaptiveTimeouts {
 
     /// Lowers `target`'s connect timeout for an attempt to `peer`, and sets the limit of its
     /// wait for the header and what a cut may do there. `route` is what this kind of request
-    /// typically takes (on any peer), and `pool_connect` what a new connection to any peer
-    /// takes (the prior of a peer that has made none); `safe` says the request may run twice (a safe method, no
-    /// body); `retried` says whether a failure of that kind, cutting that configured timeout
-    /// short at that limit, would be retried (a cut where no retry can follow would turn a slow
-    /// answer into an error).
+    /// typically takes (on any peer); `pool` what a new connection to any peer takes and what
+    /// any peer takes to answer its liveness check (the priors of a peer that has made no
+    /// connection, or answered nothing); `safe` says the request may run twice (a safe method,
+    /// no body); `retried` says whether a failure of that kind, cutting that configured
+    /// timeout short at that limit, would be retried (a cut where no retry can follow would
+    /// turn a slow answer into an error).
     pub(crate) fn apply(
         &self,
         peer: &Peer,
         route: Option<Duration>,
-        pool_connect: Option<Duration>,
+        pool: Pool,
         safe: bool,
         target: &mut HttpPeer,
         retried: impl Fn(FailureKind, Duration, Duration) -> bool,
@@ -218,13 +219,18 @@ impl AdaptiveTimeouts {
         let connect = lower(
             self.connect,
             &mut options.connection_timeout,
-            || health.connect_time().or(pool_connect),
+            || health.connect_time().or(pool.connect),
             |configured, limit| retried(FailureKind::ConnectTimeout, configured, limit),
         );
+        // Before the peer or the route has answered anything, what its liveness check takes
+        // (or any peer's): the wait is first looked at sooner than it would be, and a check
+        // decides, whose time is then known.
+        let check = health.check_time().or(pool.check);
         let learned = match (health.typical_latency(), route) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
-        };
+        }
+        .or(check);
         let bound = self.header.unwrap_or(SUSPECT);
         let header = match (options.read_timeout, learned) {
             (Some(configured), Some(learned)) => {
@@ -248,6 +254,8 @@ impl AdaptiveTimeouts {
             connect,
             header,
             may_cut,
+            free: false,
+            check,
             watch: None,
             unarmed: None,
         }
@@ -277,6 +285,15 @@ fn lower(
     }
 }
 
+/// What is known of every peer: the priors of a peer that has learned nothing of its own.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Pool {
+    /// What a new connection to any peer takes.
+    pub(crate) connect: Option<Duration>,
+    /// What any peer takes to answer its liveness check.
+    pub(crate) check: Option<Duration>,
+}
+
 /// What [`AdaptiveTimeouts`] did to an attempt: whether it lowered the connect timeout, the
 /// limit of the wait for the header, what a cut may do, and the watch that holds the attempt
 /// to it.
@@ -285,6 +302,12 @@ pub(crate) struct Cut {
     pub(crate) connect: bool,
     pub(crate) header: Option<Duration>,
     pub(crate) may_cut: MayCut,
+    /// The retry after a cut is free of the budget (the request's first attempt).
+    pub(crate) free: bool,
+    /// What the peer's liveness check takes (its own, or its pool's), if known: a check left
+    /// unanswered for ten times that, once connected, shows the peer stuck even before it has
+    /// answered a request.
+    pub(crate) check: Option<Duration>,
     pub(crate) watch: Option<std::sync::Arc<Watch>>,
     /// The connection of a peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), until the
     /// request header shows which one it negotiated.
@@ -307,6 +330,8 @@ impl Default for Cut {
             connect: false,
             header: None,
             may_cut: MayCut::Never,
+            free: false,
+            check: None,
             watch: None,
             unarmed: None,
         }

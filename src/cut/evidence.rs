@@ -95,6 +95,9 @@ pub(crate) const FIRST_LOOK: u32 = 4;
 /// How long a liveness check is given, as a share of the limit: started at a quarter, it has
 /// failed by three quarters.
 pub(crate) const CHECK_SHARE: u32 = 2;
+/// A liveness check is given at least this many times what the peer's checks take, where that
+/// is known: a peer slow at everything, its checks too, is not taken for a stuck one.
+pub(crate) const CHECK_FACTOR: u32 = 10;
 
 /// The verdict on `look`. A liveness check starts at a quarter of the limit and is given half
 /// of it, so that its answer is in before the limit passes.

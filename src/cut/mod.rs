@@ -19,7 +19,7 @@ mod watch;
 mod watchdog;
 
 pub use adaptive::AdaptiveTimeouts;
-pub(crate) use adaptive::{Cut, Unarmed};
+pub(crate) use adaptive::{Cut, Pool, Unarmed};
 
 pub(crate) use routes::{RouteKey, Routes};
 pub(crate) use watchdog::{Armed, Watchdog};

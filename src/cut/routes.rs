@@ -25,13 +25,40 @@ const ALPHA: f64 = 0.1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct RouteKey(u64);
 
-/// What each kind of request typically takes to answer, and what a new connection typically
-/// takes, learned across peers.
+/// What each kind of request typically takes to answer, what a new connection typically takes,
+/// and what the liveness check's request does, learned across peers.
 pub(crate) struct Routes {
     slots: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
-    /// The moving average of new connections' times, in µs (0: none yet).
-    connect_us: AtomicU64,
+    /// What a new connection to any peer takes.
+    connect: PoolMean,
+    /// What the liveness check's request takes any peer to answer.
+    check: PoolMean,
+}
+
+/// A moving average of one time across peers, in µs, in one atomic word (0: none yet).
+#[derive(Default)]
+struct PoolMean(AtomicU64);
+
+impl PoolMean {
+    fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    fn learn(&self, took: Duration) {
+        let us = (took.as_micros() as u64).clamp(1, VALUE);
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    0 => us,
+                    old => ((old as f64 + ALPHA * (us as f64 - old as f64)) as u64).max(1),
+                })
+            });
+    }
 }
 
 impl std::fmt::Debug for Routes {
@@ -45,7 +72,8 @@ impl Default for Routes {
         Self {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
             hasher: Default::default(),
-            connect_us: AtomicU64::new(0),
+            connect: PoolMean::default(),
+            check: PoolMean::default(),
         }
     }
 }
@@ -77,23 +105,23 @@ impl Routes {
     /// What a new connection to any peer typically takes, if learned: the prior of a peer
     /// that has made none yet.
     pub(crate) fn typical_connect(&self) -> Option<Duration> {
-        match self.connect_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
+        self.connect.get()
     }
 
     /// A new connection to some peer was made in `took`.
     pub(crate) fn learn_connect(&self, took: Duration) {
-        let us = (took.as_micros() as u64).clamp(1, VALUE);
-        let _ = self
-            .connect_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(match old {
-                    0 => us,
-                    old => ((old as f64 + ALPHA * (us as f64 - old as f64)) as u64).max(1),
-                })
-            });
+        self.connect.learn(took);
+    }
+
+    /// What the liveness check's request typically takes any peer to answer, if learned: the
+    /// prior of a peer that has answered nothing yet.
+    pub(crate) fn typical_check(&self) -> Option<Duration> {
+        self.check.get()
+    }
+
+    /// Some peer answered the liveness check's request after `took`.
+    pub(crate) fn learn_check(&self, took: Duration) {
+        self.check.learn(took);
     }
 
     /// A request of kind `key` was answered after `took`.

@@ -46,6 +46,11 @@ pub(crate) struct Watch {
     pub(super) since_ms: u64,
     pub(super) limit: Duration,
     pub(super) may_cut: MayCut,
+    /// The cut's retry is free of the budget (the request's first attempt): the cut is made
+    /// only on proof that the peer is stuck.
+    pub(super) free: bool,
+    /// What the peer's liveness check takes, its own or its pool's, if known.
+    pub(super) check: Option<Duration>,
     /// The connection carries other requests at the same time (HTTP/2 with more than one
     /// stream allowed): only the transport may show its peer stuck, and the cut ends them all.
     pub(super) shared: bool,
@@ -136,7 +141,8 @@ impl Watch {
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
             Verdict::Check(after) => {
-                shared.check_liveness(&self.peer, self.limit / evidence::CHECK_SHARE);
+                let within = self.limit / evidence::CHECK_SHARE;
+                shared.check_liveness(&self.peer, within, self.check);
                 Some(now + after)
             }
             Verdict::Leave => None,
@@ -156,12 +162,12 @@ impl Watch {
         }
     }
 
-    /// Cuts the attempt on `conn`, when a retry can be paid for (otherwise it keeps its full
-    /// timeout). An undelivered request is aborted, so that the kernel sends none of it later;
-    /// should the abort fail, the request is only shut down and no longer counts as
-    /// undelivered, so that it does not move.
+    /// Cuts the attempt on `conn`, when its retry is free or can be paid for (otherwise it
+    /// keeps its full timeout). An undelivered request is aborted, so that the kernel sends
+    /// none of it later; should the abort fail, the request is only shut down and no longer
+    /// counts as undelivered, so that it does not move.
     fn cut(&self, conn: &sys::Connection, undelivered: bool, budget: Option<&Arc<RetryBudget>>) {
-        let Some(paid) = Withdrawn::from(budget) else {
+        let Some(paid) = Withdrawn::from(budget.filter(|_| !self.free)) else {
             return;
         };
         *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(paid);

@@ -105,6 +105,10 @@ pub(crate) struct Armed<'a> {
     pub(crate) peer: &'a Peer,
     pub(crate) limit: Duration,
     pub(crate) may_cut: MayCut,
+    /// A cut's retry is free of the budget.
+    pub(crate) free: bool,
+    /// What the peer's liveness check takes, its own or its pool's, if known.
+    pub(crate) check: Option<Duration>,
     /// The connection speaks HTTP/2: its driver reads answers out of the socket into its own
     /// buffers, so an answer the proxy has not taken shows as bytes received, not unread.
     pub(crate) h2: bool,
@@ -115,8 +119,11 @@ pub(crate) struct Armed<'a> {
 
 impl Shared {
     /// Starts a liveness check of `peer` on another connection, unless one is running; it
-    /// fails when unanswered within `limit`.
-    pub(super) fn check_liveness(&self, peer: &Peer, limit: Duration) {
+    /// fails when unanswered within `limit`, or ten times what the peer's checks take (`check`,
+    /// its own or its pool's) where that is longer. Where that is known, a check left
+    /// unanswered shows the peer stuck even before it has answered a request.
+    pub(super) fn check_liveness(&self, peer: &Peer, limit: Duration, check: Option<Duration>) {
+        let limit = check.map_or(limit, |c| limit.max(c * evidence::CHECK_FACTOR));
         if !peer.health().suspicion().start_check() {
             return;
         }
@@ -129,8 +136,9 @@ impl Shared {
             let health = slot.0.health();
             // A peer with nothing learned of its own (its limit borrowed from the route) may be
             // slower than its route at everything: a check it answered late, once connected,
-            // shows it alive, not stuck. Only an unreachable peer is proven stuck then.
-            let cold = health.typical_latency().is_none();
+            // shows it alive, not stuck, unless what checks take is known (they are judged
+            // against checks then). Only an unreachable peer is proven stuck otherwise.
+            let cold = check.is_none() && health.typical_latency().is_none();
             // Any answer in time shows the peer alive, whatever its status (a `/` the peer
             // does not serve answers 404 at once).
             let passed = matches!(checked, Checked::Passed | Checked::Answered)
@@ -205,6 +213,8 @@ impl Watchdog {
                 since_ms: a.peer.health().now_ms(),
                 limit: a.limit,
                 may_cut: a.may_cut,
+                free: a.free,
+                check: a.check,
                 shared: a.shared,
                 from_start: from.is_some(),
                 from: Mutex::new(from),
@@ -357,11 +367,25 @@ mod tests {
     }
 
     fn arm(dog: &Watchdog, s: &TcpStream, peer: &Peer, ms: u64, may_cut: MayCut) -> Arc<Watch> {
+        arm_paid(dog, s, peer, ms, may_cut, false)
+    }
+
+    /// A watch whose cut's retry is `free` of the budget, or paid for.
+    fn arm_paid(
+        dog: &Watchdog,
+        s: &TcpStream,
+        peer: &Peer,
+        ms: u64,
+        may_cut: MayCut,
+        free: bool,
+    ) -> Arc<Watch> {
         let armed = Armed {
             ends: ends(s),
             peer,
             limit: Duration::from_millis(ms),
             may_cut,
+            free,
+            check: None,
             h2: false,
             shared: false,
         };
@@ -408,6 +432,8 @@ mod tests {
             since_ms,
             limit: Duration::from_millis(40),
             may_cut: MayCut::Never,
+            free: false,
+            check: None,
             shared: false,
             from_start: base.is_some(),
             from: Mutex::new(base),
@@ -518,7 +544,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn no_cut_without_a_retry_to_pay_for_or_when_the_request_may_not_move() {
+    async fn no_cut_without_a_retry_free_or_paid_for_or_when_the_request_may_not_move() {
         let (mut client, _server) = pair().await;
         let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(1)).unwrap());
         let dog = dog(Some(budget));
@@ -531,6 +557,17 @@ mod tests {
         })
         .await;
         assert!(!watch.fired(), "the attempt keeps its full timeout");
+
+        // A request's first attempt: its retry is free, and the cut is made all the same.
+        let (mut client, _server) = pair().await;
+        let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(1)).unwrap());
+        let dog = self::dog(Some(budget));
+        let peer = dead_peer();
+        peer.health().begin_request();
+        let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        until("cut", || watch.fired()).await;
+        assert!(watch.take_paid().is_some(), "with its free retry");
 
         let (mut client, _server) = pair().await;
         let dog = self::dog(None);

@@ -20,7 +20,7 @@ use super::rules;
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
-use crate::cut::{AdaptiveTimeouts, Armed, Cut, Unarmed, Watchdog};
+use crate::cut::{AdaptiveTimeouts, Armed, Cut, Pool, Unarmed, Watchdog};
 use crate::error::ConfigError;
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::select::{Attempt, PeerSelector};
@@ -200,14 +200,21 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let attempt = ctx.attempts().len() as u32 + 1;
                 let retried = |kind: FailureKind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
-                        && (rules::retry_is_free(attempt, kind)
+                        && (rules::retry_is_free(attempt, kind, true)
                             || *budget_left.get_or_init(|| {
                                 self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
                             }))
                 };
                 let routes = &self.feed.routes;
-                let (typical, connect) = (routes.typical(route), routes.typical_connect());
-                adaptive.apply(&next.peer, typical, connect, safe, &mut http_peer, retried)
+                let pool = Pool {
+                    connect: routes.typical_connect(),
+                    check: routes.typical_check(),
+                };
+                let typical = routes.typical(route);
+                let mut cut =
+                    adaptive.apply(&next.peer, typical, pool, safe, &mut http_peer, retried);
+                cut.free = rules::retry_is_free(attempt, FailureKind::HeaderTimeout, true);
+                cut
             }
             None => Cut::default(),
         };
@@ -305,6 +312,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             peer: rec.peer(),
             limit,
             may_cut: rec.cut.may_cut,
+            free: rec.cut.free,
+            check: rec.cut.check,
             h2,
             shared,
         });

@@ -72,12 +72,14 @@ pub(crate) fn cut_is_retried(f: &Facts, configured: Duration, limit: Duration) -
 
 /// Whether the retry after attempt number `attempt` (from 1), failed as `kind`, is free of the
 /// retry budget: a request's first retry after a connect that failed with nothing sent is its
-/// first run anywhere. Later retries are paid, so that a pool none of which can be reached
-/// still costs a request about one attempt more, not the attempt cap. Both the decision after
-/// a failure and the question before an attempt (whether a cut connect would be retried) ask
-/// this.
-pub(crate) fn retry_is_free(attempt: u32, kind: FailureKind) -> bool {
-    attempt == 1 && kind.first_retry_is_free()
+/// first run anywhere, and its first retry after a `cut` (made only on proof that the peer is
+/// stuck: unreachable, or silent to its liveness check) is its first run on a peer that works.
+/// Neither adds load to a working peer that the request would not have brought anyway. Later
+/// retries are paid, so that a pool none of which works still costs a request about one
+/// attempt more, not the attempt cap. Both the decision after a failure and the question
+/// before an attempt (whether a cut would be retried) ask this.
+pub(crate) fn retry_is_free(attempt: u32, kind: FailureKind, cut: bool) -> bool {
+    attempt == 1 && (cut || kind.first_retry_is_free())
 }
 
 /// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it

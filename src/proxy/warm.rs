@@ -1,8 +1,9 @@
-//! Before traffic needs it: what a connection to the engine's peers takes, learned by one
-//! connect to each.
+//! Before traffic needs it: what a connection to the engine's peers takes, and what their
+//! liveness checks do, learned by one connect and one check of each.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -18,12 +19,17 @@ use crate::set::PeerSet;
 /// How many of the engine's peers are connected to, the first in its set's order (those an
 /// ordered list tries first). The pool's connect time needs only a few of them.
 const PEERS: usize = 32;
+/// How long the liveness check's request is given, for a peer without a read timeout.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// One connect to each of an engine's peers (up to 32, the first in its set), made once, that
-/// learns what a connection to each takes: the peers' own connect times, and the pool's, which
-/// a peer that has made no connection of its own borrows ([`AdaptiveTimeouts`]). A peer down
-/// from the start (one host of a pool down at deploy) then costs the requests that meet it the
-/// connect cut (50 ms by default), not the configured connect timeout.
+/// learns what a connection to each takes, and, when the liveness check is a request (the
+/// default, `GET /`), what each takes to answer it. A peer that has made no connection of its
+/// own borrows the pool's connect time, and one that has answered nothing borrows what the
+/// pool's checks take ([`AdaptiveTimeouts`]). A peer down from the start (one host of a pool
+/// down at deploy) then costs the requests that meet it the connect cut (50 ms by default),
+/// not the configured connect timeout; and one that accepts connections but answers nothing
+/// (hung from the start) costs them about the stall cut, not the read timeout.
 ///
 /// The engine makes it on its first request by itself, which that request is too early to
 /// use. Run it before traffic arrives to spare that one too: as a pingora background service
@@ -34,9 +40,10 @@ const PEERS: usize = 32;
 ///
 /// Nothing is made when the engine does not cut connects ([`AdaptiveTimeouts`] off, or
 /// [`without_connect`](crate::AdaptiveTimeouts::without_connect)), or when its selector names
-/// no peer set. A connect that fails teaches nothing and counts against no peer: requests
-/// judge it. Each connection is closed at once, without a request (over TLS, once the
-/// handshake is done): an upstream may log one such connection per proxy start.
+/// no peer set. A connect or a check that fails teaches nothing and counts against no peer:
+/// requests judge it. The check is given the peer's read timeout (10 s without one). Each
+/// connection is closed once done with (over TLS, after the handshake): an upstream sees one
+/// connection without a request per proxy start, and one check.
 ///
 /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
 pub struct WarmUp {
@@ -58,8 +65,8 @@ impl std::fmt::Debug for WarmUp {
 }
 
 impl WarmUp {
-    /// Connects to each peer once, concurrently, and learns what each connection took; returns
-    /// when all have connected or failed. Does nothing when the engine already did, or does
+    /// Connects to each peer once, concurrently, and checks it, and learns what each took;
+    /// returns when all are done or have failed. Does nothing when the engine already did, or does
     /// now, or outside a tokio runtime.
     pub async fn run(&self) {
         if tokio::runtime::Handle::try_current().is_err() || !self.claim() {
@@ -94,9 +101,19 @@ impl WarmUp {
         for peer in peers {
             let (probe, routes) = (self.probe.clone(), self.routes.clone());
             connects.spawn(async move {
-                if let Some(took) = probe.connect_time(&peer).await {
-                    peer.health().learn_connect(took);
-                    routes.learn_connect(took);
+                let Some(took) = probe.connect_time(&peer).await else {
+                    return;
+                };
+                peer.health().learn_connect(took);
+                routes.learn_connect(took);
+                let within = peer
+                    .http_peer()
+                    .options
+                    .read_timeout
+                    .unwrap_or(ANSWER_WITHIN);
+                if let Some(took) = probe.answer_time(&peer, within).await {
+                    peer.health().learn_check(took);
+                    routes.learn_check(took);
                 }
             });
         }
@@ -106,8 +123,8 @@ impl WarmUp {
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
-    /// One connect to each of the engine's peers, which learns what their connections take
-    /// before requests need it (see [`WarmUp`]). The engine makes it on its first request by
+    /// One connect to each of the engine's peers and one liveness check, which learn what their
+    /// connections and checks take before requests need it (see [`WarmUp`]). The engine makes it on its first request by
     /// itself; run this before traffic arrives to spare that request too.
     pub fn warm_up(&self) -> WarmUp {
         let cuts_connects = self.adaptive.is_some_and(|a| a.cuts_connects());

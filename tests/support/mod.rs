@@ -146,7 +146,7 @@ impl Upstream {
         *self.mode.lock().unwrap() = mode;
     }
 
-    /// Requests received (counted when the request head arrives).
+    /// Requests received (counted when the request head arrives), probes excepted.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
     }
@@ -156,6 +156,7 @@ impl Upstream {
         self.state.ids.lock().unwrap().clone()
     }
 
+    /// The bodies of the requests received so far, probes excepted.
     pub fn bodies(&self) -> Vec<Bytes> {
         self.state.bodies.lock().unwrap().clone()
     }
@@ -293,12 +294,19 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    state.seen.lock().unwrap().push(Seen {
+    let seen = Seen {
         path: uri.path().to_owned(),
         host: header("host"),
         user_agent: header("user-agent"),
-    });
-    let hit = state.hits.fetch_add(1, Ordering::SeqCst);
+    };
+    // A probe (a recovery probe, a liveness check, the warm-up's check) is no request.
+    let probe = seen.is_probe();
+    let hit = if probe {
+        state.hits.load(Ordering::SeqCst)
+    } else {
+        state.hits.fetch_add(1, Ordering::SeqCst)
+    };
+    state.seen.lock().unwrap().push(seen);
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         *state.ids.lock().unwrap().entry(id.to_owned()).or_default() += 1;
     }
@@ -332,7 +340,9 @@ async fn handle(
         .await
         .unwrap_or_default();
     let len = body.len();
-    state.bodies.lock().unwrap().push(body);
+    if !probe {
+        state.bodies.lock().unwrap().push(body);
+    }
     let reply = |status: StatusCode, text: String| {
         Response::builder()
             .status(status)

@@ -70,6 +70,21 @@ impl RecoveryProbe {
     ///
     /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
     pub(crate) async fn check_within(&self, peer: &Peer, timeout: Duration) -> Checked {
+        self.check(peer, timeout).await.0
+    }
+
+    /// What the liveness check's request takes `peer` to answer once connected, with any
+    /// status, within `timeout`; `None` when no answer came, and for a check that is only a
+    /// connect (what that takes is the connect time).
+    pub(crate) async fn answer_time(&self, peer: &Peer, timeout: Duration) -> Option<Duration> {
+        match self.check(peer, timeout).await {
+            (Checked::Passed | Checked::Answered, Some(took)) => Some(took),
+            _ => None,
+        }
+    }
+
+    /// One check, and the time from the connection made to the answer, if one came.
+    async fn check(&self, peer: &Peer, timeout: Duration) -> (Checked, Option<Duration>) {
         let mut target = peer.http_peer().clone();
         let options = &mut target.options;
         let within = |own: Option<Duration>| Some(own.map_or(timeout, |t| t.min(timeout)));
@@ -81,11 +96,13 @@ impl RecoveryProbe {
         let limit = timeout * 3;
         match &self.check {
             Check::Connect => {
-                match tokio::time::timeout(limit, self.transport().new_stream(&target)).await {
-                    Ok(Ok(_)) => Checked::Passed,
-                    Ok(Err(e)) => Checked::unreachable(&e),
-                    Err(_) => Checked::Unreachable,
-                }
+                let checked =
+                    match tokio::time::timeout(limit, self.transport().new_stream(&target)).await {
+                        Ok(Ok(_)) => Checked::Passed,
+                        Ok(Err(e)) => Checked::unreachable(&e),
+                        Err(_) => Checked::Unreachable,
+                    };
+                (checked, None)
             }
             Check::Http { path } => {
                 let connector = match self.connectors.0.get() {
@@ -93,15 +110,16 @@ impl RecoveryProbe {
                     None => HTTP.get_or_init(|| Connector::new(None)),
                 };
                 let host = self.host.as_deref().unwrap_or_else(|| peer.authority());
-                let mut connected = false;
+                let mut connected = None;
                 let status = http_status(connector, &target, path, host, &mut connected);
-                match tokio::time::timeout(limit, status).await {
+                let checked = match tokio::time::timeout(limit, status).await {
                     Ok(Ok(status)) if self.passing.contains(status) => Checked::Passed,
                     Ok(Ok(_)) => Checked::Answered,
-                    Ok(Err(e)) if !connected => Checked::unreachable(&e),
-                    _ if !connected => Checked::Unreachable,
+                    Ok(Err(e)) if connected.is_none() => Checked::unreachable(&e),
+                    _ if connected.is_none() => Checked::Unreachable,
                     _ => Checked::Failed,
-                }
+                };
+                (checked, connected.map(|at| at.elapsed()))
             }
         }
     }
@@ -137,18 +155,18 @@ impl Checked {
 static TRANSPORT: OnceLock<TransportConnector> = OnceLock::new();
 static HTTP: OnceLock<Connector> = OnceLock::new();
 
-/// The status `GET path` gets from `target` with `Host: host`; `connected` is set once the
-/// connection is made.
+/// The status `GET path` gets from `target` with `Host: host`; `connected` is set to when the
+/// connection was made.
 async fn http_status(
     connector: &Connector,
     target: &pingora_core::upstreams::peer::HttpPeer,
     path: &str,
     host: &str,
-    connected: &mut bool,
+    connected: &mut Option<std::time::Instant>,
 ) -> pingora_error::Result<u16> {
     use pingora_error::{ErrorType, OkOrErr};
     let (mut session, _) = connector.get_http_session(target).await?;
-    *connected = true;
+    *connected = Some(std::time::Instant::now());
     // The connector applies the connect timeouts only.
     session.set_write_timeout(target.options.write_timeout);
     session.set_read_timeout(target.options.read_timeout);
