@@ -35,6 +35,9 @@ pub(crate) struct Waiting {
     failed_until: AtomicU64,
     /// When the evidence last showed the peer stuck (ms), 0 before.
     stuck_at: AtomicU64,
+    /// When the evidence first showed the peer stuck since its last answer or passing check
+    /// (ms), 0 before.
+    stuck_from: AtomicU64,
 }
 
 impl Waiting {
@@ -125,6 +128,27 @@ impl Waiting {
     /// The evidence showed the peer stuck at `now_ms`.
     pub(crate) fn stuck(&self, now_ms: u64) {
         self.stuck_at.fetch_max(now_ms, Ordering::AcqRel);
+        let alive = self.alive_at();
+        let _ = self
+            .stuck_from
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |from| {
+                (from <= alive).then_some(now_ms)
+            });
+    }
+
+    /// When the peer last showed itself alive: its last answer, or the start of its last
+    /// passing check (ms).
+    fn alive_at(&self) -> u64 {
+        self.answered_at
+            .load(Ordering::Relaxed)
+            .max(self.passed_from.load(Ordering::Acquire))
+    }
+
+    /// Whether the evidence had already shown the peer stuck when a wait began at `since_ms`:
+    /// before it, and after the peer's last answer and its last passing check.
+    pub(crate) fn stuck_before(&self, since_ms: u64) -> bool {
+        let from = self.stuck_from.load(Ordering::Acquire);
+        from != 0 && from < since_ms && from > self.alive_at()
     }
 
     /// Whether the peer is suspected: requests wait on it, and the evidence showed it stuck
@@ -208,5 +232,23 @@ mod tests {
             "failed while the wait ran"
         );
         assert_eq!(w.live_since_test(261), Live::Unknown);
+    }
+
+    #[test]
+    fn a_stuck_period_runs_from_the_first_evidence_until_an_answer() {
+        let w = Waiting::default();
+        assert!(!w.stuck_before(100));
+        w.stuck(100);
+        w.stuck(150);
+        assert!(!w.stuck_before(100), "a wait begun as it broke");
+        assert!(
+            w.stuck_before(120),
+            "known stuck since 100, later evidence or not"
+        );
+        w.answered(200);
+        assert!(!w.stuck_before(250), "it answered: the period is over");
+        w.stuck(300);
+        assert!(!w.stuck_before(260));
+        assert!(w.stuck_before(301));
     }
 }

@@ -46,8 +46,8 @@ pub(crate) struct Watch {
     pub(super) since_ms: u64,
     pub(super) limit: Duration,
     pub(super) may_cut: MayCut,
-    /// The cut's retry is free of the budget (the request's first attempt): the cut is made
-    /// only on proof that the peer is stuck.
+    /// The cut's retry may be free of the budget (the request's first attempt): free when the
+    /// peer was not yet known to be stuck as the attempt began.
     pub(super) free: bool,
     /// What the peer's liveness check takes, its own or its pool's, if known.
     pub(super) check: Option<Duration>,
@@ -147,12 +147,13 @@ impl Watch {
             }
             Verdict::Leave => None,
             Verdict::Stuck { undelivered } => {
+                // A request sent to a peer already known to be stuck pays for its retry.
+                let free = self.free && !suspicion.stuck_before(self.since_ms);
                 suspicion.stuck(now_ms);
+                let budget = shared.budget.as_ref().filter(|_| !free);
                 match self.may_cut {
-                    MayCut::Always => self.cut(&conn, undelivered, shared.budget.as_ref()),
-                    MayCut::IfUndelivered if undelivered => {
-                        self.cut(&conn, true, shared.budget.as_ref());
-                    }
+                    MayCut::Always => self.cut(&conn, undelivered, budget),
+                    MayCut::IfUndelivered if undelivered => self.cut(&conn, true, budget),
                     // The transport may yet show that the peer never received it.
                     MayCut::IfUndelivered => return Some(now + self.limit / 2),
                     MayCut::Never => {}
@@ -162,12 +163,12 @@ impl Watch {
         }
     }
 
-    /// Cuts the attempt on `conn`, when its retry is free or can be paid for (otherwise it
-    /// keeps its full timeout). An undelivered request is aborted, so that the kernel sends
-    /// none of it later; should the abort fail, the request is only shut down and no longer
-    /// counts as undelivered, so that it does not move.
+    /// Cuts the attempt on `conn`, when its retry can be paid for from `budget` (none: it is
+    /// free), otherwise it keeps its full timeout. An undelivered request is aborted, so that
+    /// the kernel sends none of it later; should the abort fail, the request is only shut down
+    /// and no longer counts as undelivered, so that it does not move.
     fn cut(&self, conn: &sys::Connection, undelivered: bool, budget: Option<&Arc<RetryBudget>>) {
-        let Some(paid) = Withdrawn::from(budget.filter(|_| !self.free)) else {
+        let Some(paid) = Withdrawn::from(budget) else {
             return;
         };
         *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(paid);

@@ -568,6 +568,18 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         until("cut", || watch.fired()).await;
         assert!(watch.take_paid().is_some(), "with its free retry");
+        // The next request to that peer, known stuck by then, pays: with nothing to pay with,
+        // it keeps its full timeout.
+        let stuck_ms = peer.health().now_ms();
+        until("a later millisecond", || peer.health().now_ms() > stuck_ms).await;
+        let (mut client, _server) = pair().await;
+        let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            !watch.fired(),
+            "a request sent to a peer known stuck pays for its retry"
+        );
 
         let (mut client, _server) = pair().await;
         let dog = self::dog(None);

@@ -200,7 +200,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let attempt = ctx.attempts().len() as u32 + 1;
                 let retried = |kind: FailureKind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
-                        && (rules::retry_is_free(attempt, kind, true)
+                        && (rules::retry_is_free(attempt, kind)
+                            || rules::cut_retry_may_be_free(attempt)
                             || *budget_left.get_or_init(|| {
                                 self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
                             }))
@@ -213,7 +214,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let typical = routes.typical(route);
                 let mut cut =
                     adaptive.apply(&next.peer, typical, pool, safe, &mut http_peer, retried);
-                cut.free = rules::retry_is_free(attempt, FailureKind::HeaderTimeout, true);
+                cut.free = rules::cut_retry_may_be_free(attempt);
                 cut
             }
             None => Cut::default(),

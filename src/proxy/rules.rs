@@ -72,14 +72,23 @@ pub(crate) fn cut_is_retried(f: &Facts, configured: Duration, limit: Duration) -
 
 /// Whether the retry after attempt number `attempt` (from 1), failed as `kind`, is free of the
 /// retry budget: a request's first retry after a connect that failed with nothing sent is its
-/// first run anywhere, and its first retry after a `cut` (made only on proof that the peer is
-/// stuck: unreachable, or silent to its liveness check) is its first run on a peer that works.
-/// Neither adds load to a working peer that the request would not have brought anyway. Later
-/// retries are paid, so that a pool none of which works still costs a request about one
-/// attempt more, not the attempt cap. Both the decision after a failure and the question
-/// before an attempt (whether a cut would be retried) ask this.
-pub(crate) fn retry_is_free(attempt: u32, kind: FailureKind, cut: bool) -> bool {
-    attempt == 1 && (cut || kind.first_retry_is_free())
+/// first run anywhere. Later retries are paid, so that a pool none of which can be reached
+/// still costs a request about one attempt more, not the attempt cap. Both the decision after
+/// a failure and the question before an attempt (whether a cut connect would be retried) ask
+/// this.
+pub(crate) fn retry_is_free(attempt: u32, kind: FailureKind) -> bool {
+    attempt == 1 && kind.first_retry_is_free()
+}
+
+/// Whether the retry after a stall cut of attempt number `attempt` may be free of the retry
+/// budget: a request's first, when its peer was not yet known to be stuck as the attempt
+/// began (the watch decides that at the cut). The cut is made only on proof that the peer is
+/// stuck, so the retry is the request's first run on a peer that works. The requests caught
+/// on a peer as it breaks (32 at once on a host hung at deploy) all move so; requests sent to
+/// a peer already known stuck (when every peer is, say, all of them slow at once) pay, and the
+/// budget bounds what they add to the pool.
+pub(crate) fn cut_retry_may_be_free(attempt: u32) -> bool {
+    attempt == 1
 }
 
 /// Whether the current attempt, failing as `kind`, failed the same way as the attempt before it

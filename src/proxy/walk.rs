@@ -100,7 +100,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         // down at deploy, met by a burst of requests, loses none of them).
         let paid = match rec.cut.take_paid() {
             Some(paid) => Some(paid),
-            None if rules::retry_is_free(failure.attempt, kind, rec.cut.header_cut()) => None,
+            None if rules::retry_is_free(failure.attempt, kind) => None,
             None => match Withdrawn::from(self.budget.as_ref()) {
                 Some(paid) => Some(paid),
                 None => {
