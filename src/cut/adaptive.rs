@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pingora_core::upstreams::peer::HttpPeer;
 
+use super::evidence;
 use super::watch::{MayCut, Watch};
 use crate::classify::FailureKind;
 use crate::error::{check_timeout, ConfigError};
@@ -42,7 +43,8 @@ use crate::peer::Peer;
 /// only with [`with_undelivered_retry`](Self::with_undelivered_retry). Only the wait for the
 /// header is cut: once it has come, the body takes the time it takes. A cut counts against its
 /// peer only when the retry then answered within the time the cut peer was given. The cut takes
-/// its retry from the budget as it cuts, and makes no cut when the budget is spent. (It works
+/// its retry from the budget as it cuts, and makes no cut when the budget is spent (the
+/// retry of a request's first attempt, begun before its peer was known stuck, is free). (It works
 /// from outside pingora, which offers no hook while a request waits: a watch on the attempt's
 /// connection, on a thread of the engine's own. It applies to connections over TCP: HTTP/1
 /// ones, and HTTP/2 ones that carry one stream at a time (pingora's default
@@ -67,13 +69,20 @@ use crate::peer::Peer;
 ///   farther away than the rest is abandoned once, and learns its own time from that)
 /// - stall cut: looked at after 10 times what the peer or the request typically takes to answer,
 ///   at least 50 ms, and made on evidence that the peer is stuck (so a broken peer costs a
-///   client 50 to 100 ms, not the read timeout, and a slow request on a live peer runs once)
+///   client 50 to 100 ms, not the read timeout, and a slow request on a live peer runs once);
+///   before the peer or the request has answered anything, after 10 times what the peer's
+///   liveness check takes, or any peer's (learned by the warm-up, [`WarmUp`](crate::WarmUp))
+/// - liveness check: given half the limit, and at least 10 times what the peer's own checks
+///   take; a peer that has answered nothing of its own, neither a request nor a check, at
+///   least 1 s (Kubernetes' default readiness probe timeout), so that a peer slower than the
+///   rest at everything is not taken for a stuck one. A peer hung from the proxy's start
+///   costs its first requests about that second, not a longer read timeout
 /// - a request whose peer never received it (none of it acknowledged): moved only when safe,
 ///   unless [`with_undelivered_retry`](Self::with_undelivered_retry)
 ///
 /// Neither cut is made where no retry could follow it: on the last attempt a request is
-/// allowed, when the retry budget is spent (a request's first connect excepted, whose retry
-/// the budget does not charge), when the deadline would leave the retry less than the
+/// allowed, when the retry budget is spent (a request's first attempt excepted, whose retry
+/// after a cut the budget does not charge), when the deadline would leave the retry less than the
 /// configured timeout, or when the policy would not retry that failure. An abandoned
 /// connect counts against its peer as any failure does, not as a connect failure (one of which
 /// ejects): the peer may only be slower than it was.
@@ -226,6 +235,16 @@ impl AdaptiveTimeouts {
         // (or any peer's): the wait is first looked at sooner than it would be, and a check
         // decides, whose time is then known.
         let check = health.check_time().or(pool.check);
+        // The least its liveness check is given: 10 times what the peer's checks take; for a
+        // peer that has answered nothing of its own, 1 s at least.
+        let check_floor = match (health.check_time(), health.typical_latency()) {
+            (Some(own), _) => own * evidence::CHECK_FACTOR,
+            (None, Some(_)) => Duration::ZERO,
+            (None, None) => evidence::COLD_CHECK.max(
+                pool.check
+                    .map_or(Duration::ZERO, |c| c * evidence::CHECK_FACTOR),
+            ),
+        };
         let learned = match (health.typical_latency(), route) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
@@ -255,7 +274,7 @@ impl AdaptiveTimeouts {
             header,
             may_cut,
             free: false,
-            check,
+            check_floor,
             watch: None,
             unarmed: None,
         }
@@ -304,10 +323,8 @@ pub(crate) struct Cut {
     pub(crate) may_cut: MayCut,
     /// The retry after a cut is free of the budget (the request's first attempt).
     pub(crate) free: bool,
-    /// What the peer's liveness check takes (its own, or its pool's), if known: a check left
-    /// unanswered for ten times that, once connected, shows the peer stuck even before it has
-    /// answered a request.
-    pub(crate) check: Option<Duration>,
+    /// The least the peer's liveness check is given.
+    pub(crate) check_floor: Duration,
     pub(crate) watch: Option<std::sync::Arc<Watch>>,
     /// The connection of a peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), until the
     /// request header shows which one it negotiated.
@@ -331,7 +348,7 @@ impl Default for Cut {
             header: None,
             may_cut: MayCut::Never,
             free: false,
-            check: None,
+            check_floor: Duration::ZERO,
             watch: None,
             unarmed: None,
         }

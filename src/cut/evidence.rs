@@ -98,6 +98,10 @@ pub(crate) const CHECK_SHARE: u32 = 2;
 /// A liveness check is given at least this many times what the peer's checks take, where that
 /// is known: a peer slow at everything, its checks too, is not taken for a stuck one.
 pub(crate) const CHECK_FACTOR: u32 = 10;
+/// What a liveness check of a peer that has answered nothing yet, neither a request nor a
+/// check, is given at least (Kubernetes' default readiness probe timeout): such a peer may be
+/// slower than the rest at everything, so its check is not judged by their times.
+pub(crate) const COLD_CHECK: Duration = Duration::from_secs(1);
 
 /// The verdict on `look`. A liveness check starts at a quarter of the limit and is given half
 /// of it, so that its answer is in before the limit passes.

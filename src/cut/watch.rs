@@ -49,8 +49,9 @@ pub(crate) struct Watch {
     /// The cut's retry may be free of the budget (the request's first attempt): free when the
     /// peer was not yet known to be stuck as the attempt began.
     pub(super) free: bool,
-    /// What the peer's liveness check takes, its own or its pool's, if known.
-    pub(super) check: Option<Duration>,
+    /// The least the peer's liveness check is given: ten times what its checks take, and for
+    /// a peer that has answered nothing of its own, 1 s at least.
+    pub(super) check_floor: Duration,
     /// The connection carries other requests at the same time (HTTP/2 with more than one
     /// stream allowed): only the transport may show its peer stuck, and the cut ends them all.
     pub(super) shared: bool,
@@ -141,8 +142,8 @@ impl Watch {
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
             Verdict::Check(after) => {
-                let within = self.limit / evidence::CHECK_SHARE;
-                shared.check_liveness(&self.peer, within, self.check);
+                let within = (self.limit / evidence::CHECK_SHARE).max(self.check_floor);
+                shared.check_liveness(&self.peer, within);
                 Some(now + after)
             }
             Verdict::Leave => None,

@@ -107,8 +107,8 @@ pub(crate) struct Armed<'a> {
     pub(crate) may_cut: MayCut,
     /// A cut's retry is free of the budget.
     pub(crate) free: bool,
-    /// What the peer's liveness check takes, its own or its pool's, if known.
-    pub(crate) check: Option<Duration>,
+    /// The least the peer's liveness check is given.
+    pub(crate) check_floor: Duration,
     /// The connection speaks HTTP/2: its driver reads answers out of the socket into its own
     /// buffers, so an answer the proxy has not taken shows as bytes received, not unread.
     pub(crate) h2: bool,
@@ -119,11 +119,8 @@ pub(crate) struct Armed<'a> {
 
 impl Shared {
     /// Starts a liveness check of `peer` on another connection, unless one is running; it
-    /// fails when unanswered within `limit`, or ten times what the peer's checks take (`check`,
-    /// its own or its pool's) where that is longer. Where that is known, a check left
-    /// unanswered shows the peer stuck even before it has answered a request.
-    pub(super) fn check_liveness(&self, peer: &Peer, limit: Duration, check: Option<Duration>) {
-        let limit = check.map_or(limit, |c| limit.max(c * evidence::CHECK_FACTOR));
+    /// fails when unanswered within `limit`.
+    pub(super) fn check_liveness(&self, peer: &Peer, limit: Duration) {
         if !peer.health().suspicion().start_check() {
             return;
         }
@@ -134,16 +131,10 @@ impl Shared {
             let started = Instant::now();
             let checked = probe.check_within(&slot.0, limit).await;
             let health = slot.0.health();
-            // A peer with nothing learned of its own (its limit borrowed from the route) may be
-            // slower than its route at everything: a check it answered late, once connected,
-            // shows it alive, not stuck, unless what checks take is known (they are judged
-            // against checks then). Only an unreachable peer is proven stuck otherwise.
-            let cold = check.is_none() && health.typical_latency().is_none();
             // Any answer in time shows the peer alive, whatever its status (a `/` the peer
             // does not serve answers 404 at once).
-            let passed = matches!(checked, Checked::Passed | Checked::Answered)
-                || (cold && checked == Checked::Failed);
-            let failed = checked == Checked::Unreachable || (!cold && checked == Checked::Failed);
+            let passed = matches!(checked, Checked::Passed | Checked::Answered);
+            let failed = matches!(checked, Checked::Unreachable | Checked::Failed);
             // A check the proxy could not make (out of descriptors) shows nothing about the peer,
             // and neither does one that failed long after its own timeouts were due: it was held
             // up itself (the machine, or this thread, was starved).
@@ -214,7 +205,7 @@ impl Watchdog {
                 limit: a.limit,
                 may_cut: a.may_cut,
                 free: a.free,
-                check: a.check,
+                check_floor: a.check_floor,
                 shared: a.shared,
                 from_start: from.is_some(),
                 from: Mutex::new(from),
@@ -385,7 +376,7 @@ mod tests {
             limit: Duration::from_millis(ms),
             may_cut,
             free,
-            check: None,
+            check_floor: Duration::ZERO,
             h2: false,
             shared: false,
         };
@@ -433,7 +424,7 @@ mod tests {
             limit: Duration::from_millis(40),
             may_cut: MayCut::Never,
             free: false,
-            check: None,
+            check_floor: Duration::ZERO,
             shared: false,
             from_start: base.is_some(),
             from: Mutex::new(base),

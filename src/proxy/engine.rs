@@ -314,7 +314,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             limit,
             may_cut: rec.cut.may_cut,
             free: rec.cut.free,
-            check: rec.cut.check,
+            check_floor: rec.cut.check_floor,
             h2,
             shared,
         });

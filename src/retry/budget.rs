@@ -38,12 +38,18 @@ use crate::retry::window::Window;
 ///
 /// # What it charges
 ///
-/// Every retry but one: a request's first retry after its connect failed or was abandoned
-/// before anything was sent (not a TLS handshake, which costs the peer work). That retry is
-/// the request's first run anywhere, and costs the upstreams nothing more than if the request
-/// had gone there first, so a peer down at deploy, met by a burst of requests before it is
-/// ejected, loses none of them. Later retries are charged, so that a pool none of which can be
-/// reached still costs a request about one attempt more, not the attempt cap.
+/// Every retry but a request's first after one of two failures:
+/// - its connect failed or was abandoned before anything was sent (not a TLS handshake, which
+///   costs the peer work): the retry is the request's first run anywhere;
+/// - a stall cut ([`AdaptiveTimeouts`](crate::AdaptiveTimeouts)), made only on proof that the
+///   peer is stuck, of a request that began before the peer was known stuck: the retry is its
+///   first run on a peer that works.
+///
+/// Neither costs the working upstreams more than if the request had gone there first, so a
+/// peer down or hung at deploy, met by a burst of requests before it is ejected, loses none of
+/// them. Later retries are charged, and so is the cut of a request sent to a peer already
+/// known stuck (every peer stuck at once, say): a pool none of which works still costs a
+/// request about one attempt more, not the attempt cap.
 ///
 /// The count is kept in one-second slots over the window, with atomics and no lock. Withdrawals
 /// racing within one second never overdraw the budget, and no count is lost when a slot moves on
