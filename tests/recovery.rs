@@ -76,6 +76,7 @@ async fn a_crashed_primary_comes_back_by_a_background_probe_and_no_request_probe
     for id in 2..40 {
         assert_eq!(get(&proxy, id).await, (200, "backup".into()));
     }
+    let probes = primary.probes();
     primary.restart().await;
     events
         .wait_until(|(_, c)| *c == HealthChange::Readmitted)
@@ -93,7 +94,7 @@ async fn a_crashed_primary_comes_back_by_a_background_probe_and_no_request_probe
         "a request reached the primary"
     );
     assert_eq!(live_ids(&backup, 1..40), 39);
-    assert!(primary.hits() >= 2, "the probe reached the primary");
+    assert!(primary.probes() > probes, "the probe reached the primary");
     assert_eq!(get(&proxy, 40).await, (200, "primary".into()), "back");
 }
 
@@ -120,9 +121,9 @@ async fn a_primary_answering_503_stays_out_until_its_probe_passes() {
     events
         .wait_until(|(_, c)| matches!(c, HealthChange::Ejected { .. }))
         .await;
-    let hits = primary.hits();
+    let probes = primary.probes();
     // Ten background probes get a 503 each: it stays out.
-    support::eventually("ten probes", || primary.hits() >= hits + 10).await;
+    support::eventually("ten probes", || primary.probes() >= probes + 10).await;
     for id in 5..20 {
         assert_eq!(get(&proxy, id).await, (200, "backup".into()));
     }
@@ -215,12 +216,13 @@ async fn a_reload_with_the_same_peers_keeps_probing_an_ejected_peer() {
     // A reload right after the ejection (a peers file, SIGHUP, a DNS answer): the same
     // endpoints, new handles. The primary stays in the set, with its health.
     set.replace(set_peers(&primary, &backup)).unwrap();
+    let probes = primary.probes();
     primary.restart().await;
     // Its background probe still runs, and re-admits it; no request probes it.
     events
         .wait_until(|(_, c)| *c == HealthChange::Readmitted)
         .await;
-    assert!(primary.probes() >= 1, "{:?}", primary.seen());
+    assert!(primary.probes() > probes, "{:?}", primary.seen());
     assert_eq!(live_ids(&primary, 0..1), 0, "a request probed the primary");
     assert_eq!(get(&proxy, 1).await, (200, "primary".into()), "back");
 
