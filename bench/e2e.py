@@ -5,7 +5,8 @@ Scenarios (primary, then a healthy backup):
   bare        the bare proxy to a healthy upstream, with the same timeouts (the baseline)
   bare-untimed  the same without timeouts: what pingora's own timers cost
   healthy     failover_proxy, primary up
-  no-cut      the same without the stall cut (--no-stall-cut): what watching each header costs
+  no-cut      the same without the stall cut (--no-stall-cut); waits are still watched, for suspicion
+  fixed       the same with no timeout learned (--fixed-timeouts): what AdaptiveTimeouts cost
   refused     primary port closed
   blackholed  primary connect hangs; connect timeout 400 ms
   slow        primary answers after 1 s; read timeout 300 ms
@@ -158,6 +159,7 @@ def main():
         "bare-untimed": bare,
         "healthy": lambda: failover(primary),
         "no-cut": lambda: failover(primary, "--no-stall-cut"),
+        "fixed": lambda: failover(primary, "--fixed-timeouts"),
         "refused": lambda: failover(refused),
         "blackholed": lambda: failover(hole),
         "slow": lambda: failover(slow),

@@ -332,6 +332,10 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
             "peers = [\"127.0.0.1:1\"]\n[timeouts]\nstall_cut_ms = 0\n",
             "adaptive timeout floor must be greater than zero",
         ),
+        (
+            "peers = [\"127.0.0.1:1\"]\n[timeouts]\nadaptive = false\nstall_cut_ms = 50\n",
+            "stall_cut_ms: no timeout is learned",
+        ),
     ];
     for (text, named) in cases {
         let file = TempPath::with_text("failover-proxy.toml", text);

@@ -108,6 +108,10 @@ pub struct Timeouts {
     pub write_ms: Option<u64>,
     /// An overall deadline across all attempts of a request.
     pub deadline_ms: Option<u64>,
+    /// `false`: no timeout is learned: connects always get `connect_ms` and response headers
+    /// `read_ms`, and waits are not watched (no stall cut, no suspicion from a silent wait, no
+    /// warm-up). The keys below must then be left out.
+    pub adaptive: Option<bool>,
     /// `false`: connects always get `connect_ms`, instead of being abandoned far past the
     /// peer's learned connect time.
     pub adaptive_connect: Option<bool>,
@@ -421,6 +425,17 @@ impl Config {
             b = b.with_hedging(Hedging::after(Duration::from_millis(ms))?);
         }
         let t = &self.timeouts;
+        if t.adaptive == Some(false) {
+            let set = [
+                ("adaptive_connect", t.adaptive_connect.is_some()),
+                ("stall_cut", t.stall_cut.is_some()),
+                ("stall_cut_ms", t.stall_cut_ms.is_some()),
+                ("undelivered_retry", t.undelivered_retry.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, is_set)| *is_set) {
+                return Err(value(*key, "no timeout is learned (adaptive = false)"));
+            }
+        }
         let mut adaptive = AdaptiveTimeouts::new();
         if t.adaptive_connect == Some(false) {
             adaptive = adaptive.without_connect();
@@ -448,7 +463,10 @@ impl Config {
             (_, Some(true)) => adaptive = adaptive.with_undelivered_retry(),
             _ => {}
         }
-        b = b.with_adaptive_timeouts(adaptive);
+        b = match t.adaptive {
+            Some(false) => b.without_adaptive_timeouts(),
+            _ => b.with_adaptive_timeouts(adaptive),
+        };
         let h = &self.health;
         let probing_off = h.eject == Some(false) || h.recovery_probe.as_deref() == Some("off");
         if probing_off && h.probe_interval_ms.is_some() {

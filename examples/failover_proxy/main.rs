@@ -87,6 +87,10 @@ struct Flags {
     /// Response headers always get the read timeout: no stall cut.
     #[arg(long)]
     no_stall_cut: bool,
+    /// No timeout is learned: connects get the connect timeout and headers the read timeout,
+    /// and no wait is watched (no stall cut, no suspicion from a silent wait, no warm-up).
+    #[arg(long, conflicts_with_all = ["no_stall_cut", "stall_cut_ms", "undelivered_retry"])]
+    fixed_timeouts: bool,
     /// The stall cut also moves a POST (or any request) its peer never received: none of it
     /// acknowledged after a retransmission. Off by default: a copy delayed in the network could
     /// still arrive.
@@ -163,6 +167,13 @@ impl Flags {
         }
         if self.undelivered_retry {
             c.timeouts.undelivered_retry = Some(true);
+        }
+        if self.fixed_timeouts {
+            c.timeouts.adaptive = Some(false);
+            c.timeouts.adaptive_connect = None;
+            c.timeouts.stall_cut = None;
+            c.timeouts.stall_cut_ms = None;
+            c.timeouts.undelivered_retry = None;
         }
         over!(self.connect_timeout_ms => c.timeouts.connect_ms);
         over!(self.read_timeout_ms => c.timeouts.read_ms);
