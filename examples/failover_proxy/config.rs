@@ -432,8 +432,10 @@ impl Config {
                 ("stall_cut_ms", t.stall_cut_ms.is_some()),
                 ("undelivered_retry", t.undelivered_retry.is_some()),
             ];
-            if let Some((key, _)) = set.iter().find(|(_, is_set)| *is_set) {
-                return Err(value(*key, "no timeout is learned (adaptive = false)"));
+            for (key, is_set) in set {
+                if is_set {
+                    return Err(value(key, "no timeout is learned (adaptive = false)"));
+                }
             }
         }
         let mut adaptive = AdaptiveTimeouts::new();
