@@ -93,8 +93,9 @@ async fn a_legitimately_slow_get_runs_once_with_four_clients() {
 }
 
 /// A peer slower than its route at everything from the start: nothing learned of its own, so its
-/// limit is borrowed from the route's answers on the fast peer, and its liveness check, answered
-/// in 100 ms like everything it does, is late. It is slow, not stuck: each GET runs once.
+/// limit is borrowed from the route's answers on the fast peer, and its liveness check answers in
+/// 100 ms like everything it does, later than half that limit (it is given 1 s, having answered
+/// nothing yet). It is slow, not stuck: each GET runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_slower_than_its_route_from_the_start_runs_each_get_once() {
     let fast = Upstream::start("fast", Mode::Ok).await;

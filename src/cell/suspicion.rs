@@ -138,7 +138,7 @@ impl Waiting {
 
     /// When the peer last showed itself alive: its last answer, or the start of its last
     /// passing check (ms).
-    fn alive_at(&self) -> u64 {
+    pub(crate) fn alive_at(&self) -> u64 {
         self.answered_at
             .load(Ordering::Relaxed)
             .max(self.passed_from.load(Ordering::Acquire))

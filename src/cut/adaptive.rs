@@ -70,19 +70,23 @@ use crate::peer::Peer;
 /// - stall cut: looked at after 10 times what the peer or the request typically takes to answer,
 ///   at least 50 ms, and made on evidence that the peer is stuck (so a broken peer costs a
 ///   client 50 to 100 ms, not the read timeout, and a slow request on a live peer runs once);
-///   before the peer or the request has answered anything, after 10 times what the peer's
-///   liveness check takes, or any peer's (learned by the warm-up, [`WarmUp`](crate::WarmUp))
-/// - liveness check: given half the limit, and at least 10 times what the peer's own checks
-///   take; a peer that has answered nothing of its own, neither a request nor a check, at
-///   least 1 s (Kubernetes' default readiness probe timeout), so that a peer slower than the
-///   rest at everything is not taken for a stuck one. A peer hung from the proxy's start
-///   costs its first requests about that second, not a longer read timeout
+///   when neither the peer nor that kind of request has an answer time yet, after 10 times
+///   what the peer's liveness check takes, or else any peer's (learned by the warm-up,
+///   [`WarmUp`](crate::WarmUp), and from each check a peer answers)
+/// - liveness check: its connect given half the limit, its answer half the limit and at least
+///   10 times what the peer's own checks take (at most 1 s); a peer that has answered nothing
+///   of its own, neither a request nor a check, 1 s (Kubernetes' default readiness probe
+///   timeout), so that a peer slower than the rest at everything is not taken for a stuck
+///   one. A peer hung from the proxy's start costs its first requests about that second, not
+///   a longer read timeout
 /// - a request whose peer never received it (none of it acknowledged): moved only when safe,
 ///   unless [`with_undelivered_retry`](Self::with_undelivered_retry)
 ///
 /// Neither cut is made where no retry could follow it: on the last attempt a request is
-/// allowed, when the retry budget is spent (a request's first attempt excepted, whose retry
-/// after a cut the budget does not charge), when the deadline would leave the retry less than the
+/// allowed, when the retry budget is spent (a request's first attempt excepted: the budget
+/// charges no retry after a failed connect, nor after a cut of a request whose peer broke
+/// under it, silent since the request began and not known stuck before), when the deadline
+/// would leave the retry less than the
 /// configured timeout, or when the policy would not retry that failure. An abandoned
 /// connect counts against its peer as any failure does, not as a connect failure (one of which
 /// ejects): the peer may only be slower than it was.
@@ -160,11 +164,6 @@ impl AdaptiveTimeouts {
         Ok(self)
     }
 
-    /// Whether connects are abandoned past their peer's learned time.
-    pub(crate) fn cuts_connects(&self) -> bool {
-        self.connect.is_some()
-    }
-
     /// Connects always get the configured timeout.
     #[must_use]
     pub fn without_connect(mut self) -> Self {
@@ -235,15 +234,12 @@ impl AdaptiveTimeouts {
         // (or any peer's): the wait is first looked at sooner than it would be, and a check
         // decides, whose time is then known.
         let check = health.check_time().or(pool.check);
-        // The least its liveness check is given: 10 times what the peer's checks take; for a
-        // peer that has answered nothing of its own, 1 s at least.
+        // The least its liveness check is given to answer: 10 times what the peer's checks
+        // take, at most 1 s; for a peer that has answered nothing of its own, 1 s.
         let check_floor = match (health.check_time(), health.typical_latency()) {
-            (Some(own), _) => own * evidence::CHECK_FACTOR,
+            (Some(own), _) => (own * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK),
             (None, Some(_)) => Duration::ZERO,
-            (None, None) => evidence::COLD_CHECK.max(
-                pool.check
-                    .map_or(Duration::ZERO, |c| c * evidence::CHECK_FACTOR),
-            ),
+            (None, None) => evidence::COLD_CHECK,
         };
         let learned = match (health.typical_latency(), route) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -321,7 +317,8 @@ pub(crate) struct Cut {
     pub(crate) connect: bool,
     pub(crate) header: Option<Duration>,
     pub(crate) may_cut: MayCut,
-    /// The retry after a cut is free of the budget (the request's first attempt).
+    /// The retry after a cut may be free of the budget (the request's first attempt; the
+    /// watch decides at the cut).
     pub(crate) free: bool,
     /// The least the peer's liveness check is given.
     pub(crate) check_floor: Duration,

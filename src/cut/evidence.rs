@@ -26,7 +26,9 @@
 //!    stuck, and the request is cut at once. A check starts when a quiet wait reaches a quarter
 //!    of its limit and fails when unanswered for half the limit: a peer that answers its check
 //!    at all answers it in a fraction of what its requests typically take, which the limit is
-//!    ten times.
+//!    ten times. Its answer is given longer where the peer's checks are known to take longer
+//!    (ten times their time, at most 1 s), and 1 s for a peer that has answered nothing of its
+//!    own: such a check may end after the limit, and the cut waits for it.
 
 use std::time::Duration;
 
@@ -93,10 +95,12 @@ const RETRANSMIT_ANSWER: Duration = Duration::from_millis(20);
 /// then, and is given [`CHECK_SHARE`] of the limit to be answered.
 pub(crate) const FIRST_LOOK: u32 = 4;
 /// How long a liveness check is given, as a share of the limit: started at a quarter, it has
-/// failed by three quarters.
+/// failed by three quarters (unless its answer is given longer, [`CHECK_FACTOR`],
+/// [`COLD_CHECK`]).
 pub(crate) const CHECK_SHARE: u32 = 2;
-/// A liveness check is given at least this many times what the peer's checks take, where that
-/// is known: a peer slow at everything, its checks too, is not taken for a stuck one.
+/// A liveness check's answer is given at least this many times what the peer's checks take,
+/// where that is known (at most [`COLD_CHECK`]): a peer slow at everything, its checks too, is
+/// not taken for a stuck one.
 pub(crate) const CHECK_FACTOR: u32 = 10;
 /// What a liveness check of a peer that has answered nothing yet, neither a request nor a
 /// check, is given at least (Kubernetes' default readiness probe timeout): such a peer may be
@@ -104,7 +108,7 @@ pub(crate) const CHECK_FACTOR: u32 = 10;
 pub(crate) const COLD_CHECK: Duration = Duration::from_secs(1);
 
 /// The verdict on `look`. A liveness check starts at a quarter of the limit and is given half
-/// of it, so that its answer is in before the limit passes.
+/// of it, so that its answer is in before the limit passes (where it is not given longer).
 pub(crate) fn judge(look: &Look) -> Verdict {
     let first = look.limit / FIRST_LOOK;
     if look.quiet < first {

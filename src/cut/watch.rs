@@ -47,10 +47,10 @@ pub(crate) struct Watch {
     pub(super) limit: Duration,
     pub(super) may_cut: MayCut,
     /// The cut's retry may be free of the budget (the request's first attempt): free when the
-    /// peer was not yet known to be stuck as the attempt began.
+    /// peer has shown nothing alive since the attempt began, and was not known stuck then.
     pub(super) free: bool,
-    /// The least the peer's liveness check is given: ten times what its checks take, and for
-    /// a peer that has answered nothing of its own, 1 s at least.
+    /// The least the peer's liveness check is given to be answered, once connected: ten times
+    /// what its checks take, at most 1 s; 1 s for a peer that has answered nothing of its own.
     pub(super) check_floor: Duration,
     /// The connection carries other requests at the same time (HTTP/2 with more than one
     /// stream allowed): only the transport may show its peer stuck, and the cut ends them all.
@@ -142,14 +142,19 @@ impl Watch {
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
             Verdict::Check(after) => {
-                let within = (self.limit / evidence::CHECK_SHARE).max(self.check_floor);
-                shared.check_liveness(&self.peer, within);
+                let within = self.limit / evidence::CHECK_SHARE;
+                shared.check_liveness(&self.peer, within, within.max(self.check_floor));
                 Some(now + after)
             }
             Verdict::Leave => None,
             Verdict::Stuck { undelivered } => {
-                // A request sent to a peer already known to be stuck pays for its retry.
-                let free = self.free && !suspicion.stuck_before(self.since_ms);
+                // Only a request caught on its peer as it broke moves free: the peer has shown
+                // nothing alive since the request began, and was not known stuck then. One
+                // sent to a peer already known stuck pays, and so does one on a peer that
+                // answers now and then (a pool overloaded as a whole).
+                let free = self.free
+                    && suspicion.alive_at() < self.since_ms
+                    && !suspicion.stuck_before(self.since_ms);
                 suspicion.stuck(now_ms);
                 let budget = shared.budget.as_ref().filter(|_| !free);
                 match self.may_cut {

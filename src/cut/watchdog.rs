@@ -119,8 +119,9 @@ pub(crate) struct Armed<'a> {
 
 impl Shared {
     /// Starts a liveness check of `peer` on another connection, unless one is running; it
-    /// fails when unanswered within `limit`.
-    pub(super) fn check_liveness(&self, peer: &Peer, limit: Duration) {
+    /// fails when not connected within `connect`, or unanswered within `answer` once connected.
+    /// An answer teaches the peer what its checks take.
+    pub(super) fn check_liveness(&self, peer: &Peer, connect: Duration, answer: Duration) {
         if !peer.health().suspicion().start_check() {
             return;
         }
@@ -129,16 +130,19 @@ impl Shared {
         let from_ms = peer.health().now_ms();
         tokio::spawn(async move {
             let started = Instant::now();
-            let checked = probe.check_within(&slot.0, limit).await;
+            let (checked, took) = probe.check(&slot.0, connect, answer).await;
             let health = slot.0.health();
             // Any answer in time shows the peer alive, whatever its status (a `/` the peer
             // does not serve answers 404 at once).
             let passed = matches!(checked, Checked::Passed | Checked::Answered);
+            if let Some(took) = took.filter(|_| passed) {
+                health.learn_check(took);
+            }
             let failed = matches!(checked, Checked::Unreachable | Checked::Failed);
             // A check the proxy could not make (out of descriptors) shows nothing about the peer,
             // and neither does one that failed long after its own timeouts were due: it was held
             // up itself (the machine, or this thread, was starved).
-            if passed || (failed && started.elapsed() <= limit * 2) {
+            if passed || (failed && started.elapsed() <= (connect + answer) * 2) {
                 health
                     .suspicion()
                     .finish_check(from_ms, health.now_ms(), passed);
@@ -559,18 +563,33 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         until("cut", || watch.fired()).await;
         assert!(watch.take_paid().is_some(), "with its free retry");
-        // The next request to that peer, known stuck by then, pays: with nothing to pay with,
-        // it keeps its full timeout.
+        // The next requests to that peer, known stuck by then, pay: the first takes the one
+        // retry in the budget and is cut; the second, with nothing left to pay with, keeps its
+        // full timeout.
         let stuck_ms = peer.health().now_ms();
         until("a later millisecond", || peer.health().now_ms() > stuck_ms).await;
+        let one = Arc::new(
+            // One retry a second, one at a time: one now, the next a second later.
+            RetryBudget::new(0.0, 1, Duration::from_secs(1))
+                .unwrap()
+                .with_floor_burst(1),
+        );
+        assert_eq!(one.remaining(), 1);
+        let dog = self::dog(Some(one.clone()));
         let (mut client, _server) = pair().await;
-        let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
+        let paid = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        until("cut", || paid.fired()).await;
+        assert_eq!(
+            one.remaining(),
+            0,
+            "a request sent to a peer known stuck pays"
+        );
+        let (mut client, _server) = pair().await;
+        let unpaid = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(
-            !watch.fired(),
-            "a request sent to a peer known stuck pays for its retry"
-        );
+        assert!(!unpaid.fired(), "nothing left to pay with");
 
         let (mut client, _server) = pair().await;
         let dog = self::dog(None);

@@ -81,12 +81,12 @@ pub(crate) fn retry_is_free(attempt: u32, kind: FailureKind) -> bool {
 }
 
 /// Whether the retry after a stall cut of attempt number `attempt` may be free of the retry
-/// budget: a request's first, when its peer was not yet known to be stuck as the attempt
-/// began (the watch decides that at the cut). The cut is made only on proof that the peer is
-/// stuck, so the retry is the request's first run on a peer that works. The requests caught
-/// on a peer as it breaks (32 at once on a host hung at deploy) all move so; requests sent to
-/// a peer already known stuck (when every peer is, say, all of them slow at once) pay, and the
-/// budget bounds what they add to the pool.
+/// budget: a request's first, when its peer broke under it, silent since the attempt began and
+/// not known stuck before (the watch decides that at the cut). The cut is made only on proof
+/// that the peer is stuck, so the retry is the request's first run on a peer that works. The
+/// requests caught on a peer as it breaks (32 at once on a host hung at deploy) all move so;
+/// requests sent to a peer already known stuck, or on one that answers now and then (a pool
+/// overloaded as a whole), pay, and the budget bounds what they add to the pool.
 pub(crate) fn cut_retry_may_be_free(attempt: u32) -> bool {
     attempt == 1
 }

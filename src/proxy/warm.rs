@@ -19,8 +19,10 @@ use crate::set::PeerSet;
 /// How many of the engine's peers are connected to, the first in its set's order (those an
 /// ordered list tries first). The pool's connect time needs only a few of them.
 const PEERS: usize = 32;
-/// How long the liveness check's request is given, for a peer without a read timeout.
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+/// How long the liveness check's request is given (or the peer's read timeout, if shorter): a
+/// check slower than that teaches nothing a cut would use (a check is never given more than
+/// 1 s for the peer's sake), and a warm-up run before traffic waits no longer on a hung peer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// One connect to each of an engine's peers (up to 32, the first in its set), made once, that
 /// learns what a connection to each takes, and, when the liveness check is a request (the
@@ -38,12 +40,13 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 /// the first requests, and on loopback or a LAN they win), or with [`run`](Self::run).
 /// Whichever comes first makes the connects; the other does nothing.
 ///
-/// Nothing is made when the engine does not cut connects ([`AdaptiveTimeouts`] off, or
-/// [`without_connect`](crate::AdaptiveTimeouts::without_connect)), or when its selector names
-/// no peer set. A connect or a check that fails teaches nothing and counts against no peer:
-/// requests judge it. The check is given the peer's read timeout (10 s without one). Each
-/// connection is closed once done with (over TLS, after the handshake): an upstream sees one
-/// connection without a request per proxy start, and one check.
+/// Nothing is made when the engine learns no timeout ([`AdaptiveTimeouts`] off), or when its
+/// selector names no peer set. A connect or a check that fails teaches nothing and counts
+/// against no peer: requests judge it. The check is given 1 s to answer (or the peer's read
+/// timeout, if shorter), so a warm-up run before traffic waits at most about that long on a
+/// hung peer. Each connection is closed once done with (over TLS, after the handshake): an
+/// upstream sees one connection without a request per proxy start, and one check (a second
+/// connection) when the check is a request.
 ///
 /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
 pub struct WarmUp {
@@ -110,8 +113,11 @@ impl WarmUp {
                     .http_peer()
                     .options
                     .read_timeout
-                    .unwrap_or(ANSWER_WITHIN);
-                if let Some(took) = probe.answer_time(&peer, within).await {
+                    .map_or(ANSWER_WITHIN, |t| t.min(ANSWER_WITHIN));
+                if let Some(took) = probe
+                    .answer_time(&peer, peer.connect_timeout(), within)
+                    .await
+                {
                     peer.health().learn_check(took);
                     routes.learn_check(took);
                 }
@@ -127,9 +133,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// connections and checks take before requests need it (see [`WarmUp`]). The engine makes it on its first request by
     /// itself; run this before traffic arrives to spare that request too.
     pub fn warm_up(&self) -> WarmUp {
-        let cuts_connects = self.adaptive.is_some_and(|a| a.cuts_connects());
+        let learns = self.adaptive.is_some();
         WarmUp {
-            pool: self.feed.pool.clone().filter(|_| cuts_connects),
+            pool: self.feed.pool.clone().filter(|_| learns),
             probe: self.watchdog.liveness().clone(),
             routes: self.feed.routes.clone(),
             done: self.warmed.clone(),

@@ -18,7 +18,9 @@ use crate::retry::window::Window;
 /// a request and an upstream tier that is failing for everyone, every request becomes three:
 /// the load on a cluster that is already struggling triples just when it can least take it, and
 /// the retries themselves keep it down (a retry storm). A budget bounds the sum instead: with the
-/// default ratio of 0.2, retries add at most 20 % to the load, whatever happens. While failures
+/// default ratio of 0.2, retries add at most 20 % to the load (beyond the retries it does not
+/// charge, below: each adds one attempt at most to a request whose first went where nothing
+/// was done, or to a peer that broke under it). While failures
 /// are rare, every one of them is still retried; when they are everywhere, retrying stops being
 /// worth it, and the budget says so. The floor lets a proxy with little traffic retry at all.
 /// This is the design of Finagle's `RetryBudget` and of tower's `TpsBudget`, with one change:
@@ -42,14 +44,15 @@ use crate::retry::window::Window;
 /// - its connect failed or was abandoned before anything was sent (not a TLS handshake, which
 ///   costs the peer work): the retry is the request's first run anywhere;
 /// - a stall cut ([`AdaptiveTimeouts`](crate::AdaptiveTimeouts)), made only on proof that the
-///   peer is stuck, of a request that began before the peer was known stuck: the retry is its
-///   first run on a peer that works.
+///   peer is stuck, of a request whose peer broke under it: silent since the request began,
+///   and not known stuck before. The retry is its first run on a peer that works.
 ///
 /// Neither costs the working upstreams more than if the request had gone there first, so a
 /// peer down or hung at deploy, met by a burst of requests before it is ejected, loses none of
 /// them. Later retries are charged, and so is the cut of a request sent to a peer already
-/// known stuck (every peer stuck at once, say): a pool none of which works still costs a
-/// request about one attempt more, not the attempt cap.
+/// known stuck, or on one that answered anything while the request waited (a pool overloaded
+/// as a whole answers now and then): a pool none of which works still costs a request about
+/// one attempt more, not the attempt cap.
 ///
 /// The count is kept in one-second slots over the window, with atomics and no lock. Withdrawals
 /// racing within one second never overdraw the budget, and no count is lost when a slot moves on

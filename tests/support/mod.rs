@@ -80,7 +80,8 @@ pub struct Seen {
 }
 
 impl Seen {
-    /// Whether it is a background recovery probe (by its `User-Agent`).
+    /// Whether it is a probe, by its `User-Agent`: a background recovery probe, a liveness
+    /// check of the stall cut, or the warm-up's check.
     pub fn is_probe(&self) -> bool {
         self.user_agent
             .as_deref()
@@ -166,7 +167,7 @@ impl Upstream {
         self.state.seen.lock().unwrap().clone()
     }
 
-    /// Background recovery probes received so far.
+    /// Probes received so far (recovery probes, liveness checks, the warm-up's checks).
     pub fn probes(&self) -> usize {
         self.seen().iter().filter(|s| s.is_probe()).count()
     }

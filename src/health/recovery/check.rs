@@ -70,30 +70,46 @@ impl RecoveryProbe {
     ///
     /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
     pub(crate) async fn check_within(&self, peer: &Peer, timeout: Duration) -> Checked {
-        self.check(peer, timeout).await.0
+        self.check(peer, timeout, timeout).await.0
     }
 
     /// What the liveness check's request takes `peer` to answer once connected, with any
-    /// status, within `timeout`; `None` when no answer came, and for a check that is only a
-    /// connect (what that takes is the connect time).
-    pub(crate) async fn answer_time(&self, peer: &Peer, timeout: Duration) -> Option<Duration> {
-        match self.check(peer, timeout).await {
+    /// status, within `answer` (its connect within `connect`); `None` when no answer came, and
+    /// for a check that is only a connect (what that takes is the connect time).
+    pub(crate) async fn answer_time(
+        &self,
+        peer: &Peer,
+        connect: Duration,
+        answer: Duration,
+    ) -> Option<Duration> {
+        if matches!(self.check, Check::Connect) {
+            return None;
+        }
+        match self.check(peer, connect, answer).await {
             (Checked::Passed | Checked::Answered, Some(took)) => Some(took),
             _ => None,
         }
     }
 
-    /// One check, and the time from the connection made to the answer, if one came.
-    async fn check(&self, peer: &Peer, timeout: Duration) -> (Checked, Option<Duration>) {
+    /// One check, its connect given `connect` and its answer `answer` (at most the peer's
+    /// own timeouts), and the time from the connection made to the answer, if one came.
+    pub(crate) async fn check(
+        &self,
+        peer: &Peer,
+        connect: Duration,
+        answer: Duration,
+    ) -> (Checked, Option<Duration>) {
         let mut target = peer.http_peer().clone();
         let options = &mut target.options;
-        let within = |own: Option<Duration>| Some(own.map_or(timeout, |t| t.min(timeout)));
-        options.connection_timeout = within(options.connection_timeout);
-        options.total_connection_timeout = within(options.total_connection_timeout);
-        options.read_timeout = within(options.read_timeout);
-        options.write_timeout = within(options.write_timeout);
+        let within = |own: Option<Duration>, at_most: Duration| {
+            Some(own.map_or(at_most, |t| t.min(at_most)))
+        };
+        options.connection_timeout = within(options.connection_timeout, connect);
+        options.total_connection_timeout = within(options.total_connection_timeout, connect);
+        options.read_timeout = within(options.read_timeout, answer);
+        options.write_timeout = within(options.write_timeout, answer);
         // Bounded as a whole too, whatever the transport does.
-        let limit = timeout * 3;
+        let limit = (connect + answer) * 3 / 2;
         match &self.check {
             Check::Connect => {
                 let checked =

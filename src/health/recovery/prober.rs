@@ -81,6 +81,8 @@ async fn run(
         }
         let since = *probing_since.get_or_insert_with(tokio::time::Instant::now);
         if probe.passes(peer).await {
+            // An answer: a stuck period the evidence had begun is over.
+            health.suspicion().answered(health.now_ms());
             if health.record_success_counted(true, reports, None) {
                 reports.readmitted(peer);
             }
