@@ -318,8 +318,8 @@ fn serve<S: PeerSelector>(
         proxy = proxy.on_request_done(access_log);
     }
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    // One connect to each peer as the server starts: a peer down from the start costs the
-    // first requests the connect cut, not the connect timeout.
+    // One connect and one liveness check of each peer as the server starts: a peer down or
+    // hung from the start costs the first requests the connect or stall cut, not a timeout.
     let warm_up =
         pingora_core::services::background::background_service("warm-up", proxy.engine().warm_up());
     let mut service = proxy.into_service(&server.configuration)?;

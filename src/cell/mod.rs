@@ -206,8 +206,9 @@ impl PeerHealth {
     }
 
     /// What the liveness check's request (`GET` of the probe's path) takes the peer to answer,
-    /// once connected, learned before traffic by the warm-up ([`WarmUp`](crate::WarmUp)).
-    /// `None` until then, and for a check that is only a connect.
+    /// once connected: learned before traffic by the warm-up ([`WarmUp`](crate::WarmUp)), and
+    /// from each check of the stall cut answered within half its wait's limit. `None` until
+    /// then, and for a check that is only a connect.
     pub fn check_time(&self) -> Option<Duration> {
         self.timing.check()
     }
@@ -317,8 +318,8 @@ impl PeerHealth {
     /// (none of a request acknowledged by its kernel, or a liveness check on another connection
     /// unanswered; see [`AdaptiveTimeouts`](crate::AdaptiveTimeouts)). Selectors avoid a
     /// suspected peer (it does not [admit](Self::admission) requests) before any timeout fires;
-    /// it is not ejected, and its next answer, a passing check, or the waiting requests ending,
-    /// clears it. A peer that is only slow to answer some requests, a proxy that stalled with
+    /// it is not ejected, and its next answer, a passing check or recovery probe, or the waiting
+    /// requests ending, clears it. A peer that is only slow to answer some requests, a proxy that stalled with
     /// the answers in its sockets, an upgraded connection (a WebSocket) and an upload still
     /// sending its body are never evidence.
     pub fn is_suspected(&self) -> bool {

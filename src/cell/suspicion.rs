@@ -68,7 +68,7 @@ impl Waiting {
 
     /// The peer answered at `now_ms`.
     pub(crate) fn answered(&self, now_ms: u64) {
-        self.answered_at.store(now_ms, Ordering::Relaxed);
+        self.answered_at.fetch_max(now_ms, Ordering::Relaxed);
     }
 
     /// When the peer last answered (ms), 0 before its first answer.

@@ -33,8 +33,10 @@ use crate::peer::Peer;
 /// - answers to other requests: a peer that answered anything in the last `limit` is alive;
 /// - a liveness check on another connection (the recovery probe's request, or a connect when
 ///   there is none), one per peer at a time, shared by every request waiting on it, started at
-///   a quarter of the limit: answered within half the limit, the peer is alive, and the slow
-///   request keeps its full timeout; unanswered, the peer is stuck.
+///   a quarter of the limit: answered within half the limit (or longer, where the peer's
+///   checks or connections are known to take longer, and for a peer that has answered nothing
+///   of its own: see Default), the peer is alive, and the slow request keeps its full timeout;
+///   unanswered, the peer is stuck.
 ///
 /// When the peer is stuck, it is suspected ([`PeerHealth::is_suspected`]) and a safe request
 /// (GET, HEAD, OPTIONS, TRACE) without a body is cut and goes to the next peer: the cut attempt
@@ -44,7 +46,8 @@ use crate::peer::Peer;
 /// header is cut: once it has come, the body takes the time it takes. A cut counts against its
 /// peer only when the retry then answered within the time the cut peer was given. The cut takes
 /// its retry from the budget as it cuts, and makes no cut when the budget is spent (the
-/// retry of a request's first attempt, begun before its peer was known stuck, is free). (It works
+/// retry of a request's first attempt is free when its peer broke under it: silent since the
+/// request began, and not known stuck before). (It works
 /// from outside pingora, which offers no hook while a request waits: a watch on the attempt's
 /// connection, on a thread of the engine's own. It applies to connections over TCP: HTTP/1
 /// ones, and HTTP/2 ones that carry one stream at a time (pingora's default
@@ -73,8 +76,9 @@ use crate::peer::Peer;
 ///   when neither the peer nor that kind of request has an answer time yet, after 10 times
 ///   what the peer's liveness check takes, or else any peer's (learned by the warm-up,
 ///   [`WarmUp`](crate::WarmUp), and from each check a peer answers)
-/// - liveness check: its connect given half the limit, its answer half the limit and at least
-///   10 times what the peer's own checks take (at most 1 s); a peer that has answered nothing
+/// - liveness check: its connect given half the limit and at least 10 times what the peer's
+///   connections take (or the pool's; at most 1 s), its answer half the limit and at least 10
+///   times what the peer's own checks take (at most 1 s); a peer that has answered nothing
 ///   of its own, neither a request nor a check, 1 s (Kubernetes' default readiness probe
 ///   timeout), so that a peer slower than the rest at everything is not taken for a stuck
 ///   one. A peer hung from the proxy's start costs its first requests about that second, not
@@ -234,12 +238,22 @@ impl AdaptiveTimeouts {
         // (or any peer's): the wait is first looked at sooner than it would be, and a check
         // decides, whose time is then known.
         let check = health.check_time().or(pool.check);
-        // The least its liveness check is given to answer: 10 times what the peer's checks
-        // take, at most 1 s; for a peer that has answered nothing of its own, 1 s.
-        let check_floor = match (health.check_time(), health.typical_latency()) {
-            (Some(own), _) => (own * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK),
-            (None, Some(_)) => Duration::ZERO,
-            (None, None) => evidence::COLD_CHECK,
+        // The least its liveness check is given: to answer, 10 times what the peer's checks
+        // take, at most 1 s, and for a peer that has answered nothing of its own, 1 s; to
+        // connect, 10 times what the peer's connections take (or the pool's), at most 1 s (a
+        // peer farther away than the rest is not taken for an unreachable one).
+        let check_floor = CheckFloor {
+            connect: health
+                .connect_time()
+                .or(pool.connect)
+                .map_or(Duration::ZERO, |c| {
+                    (c * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK)
+                }),
+            answer: match (health.check_time(), health.typical_latency()) {
+                (Some(own), _) => (own * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK),
+                (None, Some(_)) => Duration::ZERO,
+                (None, None) => evidence::COLD_CHECK,
+            },
         };
         let learned = match (health.typical_latency(), route) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -300,6 +314,16 @@ fn lower(
     }
 }
 
+/// The least a liveness check of a peer is given, beside half the limit of the wait that asks
+/// for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CheckFloor {
+    /// To connect.
+    pub(crate) connect: Duration,
+    /// To answer, once connected.
+    pub(crate) answer: Duration,
+}
+
 /// What is known of every peer: the priors of a peer that has learned nothing of its own.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Pool {
@@ -321,7 +345,7 @@ pub(crate) struct Cut {
     /// watch decides at the cut).
     pub(crate) free: bool,
     /// The least the peer's liveness check is given.
-    pub(crate) check_floor: Duration,
+    pub(crate) check_floor: CheckFloor,
     pub(crate) watch: Option<std::sync::Arc<Watch>>,
     /// The connection of a peer that speaks HTTP/2 or HTTP/1 (`Http2OrHttp1`), until the
     /// request header shows which one it negotiated.
@@ -345,7 +369,7 @@ impl Default for Cut {
             header: None,
             may_cut: MayCut::Never,
             free: false,
-            check_floor: Duration::ZERO,
+            check_floor: CheckFloor::default(),
             watch: None,
             unarmed: None,
         }

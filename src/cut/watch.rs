@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::adaptive::CheckFloor;
 use super::evidence::{self, Look, Transport, Verdict};
 use super::sys::{self, Counters};
 use super::watchdog::Shared;
@@ -49,9 +50,8 @@ pub(crate) struct Watch {
     /// The cut's retry may be free of the budget (the request's first attempt): free when the
     /// peer has shown nothing alive since the attempt began, and was not known stuck then.
     pub(super) free: bool,
-    /// The least the peer's liveness check is given to be answered, once connected: ten times
-    /// what its checks take, at most 1 s; 1 s for a peer that has answered nothing of its own.
-    pub(super) check_floor: Duration,
+    /// The least the peer's liveness check is given, to connect and to answer.
+    pub(super) check_floor: CheckFloor,
     /// The connection carries other requests at the same time (HTTP/2 with more than one
     /// stream allowed): only the transport may show its peer stuck, and the cut ends them all.
     pub(super) shared: bool,
@@ -142,8 +142,8 @@ impl Watch {
         match evidence::judge(&look) {
             Verdict::Later(after) => Some(now + after),
             Verdict::Check(after) => {
-                let within = self.limit / evidence::CHECK_SHARE;
-                shared.check_liveness(&self.peer, within, within.max(self.check_floor));
+                let half = self.limit / evidence::CHECK_SHARE;
+                shared.check_liveness(&self.peer, half, self.check_floor);
                 Some(now + after)
             }
             Verdict::Leave => None,

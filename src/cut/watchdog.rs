@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use super::adaptive::CheckFloor;
 use super::evidence;
 use super::sys;
 use super::watch::{MayCut, Watch, NOT_LOOKED, WAITING};
@@ -107,8 +108,8 @@ pub(crate) struct Armed<'a> {
     pub(crate) may_cut: MayCut,
     /// A cut's retry is free of the budget.
     pub(crate) free: bool,
-    /// The least the peer's liveness check is given.
-    pub(crate) check_floor: Duration,
+    /// The least the peer's liveness check is given, to connect and to answer.
+    pub(crate) check_floor: CheckFloor,
     /// The connection speaks HTTP/2: its driver reads answers out of the socket into its own
     /// buffers, so an answer the proxy has not taken shows as bytes received, not unread.
     pub(crate) h2: bool,
@@ -118,10 +119,12 @@ pub(crate) struct Armed<'a> {
 }
 
 impl Shared {
-    /// Starts a liveness check of `peer` on another connection, unless one is running; it
-    /// fails when not connected within `connect`, or unanswered within `answer` once connected.
-    /// An answer teaches the peer what its checks take.
-    pub(super) fn check_liveness(&self, peer: &Peer, connect: Duration, answer: Duration) {
+    /// Starts a liveness check of `peer` on another connection, unless one is running: given
+    /// `half` (half the limit of the wait that asks), or more where `floor` says so; it fails
+    /// when not connected or unanswered in that time. An answer within `half` teaches the peer
+    /// what its checks take.
+    pub(super) fn check_liveness(&self, peer: &Peer, half: Duration, floor: CheckFloor) {
+        let (connect, answer) = (half.max(floor.connect), half.max(floor.answer));
         if !peer.health().suspicion().start_check() {
             return;
         }
@@ -131,18 +134,24 @@ impl Shared {
         tokio::spawn(async move {
             let started = Instant::now();
             let (checked, took) = probe.check(&slot.0, connect, answer).await;
+            // When its own timeouts had it fail: a check ended long after that was held up
+            // itself.
+            let due = probe.due(connect, answer);
             let health = slot.0.health();
             // Any answer in time shows the peer alive, whatever its status (a `/` the peer
             // does not serve answers 404 at once).
             let passed = matches!(checked, Checked::Passed | Checked::Answered);
-            if let Some(took) = took.filter(|_| passed) {
+            // What checks take is learned from answers within half the limit only: a check
+            // given longer (the floors) answered late teaches nothing, lest each late answer
+            // lengthen the next check.
+            if let Some(took) = took.filter(|t| passed && *t <= half) {
                 health.learn_check(took);
             }
             let failed = matches!(checked, Checked::Unreachable | Checked::Failed);
             // A check the proxy could not make (out of descriptors) shows nothing about the peer,
             // and neither does one that failed long after its own timeouts were due: it was held
             // up itself (the machine, or this thread, was starved).
-            if passed || (failed && started.elapsed() <= (connect + answer) * 2) {
+            if passed || (failed && started.elapsed() <= due * 2) {
                 health
                     .suspicion()
                     .finish_check(from_ms, health.now_ms(), passed);
@@ -380,7 +389,7 @@ mod tests {
             limit: Duration::from_millis(ms),
             may_cut,
             free,
-            check_floor: Duration::ZERO,
+            check_floor: CheckFloor::default(),
             h2: false,
             shared: false,
         };
@@ -428,7 +437,7 @@ mod tests {
             limit: Duration::from_millis(40),
             may_cut: MayCut::Never,
             free: false,
-            check_floor: Duration::ZERO,
+            check_floor: CheckFloor::default(),
             shared: false,
             from_start: base.is_some(),
             from: Mutex::new(base),
@@ -590,6 +599,25 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(!unpaid.fired(), "nothing left to pay with");
+
+        // A first attempt on a peer that answered something while it waited pays too (a pool
+        // overloaded as a whole answers now and then): with nothing to pay with, no cut.
+        let (mut client, _server) = pair().await;
+        let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(1)).unwrap());
+        let dog = self::dog(Some(budget));
+        let peer = dead_peer();
+        peer.health().begin_request();
+        let since_ms = peer.health().now_ms();
+        let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
+        until("a later millisecond", || peer.health().now_ms() > since_ms).await;
+        peer.health().suspicion().answered(peer.health().now_ms());
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        until("stuck after its answer", || peer.health().is_suspected()).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(
+            !watch.fired(),
+            "it answered while the request waited: the retry pays"
+        );
 
         let (mut client, _server) = pair().await;
         let dog = self::dog(None);

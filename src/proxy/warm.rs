@@ -20,8 +20,8 @@ use crate::set::PeerSet;
 /// ordered list tries first). The pool's connect time needs only a few of them.
 const PEERS: usize = 32;
 /// How long the liveness check's request is given (or the peer's read timeout, if shorter): a
-/// check slower than that teaches nothing a cut would use (a check is never given more than
-/// 1 s for the peer's sake), and a warm-up run before traffic waits no longer on a hung peer.
+/// check's floors, for the peer's sake, never exceed 1 s, so a slower answer teaches nothing
+/// they would use; and a warm-up run before traffic waits no longer on a hung peer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// One connect to each of an engine's peers (up to 32, the first in its set), made once, that

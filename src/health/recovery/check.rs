@@ -91,6 +91,14 @@ impl RecoveryProbe {
         }
     }
 
+    /// When a check given `connect` and `answer` has failed by its own timeouts.
+    pub(crate) fn due(&self, connect: Duration, answer: Duration) -> Duration {
+        match self.check {
+            Check::Connect => connect,
+            Check::Http { .. } => connect + answer,
+        }
+    }
+
     /// One check, its connect given `connect` and its answer `answer` (at most the peer's
     /// own timeouts), and the time from the connection made to the answer, if one came.
     pub(crate) async fn check(
