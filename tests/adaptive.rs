@@ -160,6 +160,23 @@ async fn connect_learned(peer: &Peer) {
     .expect("the warm-up connected to the peer");
 }
 
+/// A proxy over a peer broken from the start at `cold` and a backup at `backup`, in that
+/// order, with the engine's warm-up started as a background service would start it, before
+/// the listener takes traffic: the two peers and the proxy.
+fn warming_up(
+    cold: &str,
+    backup: &str,
+) -> (Peer, Peer, FailoverProxy<OrderedList, StandardPolicy>) {
+    let (cold, backup) = (peer(cold, CONFIGURED), peer(backup, CONFIGURED));
+    let list = OrderedList::new(vec![cold.clone(), backup.clone()]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    let warm = proxy.engine().warm_up();
+    tokio::spawn(async move { warm.run().await });
+    (cold, backup, proxy)
+}
+
 /// A peer down from the proxy's start (a host down at deploy), before any request has taught
 /// anything: with the engine's warm-up made before traffic, even the first request borrows the
 /// pool's connect time, and leaves that peer long before the configured connect timeout.
@@ -167,15 +184,7 @@ async fn connect_learned(peer: &Peer) {
 async fn a_peer_down_from_the_start_costs_the_first_request_only_the_connect_cut() {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let hole = Blackhole::start().await;
-    let cold = peer(&hole.peer_addr(), CONFIGURED);
-    let backup_peer = peer(&backup.peer_addr(), CONFIGURED);
-    let list = OrderedList::new(vec![cold.clone(), backup_peer.clone()]).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new());
-    let proxy = FailoverProxy::from_builder(engine).unwrap();
-    // As a background service would, before the listener takes traffic.
-    let warm = proxy.engine().warm_up();
-    tokio::spawn(async move { warm.run().await });
+    let (cold, backup_peer, proxy) = warming_up(&hole.peer_addr(), &backup.peer_addr());
     connect_learned(&backup_peer).await;
     assert_eq!(cold.health().connect_time(), None);
     let (proxy, log) = start_proxy(proxy).await;
@@ -210,14 +219,7 @@ async fn a_peer_down_from_the_start_costs_the_first_request_only_the_connect_cut
 async fn a_peer_hung_from_the_start_costs_a_burst_of_first_requests_only_the_stall_cut() {
     let backup = Upstream::start("backup", Mode::Ok).await;
     let hung = Upstream::start("hung", Mode::Hang).await;
-    let cold = peer(&hung.peer_addr(), CONFIGURED);
-    let backup_peer = peer(&backup.peer_addr(), CONFIGURED);
-    let list = OrderedList::new(vec![cold.clone(), backup_peer.clone()]).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new());
-    let proxy = FailoverProxy::from_builder(engine).unwrap();
-    let warm = proxy.engine().warm_up();
-    tokio::spawn(async move { warm.run().await });
+    let (cold, backup_peer, proxy) = warming_up(&hung.peer_addr(), &backup.peer_addr());
     tokio::time::timeout(Duration::from_secs(10), async {
         while backup_peer.health().check_time().is_none() {
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -214,7 +214,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let typical = routes.typical(route);
                 let mut cut =
                     adaptive.apply(&next.peer, typical, pool, safe, &mut http_peer, retried);
-                cut.free = rules::cut_retry_may_be_free(attempt);
+                // A hedge is the request's second run already: its cut's retry pays.
+                let hedge = Leg::of(session).is_some_and(Leg::is_hedge);
+                cut.free = rules::cut_retry_may_be_free(attempt) && !hedge;
                 cut
             }
             None => Cut::default(),
