@@ -397,3 +397,54 @@ impl Cut {
         self.watch.as_ref().and_then(|w| w.take_paid())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The floors of the liveness check that `apply` sets for `peer`, with no learned time
+    /// of the route or the pool.
+    fn floors(peer: &Peer) -> CheckFloor {
+        let mut target = peer.http_peer().clone();
+        let cut = AdaptiveTimeouts::new().apply(
+            peer,
+            None,
+            Pool::default(),
+            true,
+            &mut target,
+            |_, _, _| true,
+        );
+        cut.check_floor
+    }
+
+    fn peer() -> Peer {
+        Peer::builder("127.0.0.1:9").build().unwrap()
+    }
+
+    #[test]
+    fn a_check_is_given_ten_times_what_the_peers_take_at_most_a_second() {
+        // Nothing of its own answered: 1 s to answer.
+        let cold = peer();
+        assert_eq!(floors(&cold).answer, Duration::from_secs(1));
+        // Its requests answered, no check time: half the limit is all.
+        let warm = peer();
+        warm.health().record_latency(Duration::from_millis(5));
+        assert_eq!(floors(&warm).answer, Duration::ZERO);
+        // Its checks known: ten times them, at most 1 s.
+        for (check, floor) in [(20, 200), (200, 1_000)] {
+            let p = peer();
+            p.health().learn_check(Duration::from_millis(check));
+            assert_eq!(
+                floors(&p).answer,
+                Duration::from_millis(floor),
+                "{check} ms"
+            );
+        }
+        // Its connections known: ten times them to connect, at most 1 s.
+        let p = peer();
+        p.health().learn_connect(Duration::from_millis(3));
+        assert_eq!(floors(&p).connect, Duration::from_millis(30));
+        p.health().learn_connect(Duration::from_secs(2));
+        assert_eq!(floors(&p).connect, Duration::from_secs(1));
+    }
+}
