@@ -21,6 +21,15 @@ fn peer(addr: &str) -> Peer {
     Peer::builder(addr).with_read_timeout(READ).build().unwrap()
 }
 
+/// A primary and a backup, both answering at once, and an ordered list of the two.
+async fn primary_and_backup() -> (Upstream, Upstream, OrderedList) {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let list =
+        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    (primary, backup, list)
+}
+
 /// A report through `proxy`: a GET that takes 300 ms by nature, with the id `id`.
 async fn report(
     http: &reqwest::Client,
@@ -39,10 +48,7 @@ async fn report(
 /// nature, with an id of its own), `rounds` times, through an ordered list of a primary and an
 /// identical backup. How many reports ran on the backup, and how many ids ran more than once.
 async fn reports(clients: usize, rounds: usize) -> (usize, usize, Upstream) {
-    let primary = Upstream::start("primary", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list =
-        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let (primary, backup, list) = primary_and_backup().await;
     let (proxy, log) =
         start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
     let http = client();
@@ -234,10 +240,7 @@ async fn open_websockets_never_make_their_peer_refuse_requests() {
 /// acknowledges) is left within about 100 ms: its liveness check goes unanswered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_peer_is_still_left_within_about_100_ms() {
-    let primary = Upstream::start("primary", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list =
-        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let (primary, _backup, list) = primary_and_backup().await;
     let engine = Failover::builder(list, StandardPolicy::default());
     let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
     let http = client();
@@ -257,10 +260,7 @@ async fn a_hung_peer_is_still_left_within_about_100_ms() {
 /// the service does not serve) is alive: its legitimately slow GET runs once, on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_answers_its_check_with_a_failing_status_is_alive() {
-    let primary = Upstream::start("primary", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let list =
-        OrderedList::new(vec![peer(&primary.peer_addr()), peer(&backup.peer_addr())]).unwrap();
+    let (_primary, backup, list) = primary_and_backup().await;
     // The upstream answers the probe's `GET /` with 200, which this probe does not pass.
     let probe = pingora_failover::RecoveryProbe::default()
         .with_passing_statuses([204])

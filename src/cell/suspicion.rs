@@ -138,17 +138,19 @@ impl Waiting {
 
     /// When the peer last showed itself alive: its last answer, or the start of its last
     /// passing check (ms).
-    pub(crate) fn alive_at(&self) -> u64 {
+    fn alive_at(&self) -> u64 {
         self.answered_at
             .load(Ordering::Relaxed)
             .max(self.passed_from.load(Ordering::Acquire))
     }
 
-    /// Whether the evidence had already shown the peer stuck when a wait began at `since_ms`:
-    /// before it, and after the peer's last answer and its last passing check.
-    pub(crate) fn stuck_before(&self, since_ms: u64) -> bool {
+    /// Whether the peer broke under a wait that began at `since_ms`: it has shown nothing
+    /// alive since (no answer, no passing check), and the evidence had not shown it stuck
+    /// before (a stuck period that began after its last sign of life and before the wait).
+    pub(crate) fn broke_under(&self, since_ms: u64) -> bool {
+        let alive = self.alive_at();
         let from = self.stuck_from.load(Ordering::Acquire);
-        from != 0 && from < since_ms && from > self.alive_at()
+        alive < since_ms && !(alive < from && from < since_ms)
     }
 
     /// Whether the peer is suspected: requests wait on it, and the evidence showed it stuck
@@ -237,18 +239,19 @@ mod tests {
     #[test]
     fn a_stuck_period_runs_from_the_first_evidence_until_an_answer() {
         let w = Waiting::default();
-        assert!(!w.stuck_before(100));
+        assert!(w.broke_under(100), "no evidence yet, and no answer");
         w.stuck(100);
         w.stuck(150);
-        assert!(!w.stuck_before(100), "a wait begun as it broke");
+        assert!(w.broke_under(100), "a wait begun as it broke");
         assert!(
-            w.stuck_before(120),
+            !w.broke_under(120),
             "known stuck since 100, later evidence or not"
         );
         w.answered(200);
-        assert!(!w.stuck_before(250), "it answered: the period is over");
+        assert!(!w.broke_under(150), "it answered while the wait ran");
+        assert!(w.broke_under(250), "it answered: the period is over");
         w.stuck(300);
-        assert!(!w.stuck_before(260));
-        assert!(w.stuck_before(301));
+        assert!(w.broke_under(260));
+        assert!(!w.broke_under(301));
     }
 }

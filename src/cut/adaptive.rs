@@ -228,38 +228,27 @@ impl AdaptiveTimeouts {
     ) -> Cut {
         let options = &mut target.options;
         let health = peer.health();
+        let (own_connect, own_check, own_answer) = (
+            health.connect_time(),
+            health.check_time(),
+            health.typical_latency(),
+        );
+        let connect_time = own_connect.or(pool.connect);
         let connect = lower(
             self.connect,
             &mut options.connection_timeout,
-            || health.connect_time().or(pool.connect),
+            connect_time,
             |configured, limit| retried(FailureKind::ConnectTimeout, configured, limit),
         );
         // Before the peer or the route has answered anything, what its liveness check takes
         // (or any peer's): the wait is first looked at sooner than it would be, and a check
         // decides, whose time is then known.
-        let check = health.check_time().or(pool.check);
-        // The least its liveness check is given: to answer, 10 times what the peer's checks
-        // take, at most 1 s, and for a peer that has answered nothing of its own, 1 s; to
-        // connect, 10 times what the peer's connections take (or the pool's), at most 1 s (a
-        // peer farther away than the rest is not taken for an unreachable one).
-        let check_floor = CheckFloor {
-            connect: health
-                .connect_time()
-                .or(pool.connect)
-                .map_or(Duration::ZERO, |c| {
-                    (c * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK)
-                }),
-            answer: match (health.check_time(), health.typical_latency()) {
-                (Some(own), _) => (own * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK),
-                (None, Some(_)) => Duration::ZERO,
-                (None, None) => evidence::COLD_CHECK,
-            },
-        };
-        let learned = match (health.typical_latency(), route) {
+        let learned = match (own_answer, route) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
-        .or(check);
+        .or(own_check)
+        .or(pool.check);
         let bound = self.header.unwrap_or(SUSPECT);
         let header = match (options.read_timeout, learned) {
             (Some(configured), Some(learned)) => {
@@ -284,7 +273,7 @@ impl AdaptiveTimeouts {
             header,
             may_cut,
             free: false,
-            check_floor,
+            check_floor: CheckFloor::of(connect_time, own_check, own_answer.is_some()),
             watch: None,
             unarmed: None,
         }
@@ -296,13 +285,10 @@ impl AdaptiveTimeouts {
 fn lower(
     bound: Option<Bound>,
     timeout: &mut Option<Duration>,
-    learned: impl FnOnce() -> Option<Duration>,
+    learned: Option<Duration>,
     retried: impl FnOnce(Duration, Duration) -> bool,
 ) -> bool {
-    let (Some(bound), Some(configured)) = (bound, *timeout) else {
-        return false;
-    };
-    let Some(learned) = learned() else {
+    let (Some(bound), Some(configured), Some(learned)) = (bound, *timeout, learned) else {
         return false;
     };
     let limit = bound.limit(learned, configured);
@@ -322,6 +308,25 @@ pub(crate) struct CheckFloor {
     pub(crate) connect: Duration,
     /// To answer, once connected.
     pub(crate) answer: Duration,
+}
+
+impl CheckFloor {
+    /// The floors of a peer whose connections take `connect` (its own time, or its pool's)
+    /// and whose checks take `check`, and that has `answered` requests: to answer, 10 times
+    /// what its checks take, at most 1 s, and 1 s for a peer that has answered nothing of its
+    /// own; to connect, 10 times what connections take, at most 1 s (a peer farther away than
+    /// the rest is not taken for an unreachable one).
+    fn of(connect: Option<Duration>, check: Option<Duration>, answered: bool) -> Self {
+        let ten = |t: Duration| (t * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK);
+        Self {
+            connect: connect.map_or(Duration::ZERO, ten),
+            answer: match (check, answered) {
+                (Some(own), _) => ten(own),
+                (None, true) => Duration::ZERO,
+                (None, false) => evidence::COLD_CHECK,
+            },
+        }
+    }
 }
 
 /// What is known of every peer: the priors of a peer that has learned nothing of its own.

@@ -4,6 +4,7 @@
 //! - [`AdaptiveTimeouts`]: the settings, and what they make of one attempt ([`Cut`]);
 //! - `evidence`: the rules that tell a stuck peer from a slow request or a stalled proxy;
 //! - `watch`: the watchdog that applies them to each waiting attempt, on a thread of its own;
+//! - `liveness`: the check of a peer on a connection of its own, which the evidence asks for;
 //! - `routes`: what each kind of request typically takes, learned across peers;
 //! - `sys`: the platform's part (transport counters, shutting a connection down), with
 //!   `fork.rs` the only `unsafe` code of the crate.
@@ -13,6 +14,7 @@
 
 mod adaptive;
 mod evidence;
+mod liveness;
 mod routes;
 mod sys;
 mod watch;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::adaptive::CheckFloor;
 use super::evidence::{self, Look, Transport, Verdict};
+use super::liveness;
 use super::sys::{self, Counters};
 use super::watchdog::Shared;
 use crate::peer::Peer;
@@ -143,7 +144,7 @@ impl Watch {
             Verdict::Later(after) => Some(now + after),
             Verdict::Check(after) => {
                 let half = self.limit / evidence::CHECK_SHARE;
-                shared.check_liveness(&self.peer, half, self.check_floor);
+                liveness::check(&shared.liveness, &self.peer, half, self.check_floor);
                 Some(now + after)
             }
             Verdict::Leave => None,
@@ -152,9 +153,7 @@ impl Watch {
                 // nothing alive since the request began, and was not known stuck then. One
                 // sent to a peer already known stuck pays, and so does one on a peer that
                 // answers now and then (a pool overloaded as a whole).
-                let free = self.free
-                    && suspicion.alive_at() < self.since_ms
-                    && !suspicion.stuck_before(self.since_ms);
+                let free = self.free && suspicion.broke_under(self.since_ms);
                 suspicion.stuck(now_ms);
                 let budget = shared.budget.as_ref().filter(|_| !free);
                 match self.may_cut {

@@ -16,11 +16,13 @@
 //!
 //! A watch never outlives its attempt's hold on the connection: any response header ends it, so
 //! does any failure or the end of the request, and on a connection that carries one request at
-//! a time (HTTP/1, or HTTP/2 of one stream), so does the next request it is handed to. Before it reads or cuts, the
-//! thread takes a descriptor of its own for the connection, and only when the number is still a
-//! socket with the watched connection's two ends: a number closed and reused meanwhile by
-//! anything else is left alone, and what is read or done reaches the watched connection even if
-//! its owner closes it meanwhile.
+//! a time (HTTP/1, or HTTP/2 of one stream), so does the next request it is handed to. Before
+//! it reads or cuts, the thread takes a descriptor of its own for the connection, and only when
+//! the number is still a socket with the watched connection's two ends: a number closed and
+//! reused meanwhile by anything else is left alone, and what is read or done reaches the
+//! watched connection even if its owner closes it meanwhile. When the evidence asks whether
+//! the peer still answers, the check runs on a connection of its own
+//! ([`liveness`](super::liveness)).
 
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -34,7 +36,6 @@ use super::adaptive::CheckFloor;
 use super::evidence;
 use super::sys;
 use super::watch::{MayCut, Watch, NOT_LOOKED, WAITING};
-use crate::health::recovery::Checked;
 use crate::health::RecoveryProbe;
 use crate::peer::Peer;
 use crate::retry::RetryBudget;
@@ -63,7 +64,7 @@ pub(super) struct Shared {
     starting: Mutex<()>,
     pub(super) budget: Option<Arc<RetryBudget>>,
     /// How a peer's liveness is checked: the recovery probe's request.
-    liveness: RecoveryProbe,
+    pub(super) liveness: RecoveryProbe,
 }
 
 #[derive(Debug, Default)]
@@ -116,58 +117,6 @@ pub(crate) struct Armed<'a> {
     /// The connection carries other requests at the same time (HTTP/2 with more than one
     /// stream allowed).
     pub(crate) shared: bool,
-}
-
-impl Shared {
-    /// Starts a liveness check of `peer` on another connection, unless one is running: given
-    /// `half` (half the limit of the wait that asks), or more where `floor` says so; it fails
-    /// when not connected or unanswered in that time. An answer within `half` teaches the peer
-    /// what its checks take.
-    pub(super) fn check_liveness(&self, peer: &Peer, half: Duration, floor: CheckFloor) {
-        let (connect, answer) = (half.max(floor.connect), half.max(floor.answer));
-        if !peer.health().suspicion().start_check() {
-            return;
-        }
-        let slot = Slot(peer.clone());
-        let probe = self.liveness.clone();
-        let from_ms = peer.health().now_ms();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let (checked, took) = probe.check(&slot.0, connect, answer).await;
-            // When its own timeouts had it fail: a check ended long after that was held up
-            // itself.
-            let due = probe.due(connect, answer);
-            let health = slot.0.health();
-            // Any answer in time shows the peer alive, whatever its status (a `/` the peer
-            // does not serve answers 404 at once).
-            let passed = matches!(checked, Checked::Passed | Checked::Answered);
-            // What checks take is learned from answers within half the limit only: a check
-            // given longer (the floors) answered late teaches nothing, lest each late answer
-            // lengthen the next check.
-            if let Some(took) = took.filter(|t| passed && *t <= half) {
-                health.learn_check(took);
-            }
-            let failed = matches!(checked, Checked::Unreachable | Checked::Failed);
-            // A check the proxy could not make (out of descriptors) shows nothing about the peer,
-            // and neither does one that failed long after its own timeouts were due: it was held
-            // up itself (the machine, or this thread, was starved).
-            if passed || (failed && started.elapsed() <= due * 2) {
-                health
-                    .suspicion()
-                    .finish_check(from_ms, health.now_ms(), passed);
-            }
-        });
-    }
-}
-
-/// A peer's check slot, held by the task that runs the check and given back when it is
-/// dropped, however the task ends (its runtime may drop it unpolled).
-struct Slot(Peer);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.health().suspicion().release_check();
-    }
 }
 
 impl Watchdog {
@@ -348,300 +297,4 @@ async fn run(shared: Weak<Shared>, wake: Arc<Notify>) {
 }
 
 #[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use std::os::fd::AsRawFd;
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
-
-    use super::*;
-    use crate::cut::watch::STILL_SENDING_MS;
-
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        (client, server)
-    }
-
-    fn ends(s: &TcpStream) -> (SocketAddr, SocketAddr) {
-        (s.local_addr().unwrap(), s.peer_addr().unwrap())
-    }
-
-    fn arm(dog: &Watchdog, s: &TcpStream, peer: &Peer, ms: u64, may_cut: MayCut) -> Arc<Watch> {
-        arm_paid(dog, s, peer, ms, may_cut, false)
-    }
-
-    /// A watch whose cut's retry is `free` of the budget, or paid for.
-    fn arm_paid(
-        dog: &Watchdog,
-        s: &TcpStream,
-        peer: &Peer,
-        ms: u64,
-        may_cut: MayCut,
-        free: bool,
-    ) -> Arc<Watch> {
-        let armed = Armed {
-            ends: ends(s),
-            peer,
-            limit: Duration::from_millis(ms),
-            may_cut,
-            free,
-            check_floor: CheckFloor::default(),
-            h2: false,
-            shared: false,
-        };
-        dog.handed(s.as_raw_fd(), Some(armed)).unwrap()
-    }
-
-    /// A peer whose liveness checks fail at once (nothing listens on its port).
-    fn dead_peer() -> Peer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Peer::builder(format!("127.0.0.1:{port}")).build().unwrap()
-    }
-
-    fn dog(budget: Option<Arc<RetryBudget>>) -> Watchdog {
-        Watchdog::new(budget, RecoveryProbe::connect())
-    }
-
-    /// Waits until `f` holds, for at most 5 s.
-    async fn until(what: &str, f: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn a_request_sent_after_arming_is_not_taken_for_one_still_being_sent() {
-        let (mut client, _server) = pair().await;
-        let dog = dog(None);
-        let peer = dead_peer();
-        let fd = client.as_raw_fd();
-        let base = sys::counters(fd);
-        let since_ms = peer.health().now_ms();
-        // A watch the thread never looks at, armed before its request went.
-        let watch = Watch {
-            state: AtomicU8::new(WAITING),
-            fd,
-            ends: ends(&client),
-            peer: peer.clone(),
-            since_ms,
-            limit: Duration::from_millis(40),
-            may_cut: MayCut::Never,
-            free: false,
-            check_floor: CheckFloor::default(),
-            shared: false,
-            from_start: base.is_some(),
-            from: Mutex::new(base),
-            last_sent: AtomicU64::new(NOT_LOOKED),
-            undelivered: AtomicBool::new(false),
-            paid: Mutex::new(None),
-        };
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        until(
-            "the request went a while ago, and the wait is past its first look",
-            || {
-                sys::counters(fd).is_some_and(|c| u64::from(c.last_send_ms) >= STILL_SENDING_MS)
-                    && peer.health().now_ms() >= since_ms + 10
-            },
-        )
-        .await;
-        let now = Instant::now();
-        assert_eq!(
-            watch.check(now, &dog.shared),
-            Some(now + evidence::CHECK_POLL),
-            "the first look asks for a liveness check, not for the limit again"
-        );
-        // Nothing more was sent since: the second look does not take it for a sending either.
-        assert_eq!(
-            watch.check(now, &dog.shared),
-            Some(now + evidence::CHECK_POLL)
-        );
-    }
-
-    #[tokio::test]
-    async fn a_wait_on_a_peer_that_fails_its_check_is_cut_and_the_read_ends() {
-        let (mut client, _server) = pair().await;
-        let dog = dog(None);
-        let peer = dead_peer();
-        // Armed before the request goes, as the engine does.
-        let watch = arm(&dog, &client, &peer, 30, MayCut::Always);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut buf = [0u8; 8];
-        let started = Instant::now();
-        let n = client.read(&mut buf).await.unwrap();
-        assert_eq!(n, 0, "the read ends as if the peer had closed");
-        assert!(started.elapsed() >= Duration::from_millis(10));
-        assert!(watch.fired());
-        assert!(!watch.undelivered(), "the peer's kernel acknowledged it");
-        assert!(watch.end(), "the attempt learns it was cut");
-        assert!(watch.take_paid().is_some(), "with the retry it paid for");
-    }
-
-    #[tokio::test]
-    async fn a_wait_on_a_peer_alive_on_another_path_is_left_alone() {
-        let (mut client, mut server) = pair().await;
-        // The peer answers its liveness check: a listener that accepts.
-        let alive = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = Peer::builder(alive.local_addr().unwrap().to_string())
-            .build()
-            .unwrap();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = alive.accept().await {
-                drop(s);
-            }
-        });
-        let dog = dog(None);
-        let watch = arm(&dog, &client, &peer, 20, MayCut::Always);
-        client
-            .write_all(b"GET /report HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        until("checked", || {
-            peer.health().suspicion().live_since(0, 0) == crate::cell::suspicion::Live::Passed
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(
-            !watch.fired(),
-            "a slow request on a live peer keeps its timeout"
-        );
-        server.write_all(b"ok").await.unwrap();
-        let mut buf = [0u8; 2];
-        client.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ok");
-        assert!(!watch.end());
-    }
-
-    #[tokio::test]
-    async fn an_answer_waiting_unread_is_never_cut() {
-        let (mut client, mut server) = pair().await;
-        let peer = dead_peer();
-        let dog = dog(None);
-        let watch = arm(&dog, &client, &peer, 20, MayCut::Always);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        // The answer comes, and the proxy (stalled) does not read it.
-        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!watch.fired(), "the stall is the proxy's own");
-        assert!(!peer.health().is_suspected());
-    }
-
-    #[tokio::test]
-    async fn a_connection_handed_to_the_next_request_ends_the_last_ones_wait() {
-        let (client, _server) = pair().await;
-        let dog = dog(None);
-        let first = arm(&dog, &client, &dead_peer(), 10, MayCut::Always);
-        // The next request (not watched) takes the connection.
-        assert!(dog.handed(client.as_raw_fd(), None).is_none());
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        assert!(!first.fired());
-        assert!(!first.end());
-    }
-
-    #[tokio::test]
-    async fn no_cut_without_a_retry_free_or_paid_for_or_when_the_request_may_not_move() {
-        let (mut client, _server) = pair().await;
-        let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(1)).unwrap());
-        let dog = dog(Some(budget));
-        let peer = dead_peer();
-        peer.health().begin_request();
-        let watch = arm(&dog, &client, &peer, 10, MayCut::Always);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        until("suspected", || {
-            peer.health().is_suspected() || watch.fired()
-        })
-        .await;
-        assert!(!watch.fired(), "the attempt keeps its full timeout");
-
-        // A request's first attempt: its retry is free, and the cut is made all the same.
-        let (mut client, _server) = pair().await;
-        let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(1)).unwrap());
-        let dog = self::dog(Some(budget));
-        let peer = dead_peer();
-        peer.health().begin_request();
-        let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        until("cut", || watch.fired()).await;
-        assert!(watch.take_paid().is_some(), "with its free retry");
-        // The next requests to that peer, known stuck by then, pay: the first takes the one
-        // retry in the budget and is cut; the second, with nothing left to pay with, keeps its
-        // full timeout.
-        let stuck_ms = peer.health().now_ms();
-        until("a later millisecond", || peer.health().now_ms() > stuck_ms).await;
-        let one = Arc::new(
-            // One retry a second, one at a time: one now, the next a second later.
-            RetryBudget::new(0.0, 1, Duration::from_secs(1))
-                .unwrap()
-                .with_floor_burst(1),
-        );
-        assert_eq!(one.remaining(), 1);
-        let dog = self::dog(Some(one.clone()));
-        let (mut client, _server) = pair().await;
-        let paid = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        until("cut", || paid.fired()).await;
-        assert_eq!(
-            one.remaining(),
-            0,
-            "a request sent to a peer known stuck pays"
-        );
-        let (mut client, _server) = pair().await;
-        let unpaid = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(!unpaid.fired(), "nothing left to pay with");
-
-        // A first attempt on a peer that answered something while it waited pays too (a pool
-        // overloaded as a whole answers now and then): with nothing to pay with, no cut.
-        let (mut client, _server) = pair().await;
-        let budget = Arc::new(RetryBudget::new(0.0, 0, Duration::from_secs(1)).unwrap());
-        let dog = self::dog(Some(budget));
-        let peer = dead_peer();
-        peer.health().begin_request();
-        let since_ms = peer.health().now_ms();
-        let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
-        until("a later millisecond", || peer.health().now_ms() > since_ms).await;
-        peer.health().suspicion().answered(peer.health().now_ms());
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        until("stuck after its answer", || peer.health().is_suspected()).await;
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(
-            !watch.fired(),
-            "it answered while the request waited: the retry pays"
-        );
-
-        let (mut client, _server) = pair().await;
-        let dog = self::dog(None);
-        let peer = dead_peer();
-        peer.health().begin_request();
-        let watch = arm(&dog, &client, &peer, 10, MayCut::IfUndelivered);
-        client.write_all(b"POST / HTTP/1.1\r\n\r\n").await.unwrap();
-        until("suspected", || {
-            peer.health().is_suspected() || watch.fired()
-        })
-        .await;
-        assert!(!watch.fired(), "a POST its peer received is never cut");
-    }
-
-    #[tokio::test]
-    async fn the_thread_ends_with_its_engine() {
-        let (client, _server) = pair().await;
-        let dog = dog(None);
-        let weak = Arc::downgrade(&dog.shared);
-        let _watch = arm(&dog, &client, &dead_peer(), 1000, MayCut::Never);
-        drop(dog);
-        assert!(
-            weak.upgrade().is_none(),
-            "nothing but the engine holds the watchdog"
-        );
-    }
-}
+mod tests;

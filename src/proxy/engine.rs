@@ -162,8 +162,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                     .map(|(peer, probe)| Next::to(peer, probe))
             }
         };
+        let hedge = Leg::of(session).is_some_and(Leg::is_hedge);
         // A request counts once towards the budget: a hedge is not a request of its own.
-        if ctx.attempts().is_empty() && !Leg::of(session).is_some_and(Leg::is_hedge) {
+        if ctx.attempts().is_empty() && !hedge {
             if let Some(budget) = &self.budget {
                 budget.deposit();
             }
@@ -198,10 +199,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 // The budget is read last, and once for both cuts: it reads the clock.
                 let budget_left = std::cell::OnceCell::new();
                 let attempt = ctx.attempts().len() as u32 + 1;
+                // A hedge is the request's second run already: its stall cut's retry pays.
+                let free_cut = rules::cut_retry_may_be_free(attempt) && !hedge;
                 let retried = |kind: FailureKind, configured, limit| {
                     self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
                         && (rules::retry_is_free(attempt, kind)
-                            || rules::cut_retry_may_be_free(attempt)
+                            || free_cut
                             || *budget_left.get_or_init(|| {
                                 self.budget.as_ref().is_none_or(|b| b.remaining() > 0)
                             }))
@@ -214,9 +217,7 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let typical = routes.typical(route);
                 let mut cut =
                     adaptive.apply(&next.peer, typical, pool, safe, &mut http_peer, retried);
-                // A hedge is the request's second run already: its cut's retry pays.
-                let hedge = Leg::of(session).is_some_and(Leg::is_hedge);
-                cut.free = rules::cut_retry_may_be_free(attempt) && !hedge;
+                cut.free = free_cut;
                 cut
             }
             None => Cut::default(),
