@@ -11,7 +11,8 @@ Scenarios (primary, then a healthy backup):
   blackholed  primary connect hangs; connect timeout 400 ms
   slow        primary answers after 1 s; read timeout 300 ms
 
-BENCH_SCENARIOS=bare,healthy runs only those. Prints one table (requests/s, p50, p99, errors,
+BENCH_SCENARIOS=bare,healthy runs only those; BENCH_PIN=1/0 pins the proxy to CPU 1 and wrk and
+the upstreams to CPU 0. Prints one table (requests/s, p50, p99, errors,
 non-2xx) and checks the targets. Every process it
 starts is stopped when it ends. Loopback only; bounded in time.
 
@@ -37,7 +38,14 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 # Worker threads of both proxies (BENCH_THREADS=2 for the two-thread figures).
 THREADS = os.environ.get("BENCH_THREADS", "1")
+# BENCH_PIN=PROXY/OTHERS (CPU lists for taskset, e.g. 1/0): the proxy on its CPUs, wrk and the
+# upstreams on the others, so that where the scheduler puts each process is the same every run.
+PIN = os.environ.get("BENCH_PIN", "").split("/") if os.environ.get("BENCH_PIN") else None
 children = []
+
+
+def pinned(role, args):
+    return ["taskset", "-c", PIN[0 if role == "proxy" else 1], *args] if PIN else list(args)
 
 
 def spawn(args, **kw):
@@ -68,7 +76,7 @@ def free_port():
 
 
 def upstream(*flags):
-    p = spawn([os.path.join(EXAMPLES, "bench_upstream"), *flags])
+    p = spawn(pinned("other", [os.path.join(EXAMPLES, "bench_upstream"), *flags]))
     return p.stdout.readline().strip()
 
 
@@ -92,7 +100,7 @@ def ms(text):
 
 def wrk(url, seconds):
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s", url],
+        pinned("other", ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "5s", url]),
         capture_output=True, text=True, timeout=seconds + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -114,7 +122,7 @@ def cpu_seconds(pid):
 
 
 def run(name, cmd, port):
-    proxy = spawn(cmd)
+    proxy = spawn(pinned("proxy", cmd))
     try:
         wait_listening(port)
         url = f"http://127.0.0.1:{port}/"
@@ -204,7 +212,11 @@ def main():
         print()
         for n, t in table.items():
             if n != "bare":
-                print(f"{n}: {100 * t['rps'] / b['rps']:.1f}% of bare throughput, "
+                # Each round's ratio to bare in the same round: drift between rounds cancels.
+                paired = sorted(100 * x["rps"] / y["rps"] for x, y in zip(results[n], results["bare"]))
+                print(f"{n}: {100 * t['rps'] / b['rps']:.1f}% of bare throughput "
+                      f"(per round: median {median([{'v': v} for v in paired], 'v'):.1f}%, "
+                      f"{paired[0]:.1f}-{paired[-1]:.1f}%), "
                       f"bare's CPU per request is {100 * b['cpu_us'] / t['cpu_us']:.1f}% of its own, "
                       f"p99 {t['p99'] / b['p99']:.2f}x bare")
         return

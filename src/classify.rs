@@ -362,16 +362,19 @@ pub fn error_status(e: &Error) -> u16 {
     }
 }
 
+/// `grpc-status`, named once rather than parsed on every response.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 /// The gRPC status of a trailers-only response: `grpc-status` in the header of a gRPC response.
 pub(crate) fn grpc_status(response: &ResponseHeader) -> Option<u8> {
     let grpc = response
         .headers
-        .get("content-type")
+        .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     if !grpc {
         return None;
     }
-    let code = response.headers.get("grpc-status")?;
+    let code = response.headers.get(&GRPC_STATUS)?;
     std::str::from_utf8(code.as_bytes())
         .ok()?
         .trim()
@@ -382,7 +385,7 @@ pub(crate) fn grpc_status(response: &ResponseHeader) -> Option<u8> {
 /// The wait a response asks for in `Retry-After`, in delta-seconds (the HTTP-date form is not
 /// read: it depends on the two clocks agreeing).
 pub(crate) fn retry_after(response: &ResponseHeader) -> Option<Duration> {
-    let v = response.headers.get("retry-after")?;
+    let v = response.headers.get(http::header::RETRY_AFTER)?;
     let secs: u64 = std::str::from_utf8(v.as_bytes())
         .ok()?
         .trim()

@@ -128,10 +128,14 @@ impl Bound {
 
     /// The timeout for a peer that has shown `learned`, under the `configured` one.
     fn limit(&self, learned: Duration, configured: Duration) -> Duration {
-        Duration::try_from_secs_f64(learned.as_secs_f64() * self.factor)
-            .unwrap_or(configured)
-            .max(self.floor)
-            .min(configured)
+        // In nanoseconds: anything past the configured timeout is the configured timeout.
+        let nanos = learned.as_nanos() as f64 * self.factor;
+        let scaled = if nanos < configured.as_nanos() as f64 {
+            Duration::from_nanos(nanos as u64)
+        } else {
+            configured
+        };
+        scaled.max(self.floor).min(configured)
     }
 }
 

@@ -7,7 +7,7 @@
 //! words, a hash's slot each, lock-free; a slot holds its key's tag and a moving average. Two
 //! kinds that share a slot take turns in it: the table forgets, it never grows.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -29,7 +29,8 @@ pub(crate) struct RouteKey(u64);
 /// and what the liveness check's request does, learned across peers.
 pub(crate) struct Routes {
     slots: Box<[AtomicU64]>,
-    hasher: std::collections::hash_map::RandomState,
+    /// A random seed of the key's hash, per table.
+    seed: u64,
     /// What a new connection to any peer takes.
     connect: PoolMean,
     /// What the liveness check's request takes any peer to answer.
@@ -71,7 +72,7 @@ impl Default for Routes {
     fn default() -> Self {
         Self {
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            hasher: Default::default(),
+            seed: std::collections::hash_map::RandomState::new().hash_one(SLOTS),
             connect: PoolMean::default(),
             check: PoolMean::default(),
         }
@@ -81,11 +82,10 @@ impl Default for Routes {
 impl Routes {
     /// The kind of `request`.
     pub(crate) fn key(&self, request: &RequestHeader) -> RouteKey {
-        let mut h = self.hasher.build_hasher();
-        request.method.as_str().hash(&mut h);
-        request.uri.path().hash(&mut h);
+        let h = mix(self.seed, request.method.as_str().as_bytes());
+        let h = finish(mix(h, request.uri.path().as_bytes()));
         // 0 marks an empty slot: no key has tag 0.
-        RouteKey(h.finish() | (1 << 63))
+        RouteKey(h | (1 << 63))
     }
 
     fn slot(&self, key: RouteKey) -> &AtomicU64 {
@@ -140,6 +140,35 @@ impl Routes {
                 Some(tag << TAG_SHIFT | mean.min(VALUE))
             });
     }
+}
+
+/// Folds `bytes` into the hash `h`, eight at a time (FxHash's multiply-rotate step), then their
+/// length, so that "GET" + "/a" and "GE" + "T/a" differ. The key is hashed on every request:
+/// SipHash's resistance to chosen collisions buys nothing here, since kinds that collide only
+/// take turns in a slot, as any two kinds may, and the seed is random per table.
+fn mix(mut h: u64, bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        h = step(h, u64::from_le_bytes(w.try_into().unwrap_or([0; 8])));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut w = [0; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        h = step(h, u64::from_le_bytes(w));
+    }
+    step(h, bytes.len() as u64)
+}
+
+/// Spreads every bit of `h` over the low bits (the slot) and the high ones (the tag).
+fn finish(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 #[cfg(test)]

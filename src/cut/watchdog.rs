@@ -24,7 +24,7 @@
 //! the peer still answers, the check runs on a connection of its own
 //! ([`liveness`](super::liveness)).
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -71,8 +71,23 @@ pub(super) struct Shared {
 struct Watches {
     due: BinaryHeap<Due>,
     /// The last watch armed on each descriptor of a connection that carries one request at a
-    /// time (HTTP/1, or HTTP/2 of one stream).
-    by_fd: HashMap<i32, Weak<Watch>>,
+    /// time (HTTP/1, or HTTP/2 of one stream), by descriptor: descriptors are small numbers,
+    /// the lowest free one first.
+    by_fd: Vec<Weak<Watch>>,
+}
+
+impl Watches {
+    /// Descriptor `fd` now carries `watch` (`Weak::new()`: none); the watch it carried.
+    fn hand(&mut self, fd: i32, watch: Weak<Watch>) -> Option<Weak<Watch>> {
+        let fd = usize::try_from(fd).ok()?;
+        if fd >= self.by_fd.len() {
+            if watch.strong_count() == 0 {
+                return None;
+            }
+            self.by_fd.resize_with(fd + 1, Weak::new);
+        }
+        Some(std::mem::replace(&mut self.by_fd[fd], watch))
+    }
 }
 
 #[derive(Debug)]
@@ -187,8 +202,8 @@ impl Watchdog {
             // records end their waits).
             let previous = match &watch {
                 Some(watch) if watch.shared => None,
-                Some(watch) => w.by_fd.insert(fd, Arc::downgrade(watch)),
-                None => w.by_fd.remove(&fd),
+                Some(watch) => w.hand(fd, Arc::downgrade(watch)),
+                None => w.hand(fd, Weak::new()),
             };
             let earliest = watch.as_ref().is_some_and(|watch| {
                 // First looked at when a quarter of its limit has passed (`evidence::judge`).

@@ -170,7 +170,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             }
         }
         if let Some(wait) = next.as_ref().map(|n| n.wait).filter(|w| !w.is_zero()) {
-            tokio::time::sleep(wait).await;
+            // Boxed, as the queue's wait in `place`: the future of every attempt stays small.
+            Box::pin(tokio::time::sleep(wait)).await;
         }
         if let Some(queue) = &self.queue {
             ctx.queue.get_or_insert_with(|| queue.clone());

@@ -155,6 +155,17 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
         {
             return Ok(false);
         }
+        // Boxed: a request that is not hedged does not carry the hedge's state.
+        Box::pin(self.hedge(session, ctx, hedging)).await
+    }
+
+    /// Runs a hedgeable request as one or two attempts and forwards the winner's answer.
+    async fn hedge(
+        &self,
+        session: &mut Session,
+        ctx: &mut FailoverCtx,
+        hedging: Hedging,
+    ) -> Result<bool> {
         let attempt =
             Attempt::new(&[], Some(session.req_header())).with_client_ip(client_ip(session));
         let Some((first, probe)) = self.choose(&attempt) else {

@@ -170,12 +170,12 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
             .as_ref()
             .filter(|_| ctx.attempts().is_empty() && self.pool_full(&attempt) != Some(false))
         {
-            let placed = queue
-                .wait(|| {
-                    let (peer, probe) = self.choose(&attempt)?;
-                    peer.reserve().then_some((peer, probe))
-                })
-                .await;
+            // Boxed: an attempt that finds a place at once does not carry the queue's wait.
+            let placed = Box::pin(queue.wait(|| {
+                let (peer, probe) = self.choose(&attempt)?;
+                peer.reserve().then_some((peer, probe))
+            }))
+            .await;
             match placed {
                 Ok((peer, probe)) => {
                     self.feed.signals.queued("placed");

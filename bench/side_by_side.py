@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Throughput of failover_proxy beside bare pingora, both running at the same time.
+
+Each round starts a bare proxy and a failover proxy over the same healthy upstream, and loads
+both at once, each with its own wrk (32 connections). The two proxies share the same CPUs, so
+whatever the machine does meanwhile (a noisy neighbour, a frequency change) hits both alike,
+and the ratio of their throughputs is the ratio of what a request costs each. `bench/e2e.py`
+runs one proxy at a time instead, and its rounds swing by 5-10 % on a shared machine.
+
+  SBS_PROXY=healthy|fixed   the failover proxy as `bench/e2e.py` runs it (`fixed`: with
+                            --fixed-timeouts, no AdaptiveTimeouts) [healthy]
+  SBS_THREADS=1|2           worker threads of each proxy [1]
+  SBS_PIN=PROXIES/OTHERS    taskset CPU lists: both proxies on PROXIES, wrk and the upstreams on
+                            OTHERS [1/0 with one thread; none with two]
+  SBS_ROUNDS, SBS_SECONDS   rounds, and seconds of load in each after 1 s of warm-up [8, 5]
+
+Prints each round's ratio and their median. Loopback only; every process it starts is stopped
+when it ends.
+"""
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples")
+PROXY = os.environ.get("SBS_PROXY", "healthy")
+THREADS = os.environ.get("SBS_THREADS", "1")
+PIN = os.environ.get("SBS_PIN", "1/0" if THREADS == "1" else "")
+ROUNDS = int(os.environ.get("SBS_ROUNDS", "8"))
+SECONDS = int(os.environ.get("SBS_SECONDS", "5"))
+children = []
+
+
+def pinned(role, args):
+    if not PIN:
+        return list(args)
+    cpus = PIN.split("/")[0 if role == "proxy" else 1]
+    return ["taskset", "-c", cpus, *args]
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, **kw)
+    children.append(p)
+    return p
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def upstream():
+    p = spawn(pinned("other", [os.path.join(EXAMPLES, "bench_upstream")]), stdout=subprocess.PIPE, text=True)
+    return p.stdout.readline().strip()
+
+
+def proxy(kind, primary, backup):
+    port = free_port()
+    timeouts = ["--connect-timeout-ms", "400", "--read-timeout-ms", "300"]
+    if kind == "bare":
+        args = [os.path.join(EXAMPLES, "bare_proxy"), "--listen", f"127.0.0.1:{port}", "--peer", primary,
+                "--threads", THREADS, *timeouts]
+    else:
+        args = [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}", "--peer", primary,
+                "--peer", backup, "--selector", "ordered", "--max-attempts", "3", "--threads", THREADS,
+                "--quiet", *timeouts, *(["--fixed-timeouts"] if kind == "fixed" else [])]
+    p = spawn(pinned("proxy", args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return p, port
+        time.sleep(0.05)
+    raise SystemExit(f"{kind} proxy never listened")
+
+
+def load(ports, seconds):
+    """Requests per second of each port, loaded at the same time."""
+    runs = [spawn(pinned("other", ["wrk", "-t1", "-c32", f"-d{seconds}s", "--timeout", "5s",
+                                   f"http://127.0.0.1:{port}/"]), stdout=subprocess.PIPE, text=True)
+            for port in ports]
+    outs = [r.communicate(timeout=seconds + 30)[0] for r in runs]
+    return [float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outs]
+
+
+def stop(p):
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def main():
+    primary, backup = upstream(), upstream()
+    ratios = []
+    print(f"{PROXY} beside bare, {THREADS} thread(s) each, pinned {PIN or 'no'}, {ROUNDS} rounds of {SECONDS} s")
+    for r in range(ROUNDS):
+        procs = [proxy("bare", primary, backup), proxy(PROXY, primary, backup)]
+        ports = [port for _, port in procs]
+        load(ports, 1)
+        bare, other = load(ports, SECONDS)
+        for p, _ in procs:
+            stop(p)
+        ratios.append(100 * other / bare)
+        print(f"round {r + 1}: bare {bare:.0f} req/s, {PROXY} {other:.0f} req/s: {ratios[-1]:.1f} %", flush=True)
+    print(f"\n{PROXY} / bare: median {statistics.median(ratios):.1f} % "
+          f"(rounds {min(ratios):.1f}-{max(ratios):.1f} %)")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        main()
+    finally:
+        for c in children:
+            stop(c)
