@@ -39,6 +39,7 @@
 //!
 //! `ONSET_FAULTS=crash,blackhole,slow,503,drop,drop-h2` chooses faults;
 //! `ONSET_PROXIES=bare,failover,failover-no-cut,failover-undelivered` proxies.
+//! `ONSET_SHOW=1` lists every request of the fault window slower than 50 ms.
 //! `ONSET_COLD=1` breaks the primary before the first request instead (a host down at deploy:
 //! nothing learned of it yet); the onset then counts from the start.
 //! Loopback only; every process it starts is killed when it ends.
@@ -258,6 +259,29 @@ fn analyse(records: &[Record], twice: usize, fault_at: Duration) -> Row {
     }
 }
 
+/// Prints each request of the fault window slower than `STALL`, in the order sent.
+fn show_slow(records: &[Record], fault_at: Duration) {
+    let mut slow: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.latency > STALL && r.start + r.latency > fault_at && r.start < HEAL_AT)
+        .collect();
+    slow.sort_by_key(|r| r.start);
+    for r in slow {
+        println!(
+            "  slow {}: sent at fault {:+.1} ms, took {:.1} ms, status {}, answered by {}",
+            if r.post { "POST" } else { "GET" },
+            (r.start.as_secs_f64() - fault_at.as_secs_f64()) * 1e3,
+            r.latency.as_secs_f64() * 1e3,
+            r.status,
+            if r.marked {
+                "the primary"
+            } else {
+                "the backup"
+            },
+        );
+    }
+}
+
 /// `cold`: the primary is broken before the proxy has seen a request (one host of a pool down
 /// at deploy), rather than at `FAULT_AT`.
 async fn run(kind: &str, name: &str, fault: Mode, cold: bool) -> Row {
@@ -297,6 +321,9 @@ async fn run(kind: &str, name: &str, fault: Mode, cold: bool) -> Row {
     }
     let twice = posts.values().filter(|n| **n > 1).count();
     let fault_at = if cold { Duration::ZERO } else { FAULT_AT };
+    if std::env::var_os("ONSET_SHOW").is_some() {
+        show_slow(&records, fault_at);
+    }
     analyse(&records, twice, fault_at)
 }
 

@@ -205,6 +205,24 @@ impl PeerHealth {
         self.timing.learn_connect(took);
     }
 
+    /// What a new connection to the peer takes at least, as far as known: the least of what
+    /// the engine's connections take ([`connect_time`](Self::connect_time)) and what one made
+    /// off the request path takes (the warm-up's). The engine's own are timed from the
+    /// attempt's start, in the proxy's runtime: a burst of them at start-up, all made at
+    /// once, can take ten times the path's own time, and pooled connections teach nothing
+    /// more for long after.
+    pub(crate) fn least_connect_time(&self) -> Option<Duration> {
+        match (self.timing.connect(), self.timing.idle_connect()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Learns a connection made off the request path in `took`.
+    pub(crate) fn learn_idle_connect(&self, took: Duration) {
+        self.timing.learn_idle_connect(took);
+    }
+
     /// What the liveness check's request (`GET` of the probe's path) takes the peer to answer,
     /// once connected: learned before traffic by the warm-up ([`WarmUp`](crate::WarmUp)), and
     /// from each check of the stall cut answered within half its wait's limit. `None` until

@@ -208,6 +208,9 @@ pub(crate) struct Timing {
     latency: Latency,
     /// The time to a new connection (a moving average).
     connect: Latency,
+    /// The time to a new connection made off the request path (the warm-up's), free of the
+    /// proxy's own load (a moving average).
+    idle_connect: Latency,
     /// The time to an answer of the liveness check's request (a moving average).
     check: Latency,
     /// The time to the response header, as a plain moving average.
@@ -228,6 +231,7 @@ impl Timing {
         Self {
             latency: Latency::new(),
             connect: Latency::new(),
+            idle_connect: Latency::new(),
             check: Latency::new(),
             typical: Latency::new(),
             failures: Latency::new(),
@@ -307,6 +311,15 @@ impl Timing {
 
     pub(crate) fn learn_connect(&self, took: Duration) {
         self.connect.observe_mean(took.as_secs_f64() * 1e6);
+    }
+
+    /// What a new connection made off the request path takes; `None` before the first.
+    pub(crate) fn idle_connect(&self) -> Option<Duration> {
+        self.idle_connect.mean_us().map(from_us)
+    }
+
+    pub(crate) fn learn_idle_connect(&self, took: Duration) {
+        self.idle_connect.observe_mean(took.as_secs_f64() * 1e6);
     }
 
     /// What the liveness check's request takes to be answered; `None` before the first.

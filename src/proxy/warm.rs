@@ -108,6 +108,7 @@ impl WarmUp {
                     return;
                 };
                 peer.health().learn_connect(took);
+                peer.health().learn_idle_connect(took);
                 routes.learn_connect(took);
                 let within = peer
                     .http_peer()
