@@ -39,7 +39,8 @@
 //!
 //! `ONSET_FAULTS=crash,blackhole,slow,503,drop,drop-h2` chooses faults;
 //! `ONSET_PROXIES=bare,failover,failover-no-cut,failover-undelivered` proxies.
-//! `ONSET_SHOW=1` lists every request of the fault window slower than 50 ms.
+//! `ONSET_SHOW=1` lists every request of the fault window slower than 50 ms, how many requests
+//! the primary answered in the second before the fault, and the GETs of its first 50 ms.
 //! `ONSET_COLD=1` breaks the primary before the first request instead (a host down at deploy:
 //! nothing learned of it yet); the onset then counts from the start.
 //! Loopback only; every process it starts is killed when it ends.
@@ -266,6 +267,31 @@ fn show_slow(records: &[Record], fault_at: Duration) {
         .filter(|r| r.latency > STALL && r.start + r.latency > fault_at && r.start < HEAL_AT)
         .collect();
     slow.sort_by_key(|r| r.start);
+    let before: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.start < fault_at && r.start + Duration::from_secs(1) >= fault_at)
+        .collect();
+    println!(
+        "  in the second before the fault: {} requests, {} answered by the primary",
+        before.len(),
+        before.iter().filter(|r| r.marked).count()
+    );
+    let first: Vec<&Record> = records
+        .iter()
+        .filter(|r| !r.post && r.start >= fault_at && r.start < fault_at + STALL)
+        .collect();
+    let mut took: Vec<f64> = first
+        .iter()
+        .map(|r| r.latency.as_secs_f64() * 1e3)
+        .collect();
+    took.sort_by(f64::total_cmp);
+    println!(
+        "  GETs sent in the fault's first 50 ms: {}, {} answered by the primary, took {:.1}-{:.1} ms",
+        first.len(),
+        first.iter().filter(|r| r.marked).count(),
+        took.first().copied().unwrap_or_default(),
+        took.last().copied().unwrap_or_default(),
+    );
     for r in slow {
         println!(
             "  slow {}: sent at fault {:+.1} ms, took {:.1} ms, status {}, answered by {}",

@@ -11,7 +11,7 @@ use pingora_failover::{
     AdaptiveTimeouts, Failover, FailoverProxy, FailureKind, HealthChange, OrderedList, Outcome,
     Peer, PeerSet, StandardPolicy,
 };
-use support::{client, start_proxy, Blackhole, Events, Mode, Upstream};
+use support::{client, eventually, start_proxy, Blackhole, Events, Mode, Upstream};
 
 const CONFIGURED: Duration = Duration::from_secs(5);
 
@@ -291,6 +291,29 @@ async fn a_slow_first_request_on_a_live_peer_runs_once() {
         primary.seen()
     );
     assert_eq!(log.wait_for(1).await[0].len(), 1);
+}
+
+/// The warm-up keeps the least of three checks: one answered late (in the first requests'
+/// burst, which it races) would give every later check of the peer ten times as long to
+/// answer, and a stuck peer's cut would wait that much longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_warm_up_learns_the_least_of_three_checks() {
+    let up = Upstream::start("only", Mode::Slow(Duration::from_millis(150))).await;
+    let only = peer(&up.peer_addr(), CONFIGURED);
+    let list = OrderedList::new(vec![only.clone()]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    let warm = proxy.engine().warm_up();
+    let run = tokio::spawn(async move { warm.run().await });
+    // The first check is answered after 150 ms; the ones after it at once.
+    eventually("the first check arrived", || up.probes() >= 1).await;
+    up.set_mode(Mode::Ok);
+    run.await.unwrap();
+    assert_eq!(up.probes(), 3, "three checks: {:?}", up.seen());
+    let learned = only.health().check_time().expect("a check time");
+    assert!(learned < Duration::from_millis(50), "{learned:?}");
+    assert_eq!(up.hits(), 0, "no request");
 }
 
 /// Without being asked, the engine makes its warm-up on its first request: a peer no request

@@ -1,5 +1,6 @@
 //! Before traffic needs it: what a connection to the engine's peers takes, and what their
-//! liveness checks do, learned by one connect and one check of each.
+//! liveness checks do, learned by three connects and three checks of each (the least of
+//! each).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,14 +20,19 @@ use crate::set::PeerSet;
 /// How many of the engine's peers are connected to, the first in its set's order (those an
 /// ordered list tries first). The pool's connect time needs only a few of them.
 const PEERS: usize = 32;
+/// How many connects, and checks, the warm-up makes of each peer, one after the other: it
+/// learns the least each took.
+const SAMPLES: usize = 3;
 /// How long the liveness check's request is given (or the peer's read timeout, if shorter): a
 /// check's floors, for the peer's sake, never exceed 1 s, so a slower answer teaches nothing
 /// they would use; and a warm-up run before traffic waits no longer on a hung peer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
-/// One connect to each of an engine's peers (up to 32, the first in its set), made once, that
-/// learns what a connection to each takes, and, when the liveness check is a request (the
-/// default, `GET /`), what each takes to answer it. A peer that has made no connection of its
+/// Three connects to each of an engine's peers (up to 32, the first in its set), one after the
+/// other, made once, that learn what a connection to each takes at least, and, when the
+/// liveness check is a request (the default, `GET /`), three checks that learn what each
+/// takes at least to answer it (the warm-up races the first requests, whose burst can delay
+/// one of them tenfold). A peer that has made no connection of its
 /// own borrows the pool's connect time, and one that has answered nothing borrows what the
 /// pool's checks take ([`AdaptiveTimeouts`]). A peer down from the start (one host of a pool
 /// down at deploy) then costs the requests that meet it the connect cut (50 ms by default),
@@ -45,8 +51,9 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// against no peer: requests judge it. The check is given 1 s to answer (or the peer's read
 /// timeout, if shorter), so a warm-up run before traffic waits at most about that long on a
 /// hung peer. Each connection is closed once done with (over TLS, after the handshake): an
-/// upstream sees one connection without a request per proxy start, and one check (a second
-/// connection) when the check is a request.
+/// upstream sees three connections without a request per proxy start, and three checks (three
+/// more connections) when the check is a request; a connect or a check that fails ends the
+/// series.
 ///
 /// [`AdaptiveTimeouts`]: crate::AdaptiveTimeouts
 pub struct WarmUp {
@@ -68,7 +75,8 @@ impl std::fmt::Debug for WarmUp {
 }
 
 impl WarmUp {
-    /// Connects to each peer once, concurrently, and checks it, and learns what each took;
+    /// Connects to each peer three times and checks it three times, the peers concurrently,
+    /// and learns the least each took;
     /// returns when all are done or have failed. Does nothing when the engine already did, or does
     /// now, or outside a tokio runtime.
     pub async fn run(&self) {
@@ -104,7 +112,7 @@ impl WarmUp {
         for peer in peers {
             let (probe, routes) = (self.probe.clone(), self.routes.clone());
             connects.spawn(async move {
-                let Some(took) = probe.connect_time(&peer).await else {
+                let Some(took) = least(|| probe.connect_time(&peer)).await else {
                     return;
                 };
                 peer.health().learn_connect(took);
@@ -115,10 +123,8 @@ impl WarmUp {
                     .options
                     .read_timeout
                     .map_or(ANSWER_WITHIN, |t| t.min(ANSWER_WITHIN));
-                if let Some(took) = probe
-                    .answer_time(&peer, peer.connect_timeout(), within)
-                    .await
-                {
+                let connect = peer.connect_timeout();
+                if let Some(took) = least(|| probe.answer_time(&peer, connect, within)).await {
                     peer.health().learn_check(took);
                     routes.learn_check(took);
                 }
@@ -129,9 +135,27 @@ impl WarmUp {
     }
 }
 
+/// The least of up to [`SAMPLES`] times `measure` gives, one after the other, until one gives
+/// none: the warm-up races the first requests, and a connect or an answer delayed by their
+/// burst would stretch every check of the peer that is judged by it.
+async fn least<F, Fut>(mut measure: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Duration>>,
+{
+    let mut least: Option<Duration> = None;
+    for _ in 0..SAMPLES {
+        let Some(took) = measure().await else {
+            break;
+        };
+        least = Some(least.map_or(took, |l| l.min(took)));
+    }
+    least
+}
+
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
-    /// One connect to each of the engine's peers and one liveness check, which learn what their
-    /// connections and checks take before requests need it (see [`WarmUp`]). The engine makes it on its first request by
+    /// Three connects to each of the engine's peers and three liveness checks, which learn what
+    /// their connections and checks take before requests need it (see [`WarmUp`]). The engine makes it on its first request by
     /// itself; run this before traffic arrives to spare that request too.
     pub fn warm_up(&self) -> WarmUp {
         let learns = self.adaptive.is_some();
