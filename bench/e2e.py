@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +42,8 @@ THREADS = os.environ.get("BENCH_THREADS", "1")
 # BENCH_PIN=PROXY/OTHERS (CPU lists for taskset, e.g. 1/0): the proxy on its CPUs, wrk and the
 # upstreams on the others, so that where the scheduler puts each process is the same every run.
 PIN = os.environ.get("BENCH_PIN", "").split("/") if os.environ.get("BENCH_PIN") else None
+if PIN is not None and (len(PIN) != 2 or not all(PIN)):
+    raise SystemExit("BENCH_PIN takes two CPU lists, the proxy's and the others': e.g. 1/0")
 children = []
 
 
@@ -215,7 +218,7 @@ def main():
                 # Each round's ratio to bare in the same round: drift between rounds cancels.
                 paired = sorted(100 * x["rps"] / y["rps"] for x, y in zip(results[n], results["bare"]))
                 print(f"{n}: {100 * t['rps'] / b['rps']:.1f}% of bare throughput "
-                      f"(per round: median {median([{'v': v} for v in paired], 'v'):.1f}%, "
+                      f"(per round: median {statistics.median(paired):.1f}%, "
                       f"{paired[0]:.1f}-{paired[-1]:.1f}%), "
                       f"bare's CPU per request is {100 * b['cpu_us'] / t['cpu_us']:.1f}% of its own, "
                       f"p99 {t['p99'] / b['p99']:.2f}x bare")

@@ -31,6 +31,8 @@ EXAMPLES = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "t
 PROXY = os.environ.get("SBS_PROXY", "healthy")
 THREADS = os.environ.get("SBS_THREADS", "1")
 PIN = os.environ.get("SBS_PIN", "1/0" if THREADS == "1" else "")
+if PIN and (len(PIN.split("/")) != 2 or not all(PIN.split("/"))):
+    raise SystemExit("SBS_PIN takes two CPU lists, the proxies' and the others': e.g. 1/0")
 ROUNDS = int(os.environ.get("SBS_ROUNDS", "8"))
 SECONDS = int(os.environ.get("SBS_SECONDS", "5"))
 children = []

@@ -347,7 +347,7 @@ async fn run(kind: &str, name: &str, fault: Mode, cold: bool) -> Row {
     }
     let twice = posts.values().filter(|n| **n > 1).count();
     let fault_at = if cold { Duration::ZERO } else { FAULT_AT };
-    if std::env::var_os("ONSET_SHOW").is_some() {
+    if std::env::var("ONSET_SHOW").is_ok_and(|v| v == "1") {
         show_slow(&records, fault_at);
     }
     analyse(&records, twice, fault_at)

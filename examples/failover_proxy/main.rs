@@ -318,7 +318,7 @@ fn serve<S: PeerSelector>(
         proxy = proxy.on_request_done(access_log);
     }
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    // One connect and one liveness check of each peer as the server starts: a peer down or
+    // Three connects and three liveness checks of each peer as the server starts: a peer down or
     // hung from the start costs the first requests the connect or stall cut, not a timeout.
     let warm_up =
         pingora_core::services::background::background_service("warm-up", proxy.engine().warm_up());

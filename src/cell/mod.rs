@@ -206,11 +206,13 @@ impl PeerHealth {
     }
 
     /// What a new connection to the peer takes at least, as far as known: the least of what
-    /// the engine's connections take ([`connect_time`](Self::connect_time)) and what one made
-    /// off the request path takes (the warm-up's). The engine's own are timed from the
-    /// attempt's start, in the proxy's runtime: a burst of them at start-up, all made at
-    /// once, can take ten times the path's own time, and pooled connections teach nothing
-    /// more for long after.
+    /// the engine's connections take ([`connect_time`](Self::connect_time)) and what the
+    /// warm-up's took (the least of three made one at a time, apart from requests). The
+    /// engine's own are timed from the attempt's start, in the proxy's runtime: a burst of
+    /// them at start-up, all made at once, can take ten times the path's own time, and pooled
+    /// connections teach nothing more for long after. The warm-up's is learned once, at
+    /// start-up: connections that become slower later only raise the engine's, and a check's
+    /// connect is given half its wait's limit anyway (at least 25 ms by default).
     pub(crate) fn least_connect_time(&self) -> Option<Duration> {
         match (self.timing.connect(), self.timing.idle_connect()) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -218,7 +220,7 @@ impl PeerHealth {
         }
     }
 
-    /// Learns a connection made off the request path in `took`.
+    /// Learns a connection the warm-up made in `took`.
     pub(crate) fn learn_idle_connect(&self, took: Duration) {
         self.timing.learn_idle_connect(took);
     }

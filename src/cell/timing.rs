@@ -208,8 +208,8 @@ pub(crate) struct Timing {
     latency: Latency,
     /// The time to a new connection (a moving average).
     connect: Latency,
-    /// The time to a new connection made off the request path (the warm-up's), free of the
-    /// proxy's own load (a moving average).
+    /// The time to a new connection made one at a time, apart from requests (the warm-up's
+    /// least of three), learned once at start-up (a moving average).
     idle_connect: Latency,
     /// The time to an answer of the liveness check's request (a moving average).
     check: Latency,
@@ -313,7 +313,7 @@ impl Timing {
         self.connect.observe_mean(took.as_secs_f64() * 1e6);
     }
 
-    /// What a new connection made off the request path takes; `None` before the first.
+    /// What a new connection made apart from requests takes; `None` before the first.
     pub(crate) fn idle_connect(&self) -> Option<Duration> {
         self.idle_connect.mean_us().map(from_us)
     }

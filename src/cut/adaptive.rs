@@ -76,8 +76,8 @@ use crate::peer::Peer;
 ///   when neither the peer nor that kind of request has an answer time yet, after 10 times
 ///   what the peer's liveness check takes, or else any peer's (learned by the warm-up,
 ///   [`WarmUp`](crate::WarmUp), and from each check a peer answers)
-/// - liveness check: its connect given half the limit and at least 10 times what the peer's
-///   connections take (or the pool's; at most 1 s), its answer half the limit and at least 10
+/// - liveness check: its connect given half the limit and at least 10 times the least the
+///   peer's connections take (its own or the warm-up's, or else the pool's; at most 1 s), its answer half the limit and at least 10
 ///   times what the peer's own checks take (at most 1 s); a peer that has answered nothing
 ///   of its own, neither a request nor a check, 1 s (Kubernetes' default readiness probe
 ///   timeout), so that a peer slower than the rest at everything is not taken for a stuck
@@ -131,7 +131,7 @@ impl Bound {
         // In nanoseconds: anything past the configured timeout is the configured timeout.
         let nanos = learned.as_nanos() as f64 * self.factor;
         let scaled = if nanos < configured.as_nanos() as f64 {
-            Duration::from_nanos(nanos as u64)
+            Duration::from_nanos(nanos.round() as u64)
         } else {
             configured
         };
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn a_checks_connect_is_given_ten_times_the_least_a_connection_takes() {
         // The proxy's connections all made at once at start-up took 8 ms each; the warm-up's,
-        // made alone, 0.5 ms. The path takes 0.5 ms: a check's connect is not stretched to
+        // made one at a time, 0.5 ms. The path takes 0.5 ms: a check's connect is not stretched to
         // 80 ms by the proxy's own load (a blackholed peer's cut waited that much longer).
         let p = peer();
         p.health().learn_idle_connect(Duration::from_micros(500));
@@ -475,6 +475,18 @@ mod tests {
             p.health().learn_connect(Duration::from_millis(8));
         }
         assert_eq!(floors(&p).connect, Duration::from_millis(5));
+        // Whichever is less: here the engine's.
+        let q = peer();
+        q.health().learn_idle_connect(Duration::from_millis(5));
+        q.health().learn_connect(Duration::from_millis(1));
+        assert_eq!(floors(&q).connect, Duration::from_millis(10));
+        // Either alone.
+        let idle = peer();
+        idle.health().learn_idle_connect(Duration::from_millis(2));
+        assert_eq!(floors(&idle).connect, Duration::from_millis(20));
+        let engine = peer();
+        engine.health().learn_connect(Duration::from_millis(3));
+        assert_eq!(floors(&engine).connect, Duration::from_millis(30));
         // A peer farther away than the rest takes long on both: it keeps its longer check.
         let far = peer();
         far.health().learn_idle_connect(Duration::from_millis(40));

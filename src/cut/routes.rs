@@ -143,9 +143,11 @@ impl Routes {
 }
 
 /// Folds `bytes` into the hash `h`, eight at a time (FxHash's multiply-rotate step), then their
-/// length, so that "GET" + "/a" and "GE" + "T/a" differ. The key is hashed on every request:
-/// SipHash's resistance to chosen collisions buys nothing here, since kinds that collide only
-/// take turns in a slot, as any two kinds may, and the seed is random per table.
+/// length, so that "GET" + "/a" and "GE" + "T/a" differ. The key is hashed on every request,
+/// and SipHash's resistance to chosen collisions buys little here: two kinds that collide take
+/// turns in a slot, as any two kinds may, or, more rarely (their tags equal too), share one
+/// average. A client that crafts paths to collide with a route can at worst blend that
+/// route's learned time with its own; flooding distinct paths evicts learned times anyway.
 fn mix(mut h: u64, bytes: &[u8]) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);

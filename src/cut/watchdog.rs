@@ -77,15 +77,15 @@ struct Watches {
 }
 
 impl Watches {
-    /// Descriptor `fd` now carries `watch` (`Weak::new()`: none); the watch it carried.
-    fn hand(&mut self, fd: i32, watch: Weak<Watch>) -> Option<Weak<Watch>> {
+    /// Descriptor `fd` now carries `watch`, or none; the watch it carried. (A negative
+    /// descriptor, which no connection has, is not recorded.)
+    fn hand(&mut self, fd: i32, watch: Option<&Arc<Watch>>) -> Option<Weak<Watch>> {
         let fd = usize::try_from(fd).ok()?;
         if fd >= self.by_fd.len() {
-            if watch.strong_count() == 0 {
-                return None;
-            }
+            watch?;
             self.by_fd.resize_with(fd + 1, Weak::new);
         }
+        let watch = watch.map_or_else(Weak::new, Arc::downgrade);
         Some(std::mem::replace(&mut self.by_fd[fd], watch))
     }
 }
@@ -202,8 +202,8 @@ impl Watchdog {
             // records end their waits).
             let previous = match &watch {
                 Some(watch) if watch.shared => None,
-                Some(watch) => w.hand(fd, Arc::downgrade(watch)),
-                None => w.hand(fd, Weak::new()),
+                Some(watch) => w.hand(fd, Some(watch)),
+                None => w.hand(fd, None),
             };
             let earliest = watch.as_ref().is_some_and(|watch| {
                 // First looked at when a quarter of its limit has passed (`evidence::judge`).

@@ -137,20 +137,22 @@ impl WarmUp {
 
 /// The least of up to [`SAMPLES`] times `measure` gives, one after the other, until one gives
 /// none: the warm-up races the first requests, and a connect or an answer delayed by their
-/// burst would stretch every check of the peer that is judged by it.
+/// burst would stretch every check of the peer that is judged by it. A sample is not waited
+/// for longer than the least so far (it could not lower it), so a series takes at most about
+/// three times its first sample.
 async fn least<F, Fut>(mut measure: F) -> Option<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<Duration>>,
 {
-    let mut least: Option<Duration> = None;
-    for _ in 0..SAMPLES {
-        let Some(took) = measure().await else {
-            break;
-        };
-        least = Some(least.map_or(took, |l| l.min(took)));
+    let mut least = measure().await?;
+    for _ in 1..SAMPLES {
+        match tokio::time::timeout(least, measure()).await {
+            Ok(Some(took)) => least = least.min(took),
+            _ => break,
+        }
     }
-    least
+    Some(least)
 }
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
@@ -189,5 +191,57 @@ impl BackgroundService for WarmUp {
             _ = self.run() => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The least of `samples` as [`least`] takes them, and how many it took.
+    async fn least_of(samples: &[Option<u64>]) -> (Option<Duration>, usize) {
+        let mut taken = 0;
+        let mut it = samples.iter().copied();
+        let got = least(|| {
+            taken += 1;
+            let sample = it.next().flatten().map(Duration::from_millis);
+            async move { sample }
+        })
+        .await;
+        (got, taken)
+    }
+
+    #[tokio::test]
+    async fn the_least_of_three_samples_until_one_fails() {
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(least_of(&[Some(5), Some(1), Some(3)]).await, (ms(1), 3));
+        assert_eq!(least_of(&[Some(5), None, Some(1)]).await, (ms(5), 2));
+        assert_eq!(least_of(&[None, Some(1)]).await, (None, 1));
+        assert_eq!(
+            least_of(&[Some(2), Some(2), Some(2), Some(1)]).await,
+            (ms(2), 3)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sample_slower_than_the_least_so_far_is_not_waited_for() {
+        let started = tokio::time::Instant::now();
+        let mut n = 0;
+        let got = least(|| {
+            n += 1;
+            let wait = if n == 1 { 5 } else { 1_000 };
+            async move {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Some(Duration::from_millis(wait))
+            }
+        })
+        .await;
+        assert_eq!(got, Some(Duration::from_millis(5)));
+        assert_eq!(n, 2, "the second sample ended the series");
+        assert!(
+            started.elapsed() < Duration::from_millis(20),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
