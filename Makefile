@@ -74,6 +74,8 @@ bench: deps
 	  else echo "the benchmark needs wrk: install it (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)"; exit 1; fi; }
 	$(CARGO) build --release --features etcd --example failover_proxy --example bare_proxy --example bench_upstream
 	python3 bench/e2e.py
+	python3 bench/side_by_side.py
+	SBS_THREADS=2 python3 bench/side_by_side.py
 	$(CARGO) bench --bench onset
 	$(CARGO) bench --bench mixed
 	$(CARGO) bench --bench upgrade

@@ -19,12 +19,16 @@ when it ends.
 """
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import free_port, stop  # noqa: E402  (the same helpers as the one-at-a-time bench)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples")
@@ -33,6 +37,9 @@ THREADS = os.environ.get("SBS_THREADS", "1")
 PIN = os.environ.get("SBS_PIN", "1/0" if THREADS == "1" else "")
 if PIN and (len(PIN.split("/")) != 2 or not all(PIN.split("/"))):
     raise SystemExit("SBS_PIN takes two CPU lists, the proxies' and the others': e.g. 1/0")
+if PIN and not shutil.which("taskset"):
+    print("taskset not found (util-linux): nothing is pinned", file=sys.stderr)
+    PIN = ""
 ROUNDS = int(os.environ.get("SBS_ROUNDS", "8"))
 SECONDS = int(os.environ.get("SBS_SECONDS", "5"))
 children = []
@@ -49,12 +56,6 @@ def spawn(args, **kw):
     p = subprocess.Popen(args, **kw)
     children.append(p)
     return p
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def upstream():
@@ -89,16 +90,6 @@ def load(ports, seconds):
             for port in ports]
     outs = [r.communicate(timeout=seconds + 30)[0] for r in runs]
     return [float(re.search(r"Requests/sec:\s+([\d.]+)", o).group(1)) for o in outs]
-
-
-def stop(p):
-    if p.poll() is None:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def main():
