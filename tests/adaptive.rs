@@ -543,8 +543,9 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
         Upstream::start("primary", Mode::Ok).await,
         Upstream::start("backup", Mode::Ok).await,
     );
+    let first_peer = peer(&primary.peer_addr(), CONFIGURED);
     let list = OrderedList::new(vec![
-        peer(&primary.peer_addr(), CONFIGURED),
+        first_peer.clone(),
         peer(&backup.peer_addr(), CONFIGURED),
     ])
     .unwrap();
@@ -578,6 +579,13 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
         "{:?}",
         first.duration()
     );
+    // The evidence keeps the primary suspected for a second once nothing waits on it: a
+    // request sent meanwhile goes to the backup.
+    assert!(first_peer.health().is_suspected());
+    eventually("the primary no longer suspected", || {
+        !first_peer.health().is_suspected()
+    })
+    .await;
     // A POST is never cut: it waits for the primary's answer. Nor is a DELETE, idempotent but
     // not safe: the cut attempt could still be running upstream beside its retry.
     let resp = http.post(proxy.url("/")).body("x").send().await.unwrap();
@@ -585,13 +593,16 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
     let resp = http.delete(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "primary");
     // Those answers reset the primary's count (and, 1 s each, teach it a typical time near
-    // 100 ms: a limit near the 1 s it now takes). It hangs: five cuts in a row, each followed by
-    // an answer from the backup, eject it.
+    // 100 ms: a limit near the 1 s it now takes). It hangs: five requests caught on it, cut
+    // together, each followed by an answer from the backup, eject it. (One at a time, each
+    // cut would keep the primary suspected for a second, and the next request would go to
+    // the backup without a cut to count.)
     primary.set_mode(Mode::Hang);
-    for _ in 0..5 {
+    let gets = (0..5).map(|_| async {
         let resp = http.get(proxy.url("/")).send().await.unwrap();
-        assert_eq!(resp.text().await.unwrap(), "backup");
-    }
+        resp.text().await.unwrap()
+    });
+    assert_eq!(join_all(gets).await, vec!["backup"; 5]);
     let ejected: Vec<_> = events
         .all()
         .into_iter()

@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, StandardPolicy};
+use pingora_failover::{
+    AdaptiveTimeouts, Failover, FailoverProxy, OrderedList, Peer, StandardPolicy,
+};
 use support::{client, start_proxy, Mode, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,4 +57,46 @@ async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
     assert!(!p.health().is_suspected());
     let resp = http.get(proxy.url("/")).send().await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "primary");
+}
+
+/// The requests caught on a peer as it hangs are cut and retried elsewhere before enough of
+/// them are counted to eject it: a request sent meanwhile goes to the other peer at once
+/// rather than wait on the hung one in turn (a second wave), though nothing waits on it any
+/// more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_right_after_a_cut_does_not_wait_on_the_hung_peer() {
+    let primary = Upstream::start("primary", Mode::Ok).await;
+    let backup = Upstream::start("backup", Mode::Ok).await;
+    let peer = |addr: &str| {
+        Peer::builder(addr)
+            .with_read_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let p = peer(&primary.peer_addr());
+    let list = OrderedList::new(vec![p.clone(), peer(&backup.peer_addr())]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default())
+        .with_adaptive_timeouts(AdaptiveTimeouts::new());
+    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let http = client();
+    for _ in 0..5 {
+        let resp = http.get(proxy.url("/")).send().await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "primary");
+    }
+    primary.set_mode(Mode::Hang);
+    // Cut once the primary leaves its liveness check unanswered, and retried on the backup.
+    let resp = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    assert!(p.health().is_healthy(), "one cut ejects no peer");
+    let hits = primary.hits();
+    let resp = http.get(proxy.url("/")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "backup");
+    assert_eq!(
+        primary.hits(),
+        hits,
+        "the next request never reached the primary"
+    );
+    let records = log.wait_for(7).await;
+    assert_eq!(records[5].len(), 2, "{:?}", records[5]);
+    assert_eq!(records[6].len(), 1, "{:?}", records[6]);
 }

@@ -333,17 +333,19 @@ impl PeerHealth {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Whether the peer is suspected of stalling: requests wait on it for their headers, and
-    /// the evidence the engine gathers while they wait showed it stuck since its last answer
-    /// (none of a request acknowledged by its kernel, or a liveness check on another connection
-    /// unanswered; see [`AdaptiveTimeouts`](crate::AdaptiveTimeouts)). Selectors avoid a
-    /// suspected peer (it does not [admit](Self::admission) requests) before any timeout fires;
-    /// it is not ejected, and its next answer, a passing check or recovery probe, or the waiting
-    /// requests ending, clears it. A peer that is only slow to answer some requests, a proxy that stalled with
+    /// Whether the peer is suspected of stalling: the evidence the engine gathers while
+    /// requests wait on it for their headers showed it stuck since its last answer (none of a
+    /// request acknowledged by its kernel, or a liveness check on another connection
+    /// unanswered; see [`AdaptiveTimeouts`](crate::AdaptiveTimeouts)), and requests still
+    /// wait on it, or the evidence is less than a second old. Selectors avoid a suspected peer
+    /// (it does not [admit](Self::admission) requests) before any timeout fires, and requests
+    /// sent while those caught on it are cut and retried elsewhere do not wait on it in turn;
+    /// it is not ejected, and its next answer, a passing check or recovery probe, or a second
+    /// with no request waiting on it, clears it. A peer that is only slow to answer some requests, a proxy that stalled with
     /// the answers in its sockets, an upgraded connection (a WebSocket) and an upload still
     /// sending its body are never evidence.
     pub fn is_suspected(&self) -> bool {
-        self.waiting.suspected()
+        self.waiting.suspected(|| self.now_ms())
     }
 
     /// The suspicion state: waiting requests, answers, liveness checks.

@@ -6,6 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+/// How long the evidence keeps a peer suspected once no request waits on it (ms). The
+/// requests caught on a stuck peer are cut and retried elsewhere together, before enough of
+/// their retries have answered to eject it (5 by default), and a request sent in between would
+/// wait on the peer again: a second wave. After this, with nothing to clear the evidence, a
+/// request may go to the peer again.
+const IDLE_MS: u64 = 1_000;
+
 const TIME: u64 = (1 << 48) - 1;
 const ONE: u64 = 1 << 48;
 
@@ -153,14 +160,15 @@ impl Waiting {
         alive < since_ms && !(alive < from && from < since_ms)
     }
 
-    /// Whether the peer is suspected: requests wait on it, and the evidence showed it stuck
-    /// after its last answer and its last passing check.
-    pub(crate) fn suspected(&self) -> bool {
+    /// Whether the peer is suspected: the evidence showed it stuck after its last answer and
+    /// its last passing check, and requests still wait on it, or the evidence is less than
+    /// [`IDLE_MS`] old at `now_ms` (read only then).
+    pub(crate) fn suspected(&self, now_ms: impl FnOnce() -> u64) -> bool {
         let stuck = self.stuck_at.load(Ordering::Acquire);
         stuck != 0
-            && self.count() > 0
             && stuck > self.answered_at.load(Ordering::Relaxed)
             && stuck > self.passed_from.load(Ordering::Acquire)
+            && (self.count() > 0 || now_ms().saturating_sub(stuck) < IDLE_MS)
     }
 }
 
@@ -181,7 +189,7 @@ mod tests {
         assert!(w.start_check());
         w.finish_check(120, 170, false);
         w.release_check();
-        assert!(w.suspected(), "a failed check is evidence at once");
+        assert!(w.suspected(|| 170), "a failed check is evidence at once");
         assert_eq!(w.live_since(200, 50), Live::Failed, "30 ms after it");
         assert_eq!(w.live_since(300, 50), Live::Unknown, "long after it");
         w.answered(180);
@@ -193,20 +201,36 @@ mod tests {
     }
 
     #[test]
-    fn suspicion_needs_evidence_and_a_waiting_request_and_ends_with_an_answer() {
+    fn suspicion_needs_evidence_and_lasts_while_requests_wait_or_a_second_and_ends_with_an_answer()
+    {
         let w = Waiting::default();
         w.start(100);
         w.start(100);
-        assert!(!w.suspected(), "waiting alone is no evidence");
+        let never = || unreachable!("the time is read only when nothing waits");
+        assert!(!w.suspected(never), "waiting alone is no evidence");
         w.stuck(200);
-        assert!(w.suspected());
+        assert!(w.suspected(never));
         w.answered(250);
-        assert!(!w.suspected(), "an answer after the evidence clears it");
+        assert!(
+            !w.suspected(never),
+            "an answer after the evidence clears it"
+        );
         w.stuck(300);
-        assert!(w.suspected());
+        assert!(w.suspected(never));
         w.stop();
         w.stop();
-        assert!(!w.suspected(), "nothing waits");
+        assert!(
+            w.suspected(|| 400),
+            "nothing waits, the evidence 100 ms old"
+        );
+        assert!(
+            !w.suspected(|| 1_300),
+            "nothing waits, the evidence a second old"
+        );
+        w.start(1_350);
+        assert!(w.suspected(never), "a request waits on it again");
+        w.answered(1_400);
+        assert!(!w.suspected(never));
     }
 
     #[test]
