@@ -579,8 +579,8 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
         "{:?}",
         first.duration()
     );
-    // The evidence keeps the primary suspected for a second once nothing waits on it: a
-    // request sent meanwhile goes to the backup.
+    // The cut keeps the primary suspected for a second once nothing waits on it: a request
+    // sent meanwhile goes to the backup.
     assert!(first_peer.health().is_suspected());
     eventually("the primary no longer suspected", || {
         !first_peer.health().is_suspected()

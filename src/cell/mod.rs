@@ -337,11 +337,11 @@ impl PeerHealth {
     /// requests wait on it for their headers showed it stuck since its last answer (none of a
     /// request acknowledged by its kernel, or a liveness check on another connection
     /// unanswered; see [`AdaptiveTimeouts`](crate::AdaptiveTimeouts)), and requests still
-    /// wait on it, or the evidence is less than a second old. Selectors avoid a suspected peer
-    /// (it does not [admit](Self::admission) requests) before any timeout fires, and requests
-    /// sent while those caught on it are cut and retried elsewhere do not wait on it in turn;
-    /// it is not ejected, and its next answer, a passing check or recovery probe, or a second
-    /// with no request waiting on it, clears it. A peer that is only slow to answer some requests, a proxy that stalled with
+    /// wait on it, or one was cut on it less than a second ago. Selectors avoid a suspected
+    /// peer (it does not [admit](Self::admission) requests) before any timeout fires, and
+    /// requests sent while those caught on it are cut and retried elsewhere do not wait on it
+    /// in turn; it is not ejected, and its next answer, a passing check or recovery probe, or
+    /// no request waiting on it (and none cut on it for a second), clears it. A peer that is only slow to answer some requests, a proxy that stalled with
     /// the answers in its sockets, an upgraded connection (a WebSocket) and an upload still
     /// sending its body are never evidence.
     pub fn is_suspected(&self) -> bool {

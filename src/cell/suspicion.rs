@@ -6,11 +6,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// How long the evidence keeps a peer suspected once no request waits on it (ms). The
-/// requests caught on a stuck peer are cut and retried elsewhere together, before enough of
-/// their retries have answered to eject it (5 by default), and a request sent in between would
-/// wait on the peer again: a second wave. After this, with nothing to clear the evidence, a
-/// request may go to the peer again.
+/// How long a cut keeps its peer suspected once no request waits on it (ms). The requests
+/// caught on a stuck peer are cut and retried elsewhere together, before enough of their
+/// retries have answered to eject it (5 by default), and a request sent in between would wait
+/// on the peer again: a second wave. After this, with nothing to clear the evidence, a request
+/// may go to the peer again. Evidence without a cut (the stall cut off, or a request it may not
+/// cut) keeps a peer suspected only while requests wait on it: a peer that is only slow is not
+/// held out.
 const IDLE_MS: u64 = 1_000;
 
 const TIME: u64 = (1 << 48) - 1;
@@ -45,6 +47,8 @@ pub(crate) struct Waiting {
     /// When the evidence first showed the peer stuck since its last answer or passing check
     /// (ms), 0 before.
     stuck_from: AtomicU64,
+    /// When a request was last cut on the evidence (ms), 0 before.
+    cut_at: AtomicU64,
 }
 
 impl Waiting {
@@ -160,15 +164,25 @@ impl Waiting {
         alive < since_ms && !(alive < from && from < since_ms)
     }
 
+    /// A request was cut at `now_ms` on the evidence that the peer is stuck.
+    pub(crate) fn cut(&self, now_ms: u64) {
+        self.cut_at.fetch_max(now_ms, Ordering::AcqRel);
+    }
+
     /// Whether the peer is suspected: the evidence showed it stuck after its last answer and
-    /// its last passing check, and requests still wait on it, or the evidence is less than
-    /// [`IDLE_MS`] old at `now_ms` (read only then).
+    /// its last passing check, and requests still wait on it, or one was cut on it less than
+    /// [`IDLE_MS`] before `now_ms` (read only then).
     pub(crate) fn suspected(&self, now_ms: impl FnOnce() -> u64) -> bool {
         let stuck = self.stuck_at.load(Ordering::Acquire);
-        stuck != 0
-            && stuck > self.answered_at.load(Ordering::Relaxed)
-            && stuck > self.passed_from.load(Ordering::Acquire)
-            && (self.count() > 0 || now_ms().saturating_sub(stuck) < IDLE_MS)
+        let alive = self.alive_at();
+        if stuck == 0 || stuck <= alive {
+            return false;
+        }
+        if self.count() > 0 {
+            return true;
+        }
+        let cut = self.cut_at.load(Ordering::Acquire);
+        cut > alive && now_ms().saturating_sub(cut) < IDLE_MS
     }
 }
 
@@ -201,8 +215,8 @@ mod tests {
     }
 
     #[test]
-    fn suspicion_needs_evidence_and_lasts_while_requests_wait_or_a_second_and_ends_with_an_answer()
-    {
+    fn suspicion_needs_evidence_and_lasts_while_requests_wait_or_a_second_after_a_cut_and_ends_with_an_answer(
+    ) {
         let w = Waiting::default();
         w.start(100);
         w.start(100);
@@ -219,18 +233,24 @@ mod tests {
         assert!(w.suspected(never));
         w.stop();
         w.stop();
+        assert!(!w.suspected(|| 400), "nothing waits, and nothing was cut");
+        w.start(500);
+        w.stuck(550);
+        w.cut(550);
+        w.stop();
         assert!(
-            w.suspected(|| 400),
-            "nothing waits, the evidence 100 ms old"
+            w.suspected(|| 600),
+            "nothing waits, a request cut 50 ms ago"
         );
         assert!(
-            !w.suspected(|| 1_300),
-            "nothing waits, the evidence a second old"
+            !w.suspected(|| 1_600),
+            "nothing waits, the cut a second old"
         );
-        w.start(1_350);
+        w.start(1_650);
         assert!(w.suspected(never), "a request waits on it again");
-        w.answered(1_400);
+        w.answered(1_700);
         assert!(!w.suspected(never));
+        assert!(!w.suspected(|| 1_710), "an answer clears a cut's hold too");
     }
 
     #[test]

@@ -156,12 +156,15 @@ impl Watch {
                 let free = self.free && suspicion.broke_under(self.since_ms);
                 suspicion.stuck(now_ms);
                 let budget = shared.budget.as_ref().filter(|_| !free);
-                match self.may_cut {
+                let cut = match self.may_cut {
                     MayCut::Always => self.cut(&conn, undelivered, budget),
                     MayCut::IfUndelivered if undelivered => self.cut(&conn, true, budget),
                     // The transport may yet show that the peer never received it.
                     MayCut::IfUndelivered => return Some(now + self.limit / 2),
-                    MayCut::Never => {}
+                    MayCut::Never => false,
+                };
+                if cut {
+                    suspicion.cut(now_ms);
                 }
                 None
             }
@@ -171,10 +174,15 @@ impl Watch {
     /// Cuts the attempt on `conn`, when its retry can be paid for from `budget` (none: it is
     /// free), otherwise it keeps its full timeout. An undelivered request is aborted, so that
     /// the kernel sends none of it later; should the abort fail, the request is only shut down
-    /// and no longer counts as undelivered, so that it does not move.
-    fn cut(&self, conn: &sys::Connection, undelivered: bool, budget: Option<&Arc<RetryBudget>>) {
+    /// and no longer counts as undelivered, so that it does not move. Whether it cut.
+    fn cut(
+        &self,
+        conn: &sys::Connection,
+        undelivered: bool,
+        budget: Option<&Arc<RetryBudget>>,
+    ) -> bool {
         let Some(paid) = Withdrawn::from(budget) else {
-            return;
+            return false;
         };
         *self.paid.lock().unwrap_or_else(|e| e.into_inner()) = Some(paid);
         self.undelivered.store(undelivered, Ordering::Release);
@@ -188,9 +196,11 @@ impl Watch {
             } else if !conn.abort() {
                 self.undelivered.store(false, Ordering::Release);
             }
+            true
         } else {
             // The wait ended meanwhile: the retry goes back.
             self.take_paid();
+            false
         }
     }
 }
