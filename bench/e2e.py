@@ -83,6 +83,25 @@ def upstream(*flags):
     return p.stdout.readline().strip()
 
 
+# The timeouts of both proxies.
+TIMEOUTS = ("--connect-timeout-ms", "400", "--read-timeout-ms", "300")
+
+
+def failover_cmd(primary, backup, threads, *extra):
+    """failover_proxy over `primary` then `backup` on a free port, and the port."""
+    port = free_port()
+    return [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}",
+            "--peer", primary, "--peer", backup, "--selector", "ordered", *TIMEOUTS,
+            "--max-attempts", "3", "--threads", threads, "--quiet", *extra], port
+
+
+def bare_cmd(primary, threads, *extra):
+    """The bare proxy over `primary` on a free port (`extra`: its timeouts, say), and the port."""
+    port = free_port()
+    return [os.path.join(EXAMPLES, "bare_proxy"), "--listen", f"127.0.0.1:{port}",
+            "--peer", primary, "--threads", threads, *extra], port
+
+
 def wait_listening(port, timeout=10):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -151,20 +170,14 @@ def main():
     refused = f"127.0.0.1:{free_port()}"
 
     def failover(primary_addr, *extra):
-        port = free_port()
-        return [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}",
-                "--peer", primary_addr, "--peer", backup, "--selector", "ordered",
-                "--connect-timeout-ms", "400", "--read-timeout-ms", "300",
-                "--max-attempts", "3", "--threads", THREADS, "--quiet", *extra], port
+        return failover_cmd(primary_addr, backup, THREADS, *extra)
 
     def bare(*extra):
-        port = free_port()
-        return [os.path.join(EXAMPLES, "bare_proxy"), "--listen", f"127.0.0.1:{port}",
-                "--peer", primary, "--threads", THREADS, *extra], port
+        return bare_cmd(primary, THREADS, *extra)
 
     # The reference: bare pingora doing the same job, with the same timeouts as the crate's
     # proxy (`bare-untimed`, without them, shows what pingora's own timers cost).
-    timed = ("--connect-timeout-ms", "400", "--read-timeout-ms", "300")
+    timed = TIMEOUTS
     scenarios = {
         "bare": lambda: bare(*timed),
         "bare-untimed": bare,

@@ -21,17 +21,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e import free_port, stop  # noqa: E402  (the same helpers as the one-at-a-time bench)
+from e2e import (  # noqa: E402  (the one-at-a-time bench's helpers)
+    EXAMPLES, TIMEOUTS, bare_cmd, failover_cmd, stop, wait_listening,
+)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "examples")
 PROXY = os.environ.get("SBS_PROXY", "healthy")
 THREADS = os.environ.get("SBS_THREADS", "1")
 PIN = os.environ.get("SBS_PIN", "1/0" if THREADS == "1" else "")
@@ -64,23 +62,13 @@ def upstream():
 
 
 def proxy(kind, primary, backup):
-    port = free_port()
-    timeouts = ["--connect-timeout-ms", "400", "--read-timeout-ms", "300"]
     if kind == "bare":
-        args = [os.path.join(EXAMPLES, "bare_proxy"), "--listen", f"127.0.0.1:{port}", "--peer", primary,
-                "--threads", THREADS, *timeouts]
+        args, port = bare_cmd(primary, THREADS, *TIMEOUTS)
     else:
-        args = [os.path.join(EXAMPLES, "failover_proxy"), "--listen", f"127.0.0.1:{port}", "--peer", primary,
-                "--peer", backup, "--selector", "ordered", "--max-attempts", "3", "--threads", THREADS,
-                "--quiet", *timeouts, *(["--fixed-timeouts"] if kind == "fixed" else [])]
+        args, port = failover_cmd(primary, backup, THREADS, *(["--fixed-timeouts"] if kind == "fixed" else []))
     p = spawn(pinned("proxy", args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return p, port
-        time.sleep(0.05)
-    raise SystemExit(f"{kind} proxy never listened")
+    wait_listening(port)
+    return p, port
 
 
 def load(ports, seconds):

@@ -295,17 +295,29 @@ async fn a_slow_first_request_on_a_live_peer_runs_once() {
     assert_eq!(log.wait_for(1).await[0].len(), 1);
 }
 
+/// A proxy over `up` alone, with `adaptive` (`None`: off), and its peer. Not started: its
+/// warm-up is run by hand.
+fn alone(
+    up: &Upstream,
+    adaptive: Option<AdaptiveTimeouts>,
+) -> (Peer, FailoverProxy<OrderedList, StandardPolicy>) {
+    let only = peer(&up.peer_addr(), CONFIGURED);
+    let list = OrderedList::new(vec![only.clone()]).unwrap();
+    let engine = Failover::builder(list, StandardPolicy::default());
+    let engine = match adaptive {
+        Some(a) => engine.with_adaptive_timeouts(a),
+        None => engine.without_adaptive_timeouts(),
+    };
+    (only, FailoverProxy::from_builder(engine).unwrap())
+}
+
 /// The warm-up keeps the least of three checks: one answered late (in the first requests'
 /// burst, which it races) would give every later check of the peer ten times as long to
 /// answer, and a stuck peer's cut would wait that much longer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_warm_up_learns_the_least_of_three_checks() {
     let up = Upstream::start("only", Mode::Slow(Duration::from_millis(150))).await;
-    let only = peer(&up.peer_addr(), CONFIGURED);
-    let list = OrderedList::new(vec![only.clone()]).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new());
-    let proxy = FailoverProxy::from_builder(engine).unwrap();
+    let (only, proxy) = alone(&up, Some(AdaptiveTimeouts::new()));
     let warm = proxy.engine().warm_up();
     let run = tokio::spawn(async move { warm.run().await });
     // The first check is answered after 150 ms; the ones after it at once.
@@ -337,14 +349,7 @@ async fn the_warm_up_runs_when_a_timeout_is_learned() {
         (None, false),
         (Some(AdaptiveTimeouts::new().without_connect()), true),
     ] {
-        let only = peer(&up.peer_addr(), CONFIGURED);
-        let list = OrderedList::new(vec![only.clone()]).unwrap();
-        let engine = Failover::builder(list, StandardPolicy::default());
-        let engine = match adaptive {
-            Some(a) => engine.with_adaptive_timeouts(a),
-            None => engine.without_adaptive_timeouts(),
-        };
-        let proxy = FailoverProxy::from_builder(engine).unwrap();
+        let (only, proxy) = alone(&up, adaptive);
         let probes = up.probes();
         // Returns once every connect and check it makes has ended.
         proxy.engine().warm_up().run().await;

@@ -5,13 +5,18 @@ mod support;
 
 use std::time::Duration;
 
-use pingora_failover::{
-    AdaptiveTimeouts, Failover, FailoverProxy, OrderedList, Peer, StandardPolicy,
-};
+use pingora_failover::{Failover, FailoverProxy, OrderedList, Peer, StandardPolicy};
 use support::{client, start_proxy, Mode, Upstream};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
+/// A primary and a backup, both answering at once with a 5 s read timeout, in that order, behind
+/// a proxy with the engine's defaults; five GETs answered by the primary. The primary's peer.
+async fn warm_primary() -> (
+    Upstream,
+    Upstream,
+    Peer,
+    support::ProxyServer,
+    support::RequestLog,
+) {
     let primary = Upstream::start("primary", Mode::Ok).await;
     let backup = Upstream::start("backup", Mode::Ok).await;
     let read = Duration::from_secs(5);
@@ -25,6 +30,13 @@ async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
         let resp = http.get(proxy.url("/")).send().await.unwrap();
         assert_eq!(resp.text().await.unwrap(), "primary");
     }
+    (primary, backup, p, proxy, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
+    let (primary, _backup, p, proxy, log) = warm_primary().await;
+    let http = client();
     assert!(!p.health().is_suspected());
 
     // The primary stops answering; two POSTs wait on it (a GET would be cut and retried first,
@@ -65,24 +77,8 @@ async fn new_requests_avoid_a_peer_that_stalls_and_return_once_it_answers() {
 /// more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_right_after_a_cut_does_not_wait_on_the_hung_peer() {
-    let primary = Upstream::start("primary", Mode::Ok).await;
-    let backup = Upstream::start("backup", Mode::Ok).await;
-    let peer = |addr: &str| {
-        Peer::builder(addr)
-            .with_read_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap()
-    };
-    let p = peer(&primary.peer_addr());
-    let list = OrderedList::new(vec![p.clone(), peer(&backup.peer_addr())]).unwrap();
-    let engine = Failover::builder(list, StandardPolicy::default())
-        .with_adaptive_timeouts(AdaptiveTimeouts::new());
-    let (proxy, log) = start_proxy(FailoverProxy::from_builder(engine).unwrap()).await;
+    let (primary, _backup, p, proxy, log) = warm_primary().await;
     let http = client();
-    for _ in 0..5 {
-        let resp = http.get(proxy.url("/")).send().await.unwrap();
-        assert_eq!(resp.text().await.unwrap(), "primary");
-    }
     primary.set_mode(Mode::Hang);
     // Cut once the primary leaves its liveness check unanswered, and retried on the backup.
     let resp = http.get(proxy.url("/")).send().await.unwrap();

@@ -205,19 +205,13 @@ impl PeerHealth {
         self.timing.learn_connect(took);
     }
 
-    /// What a new connection to the peer takes at least, as far as known: the least of what
-    /// the engine's connections take ([`connect_time`](Self::connect_time)) and what the
-    /// warm-up's took (the least of three made one at a time, apart from requests). The
-    /// engine's own are timed from the attempt's start, in the proxy's runtime: a burst of
-    /// them at start-up, all made at once, can take ten times the path's own time, and pooled
-    /// connections teach nothing more for long after. The warm-up's is learned once, at
-    /// start-up: connections that become slower later only raise the engine's, and a check's
-    /// connect is given half its wait's limit anyway (at least 25 ms by default).
-    pub(crate) fn least_connect_time(&self) -> Option<Duration> {
-        match (self.timing.connect(), self.timing.idle_connect()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    /// What the warm-up's connections to the peer took: the least of three, made one at a
+    /// time, apart from requests, and learned once, at start-up. The engine's own
+    /// ([`connect_time`](Self::connect_time)) are timed from the attempt's start, in the
+    /// proxy's runtime: a burst of them at start-up, all made at once, can take ten times the
+    /// path's own time, and pooled connections teach nothing more for long after.
+    pub(crate) fn idle_connect_time(&self) -> Option<Duration> {
+        self.timing.idle_connect()
     }
 
     /// Learns a connection the warm-up made in `took`.
@@ -341,9 +335,10 @@ impl PeerHealth {
     /// peer (it does not [admit](Self::admission) requests) before any timeout fires, and
     /// requests sent while those caught on it are cut and retried elsewhere do not wait on it
     /// in turn; it is not ejected, and its next answer, a passing check or recovery probe, or
-    /// no request waiting on it (and none cut on it for a second), clears it. A peer that is only slow to answer some requests, a proxy that stalled with
-    /// the answers in its sockets, an upgraded connection (a WebSocket) and an upload still
-    /// sending its body are never evidence.
+    /// no request waiting on it (and none cut on it for a second), clears it. A peer that is
+    /// only slow to answer some requests, a proxy that stalled with the answers in its
+    /// sockets, an upgraded connection (a WebSocket) and an upload still sending its body are
+    /// never evidence.
     pub fn is_suspected(&self) -> bool {
         self.waiting.suspected(|| self.now_ms())
     }

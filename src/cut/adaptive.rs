@@ -38,22 +38,21 @@ use crate::peer::Peer;
 ///   of its own: see Default), the peer is alive, and the slow request keeps its full timeout;
 ///   unanswered, the peer is stuck.
 ///
-/// When the peer is stuck, it is suspected ([`PeerHealth::is_suspected`]) and a safe request
-/// (GET, HEAD, OPTIONS, TRACE) without a body is cut and goes to the next peer: the cut attempt
-/// may still run on upstream beside its retry, and a PUT or a DELETE overlapping its own replay
-/// could undo a later write. Any other request is cut only when its peer never received it, and
-/// only with [`with_undelivered_retry`](Self::with_undelivered_retry). Only the wait for the
-/// header is cut: once it has come, the body takes the time it takes. A cut counts against its
-/// peer only when the retry then answered within the time the cut peer was given. The cut takes
-/// its retry from the budget as it cuts, and makes no cut when the budget is spent (the
-/// retry of a request's first attempt is free when its peer broke under it: silent since the
-/// request began, and not known stuck before). (It works
-/// from outside pingora, which offers no hook while a request waits: a watch on the attempt's
-/// connection, on a thread of the engine's own. It applies to connections over TCP: HTTP/1
-/// ones, and HTTP/2 ones that carry one stream at a time (pingora's default
-/// `max_h2_streams`), as above; HTTP/2 ones that carry several, only when the transport shows
-/// the peer unreachable (retransmitted, and nothing acknowledged), since the cut ends every
-/// request on the connection. [`Failover::connected_to_upstream`] arms it, and for an `Http2OrHttp1` peer
+/// When the peer is stuck, it is suspected ([`PeerHealth::is_suspected`]) and a safe request (GET,
+/// HEAD, OPTIONS, TRACE) without a body is cut and goes to the next peer: the cut attempt may still
+/// run on upstream beside its retry, and a PUT or a DELETE overlapping its own replay could undo a
+/// later write. Any other request is cut only when its peer never received it, and only with
+/// [`with_undelivered_retry`](Self::with_undelivered_retry). Only the wait for the header is cut:
+/// once it has come, the body takes the time it takes. A cut counts against its peer only when the
+/// retry then answered within the time the cut peer was given. The cut takes its retry from the
+/// budget as it cuts, and makes no cut when the budget is spent (the retry of a request's first
+/// attempt is free when its peer broke under it: silent since the request began, and not known
+/// stuck before). (It works from outside pingora, which offers no hook while a request waits: a
+/// watch on the attempt's connection, on a thread of the engine's own. It applies to connections
+/// over TCP: HTTP/1 ones, and HTTP/2 ones that carry one stream at a time (pingora's default
+/// `max_h2_streams`), as above; HTTP/2 ones that carry several, only when the transport shows the
+/// peer unreachable (retransmitted, and nothing acknowledged), since the cut ends every request on
+/// the connection. [`Failover::connected_to_upstream`] arms it, and for an `Http2OrHttp1` peer
 /// [`Failover::upstream_request_filter`], once the protocol is known.)
 ///
 /// With the stall cut off, the evidence is still gathered, for suspicion alone (with a floor of
@@ -77,12 +76,12 @@ use crate::peer::Peer;
 ///   what the peer's liveness check takes, or else any peer's (learned by the warm-up,
 ///   [`WarmUp`](crate::WarmUp), and from each check a peer answers)
 /// - liveness check: its connect given half the limit and at least 10 times the least the
-///   peer's connections take (its own or the warm-up's, or else the pool's; at most 1 s), its answer half the limit and at least 10
-///   times what the peer's own checks take (at most 1 s); a peer that has answered nothing
-///   of its own, neither a request nor a check, 1 s (Kubernetes' default readiness probe
-///   timeout), so that a peer slower than the rest at everything is not taken for a stuck
-///   one. A peer hung from the proxy's start costs its first requests about that second, not
-///   a longer read timeout
+///   peer's connections take (its own or the warm-up's, or else the pool's; at most 1 s),
+///   its answer half the limit and at least 10 times what the peer's own checks take (at
+///   most 1 s); a peer that has answered nothing of its own, neither a request nor a check,
+///   1 s (Kubernetes' default readiness probe timeout), so that a peer slower than the rest
+///   at everything is not taken for a stuck one. A peer hung from the proxy's start costs
+///   its first requests about that second, not a longer read timeout
 /// - a request whose peer never received it (none of it acknowledged): moved only when safe,
 ///   unless [`with_undelivered_retry`](Self::with_undelivered_retry)
 ///
@@ -277,10 +276,16 @@ impl AdaptiveTimeouts {
             header,
             may_cut,
             free: false,
-            // The least the peer's connections take: the floor must not stretch a check by
-            // the proxy's own load at the time connections were made.
+            // The least the peer's connections take, its own or the warm-up's: the floor must
+            // not stretch a check by the proxy's own load when its connections were made. A
+            // path that becomes slower later raises its own; a check's connect is given half
+            // its wait's limit anyway (at least 25 ms by default).
             check_floor: CheckFloor::of(
-                health.least_connect_time().or(pool.connect),
+                own_connect
+                    .into_iter()
+                    .chain(health.idle_connect_time())
+                    .min()
+                    .or(pool.connect),
                 own_check,
                 own_answer.is_some(),
             ),
@@ -321,12 +326,11 @@ pub(crate) struct CheckFloor {
 }
 
 impl CheckFloor {
-    /// The floors of a peer whose connections take `connect` (the least of its own times, or
-    /// its pool's)
-    /// and whose checks take `check`, and that has `answered` requests: to answer, 10 times
-    /// what its checks take, at most 1 s, and 1 s for a peer that has answered nothing of its
-    /// own; to connect, 10 times what connections take, at most 1 s (a peer farther away than
-    /// the rest is not taken for an unreachable one).
+    /// The floors of a peer whose connections take `connect` (the least of its own times, or its
+    /// pool's) and whose checks take `check`, and that has `answered` requests: to answer, 10 times
+    /// what its checks take, at most 1 s, and 1 s for a peer that has answered nothing of its own;
+    /// to connect, 10 times what connections take, at most 1 s (a peer farther away than the rest
+    /// is not taken for an unreachable one).
     fn of(connect: Option<Duration>, check: Option<Duration>, answered: bool) -> Self {
         let ten = |t: Duration| (t * evidence::CHECK_FACTOR).min(evidence::COLD_CHECK);
         Self {
@@ -466,31 +470,29 @@ mod tests {
 
     #[test]
     fn a_checks_connect_is_given_ten_times_the_least_a_connection_takes() {
+        // The floor to connect of a peer whose warm-up took `idle` and whose own connections
+        // took `own` (in µs).
+        let floor = |idle: Option<u64>, own: &[u64]| {
+            let p = peer();
+            if let Some(idle) = idle {
+                p.health().learn_idle_connect(Duration::from_micros(idle));
+            }
+            for took in own {
+                p.health().learn_connect(Duration::from_micros(*took));
+            }
+            floors(&p).connect
+        };
+        let ms = Duration::from_millis;
         // The proxy's connections all made at once at start-up took 8 ms each; the warm-up's,
-        // made one at a time, 0.5 ms. The path takes 0.5 ms: a check's connect is not stretched to
-        // 80 ms by the proxy's own load (a blackholed peer's cut waited that much longer).
-        let p = peer();
-        p.health().learn_idle_connect(Duration::from_micros(500));
-        for _ in 0..32 {
-            p.health().learn_connect(Duration::from_millis(8));
-        }
-        assert_eq!(floors(&p).connect, Duration::from_millis(5));
+        // made one at a time, 0.5 ms. The path takes 0.5 ms: a check's connect is not stretched
+        // to 80 ms by the proxy's own load (a blackholed peer's cut waited that much longer).
+        assert_eq!(floor(Some(500), &[8_000; 32]), ms(5));
         // Whichever is less: here the engine's.
-        let q = peer();
-        q.health().learn_idle_connect(Duration::from_millis(5));
-        q.health().learn_connect(Duration::from_millis(1));
-        assert_eq!(floors(&q).connect, Duration::from_millis(10));
+        assert_eq!(floor(Some(5_000), &[1_000]), ms(10));
         // Either alone.
-        let idle = peer();
-        idle.health().learn_idle_connect(Duration::from_millis(2));
-        assert_eq!(floors(&idle).connect, Duration::from_millis(20));
-        let engine = peer();
-        engine.health().learn_connect(Duration::from_millis(3));
-        assert_eq!(floors(&engine).connect, Duration::from_millis(30));
+        assert_eq!(floor(Some(2_000), &[]), ms(20));
+        assert_eq!(floor(None, &[3_000]), ms(30));
         // A peer farther away than the rest takes long on both: it keeps its longer check.
-        let far = peer();
-        far.health().learn_idle_connect(Duration::from_millis(40));
-        far.health().learn_connect(Duration::from_millis(45));
-        assert_eq!(floors(&far).connect, Duration::from_millis(400));
+        assert_eq!(floor(Some(40_000), &[45_000]), ms(400));
     }
 }

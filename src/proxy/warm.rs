@@ -29,22 +29,21 @@ const SAMPLES: usize = 3;
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 
 /// Three connects to each of an engine's peers (up to 32, the first in its set), one after the
-/// other, made once, that learn what a connection to each takes at least, and, when the
-/// liveness check is a request (the default, `GET /`), three checks that learn what each
-/// takes at least to answer it (the warm-up races the first requests, whose burst can delay
-/// one of them tenfold). A peer that has made no connection of its
-/// own borrows the pool's connect time, and one that has answered nothing borrows what the
-/// pool's checks take ([`AdaptiveTimeouts`]). A peer down from the start (one host of a pool
-/// down at deploy) then costs the requests that meet it the connect cut (50 ms by default),
-/// not the configured connect timeout; and one that accepts connections but answers nothing
-/// (hung from the start) costs them about the stall cut, not the read timeout.
+/// other, made once, that learn what a connection to each takes at least, and, when the liveness
+/// check is a request (the default, `GET /`), three checks that learn what each takes at least to
+/// answer it (the warm-up races the first requests, whose burst can delay one of them tenfold). A
+/// peer that has made no connection of its own borrows the pool's connect time, and one that has
+/// answered nothing borrows what the pool's checks take ([`AdaptiveTimeouts`]). A peer down from
+/// the start (one host of a pool down at deploy) then costs the requests that meet it the connect
+/// cut (50 ms by default), not the configured connect timeout; and one that accepts connections but
+/// answers nothing (hung from the start) costs them about the stall cut, not the read timeout.
 ///
-/// The engine makes it on its first request by itself, which that request is too early to
-/// use. Run it before traffic arrives to spare that one too: as a pingora background service
-/// (`pingora_core::services::background::background_service("warm-up",
-/// proxy.engine().warm_up())`; pingora starts it beside the listeners, so its connects race
-/// the first requests, and on loopback or a LAN they win), or with [`run`](Self::run).
-/// Whichever comes first makes the connects; the other does nothing.
+/// The engine makes it on its first request by itself, which that request is too early to use. Run
+/// it before traffic arrives to spare that one too: as a pingora background service
+/// (`pingora_core::services::background::background_service("warm-up", proxy.engine().warm_up())`;
+/// pingora starts it beside the listeners, so its connects race the first requests, and on loopback
+/// or a LAN they win), or with [`run`](Self::run). Whichever comes first makes the connects; the
+/// other does nothing.
 ///
 /// Nothing is made when the engine learns no timeout ([`AdaptiveTimeouts`] off), or when its
 /// selector names no peer set. A connect or a check that fails teaches nothing and counts
@@ -75,10 +74,9 @@ impl std::fmt::Debug for WarmUp {
 }
 
 impl WarmUp {
-    /// Connects to each peer three times and checks it three times, the peers concurrently,
-    /// and learns the least each took;
-    /// returns when all are done or have failed. Does nothing when the engine already did, or does
-    /// now, or outside a tokio runtime.
+    /// Connects to each peer three times and checks it three times, the peers concurrently, and
+    /// learns the least each took; returns when all are done or have failed. Does nothing when the
+    /// engine already did, or does now, or outside a tokio runtime.
     pub async fn run(&self) {
         if tokio::runtime::Handle::try_current().is_err() || !self.claim() {
             return;
@@ -157,8 +155,9 @@ where
 
 impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
     /// Three connects to each of the engine's peers and three liveness checks, which learn what
-    /// their connections and checks take before requests need it (see [`WarmUp`]). The engine makes it on its first request by
-    /// itself; run this before traffic arrives to spare that request too.
+    /// their connections and checks take before requests need it (see [`WarmUp`]). The engine makes
+    /// it on its first request by itself; run this before traffic arrives to spare that request
+    /// too.
     pub fn warm_up(&self) -> WarmUp {
         let learns = self.adaptive.is_some();
         WarmUp {

@@ -14,16 +14,16 @@ use crate::retry::window::Window;
 ///
 /// # Why a budget, and not only a count
 ///
-/// An attempt cap bounds what one request can do, not what the whole proxy does. With 3 attempts
-/// a request and an upstream tier that is failing for everyone, every request becomes three:
-/// the load on a cluster that is already struggling triples just when it can least take it, and
-/// the retries themselves keep it down (a retry storm). A budget bounds the sum instead: with the
-/// default ratio of 0.2, retries add at most 20 % to the load (beyond the retries it does not
-/// charge, below: each adds one attempt at most to a request whose first went where nothing
-/// was done, or to a peer that broke under it). While failures
-/// are rare, every one of them is still retried; when they are everywhere, retrying stops being
-/// worth it, and the budget says so. The floor lets a proxy with little traffic retry at all.
-/// This is the design of Finagle's `RetryBudget` and of tower's `TpsBudget`, with one change:
+/// An attempt cap bounds what one request can do, not what the whole proxy does. With 3 attempts a
+/// request and an upstream tier that is failing for everyone, every request becomes three: the load
+/// on a cluster that is already struggling triples just when it can least take it, and the retries
+/// themselves keep it down (a retry storm). A budget bounds the sum instead: with the default ratio
+/// of 0.2, retries add at most 20 % to the load (beyond the retries it does not charge, below: each
+/// adds one attempt at most to a request whose first went where nothing was done, or to a peer that
+/// broke under it). While failures are rare, every one of them is still retried; when they are
+/// everywhere, retrying stops being worth it, and the budget says so. The floor lets a proxy with
+/// little traffic retry at all. This is the design of Finagle's `RetryBudget` and of tower's
+/// `TpsBudget`, with one change:
 ///
 /// # The floor cannot burst
 ///

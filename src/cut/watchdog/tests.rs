@@ -58,6 +58,13 @@ fn dead_peer() -> Peer {
     Peer::builder(format!("127.0.0.1:{port}")).build().unwrap()
 }
 
+/// A dead peer with a request waiting on it (as the engine counts one).
+fn dead_peer_waited_on() -> Peer {
+    let peer = dead_peer();
+    peer.health().begin_request();
+    peer
+}
+
 fn dog(budget: Option<Arc<RetryBudget>>) -> Watchdog {
     Watchdog::new(budget, RecoveryProbe::connect())
 }
@@ -226,8 +233,7 @@ const GET: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
 #[tokio::test]
 async fn no_cut_without_a_retry_to_pay_for_or_when_the_request_may_not_move() {
     let dog = dog(spent());
-    let peer = dead_peer();
-    peer.health().begin_request();
+    let peer = dead_peer_waited_on();
     let (watch, _client, _server) = send(&dog, &peer, GET, MayCut::Always, false).await;
     until("suspected", || {
         peer.health().is_suspected() || watch.fired()
@@ -236,8 +242,7 @@ async fn no_cut_without_a_retry_to_pay_for_or_when_the_request_may_not_move() {
     assert!(!watch.fired(), "the attempt keeps its full timeout");
 
     let dog = self::dog(None);
-    let peer = dead_peer();
-    peer.health().begin_request();
+    let peer = dead_peer_waited_on();
     let post = b"POST / HTTP/1.1\r\n\r\n";
     let (watch, _client, _server) = send(&dog, &peer, post, MayCut::IfUndelivered, false).await;
     until("suspected", || {
@@ -250,8 +255,7 @@ async fn no_cut_without_a_retry_to_pay_for_or_when_the_request_may_not_move() {
 #[tokio::test]
 async fn a_first_attempt_on_a_peer_that_broke_under_it_is_cut_free_and_later_ones_pay() {
     let dog = dog(spent());
-    let peer = dead_peer();
-    peer.health().begin_request();
+    let peer = dead_peer_waited_on();
     let (watch, _client, _server) = send(&dog, &peer, GET, MayCut::Always, true).await;
     until("cut", || watch.fired()).await;
     assert!(watch.take_paid().is_some(), "with its free retry");
@@ -285,8 +289,7 @@ async fn a_first_attempt_on_a_peer_that_broke_under_it_is_cut_free_and_later_one
 #[tokio::test]
 async fn a_first_attempt_on_a_peer_that_answered_meanwhile_pays() {
     let dog = dog(spent());
-    let peer = dead_peer();
-    peer.health().begin_request();
+    let peer = dead_peer_waited_on();
     let since_ms = peer.health().now_ms();
     let (mut client, _server) = pair().await;
     let watch = arm_paid(&dog, &client, &peer, 10, MayCut::Always, true);
