@@ -127,10 +127,14 @@ impl Bound {
 
     /// The timeout for a peer that has shown `learned`, under the `configured` one.
     fn limit(&self, learned: Duration, configured: Duration) -> Duration {
-        // In nanoseconds: anything past the configured timeout is the configured timeout.
-        let nanos = learned.as_nanos() as f64 * self.factor;
-        let scaled = if nanos < configured.as_nanos() as f64 {
-            Duration::from_nanos(nanos.round() as u64)
+        // In nanoseconds, through `u64` (585 years) rather than `u128`, whose conversion to a
+        // float is a library call: anything past the configured timeout is the configured
+        // timeout.
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) as f64;
+        let scaled = nanos(learned) * self.factor;
+        let scaled = if scaled < nanos(configured) {
+            // Rounded to the nearest nanosecond (`scaled` is not negative).
+            Duration::from_nanos((scaled + 0.5) as u64)
         } else {
             configured
         };
@@ -439,6 +443,32 @@ mod tests {
 
     fn peer() -> Peer {
         Peer::builder("127.0.0.1:9").build().unwrap()
+    }
+
+    #[test]
+    fn a_limit_is_the_learned_time_scaled_to_the_nearest_nanosecond_within_its_bounds() {
+        let bound = |factor, floor| Bound { factor, floor };
+        let (ns, ms) = (Duration::from_nanos, Duration::from_millis);
+        let configured = ms(300);
+        // (factor, floor, learned, limit)
+        let cases = [
+            (10.0, ns(0), Duration::from_micros(7), Duration::from_micros(70)),
+            // 4.5 ns rounds up, 4.2 ns down.
+            (1.5, ns(0), ns(3), ns(5)),
+            (1.4, ns(0), ns(3), ns(4)),
+            // The floor, and never past the configured timeout.
+            (10.0, ms(50), ms(1), ms(50)),
+            (10.0, ms(50), ms(31), configured),
+            (10.0, ms(500), ms(1), configured),
+            (1000.0, ns(0), Duration::MAX, configured),
+        ];
+        for (factor, floor, learned, limit) in cases {
+            assert_eq!(
+                bound(factor, floor).limit(learned, configured),
+                limit,
+                "{factor} x {learned:?}, floor {floor:?}"
+            );
+        }
     }
 
     #[test]
