@@ -469,8 +469,10 @@ async fn the_hash_selector_keeps_each_user_on_one_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
     let fast = Upstream::start("fast", Mode::Ok).await;
-    // 300 ms: well above what a loaded machine adds to the fast one's answers.
-    let slow = Upstream::start("slow", Mode::Slow(Duration::from_millis(300))).await;
+    // 1 s: well above what a loaded machine adds to the fast one's first answer (a new
+    // connection, a debug build's first pass), which peak EWMA keeps as the fast one's cost
+    // until it decays (10 s): at 300 ms, one run in many sent the slow one 7 of 60.
+    let slow = Upstream::start("slow", Mode::Slow(Duration::from_secs(1))).await;
     let listen = free_addr();
     let args = [
         "--listen",
@@ -492,10 +494,8 @@ async fn the_ewma_selector_keeps_traffic_off_a_slow_upstream() {
         assert_eq!(resp.status(), 200);
     }
     // Round-robin (and least-request: one request at a time) would send it 30; peak EWMA learns
-    // from its first answer or two. On a loaded machine the fast upstream's first answer (a new
-    // connection, a debug build's first pass) can take longer than the slow one's, and peak
-    // EWMA keeps a peak until it decays (10 s): a few more then. (Probes, the warm-up's check and
-    // the stall cut's liveness checks, are not counted as requests.)
+    // from its first answer or two. (Probes, the warm-up's check and the stall cut's liveness
+    // checks, are not counted as requests.)
     let requests = slow.hits();
     assert!(requests <= 6, "the slow upstream got {requests} of 60");
 }
