@@ -9,6 +9,9 @@ runs one proxy at a time instead, and its rounds swing by 5-10 % on a shared mac
 
   SBS_PROXY=healthy|fixed   the failover proxy as `bench/e2e.py` runs it (`fixed`: with
                             --fixed-timeouts, no AdaptiveTimeouts) [healthy]
+  SBS_BASE=bare|healthy|fixed  what it is measured against [bare]: `SBS_BASE=fixed` measures
+                            what AdaptiveTimeouts cost, and the same kind twice (an A/A run)
+                            how far two identical proxies' rounds differ
   SBS_THREADS=1|2           worker threads of each proxy [1]
   SBS_PIN=PROXIES/OTHERS    taskset CPU lists: both proxies on PROXIES, wrk and the upstreams on
                             OTHERS [1/0 with one thread; none with two]
@@ -31,6 +34,10 @@ from e2e import (  # noqa: E402  (the one-at-a-time bench's helpers)
 )
 
 PROXY = os.environ.get("SBS_PROXY", "healthy")
+BASE = os.environ.get("SBS_BASE", "bare")
+for kind in (PROXY, BASE):
+    if kind not in ("bare", "healthy", "fixed"):
+        raise SystemExit(f"SBS_PROXY and SBS_BASE take bare, healthy or fixed, not {kind!r}")
 THREADS = os.environ.get("SBS_THREADS", "1")
 PIN = os.environ.get("SBS_PIN", "1/0" if THREADS == "1" else "")
 if PIN and (len(PIN.split("/")) != 2 or not all(PIN.split("/"))):
@@ -83,17 +90,17 @@ def load(ports, seconds):
 def main():
     primary, backup = upstream(), upstream()
     ratios = []
-    print(f"{PROXY} beside bare, {THREADS} thread(s) each, pinned {PIN or 'no'}, {ROUNDS} rounds of {SECONDS} s")
+    print(f"{PROXY} beside {BASE}, {THREADS} thread(s) each, pinned {PIN or 'no'}, {ROUNDS} rounds of {SECONDS} s")
     for r in range(ROUNDS):
-        procs = [proxy("bare", primary, backup), proxy(PROXY, primary, backup)]
+        procs = [proxy(BASE, primary, backup), proxy(PROXY, primary, backup)]
         ports = [port for _, port in procs]
         load(ports, 1)
-        bare, other = load(ports, SECONDS)
+        base, other = load(ports, SECONDS)
         for p, _ in procs:
             stop(p)
-        ratios.append(100 * other / bare)
-        print(f"round {r + 1}: bare {bare:.0f} req/s, {PROXY} {other:.0f} req/s: {ratios[-1]:.1f} %", flush=True)
-    print(f"\n{PROXY} / bare: median {statistics.median(ratios):.1f} % "
+        ratios.append(100 * other / base)
+        print(f"round {r + 1}: {BASE} {base:.0f} req/s, {PROXY} {other:.0f} req/s: {ratios[-1]:.1f} %", flush=True)
+    print(f"\n{PROXY} / {BASE}: median {statistics.median(ratios):.1f} % "
           f"(rounds {min(ratios):.1f}-{max(ratios):.1f} %)")
 
 
