@@ -448,11 +448,15 @@ mod tests {
     #[test]
     fn a_limit_is_the_learned_time_scaled_to_the_nearest_nanosecond_within_its_bounds() {
         let bound = |factor, floor| Bound { factor, floor };
-        let (ns, ms) = (Duration::from_nanos, Duration::from_millis);
+        let (ns, us, ms) = (
+            Duration::from_nanos,
+            Duration::from_micros,
+            Duration::from_millis,
+        );
         let configured = ms(300);
         // (factor, floor, learned, limit)
         let cases = [
-            (10.0, ns(0), Duration::from_micros(7), Duration::from_micros(70)),
+            (10.0, ns(0), us(7), us(70)),
             // 4.5 ns rounds up, 4.2 ns down.
             (1.5, ns(0), ns(3), ns(5)),
             (1.4, ns(0), ns(3), ns(4)),
