@@ -242,6 +242,11 @@ impl AttemptRecord {
             && self.cut.header_cut()
     }
 
+    /// Whether the attempt ended in a stall cut.
+    pub(crate) fn was_stall_cut(&self) -> bool {
+        matches!(self.outcome, Outcome::Failed { kind, .. } if self.stall_cut(kind))
+    }
+
     /// Changes the verdict of a failed attempt, keeping its duration.
     pub(crate) fn set_verdict(&mut self, verdict: Verdict) {
         if let Outcome::Failed { verdict: v, .. } = &mut self.outcome {

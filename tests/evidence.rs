@@ -98,6 +98,44 @@ async fn a_legitimately_slow_get_runs_once_with_four_clients() {
     assert_eq!((on_backup, twice), (0, 0), "reports ran on the backup too");
 }
 
+/// Peers that work on one request at a time (a server of one worker, or a pool whose workers
+/// are all busy with slow requests) leave their liveness checks waiting behind a report, and
+/// look stuck: the first report, of a kind not seen before, is cut on the primary and runs on
+/// the backup. It is cut once: the backup, as busy with it and as silent to its check, is left
+/// to answer, so no report runs a third time or twice on one peer, and with its time learned
+/// the next reports run once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_on_peers_of_one_worker_is_cut_once_at_most() {
+    let (primary, backup, list) = primary_and_backup().await;
+    primary.one_at_a_time();
+    backup.one_at_a_time();
+    let (proxy, _log) =
+        start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
+    let http = client();
+    let ids: Vec<String> = (0..3).map(|round| format!("report-{round}")).collect();
+    for id in &ids {
+        for _ in 0..9 {
+            let resp = http.get(proxy.url("/fast")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+        assert_eq!(report(&http, &proxy, id).await.status(), 200);
+    }
+    let (on_primary, on_backup) = (primary.ids(), backup.ids());
+    let runs = |id: &String| {
+        let (p, b) = (on_primary.get(id), on_backup.get(id));
+        (p.copied().unwrap_or(0), b.copied().unwrap_or(0))
+    };
+    let all: Vec<_> = ids.iter().map(|id| (id, runs(id))).collect();
+    assert!(
+        all.iter().all(|(_, (p, b))| *p <= 1 && *b <= 1),
+        "a report ran twice on one peer (primary, backup): {all:?}"
+    );
+    assert!(
+        all[1..].iter().all(|(_, (p, b))| p + b == 1),
+        "a later report ran on both peers (primary, backup): {all:?}"
+    );
+}
+
 /// A peer slower than its route at everything from the start: nothing learned of its own, so its
 /// limit is borrowed from the route's answers on the fast peer, and its liveness check answers in
 /// 100 ms like everything it does, later than half that limit (it is given 1 s, having answered

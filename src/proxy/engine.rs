@@ -202,8 +202,10 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let attempt = ctx.attempts().len() as u32 + 1;
                 // A hedge is the request's second run already: its stall cut's retry pays.
                 let free_cut = rules::cut_retry_may_be_free(attempt) && !hedge;
+                let cut_again = rules::may_cut_again(ctx.attempts());
                 let retried = |kind: FailureKind, configured, limit| {
-                    self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
+                    (cut_again || kind == FailureKind::ConnectTimeout)
+                        && self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
                         && (rules::retry_is_free(attempt, kind)
                             || free_cut
                             || *budget_left.get_or_init(|| {

@@ -69,6 +69,10 @@ struct State {
     bodies: Mutex<Vec<Bytes>>,
     /// Every request as it arrived, in order.
     seen: Mutex<Vec<Seen>>,
+    /// Works on one request at a time, its probes included (a server of one worker, or a pool
+    /// whose workers are all busy): the others wait for `worker`.
+    one_at_a_time: std::sync::atomic::AtomicBool,
+    worker: tokio::sync::Mutex<()>,
 }
 
 /// One request as it arrived at an upstream.
@@ -150,6 +154,12 @@ impl Upstream {
     /// Requests received (counted when the request head arrives), probes excepted.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// From now on, works on one request at a time, its probes included, as a server of one
+    /// worker does: a request that arrives while another is worked on waits for it.
+    pub fn one_at_a_time(&self) {
+        self.state.one_at_a_time.store(true, Ordering::SeqCst);
     }
 
     /// How many times each `x-request-id` arrived.
@@ -311,6 +321,11 @@ async fn handle(
     if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         *state.ids.lock().unwrap().entry(id.to_owned()).or_default() += 1;
     }
+    let _worker = if state.one_at_a_time.load(Ordering::SeqCst) {
+        Some(state.worker.lock().await)
+    } else {
+        None
+    };
     // A request can ask to be answered late, whatever the mode: a legitimately slow request.
     if let Some(ms) = headers
         .get("x-delay-ms")
