@@ -274,8 +274,14 @@ impl Config {
     }
 
     pub fn threads(&self) -> Result<usize, Invalid> {
+        // More than any machine has cores: each thread runs a runtime of its own.
+        const MAX: usize = 1024;
         match self.threads.unwrap_or(1) {
             0 => Err(value("threads", "must be at least 1")),
+            n if n > MAX => Err(value(
+                "threads",
+                format!("{n} is above the maximum of {MAX}"),
+            )),
             n => Ok(n),
         }
     }
