@@ -282,6 +282,10 @@ fn a_bad_configuration_exits_non_zero_and_names_what_is_wrong() {
         ),
         ("peers = [\"127.0.0.1:1\"]\nthreads = 0\n", "threads"),
         (
+            "peers = [\"127.0.0.1:1\"]\n[limits]\nqueue = 5\n",
+            "limits.queue: needs limits.max_requests_per_peer",
+        ),
+        (
             "peers = [\"127.0.0.1:1\"]\nthreads = 100000\n",
             "threads: 100000 is above the maximum of 1024",
         ),

@@ -424,6 +424,14 @@ impl Config {
             b = b.with_deadline(Duration::from_millis(ms));
         }
         if let Some(n) = self.limits.queue {
+            // A queue holds requests while every peer is full: without a limit, none ever is.
+            if self.limits.max_requests_per_peer.is_none() {
+                return Err(value(
+                    "limits.queue",
+                    "needs limits.max_requests_per_peer (--max-requests-per-peer): a queue \
+                     holds requests while every peer is at that limit",
+                ));
+            }
             let ms = self.limits.queue_timeout_ms.unwrap_or(1_000);
             b = b.with_queue(n, Duration::from_millis(ms));
         }
