@@ -107,7 +107,7 @@ fn main() {
     }
     let conf = ServerConf {
         threads,
-        grace_period_seconds: Some(0),
+        grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };

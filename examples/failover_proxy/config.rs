@@ -338,7 +338,10 @@ impl Config {
                 .with_peer_settings(settings)
                 .reload_on_sighup()
                 .on_reload(|result| match result {
-                    Ok(n) => eprintln!("failover_proxy: peers file reloaded, {n} peers"),
+                    Ok(n) => eprintln!(
+                        "failover_proxy: peers file reloaded, {n} peer{}",
+                        if *n == 1 { "" } else { "s" }
+                    ),
                     Err(e) => eprintln!("failover_proxy: peers file kept as it was: {e}"),
                 });
             let set = PeerSet::new(file.load()?)?;

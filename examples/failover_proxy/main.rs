@@ -296,8 +296,10 @@ fn serve<S: PeerSelector>(
         threads: config.threads()?,
         // Pingora counts attempts here; never below the policy's.
         max_retries: config.max_attempts() as usize,
-        // SIGTERM drains for up to a second instead of pingora's default minutes.
-        grace_period_seconds: Some(0),
+        // SIGTERM drains for a second instead of pingora's default five minutes: it stops
+        // taking connections, and requests in flight have that long to end (pingora waits
+        // out the whole grace period, then cancels what is left within a second).
+        grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         daemon: config.daemon_pid_file.is_some(),
         pid_file: config.daemon_pid_file.as_ref().map_or_else(
