@@ -8,7 +8,7 @@
 //!     --selector ordered --connect-timeout-ms 400 --read-timeout-ms 300 --max-attempts 3
 //! cargo run --release --example failover_proxy -- --config examples/failover_proxy/sample.toml
 //! cargo run --release --example failover_proxy --features metrics -- --config FILE --metrics 127.0.0.1:9091
-//! cargo run --example failover_proxy -- --config FILE --check   # validate, print, exit
+//! cargo run --example failover_proxy -- --config FILE --check   # validate and exit
 //! ```
 //! `--peer` repeats, in priority order, and takes `IP:PORT`, `host:PORT` (every address of the
 //! name, followed as its DNS records change), an SRV name or `unix:/path`. Or `--peers-file
@@ -51,7 +51,7 @@ struct Flags {
     /// A TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: Option<String>,
-    /// Check the configuration, print what it gives, and exit.
+    /// Check the configuration, print the address it listens on and its peers, and exit.
     #[arg(long)]
     check: bool,
     /// Where to listen, IP:PORT [default: 127.0.0.1:6188].
