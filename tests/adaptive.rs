@@ -586,7 +586,12 @@ async fn a_late_header_is_cut_and_retried_a_post_is_not_and_the_stalled_peer_is_
     );
     // The cut keeps the primary suspected for a second once nothing waits on it: a request
     // sent meanwhile goes to the backup.
-    assert!(first_peer.health().is_suspected());
+    assert!(
+        first_peer.health().is_suspected(),
+        "{:#?}\n{:#?}",
+        first_peer.health(),
+        records[20]
+    );
     eventually("the primary no longer suspected", || {
         !first_peer.health().is_suspected()
     })
