@@ -242,9 +242,10 @@ impl AttemptRecord {
             && self.cut.header_cut()
     }
 
-    /// Whether the attempt ended in a stall cut.
-    pub(crate) fn was_stall_cut(&self) -> bool {
+    /// Whether the attempt ended in a stall cut made on a liveness check left unanswered.
+    pub(crate) fn was_cut_on_check(&self) -> bool {
         matches!(self.outcome, Outcome::Failed { kind, .. } if self.stall_cut(kind))
+            && self.cut.header_cut_on_check()
     }
 
     /// Changes the verdict of a failed attempt, keeping its duration.

@@ -396,6 +396,15 @@ fn check_accepts_the_committed_sample() {
     assert!(stdout.contains("configuration ok"), "{stdout}");
 }
 
+#[test]
+fn a_queue_over_peers_with_limits_of_their_own_is_accepted() {
+    let text = "peers = [{ addr = \"127.0.0.1:1\", max_requests = 8 }]\n[limits]\nqueue = 4\n";
+    let file = TempPath::with_text("failover-proxy.toml", text);
+    let out = run(&["--config", file.as_str(), "--check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+}
+
 #[cfg(feature = "metrics")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_served_when_asked_for() {
@@ -535,6 +544,10 @@ async fn sigterm_lets_a_request_in_flight_finish() {
         .status()
         .unwrap()
         .success());
+    assert!(
+        !request.is_finished(),
+        "answered before the signal: nothing was drained"
+    );
     let body = request.await.unwrap();
     assert_eq!(
         body.ok().as_deref(),

@@ -274,7 +274,7 @@ impl Config {
     }
 
     pub fn threads(&self) -> Result<usize, Invalid> {
-        // More than any machine has cores: each thread runs a runtime of its own.
+        // Far more than is useful: each thread runs a runtime of its own.
         const MAX: usize = 1024;
         match self.threads.unwrap_or(1) {
             0 => Err(value("threads", "must be at least 1")),
@@ -428,11 +428,18 @@ impl Config {
         }
         if let Some(n) = self.limits.queue {
             // A queue holds requests while every peer is full: without a limit, none ever is.
-            if self.limits.max_requests_per_peer.is_none() {
+            // (Peers from a file or etcd may carry their own.)
+            let limited = self.limits.max_requests_per_peer.is_some()
+                || self.peers.is_empty()
+                || self
+                    .peers
+                    .iter()
+                    .any(|p| matches!(p, PeerEntry::Table(t) if t.max_requests.is_some()));
+            if !limited {
                 return Err(value(
                     "limits.queue",
-                    "needs limits.max_requests_per_peer (--max-requests-per-peer): a queue \
-                     holds requests while every peer is at that limit",
+                    "needs limits.max_requests_per_peer (--max-requests-per-peer) or a peer's \
+                     max_requests: a queue holds requests while every peer is at its limit",
                 ));
             }
             let ms = self.limits.queue_timeout_ms.unwrap_or(1_000);

@@ -298,7 +298,8 @@ fn serve<S: PeerSelector>(
         max_retries: config.max_attempts() as usize,
         // SIGTERM drains for a second instead of pingora's default five minutes: it stops
         // taking connections, and requests in flight have that long to end (pingora waits
-        // out the whole grace period, then cancels what is left within a second).
+        // out the whole grace period, then shuts its runtimes down, dropping what still runs;
+        // the second below bounds only blocking work).
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(1),
         daemon: config.daemon_pid_file.is_some(),

@@ -406,6 +406,11 @@ impl Cut {
         self.watch.as_ref().is_some_and(|w| w.fired())
     }
 
+    /// Whether the watch cut the wait for the header on a liveness check left unanswered.
+    pub(crate) fn header_cut_on_check(&self) -> bool {
+        self.watch.as_ref().is_some_and(|w| w.fired_on_check())
+    }
+
     /// Whether the watch cut the wait because the peer never received the request.
     pub(crate) fn undelivered(&self) -> bool {
         self.watch.as_ref().is_some_and(|w| w.undelivered())

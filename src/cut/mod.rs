@@ -24,4 +24,5 @@ pub use adaptive::AdaptiveTimeouts;
 pub(crate) use adaptive::{Cut, Pool, Unarmed};
 
 pub(crate) use routes::{RouteKey, Routes};
+pub(crate) use watch::MayCut;
 pub(crate) use watchdog::{Armed, Watchdog};

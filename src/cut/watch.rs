@@ -32,6 +32,10 @@ pub(crate) enum MayCut {
     Always,
     /// Cut it only when the peer never received the request.
     IfUndelivered,
+    /// Cut it only when the transport shows the peer unreachable (retransmitted, nothing
+    /// acknowledged), not on a liveness check left unanswered: the request's earlier attempt
+    /// was cut on one, and a second peer silent on the same request points at the request.
+    IfUnreachable,
     /// Never: the watch only gathers evidence, for suspicion.
     Never,
 }
@@ -68,6 +72,8 @@ pub(crate) struct Watch {
     pub(super) last_sent: AtomicU64,
     /// The cut found that the peer had received none of the request.
     pub(super) undelivered: AtomicBool,
+    /// The cut was made on a liveness check left unanswered, not on the transport.
+    pub(super) on_check: AtomicBool,
     /// The retry the cut took from the budget, for the request to make.
     pub(super) paid: Mutex<Option<Withdrawn>>,
 }
@@ -84,6 +90,12 @@ impl Watch {
     /// Whether the watch cut the attempt.
     pub(crate) fn fired(&self) -> bool {
         self.state.load(Ordering::Acquire) == CUT
+    }
+
+    /// Whether the watch cut the attempt on a liveness check left unanswered (not on the
+    /// transport's proof that the peer is unreachable).
+    pub(crate) fn fired_on_check(&self) -> bool {
+        self.fired() && self.on_check.load(Ordering::Acquire)
     }
 
     /// Whether the cut found that the peer never received the request (and aborted the
@@ -133,6 +145,11 @@ impl Watch {
                 sending,
             }
         });
+        // Retransmitted and nothing acknowledged: the transport's own proof that the peer is
+        // unreachable (`evidence::judge` cuts on it before it asks the liveness check).
+        let unreachable = transport
+            .as_ref()
+            .is_some_and(|t| t.moved.acked == 0 && t.moved.retransmitted > 0);
         let look = Look {
             quiet: Duration::from_millis(now_ms.saturating_sub(quiet_since)),
             limit: self.limit,
@@ -156,11 +173,16 @@ impl Watch {
                 let free = self.free && suspicion.broke_under(self.since_ms);
                 suspicion.stuck(now_ms);
                 let budget = shared.budget.as_ref().filter(|_| !free);
+                self.on_check.store(!unreachable, Ordering::Release);
                 let cut = match self.may_cut {
                     MayCut::Always => self.cut(&conn, undelivered, budget),
                     MayCut::IfUndelivered if undelivered => self.cut(&conn, true, budget),
-                    // The transport may yet show that the peer never received it.
-                    MayCut::IfUndelivered => return Some(now + self.limit / 2),
+                    MayCut::IfUnreachable if unreachable => self.cut(&conn, undelivered, budget),
+                    // The transport may yet show that the peer never received it, or that it
+                    // is unreachable.
+                    MayCut::IfUndelivered | MayCut::IfUnreachable => {
+                        return Some(now + self.limit / 2)
+                    }
                     MayCut::Never => false,
                 };
                 if cut {

@@ -188,6 +188,7 @@ impl Watchdog {
                 from: Mutex::new(from),
                 last_sent: AtomicU64::new(NOT_LOOKED),
                 undelivered: AtomicBool::new(false),
+                on_check: AtomicBool::new(false),
                 paid: Mutex::new(None),
             })
         });

@@ -20,7 +20,7 @@ use super::rules;
 use super::walk::client_ip;
 use crate::classify::{self, FailureKind};
 use crate::ctx::{AttemptRecord, FailoverCtx, Next, Outcome, StopReason, Verdict};
-use crate::cut::{AdaptiveTimeouts, Armed, Cut, Pool, Unarmed, Watchdog};
+use crate::cut::{AdaptiveTimeouts, Armed, Cut, MayCut, Pool, Unarmed, Watchdog};
 use crate::error::ConfigError;
 use crate::retry::{RetryBudget, RetryPolicy};
 use crate::select::{Attempt, PeerSelector};
@@ -202,10 +202,8 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let attempt = ctx.attempts().len() as u32 + 1;
                 // A hedge is the request's second run already: its stall cut's retry pays.
                 let free_cut = rules::cut_retry_may_be_free(attempt) && !hedge;
-                let cut_again = rules::may_cut_again(ctx.attempts());
                 let retried = |kind: FailureKind, configured, limit| {
-                    (cut_again || kind == FailureKind::ConnectTimeout)
-                        && self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
+                    self.cut_is_retried(session, body_empty, ctx, kind, configured, limit)
                         && (rules::retry_is_free(attempt, kind)
                             || free_cut
                             || *budget_left.get_or_init(|| {
@@ -221,6 +219,9 @@ impl<S: PeerSelector, R: RetryPolicy> Failover<S, R> {
                 let mut cut =
                     adaptive.apply(&next.peer, typical, pool, safe, &mut http_peer, retried);
                 cut.free = free_cut;
+                if cut.may_cut == MayCut::Always && !rules::may_cut_on_check(ctx.attempts()) {
+                    cut.may_cut = MayCut::IfUnreachable;
+                }
                 cut
             }
             None => Cut::default(),

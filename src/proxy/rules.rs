@@ -70,15 +70,17 @@ pub(crate) fn cut_is_retried(f: &Facts, configured: Duration, limit: Duration) -
             .is_none_or(|left| left > configured.saturating_add(limit))
 }
 
-/// Whether the stall cut may end the wait for the header of the attempt about to be made, after
-/// `attempts`: a request is cut once. A second peer silent on the same request points at the
-/// request, or at what the peers share, not at that peer, as two peers failing it alike do
-/// ([`poisoned`]): a pool of workers all busy with slow requests leaves every peer's liveness
-/// check queued behind them, and a third run would only add to that load. Its later attempts
-/// keep the configured read timeout. (A connect is still abandoned past its learned time:
-/// nothing was sent.)
-pub(crate) fn may_cut_again(attempts: &[AttemptRecord]) -> bool {
-    !attempts.iter().any(AttemptRecord::was_stall_cut)
+/// Whether the stall cut may end the wait for the header of the attempt about to be made on a
+/// liveness check left unanswered, after `attempts`: once per request. A second peer silent on
+/// the same request, its check unanswered too, points at the request, or at what the peers
+/// share, not at that peer, as two peers failing it alike do ([`poisoned`]): a pool of workers
+/// all busy with slow requests leaves every peer's liveness check queued behind them, and a
+/// third run would only add to that load. Its later attempts are still cut on the transport's
+/// proof that their peer is unreachable (retransmitted, nothing acknowledged), which says
+/// nothing of the request: two peers cut off at once still cost a request two cuts, not a read
+/// timeout.
+pub(crate) fn may_cut_on_check(attempts: &[AttemptRecord]) -> bool {
+    !attempts.iter().any(AttemptRecord::was_cut_on_check)
 }
 
 /// Whether the retry after attempt number `attempt` (from 1), failed as `kind`, is free of the

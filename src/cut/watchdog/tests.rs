@@ -102,6 +102,7 @@ async fn a_request_sent_after_arming_is_not_taken_for_one_still_being_sent() {
         from: Mutex::new(base),
         last_sent: AtomicU64::new(NOT_LOOKED),
         undelivered: AtomicBool::new(false),
+        on_check: AtomicBool::new(false),
         paid: Mutex::new(None),
     };
     client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
