@@ -451,6 +451,61 @@ async fn post_never_delivered(proto: Proto) {
     assert_eq!(records[20].len(), 2, "{:?}", records[20]);
 }
 
+/// Two peers cut off at once (a partition: their kernels acknowledge nothing) still cost a GET
+/// two cuts, not a read timeout: after a cut on a liveness check, a request's later attempts
+/// are not cut on a check again, but are on the transport's proof that their peer is
+/// unreachable (or their connect is abandoned), so the third peer answers it. Needs root and
+/// iptables; elsewhere it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_caught_by_two_peers_cut_off_at_once_reaches_the_third() {
+    if skipped_without_iptables() {
+        return;
+    }
+    let a = Upstream::start("a", Mode::Ok).await;
+    let b = Upstream::start("b", Mode::Ok).await;
+    let c = Upstream::start("c", Mode::Ok).await;
+    // Round-robin, so that every peer has a connection open and its times learned.
+    let list = RoundRobin::new(vec![
+        peer(&a.peer_addr()),
+        peer(&b.peer_addr()),
+        peer(&c.peer_addr()),
+    ])
+    .unwrap();
+    let (proxy, log) =
+        start_proxy(FailoverProxy::new(list, StandardPolicy::default()).unwrap()).await;
+    let http = client();
+    for _ in 0..21 {
+        proxy.get_text(&http, "/").await;
+    }
+    assert_eq!((a.hits(), b.hits(), c.hits()), (7, 7, 7));
+    let cut_off = (
+        Blackholed::on(a.addr.port()).expect("iptables rule"),
+        Blackholed::on(b.addr.port()).expect("iptables rule"),
+    );
+    let started = std::time::Instant::now();
+    let answer = proxy.get_text(&http, "/").await;
+    let took = started.elapsed();
+    drop(cut_off);
+    let records = log.wait_for(22).await;
+    let r = &records[21];
+    assert_eq!(answer, "c", "after {took:?}: {r:?}");
+    // Both cut off peers tried, each cut on its open connection, not timed out.
+    assert_eq!(r.len(), 3, "{r:?}");
+    for cut in &r[..2] {
+        assert!(
+            matches!(
+                cut.outcome(),
+                Outcome::Failed {
+                    kind: FailureKind::HeaderTimeout,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+    }
+    assert!(took < READ / 2, "answered after {took:?}: {r:?}");
+}
+
 /// An h2c primary and an identical backup behind an ordered list with the defaults, each
 /// allowing `streams` at once per connection, after 20 GETs the primary answered (its
 /// connection open, its times learned).
