@@ -244,8 +244,7 @@ impl AttemptRecord {
 
     /// Whether the attempt ended in a stall cut made on a liveness check left unanswered.
     pub(crate) fn was_cut_on_check(&self) -> bool {
-        matches!(self.outcome, Outcome::Failed { kind, .. } if self.stall_cut(kind))
-            && self.cut.header_cut_on_check()
+        self.cut.header_cut_on_check()
     }
 
     /// Changes the verdict of a failed attempt, keeping its duration.

@@ -68,6 +68,14 @@ pub(crate) struct Transport {
     pub(crate) sending: bool,
 }
 
+impl Transport {
+    /// Retransmitted, and still nothing acknowledged: the transport's own proof that the peer
+    /// is unreachable (once a retransmission had time to be answered).
+    pub(crate) fn unreachable(&self) -> bool {
+        self.moved.acked == 0 && self.moved.retransmitted > 0
+    }
+}
+
 /// The watchdog's verdict on one waiting attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -115,11 +123,13 @@ pub(crate) fn judge(look: &Look) -> Verdict {
         return Verdict::Later(first - look.quiet);
     }
     let until_limit = look.limit.saturating_sub(look.quiet);
-    if let Some(Transport {
-        moved,
-        from_start,
-        sending,
-    }) = look.transport
+    if let Some(
+        transport @ Transport {
+            moved,
+            from_start,
+            sending,
+        },
+    ) = look.transport
     {
         // On a connection of its own, anything received (since the start or the first look)
         // is this request's answer; on a shared one, only bytes waiting unread say the proxy
@@ -130,7 +140,7 @@ pub(crate) fn judge(look: &Look) -> Verdict {
             // request is not yet, or not yet fully, sent: no wait for a header to judge yet.
             return Verdict::Later(look.limit);
         }
-        if moved.acked == 0 && moved.retransmitted > 0 {
+        if transport.unreachable() {
             // Sent again, and still nothing acknowledged: the peer is unreachable, once a
             // retransmission had time to be answered. Counted from the start, the peer also
             // never received any of the request.

@@ -145,11 +145,9 @@ impl Watch {
                 sending,
             }
         });
-        // Retransmitted and nothing acknowledged: the transport's own proof that the peer is
-        // unreachable (`evidence::judge` cuts on it before it asks the liveness check).
-        let unreachable = transport
-            .as_ref()
-            .is_some_and(|t| t.moved.acked == 0 && t.moved.retransmitted > 0);
+        // The transport's own proof, which `evidence::judge` cuts on before it asks the
+        // liveness check.
+        let unreachable = transport.as_ref().is_some_and(Transport::unreachable);
         let look = Look {
             quiet: Duration::from_millis(now_ms.saturating_sub(quiet_since)),
             limit: self.limit,
